@@ -203,6 +203,7 @@ mod tests {
         Deliberation {
             id: id.into(),
             title: String::new(),
+            decided_on: date!(2020 - 05 - 05),
             purpose: String::new(),
             valid_from: date!(2020 - 05 - 05),
             valid_until: until,

@@ -17,6 +17,8 @@ pub type DeliberationId = std::sync::Arc<str>;
 pub struct Deliberation {
     pub id: DeliberationId,
     pub title: String,
+    /// The day the committee decided it.
+    pub decided_on: Date,
     /// The purpose ("finalité") the recipients may use the data for.
     pub purpose: String,
     /// First day the authorisation holds.

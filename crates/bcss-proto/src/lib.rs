@@ -1,1 +1,55 @@
-//! placeholder
+//! Generated code for the hub's contracts in `proto/`, the server-side views, and the
+//! descriptor set. No logic lives here.
+//!
+//! # Layout
+//!
+//! - [`flows::v1`]: the flow messages (A052, DmfA, Dimona) with every block and field.
+//! - [`hub::v1`]: the envelope, the Gateway and Directory services.
+//! - [`institution::v1`]: the Institution service the hub delivers to.
+//! - [`hub::view::v1`]: `EnvelopeView` and `DeliveryView`, wire-compatible with `Envelope` and
+//!   `Delivery` but keeping the payload as `bytes::Bytes` (zero-copy on decode).
+//! - [`gateway_view`]: the Gateway server over views; [`institution_view`]: the Institution
+//!   client over views. These are what the hub runs; the typed ones are for institutions.
+//! - [`FILE_DESCRIPTOR_SET`]: the compiled public contracts, for reflection and for resolving
+//!   deliberation field paths.
+
+#![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+/// Packages mirror the proto packages so that generated cross-package paths resolve.
+pub mod bcss {
+    pub mod flows {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/bcss.flows.v1.rs"));
+        }
+    }
+    pub mod hub {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/bcss.hub.v1.rs"));
+        }
+        pub mod view {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/views/bcss.hub.view.v1.rs"));
+            }
+        }
+    }
+    pub mod institution {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/bcss.institution.v1.rs"));
+        }
+    }
+}
+
+pub use bcss::{flows, hub, institution};
+
+/// The Gateway service over envelope views.
+pub mod gateway_view {
+    include!(concat!(env!("OUT_DIR"), "/views/bcss.hub.v1.Gateway.rs"));
+}
+
+/// The Institution client over delivery views.
+pub mod institution_view {
+    include!(concat!(env!("OUT_DIR"), "/views/bcss.institution.v1.Institution.rs"));
+}
+
+/// The encoded `FileDescriptorSet` of the public contracts (not the views).
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bcss_descriptor.bin"));

@@ -1,0 +1,103 @@
+//! The shapes of the configuration files, as serde reads them. Unknown keys are errors, so a
+//! typo in a key is caught at start-up rather than silently ignored.
+
+use serde::Deserialize;
+use toml::value::Datetime;
+
+/// `institutions.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstitutionsFile {
+    #[serde(rename = "sector", default)]
+    pub sectors: Vec<SectorEntry>,
+    #[serde(rename = "institution", default)]
+    pub institutions: Vec<InstitutionEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SectorEntry {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstitutionEntry {
+    pub id: String,
+    pub name: String,
+    pub sector: String,
+    /// `host:port` of the institution's `Institution` service.
+    pub endpoint: String,
+    /// The DNS name in its certificate; `<id>.institutions.bcss.test` when absent.
+    pub certificate_name: Option<String>,
+}
+
+/// `quality_codes.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QualityCodesFile {
+    #[serde(rename = "sector", default)]
+    pub sectors: Vec<SectorCodes>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SectorCodes {
+    pub sector: String,
+    pub codes: Vec<QualityEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QualityEntry {
+    pub code: u16,
+    pub name: String,
+}
+
+/// One file of `deliberations/`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliberationFile {
+    pub id: String,
+    pub title: String,
+    pub decided_on: Datetime,
+    pub purpose: String,
+    pub valid_from: Datetime,
+    pub valid_until: Option<Datetime>,
+    pub retention_years: u16,
+    pub max_agents: Option<u16>,
+    #[serde(rename = "route")]
+    pub routes: Vec<RouteEntry>,
+    pub check: CheckEntry,
+    #[serde(rename = "flow")]
+    pub flows: Vec<FlowEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteEntry {
+    /// Institution ids, `sector:<id>`, or `sector:*` for every institution.
+    pub senders: Vec<String>,
+    pub recipients: Vec<String>,
+    #[serde(default)]
+    pub relay: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckEntry {
+    /// `prior_integration` or `a_posteriori`.
+    pub mode: String,
+    /// `<sector>:<code>`, for `prior_integration`.
+    #[serde(default)]
+    pub quality_codes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowEntry {
+    pub flow: String,
+    /// Dot-separated field paths relative to the flow message.
+    pub fields: Vec<String>,
+}

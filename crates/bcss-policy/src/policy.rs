@@ -1,0 +1,475 @@
+//! The compiled policy: institutions, quality codes and deliberations, validated together and
+//! indexed for the data path.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bcss_domain::deliberation::{CheckMode, Deliberation, PartySet, Route};
+use bcss_domain::{Flow, InstitutionIndex, Party, QualityCode, SectorIndex, SectorQuality};
+use bcss_wire::FieldTree;
+use time::Date;
+
+use crate::error::{ConfigError, Problem, read_toml};
+use crate::files::{DeliberationFile, InstitutionsFile, QualityCodesFile};
+use crate::schema::Schema;
+use crate::settings::Settings;
+
+/// A sector of the network.
+#[derive(Clone, Debug)]
+pub struct Sector {
+    pub index: SectorIndex,
+    pub id: String,
+    pub name: String,
+}
+
+/// An institution of the network.
+#[derive(Clone, Debug)]
+pub struct Institution {
+    pub index: InstitutionIndex,
+    pub id: Arc<str>,
+    pub name: String,
+    pub sector: SectorIndex,
+    /// `host:port` of its `Institution` service.
+    pub endpoint: String,
+    /// The DNS name its certificate carries.
+    pub certificate_name: String,
+}
+
+impl Institution {
+    pub fn party(&self) -> Party {
+        Party { institution: self.index, sector: self.sector }
+    }
+}
+
+/// What a deliberation grants for one flow: its field list, as written and compiled.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    pub paths: Vec<String>,
+    pub tree: FieldTree,
+}
+
+/// The immutable policy snapshot the data path reads.
+#[derive(Debug)]
+pub struct Policy {
+    sectors: Vec<Sector>,
+    institutions: Vec<Institution>,
+    by_id: HashMap<Arc<str>, InstitutionIndex>,
+    by_certificate: HashMap<String, InstitutionIndex>,
+    qualities: HashMap<SectorQuality, String>,
+    deliberations: Vec<Deliberation>,
+    /// Per deliberation (same order), the grant of each flow it covers.
+    grants: Vec<HashMap<Flow, Grant>>,
+    /// Per deliberation (same order), the file it came from.
+    sources: Vec<PathBuf>,
+    /// Deliberations whose routes reach an institution, per flow.
+    by_recipient: HashMap<(InstitutionIndex, Flow), Vec<usize>>,
+    schema: Schema,
+}
+
+/// Collects problems while loading, so that one run reports all of them.
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, file: &Path, entry: impl Into<String>, problem: impl Into<String>) {
+        self.0.push(Problem { file: file.to_owned(), entry: entry.into(), problem: problem.into() });
+    }
+}
+
+impl Policy {
+    /// Loads and validates the policy files named by `settings`.
+    pub fn load(settings: &Settings) -> Result<Policy, ConfigError> {
+        Policy::load_files(&settings.files.institutions, &settings.files.quality_codes, &settings.files.deliberations)
+    }
+
+    /// Loads and validates the three parts of the policy.
+    pub fn load_files(institutions: &Path, quality_codes: &Path, deliberations: &Path) -> Result<Policy, ConfigError> {
+        let institutions_file: InstitutionsFile = read_toml(institutions)?;
+        let codes_file: QualityCodesFile = read_toml(quality_codes)?;
+        let mut deliberation_files = Vec::new();
+        for file in deliberation_paths(deliberations)? {
+            let parsed: DeliberationFile = read_toml(&file)?;
+            deliberation_files.push((file, parsed));
+        }
+        let mut problems = Problems(Vec::new());
+        let mut policy = Policy {
+            sectors: Vec::new(),
+            institutions: Vec::new(),
+            by_id: HashMap::new(),
+            by_certificate: HashMap::new(),
+            qualities: HashMap::new(),
+            deliberations: Vec::new(),
+            grants: Vec::new(),
+            sources: Vec::new(),
+            by_recipient: HashMap::new(),
+            schema: Schema::load(),
+        };
+        policy.add_institutions(institutions, institutions_file, &mut problems);
+        policy.add_quality_codes(quality_codes, codes_file, &mut problems);
+        for (file, parsed) in deliberation_files {
+            policy.add_deliberation(&file, parsed, &mut problems);
+        }
+        policy.check_overlaps(&mut problems);
+        if problems.0.is_empty() { Ok(policy) } else { Err(ConfigError::Invalid(problems.0)) }
+    }
+
+    fn add_institutions(&mut self, file: &Path, parsed: InstitutionsFile, problems: &mut Problems) {
+        for entry in parsed.sectors {
+            if self.sector_by_id(&entry.id).is_some() {
+                problems.add(file, format!("sector \"{}\"", entry.id), "defined twice");
+                continue;
+            }
+            let index = SectorIndex(self.sectors.len() as u16);
+            self.sectors.push(Sector { index, id: entry.id, name: entry.name });
+        }
+        for entry in parsed.institutions {
+            let what = format!("institution \"{}\"", entry.id);
+            if !valid_id(&entry.id) {
+                problems.add(file, &what, "an id is lower-case letters, digits and dashes");
+                continue;
+            }
+            if self.by_id.contains_key(entry.id.as_str()) {
+                problems.add(file, &what, "defined twice");
+                continue;
+            }
+            let Some(sector) = self.sector_by_id(&entry.sector).map(|s| s.index) else {
+                problems.add(file, &what, format!("unknown sector \"{}\"", entry.sector));
+                continue;
+            };
+            if entry.endpoint.parse::<std::net::SocketAddr>().is_err() && !entry.endpoint.contains(':') {
+                problems.add(file, &what, format!("endpoint \"{}\" is not host:port", entry.endpoint));
+                continue;
+            }
+            let certificate_name = entry.certificate_name.unwrap_or_else(|| format!("{}.institutions.bcss.test", entry.id));
+            if let Some(other) = self.by_certificate.get(&certificate_name) {
+                let other = &self.institutions[other.0 as usize].id;
+                problems.add(file, &what, format!("certificate name \"{certificate_name}\" is already institution \"{other}\"'s"));
+                continue;
+            }
+            let index = InstitutionIndex(self.institutions.len() as u16);
+            let id: Arc<str> = entry.id.into();
+            self.by_id.insert(id.clone(), index);
+            self.by_certificate.insert(certificate_name.clone(), index);
+            self.institutions.push(Institution {
+                index,
+                id,
+                name: entry.name,
+                sector,
+                endpoint: entry.endpoint,
+                certificate_name,
+            });
+        }
+    }
+
+    fn add_quality_codes(&mut self, file: &Path, parsed: QualityCodesFile, problems: &mut Problems) {
+        for sector_codes in parsed.sectors {
+            let Some(sector) = self.sector_by_id(&sector_codes.sector).map(|s| s.index) else {
+                problems.add(file, format!("sector \"{}\"", sector_codes.sector), "unknown sector (not in institutions.toml)");
+                continue;
+            };
+            for entry in sector_codes.codes {
+                let what = format!("sector \"{}\", code {:03}", sector_codes.sector, entry.code);
+                let code = match QualityCode::new(entry.code) {
+                    Some(code) if code.is_specific() || code == QualityCode::DEFINITIVE || code == QualityCode::PROVISIONAL => code,
+                    _ => {
+                        problems.add(file, &what, "a quality code is 000 (definitive), 902 (provisional) or 001-900 (specific)");
+                        continue;
+                    }
+                };
+                if self.qualities.insert(SectorQuality { sector, code }, entry.name).is_some() {
+                    problems.add(file, &what, "defined twice");
+                }
+            }
+        }
+    }
+
+    fn add_deliberation(&mut self, file: &Path, parsed: DeliberationFile, problems: &mut Problems) {
+        let start = problems.0.len();
+        let id = format!("deliberation {}", parsed.id);
+        if let Some(other) = self.deliberations.iter().position(|d| *d.id == *parsed.id) {
+            problems.add(file, &id, format!("{} already defines a deliberation with this number", self.sources[other].display()));
+        }
+        let mut date = |value: &toml::value::Datetime, key: &str| match parse_date(value) {
+            Some(date) => date,
+            None => {
+                problems.add(file, format!("{id}, {key}"), "expected a date like 2020-05-05");
+                Date::MIN
+            }
+        };
+        let decided_on = date(&parsed.decided_on, "decided_on");
+        let valid_from = date(&parsed.valid_from, "valid_from");
+        let valid_until = parsed.valid_until.as_ref().map(|d| date(d, "valid_until"));
+        if valid_until.is_some_and(|until| until < valid_from) {
+            problems.add(file, &id, "valid_until is before valid_from");
+        }
+        let mut routes = Vec::new();
+        for (i, route) in parsed.routes.iter().enumerate() {
+            let entry = format!("{id}, route {}", i + 1);
+            let senders = self.party_set(file, &entry, "senders", &route.senders, problems);
+            let recipients = self.party_set(file, &entry, "recipients", &route.recipients, problems);
+            routes.push(Route { senders, recipients, relay: route.relay });
+        }
+        if routes.is_empty() {
+            problems.add(file, &id, "no [[route]]: a deliberation names its senders and recipients");
+        }
+        let check = match parsed.check.mode.as_str() {
+            "prior_integration" => {
+                let mut accepted = Vec::new();
+                for code in &parsed.check.quality_codes {
+                    match self.sector_quality(code) {
+                        Ok(quality) => {
+                            let reached = routes.iter().any(|r| {
+                                r.recipients.any
+                                    || r.recipients.sectors.contains(&quality.sector)
+                                    || r.recipients.institutions.iter().any(|i| self.institutions[i.0 as usize].sector == quality.sector)
+                            });
+                            if !reached {
+                                problems.add(file, format!("{id}, check"), format!("quality code \"{code}\" belongs to a sector no route reaches"));
+                            }
+                            accepted.push(quality);
+                        }
+                        Err(problem) => problems.add(file, format!("{id}, check"), problem),
+                    }
+                }
+                if accepted.is_empty() && parsed.check.quality_codes.is_empty() {
+                    problems.add(file, format!("{id}, check"), "prior_integration needs at least one accepted quality code");
+                }
+                CheckMode::PriorIntegration { accepted }
+            }
+            "a_posteriori" => {
+                if !parsed.check.quality_codes.is_empty() {
+                    problems.add(file, format!("{id}, check"), "a_posteriori takes no quality codes: nothing is checked beforehand");
+                }
+                CheckMode::APosteriori
+            }
+            other => {
+                problems.add(file, format!("{id}, check"), format!("unknown mode \"{other}\": expected prior_integration or a_posteriori"));
+                CheckMode::APosteriori
+            }
+        };
+        let mut flows = Vec::new();
+        let mut grants = HashMap::new();
+        for entry in &parsed.flows {
+            let what = format!("{id}, flow {}", entry.flow);
+            let Ok(flow) = entry.flow.parse::<Flow>() else {
+                problems.add(file, &what, "unknown flow: expected A052, DMFA or DIMONA");
+                continue;
+            };
+            if flows.contains(&flow) {
+                problems.add(file, &what, "listed twice");
+                continue;
+            }
+            let mut seen = HashSet::new();
+            for path in &entry.fields {
+                if !seen.insert(path) {
+                    problems.add(file, &what, format!("field path `{path}` is listed twice"));
+                }
+            }
+            match self.schema.compile(flow, &entry.fields) {
+                Ok(tree) if tree.is_empty() => problems.add(file, &what, "the field list is empty"),
+                Ok(tree) => {
+                    grants.insert(flow, Grant { paths: entry.fields.clone(), tree });
+                }
+                Err(paths) => {
+                    for problem in paths {
+                        problems.add(file, &what, problem);
+                    }
+                }
+            }
+            flows.push(flow);
+        }
+        if problems.0.len() > start {
+            return;
+        }
+        let index = self.deliberations.len();
+        for flow in &flows {
+            for institution in &self.institutions {
+                if routes.iter().any(|r| r.recipients.contains(institution.party())) {
+                    self.by_recipient.entry((institution.index, *flow)).or_default().push(index);
+                }
+            }
+        }
+        self.deliberations.push(Deliberation {
+            id: parsed.id.into(),
+            title: parsed.title,
+            decided_on,
+            purpose: parsed.purpose,
+            valid_from,
+            valid_until,
+            retention_years: parsed.retention_years,
+            routes,
+            check,
+            flows,
+            max_agents: parsed.max_agents,
+        });
+        self.grants.push(grants);
+        self.sources.push(file.to_owned());
+    }
+
+    /// Two deliberations may not both govern the same sender, recipient and flow on the same day:
+    /// the hub could not tell which field list applies.
+    fn check_overlaps(&self, problems: &mut Problems) {
+        let sector_of = |i: InstitutionIndex| self.institutions[i.0 as usize].sector;
+        for (i, a) in self.deliberations.iter().enumerate() {
+            for (j, b) in self.deliberations.iter().enumerate().skip(i + 1) {
+                let common_flow = a.flows.iter().find(|f| b.flows.contains(f));
+                let Some(flow) = common_flow else { continue };
+                if !a.validity_overlaps(b) {
+                    continue;
+                }
+                let clash = a.routes.iter().any(|ra| {
+                    b.routes.iter().any(|rb| {
+                        ra.senders.may_intersect(&rb.senders, sector_of) && ra.recipients.may_intersect(&rb.recipients, sector_of)
+                    })
+                });
+                if clash {
+                    problems.add(
+                        &self.sources[j],
+                        format!("deliberation {}", b.id),
+                        format!(
+                            "overlaps deliberation {} ({}): both authorise the same senders and recipients for flow {flow} \
+                             during overlapping validity periods",
+                            a.id,
+                            self.sources[i].display()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    fn party_set(&self, file: &Path, entry: &str, key: &str, names: &[String], problems: &mut Problems) -> PartySet {
+        let mut set = PartySet::default();
+        for name in names {
+            if let Some(sector) = name.strip_prefix("sector:") {
+                if sector == "*" {
+                    set.any = true;
+                } else if let Some(sector) = self.sector_by_id(sector) {
+                    set.sectors.push(sector.index);
+                } else {
+                    problems.add(file, entry, format!("{key}: unknown sector \"{sector}\""));
+                }
+            } else if let Some(index) = self.by_id.get(name.as_str()) {
+                set.institutions.push(*index);
+            } else {
+                problems.add(file, entry, format!("{key}: unknown institution \"{name}\""));
+            }
+        }
+        if names.is_empty() {
+            problems.add(file, entry, format!("{key}: empty"));
+        }
+        set
+    }
+
+    fn sector_quality(&self, text: &str) -> Result<SectorQuality, String> {
+        let Some((sector, code)) = text.split_once(':') else {
+            return Err(format!("quality code \"{text}\" is not <sector>:<code>"));
+        };
+        let Some(sector) = self.sector_by_id(sector) else {
+            return Err(format!("quality code \"{text}\": unknown sector \"{sector}\""));
+        };
+        let code = code.parse::<u16>().ok().and_then(QualityCode::new).ok_or_else(|| format!("quality code \"{text}\": not a number 000-999"))?;
+        let quality = SectorQuality { sector: sector.index, code };
+        if !self.qualities.contains_key(&quality) {
+            return Err(format!("unknown quality code \"{text}\" (not in quality_codes.toml)"));
+        }
+        Ok(quality)
+    }
+
+    fn sector_by_id(&self, id: &str) -> Option<&Sector> {
+        self.sectors.iter().find(|s| s.id == id)
+    }
+
+    // ----- What the data path reads -----
+
+    pub fn sectors(&self) -> &[Sector] {
+        &self.sectors
+    }
+
+    pub fn sector(&self, index: SectorIndex) -> &Sector {
+        &self.sectors[index.0 as usize]
+    }
+
+    pub fn institutions(&self) -> &[Institution] {
+        &self.institutions
+    }
+
+    pub fn institution(&self, index: InstitutionIndex) -> &Institution {
+        &self.institutions[index.0 as usize]
+    }
+
+    pub fn institution_by_id(&self, id: &str) -> Option<&Institution> {
+        self.by_id.get(id).map(|i| self.institution(*i))
+    }
+
+    /// The institution whose certificate carries this DNS name.
+    pub fn institution_by_certificate(&self, name: &str) -> Option<&Institution> {
+        self.by_certificate.get(name).map(|i| self.institution(*i))
+    }
+
+    /// The name of a quality code in a sector, if the table defines it.
+    pub fn quality_name(&self, quality: SectorQuality) -> Option<&str> {
+        self.qualities.get(&quality).map(String::as_str)
+    }
+
+    pub fn deliberations(&self) -> &[Deliberation] {
+        &self.deliberations
+    }
+
+    pub fn deliberation(&self, id: &str) -> Option<&Deliberation> {
+        self.deliberations.iter().find(|d| &*d.id == id)
+    }
+
+    /// The deliberations whose routes reach `recipient` for `flow` (the sender is not checked).
+    pub fn deliberations_reaching(&self, recipient: InstitutionIndex, flow: Flow) -> impl Iterator<Item = &Deliberation> + '_ {
+        self.by_recipient.get(&(recipient, flow)).into_iter().flatten().map(|i| &self.deliberations[*i])
+    }
+
+    /// True when some deliberation lets `sender` send `flow` to `recipient`.
+    pub fn has_route(&self, sender: Party, recipient: Party, flow: Flow) -> bool {
+        self.deliberations_reaching(recipient.institution, flow).any(|d| d.route(sender, recipient).is_some())
+    }
+
+    /// True when some deliberation lets `sender` send `flow` at all.
+    pub fn may_send(&self, sender: Party, flow: Flow) -> bool {
+        self.deliberations.iter().any(|d| d.flows.contains(&flow) && d.has_sender(sender))
+    }
+
+    /// What `deliberation` grants for `flow`.
+    pub fn grant(&self, deliberation: &Deliberation, flow: Flow) -> Option<&Grant> {
+        let index = self.deliberations.iter().position(|d| std::ptr::eq(d, deliberation))?;
+        self.grants[index].get(&flow)
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn parse_date(value: &toml::value::Datetime) -> Option<Date> {
+    match (value.date, value.time, value.offset) {
+        (Some(d), None, None) => {
+            let month = time::Month::try_from(d.month).ok()?;
+            Date::from_calendar_date(i32::from(d.year), month, d.day).ok()
+        }
+        _ => None,
+    }
+}
+
+/// The `*.toml` files of the deliberations folder, sorted by name.
+fn deliberation_paths(folder: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let read = |source| ConfigError::Read { file: folder.to_owned(), source };
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(folder).map_err(read)? {
+        let path = entry.map_err(read)?.path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    Ok(paths)
+}

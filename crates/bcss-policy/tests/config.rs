@@ -1,0 +1,123 @@
+//! The shipped configuration loads; broken ones are refused with the file, entry and problem.
+
+use std::path::{Path, PathBuf};
+
+use bcss_domain::Flow;
+use bcss_policy::{ConfigError, Policy};
+
+fn shipped() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config")
+}
+
+fn load(dir: &Path) -> Result<Policy, ConfigError> {
+    Policy::load_files(&dir.join("institutions.toml"), &dir.join("quality_codes.toml"), &dir.join("deliberations"))
+}
+
+#[test]
+fn the_shipped_configuration_loads() {
+    let policy = load(&shipped()).unwrap();
+    let ids: Vec<&str> = policy.deliberations().iter().map(|d| &*d.id).collect();
+    assert_eq!(ids, ["10/059", "16/046", "19/010", "20/130"]);
+    let cpas = policy.institutions().iter().filter(|i| i.id.starts_with("cpas-")).count();
+    assert!(cpas >= 10, "{cpas} CPAS");
+    let funds = policy.institutions().iter().filter(|i| policy.sector(i.sector).id == "health_insurance").count();
+    assert!(funds >= 3, "{funds} funds");
+    for (id, flow) in [("20/130", Flow::A052), ("10/059", Flow::Dmfa), ("19/010", Flow::Dimona), ("19/010", Flow::Dmfa)] {
+        let d = policy.deliberation(id).unwrap();
+        assert!(policy.grant(d, flow).is_some(), "{id} grants {flow}");
+    }
+}
+
+/// Copies the shipped configuration, applies `edit` to one file, loads it and returns the error.
+fn broken(file: &str, edit: impl Fn(String) -> String) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&shipped(), dir.path());
+    let target = dir.path().join(file);
+    let text = std::fs::read_to_string(&target).unwrap_or_default();
+    std::fs::write(&target, edit(text)).unwrap();
+    match load(dir.path()) {
+        Ok(_) => panic!("{file}: the broken configuration loaded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn broken_configurations_are_refused_with_file_entry_and_problem() {
+    let cases: Vec<(&str, &str, Box<dyn Fn(String) -> String>, &[&str])> = vec![
+        (
+            "field path not in the proto",
+            "deliberations/10-059.toml",
+            Box::new(|t| t.replace("\"employer_declaration.year\"", "\"employer_declaration.yaer\"")),
+            &["10-059.toml", "deliberation 10/059, flow DMFA", "`yaer` is not a field of bcss.flows.v1.EmployerDeclaration"],
+        ),
+        (
+            "path through a scalar",
+            "deliberations/20-130.toml",
+            Box::new(|t| t.replace("\"niss\"", "\"niss.digits\"")),
+            &["20-130.toml", "deliberation 20/130, flow A052", "`niss` is not a message"],
+        ),
+        (
+            "unknown quality code",
+            "deliberations/20-130.toml",
+            Box::new(|t| t.replace("\"cpas:003\"", "\"cpas:004\"")),
+            &["20-130.toml", "deliberation 20/130, check", "unknown quality code \"cpas:004\""],
+        ),
+        (
+            "unknown institution",
+            "deliberations/19-010.toml",
+            Box::new(|t| t.replace("recipients = [\"onva-inspection\"]", "recipients = [\"onva-inspectoin\"]")),
+            &["19-010.toml", "deliberation 19/010, route 1", "unknown institution \"onva-inspectoin\""],
+        ),
+        (
+            "overlapping duplicate deliberation",
+            "deliberations/20-130-bis.toml",
+            Box::new(|_| {
+                std::fs::read_to_string(shipped().join("deliberations/20-130.toml")).unwrap().replace("id = \"20/130\"", "id = \"20/999\"")
+            }),
+            &["deliberation 20/130", "overlaps deliberation 20/999", "20-130-bis.toml", "same senders and recipients for flow A052"],
+        ),
+        (
+            "same number twice",
+            "deliberations/20-130-copy.toml",
+            Box::new(|_| std::fs::read_to_string(shipped().join("deliberations/20-130.toml")).unwrap()),
+            &["20-130-copy.toml", "already defines a deliberation with this number"],
+        ),
+        (
+            "unknown sector of an institution",
+            "institutions.toml",
+            Box::new(|t| t.replacen("sector = \"cpas\"", "sector = \"cpass\"", 1)),
+            &["institutions.toml", "institution \"cpas-brussels\"", "unknown sector \"cpass\""],
+        ),
+        (
+            "reserved quality code",
+            "quality_codes.toml",
+            Box::new(|t| t.replacen("{ code = 902,", "{ code = 950,", 1)),
+            &["quality_codes.toml", "code 950", "001-900 (specific)"],
+        ),
+        (
+            "typo in a key",
+            "deliberations/16-046.toml",
+            Box::new(|t| t.replace("retention_years", "retention_yaers")),
+            &["16-046.toml", "unknown field `retention_yaers`"],
+        ),
+    ];
+    for (name, file, edit, expected) in cases {
+        let error = broken(file, edit);
+        for part in expected {
+            assert!(error.contains(part), "{name}: `{part}` missing from:\n{error}");
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Compiles the contracts in `proto/` with protox (pure Rust: no protoc to install), generates
+//! the prost types and tonic services, the server-side views, and the descriptor set that
+//! reflection and the policy's field-path resolution read.
+
+use std::path::PathBuf;
+
+use prost::Message;
+use tonic_prost_build::manual::{Builder, Method, Service};
+
+const PUBLIC: &[&str] = &[
+    "bcss/flows/v1/common.proto",
+    "bcss/flows/v1/a052.proto",
+    "bcss/flows/v1/dmfa.proto",
+    "bcss/flows/v1/dimona.proto",
+    "bcss/hub/v1/envelope.proto",
+    "bcss/hub/v1/gateway.proto",
+    "bcss/hub/v1/directory.proto",
+    "bcss/institution/v1/institution.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    println!("cargo:rerun-if-changed={}", root.display());
+
+    // The public contracts: types, clients and servers, and the descriptor set.
+    let public = protox::compile(PUBLIC, [&root])?;
+    std::fs::write(out.join("bcss_descriptor.bin"), public.encode_to_vec())?;
+    tonic_prost_build::configure().compile_fds(public)?;
+
+    // The views, into their own folder; the types they use come from the public code.
+    let views_dir = out.join("views");
+    std::fs::create_dir_all(&views_dir)?;
+    let views = protox::compile(["bcss/hub/view/v1/views.proto"], [&root])?;
+    tonic_prost_build::configure()
+        .out_dir(&views_dir)
+        .bytes(".")
+        .extern_path(".bcss.flows.v1", "crate::flows::v1")
+        .extern_path(".bcss.hub.v1", "crate::hub::v1")
+        .build_client(false)
+        .build_server(false)
+        .compile_fds(views)?;
+
+    // The Gateway as the hub serves it (envelopes decoded as views), and the Institution as the
+    // hub calls it (deliveries encoded from views). Route names match the public services.
+    let unary = |name: &str, route: &str, input: &str, output: &str| {
+        Method::builder()
+            .name(name)
+            .route_name(route)
+            .input_type(input)
+            .output_type(output)
+            .codec_path("tonic_prost::ProstCodec")
+            .build()
+    };
+    let gateway = Service::builder()
+        .name("Gateway")
+        .package("bcss.hub.v1")
+        .comment("bcss.hub.v1.Gateway, decoding envelopes as views (payload kept as bytes).")
+        .method(unary("submit", "Submit", "crate::hub::view::v1::EnvelopeView", "crate::hub::v1::SubmitReply"))
+        .method(
+            Method::builder()
+                .name("submit_stream")
+                .route_name("SubmitStream")
+                .input_type("crate::hub::view::v1::EnvelopeView")
+                .output_type("crate::hub::v1::SubmitStreamReply")
+                .codec_path("tonic_prost::ProstCodec")
+                .client_streaming()
+                .server_streaming()
+                .build(),
+        )
+        .method(unary("explain", "Explain", "crate::hub::view::v1::EnvelopeView", "crate::hub::v1::ExplainReply"))
+        .method(unary("track", "Track", "crate::hub::v1::TrackRequest", "crate::hub::v1::TrackReply"))
+        .build();
+    let institution = Service::builder()
+        .name("Institution")
+        .package("bcss.institution.v1")
+        .comment("bcss.institution.v1.Institution, encoding deliveries from views.")
+        .method(unary(
+            "deliver",
+            "Deliver",
+            "crate::hub::view::v1::DeliveryView",
+            "crate::institution::v1::DeliveryAck",
+        ))
+        .build();
+    Builder::new().out_dir(&views_dir).build_client(false).compile(std::slice::from_ref(&gateway));
+    Builder::new().out_dir(&views_dir).build_server(false).compile(std::slice::from_ref(&institution));
+    Ok(())
+}
