@@ -1,1 +1,25 @@
-//! placeholder
+//! The hub server: the gRPC services, the submission pipeline, delivery, TLS identities.
+//!
+//! # Layout
+//!
+//! - [`pipeline`]: [`Hub`] and the data path: validate → route → check → filter → record → deliver.
+//! - [`service`]: the `Gateway` and `Directory` gRPC services; authentication and conversion.
+//! - [`identity`]: the calling institution, from its client certificate.
+//! - [`error`]: bad input and its gRPC status codes.
+//! - [`ledger`]: tickets, outcomes, relay chains, message ids.
+//! - [`delivery`]: calls to institutions' `Deliver`, over pooled, verified TLS connections.
+//! - [`pki`]: the development CA and certificates.
+//! - [`server`]: `run(hub, listener, options, shutdown)`.
+//! - [`startup`]: from `hub.toml` to a running hub.
+
+pub mod delivery;
+pub mod error;
+pub mod identity;
+pub mod ledger;
+pub mod pipeline;
+pub mod pki;
+pub mod server;
+pub mod service;
+pub mod startup;
+
+pub use pipeline::Hub;

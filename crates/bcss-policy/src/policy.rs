@@ -380,6 +380,14 @@ impl Policy {
         self.sectors.iter().find(|s| s.id == id)
     }
 
+    /// Points an institution at another endpoint (tests and the demo bind ephemeral ports).
+    /// Returns false when the id is unknown.
+    pub fn set_endpoint(&mut self, id: &str, endpoint: String) -> bool {
+        let Some(index) = self.by_id.get(id) else { return false };
+        self.institutions[index.0 as usize].endpoint = endpoint;
+        true
+    }
+
     // ----- What the data path reads -----
 
     pub fn sectors(&self) -> &[Sector] {
@@ -396,6 +404,12 @@ impl Policy {
 
     pub fn institution(&self, index: InstitutionIndex) -> &Institution {
         &self.institutions[index.0 as usize]
+    }
+
+    /// The institution at `index`, if the policy has one (a directory row may outlive a reload
+    /// that removed its institution).
+    pub fn get_institution(&self, index: InstitutionIndex) -> Option<&Institution> {
+        self.institutions.get(index.0 as usize)
     }
 
     pub fn institution_by_id(&self, id: &str) -> Option<&Institution> {

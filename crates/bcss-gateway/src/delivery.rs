@@ -1,0 +1,74 @@
+//! Delivery of filtered messages to institutions' `Institution.Deliver` endpoints, over
+//! HTTP/2 connections kept per institution and verified with TLS.
+//!
+//! One lazily connected channel per institution endpoint, shared by all deliveries to it.
+//! The hub presents its own certificate (institutions verify they are called by the hub) and
+//! verifies the institution's certificate against the network CA and its configured name.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bcss_policy::Institution;
+use bcss_proto::hub::view::v1::DeliveryView;
+use bcss_proto::institution::v1::DeliveryAck;
+use bcss_proto::institution_view::institution_client::InstitutionClient;
+use dashmap::DashMap;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// How the hub authenticates to institutions and verifies them.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    pub ca: Certificate,
+    pub identity: Identity,
+}
+
+/// Delivers to institutions.
+#[derive(Debug)]
+pub struct Deliverer {
+    tls: Option<ClientTls>,
+    timeout: Duration,
+    /// Per institution id: the endpoint the channel was made for, and the channel.
+    channels: DashMap<Arc<str>, (String, Channel)>,
+}
+
+impl Deliverer {
+    pub fn new(tls: Option<ClientTls>, timeout: Duration) -> Deliverer {
+        Deliverer { tls, timeout, channels: DashMap::new() }
+    }
+
+    /// Delivers one message. The error is a sentence without personal data.
+    pub async fn deliver(&self, institution: &Institution, delivery: DeliveryView) -> Result<DeliveryAck, String> {
+        let channel = self.channel(institution)?;
+        let mut client = InstitutionClient::new(channel);
+        let mut request = tonic::Request::new(delivery);
+        request.set_timeout(self.timeout);
+        match tokio::time::timeout(self.timeout, client.deliver(request)).await {
+            Ok(Ok(ack)) => Ok(ack.into_inner()),
+            Ok(Err(status)) => Err(format!("the endpoint answered {:?}", status.code())),
+            Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
+        }
+    }
+
+    fn channel(&self, institution: &Institution) -> Result<Channel, String> {
+        if let Some(entry) = self.channels.get(&institution.id)
+            && entry.0 == institution.endpoint
+        {
+            return Ok(entry.1.clone());
+        }
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", institution.endpoint))
+            .map_err(|_| format!("endpoint \"{}\" is not a valid address", institution.endpoint))?
+            .connect_timeout(self.timeout)
+            .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            let config = ClientTlsConfig::new()
+                .ca_certificate(tls.ca.clone())
+                .identity(tls.identity.clone())
+                .domain_name(institution.certificate_name.clone());
+            endpoint = endpoint.tls_config(config).map_err(|e| format!("TLS configuration: {e}"))?;
+        }
+        let channel = endpoint.connect_lazy();
+        self.channels.insert(institution.id.clone(), (institution.endpoint.clone(), channel.clone()));
+        Ok(channel)
+    }
+}

@@ -1,0 +1,68 @@
+//! Bad input, typed, and its mapping to gRPC status codes: the one place where that happens.
+//!
+//! Messages tell the sender what to fix and never carry a person's data: a NISS, a name or an
+//! amount is never echoed back, only which field was wrong.
+
+use bcss_domain::{Flow, NissError, PeriodError};
+use bcss_wire::WireError;
+use tonic::{Code, Status};
+
+/// Why an envelope is refused before any routing decision. Nothing is recorded or forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("message_id is required: choose a unique id per message (it makes resubmission safe)")]
+    MissingMessageId,
+    #[error("message_id must be 1-128 printable ASCII characters without spaces")]
+    BadMessageId,
+    #[error("flow {0} is not a known flow: use FLOW_A052, FLOW_DMFA or FLOW_DIMONA")]
+    UnknownFlow(i32),
+    #[error("the envelope carries no payload: set the a052, dmfa or dimona field matching the flow")]
+    MissingPayload,
+    #[error("the envelope announces flow {announced} but carries a {carried} payload")]
+    PayloadFlowMismatch { announced: Flow, carried: Flow },
+    #[error("envelope niss: {0}")]
+    Niss(NissError),
+    #[error("period is required: set at least period.start (YYYY-MM-DD)")]
+    MissingPeriod,
+    #[error("period.{field} is not a date YYYY-MM-DD")]
+    BadDate { field: &'static str },
+    #[error("period: {0}")]
+    Period(PeriodError),
+    #[error("the {flow} payload is not a well-formed message: {error}")]
+    MalformedPayload { flow: Flow, error: WireError },
+    #[error("the {flow} payload carries no NISS of the person")]
+    PayloadNissMissing { flow: Flow },
+    #[error("the NISS in the {flow} payload differs from the envelope's niss")]
+    PayloadNissMismatch { flow: Flow },
+    #[error("addressee \"{0}\" is not an institution of this network")]
+    UnknownAddressee(String),
+    #[error("relay_of: ticket \"{0}\" is not known to the hub")]
+    UnknownRelayTicket(String),
+    #[error("relay_of: ticket \"{0}\" was not delivered to you, so you cannot relay it")]
+    RelayNotReceived(String),
+    #[error("relay_of: ticket \"{0}\" is about another person or another flow than this message")]
+    RelayMismatch(String),
+    #[error("contact_file must be 1-128 printable ASCII characters without spaces")]
+    BadContactFile,
+    #[error("institution \"{sender}\" may not send flow {flow}: no deliberation names it as a sender")]
+    FlowNotAllowed { sender: String, flow: Flow },
+    #[error("message_id \"{0}\" was already used for a different message: choose a new id")]
+    DuplicateMessageId(String),
+}
+
+impl InputError {
+    pub fn code(&self) -> Code {
+        match self {
+            InputError::UnknownRelayTicket(_) => Code::NotFound,
+            InputError::RelayNotReceived(_) | InputError::FlowNotAllowed { .. } => Code::PermissionDenied,
+            InputError::DuplicateMessageId(_) => Code::AlreadyExists,
+            _ => Code::InvalidArgument,
+        }
+    }
+}
+
+impl From<InputError> for Status {
+    fn from(error: InputError) -> Status {
+        Status::new(error.code(), error.to_string())
+    }
+}

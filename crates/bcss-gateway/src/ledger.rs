@@ -1,0 +1,136 @@
+//! The hub's record of tickets: what was decided for each exchange, the chain of relays, and
+//! the sender's message ids (for idempotent resubmission).
+//!
+//! In memory for now; the durable outbox and journal take this role over (see ARCHITECTURE.md).
+//! It never holds a payload.
+
+use std::sync::{Arc, Mutex};
+
+use bcss_domain::{Flow, InstitutionIndex, Niss, RefusalReason};
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use time::OffsetDateTime;
+
+/// What happened for one candidate recipient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Passed every check; delivery in progress (or, for Explain, would be delivered).
+    Accepted,
+    Delivered,
+    Refused(RefusalReason),
+    DeliveryFailed,
+}
+
+/// The outcome for one candidate recipient of a ticket.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub institution: Arc<str>,
+    pub deliberation: Option<Arc<str>>,
+    pub decision: Decision,
+    pub delivery_id: Option<String>,
+    pub a_posteriori: bool,
+    pub removed_fields: u32,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+/// One exchange.
+#[derive(Debug)]
+pub struct TicketRecord {
+    pub ticket: Arc<str>,
+    pub sender: Arc<str>,
+    pub sender_index: InstitutionIndex,
+    pub message_id: String,
+    pub flow: Flow,
+    pub niss: Niss,
+    pub relay_of: Option<Arc<str>>,
+    pub contact_file: Option<String>,
+    pub accepted_at: OffsetDateTime,
+    /// Fingerprint of the envelope, to tell a resubmission from a reused id.
+    pub fingerprint: u64,
+    pub outcomes: Mutex<Vec<Outcome>>,
+    /// Tickets that relay this one.
+    pub relays: Mutex<Vec<Arc<str>>>,
+}
+
+impl TicketRecord {
+    pub fn outcomes(&self) -> Vec<Outcome> {
+        self.outcomes.lock().expect("outcomes lock").clone()
+    }
+
+    /// True when `institution` received (or is receiving) this exchange.
+    pub fn was_delivered_to(&self, institution: &str) -> bool {
+        self.outcomes().iter().any(|o| &*o.institution == institution && o.decision == Decision::Delivered)
+    }
+
+    /// True when `institution` took part: sent it or was a candidate recipient.
+    pub fn involves(&self, institution: &str) -> bool {
+        &*self.sender == institution || self.outcomes().iter().any(|o| &*o.institution == institution)
+    }
+}
+
+/// A resubmitted message id.
+pub enum Reservation {
+    /// First time: go on.
+    New,
+    /// Same sender, same id, same content: answer with the original.
+    Resubmitted(Arc<TicketRecord>),
+    /// Same sender, same id, different content.
+    Conflict,
+}
+
+#[derive(Debug, Default)]
+pub struct Ledger {
+    tickets: DashMap<Arc<str>, Arc<TicketRecord>>,
+    by_message: DashMap<(InstitutionIndex, String), Arc<TicketRecord>>,
+}
+
+impl Ledger {
+    pub fn get(&self, ticket: &str) -> Option<Arc<TicketRecord>> {
+        self.tickets.get(ticket).map(|r| r.clone())
+    }
+
+    /// Records a new exchange unless the sender already used the message id.
+    pub fn insert(&self, record: TicketRecord) -> (Reservation, Arc<TicketRecord>) {
+        let record = Arc::new(record);
+        match self.by_message.entry((record.sender_index, record.message_id.clone())) {
+            Entry::Occupied(existing) => {
+                let existing = existing.get().clone();
+                let reservation = if existing.fingerprint == record.fingerprint {
+                    Reservation::Resubmitted(existing.clone())
+                } else {
+                    Reservation::Conflict
+                };
+                (reservation, existing)
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(record.clone());
+                self.tickets.insert(record.ticket.clone(), record.clone());
+                if let Some(parent) = record.relay_of.as_ref().and_then(|t| self.get(t)) {
+                    parent.relays.lock().expect("relays lock").push(record.ticket.clone());
+                }
+                (Reservation::New, record)
+            }
+        }
+    }
+
+    /// The whole chain `ticket` belongs to, first hop first.
+    pub fn chain(&self, ticket: &str) -> Vec<Arc<TicketRecord>> {
+        let Some(mut root) = self.get(ticket) else { return Vec::new() };
+        // Walk up; a chain is short, but bound the walk in case of a cycle.
+        for _ in 0..64 {
+            match root.relay_of.as_ref().and_then(|t| self.get(t)) {
+                Some(parent) => root = parent,
+                None => break,
+            }
+        }
+        let mut chain = vec![root];
+        let mut next = 0;
+        while next < chain.len() && chain.len() < 1024 {
+            let relays = chain[next].relays.lock().expect("relays lock").clone();
+            chain.extend(relays.iter().filter_map(|t| self.get(t)));
+            next += 1;
+        }
+        chain
+    }
+}

@@ -1,0 +1,275 @@
+//! The gRPC services: `Gateway` (over envelope views) and `Directory`. They authenticate the
+//! caller, call the pipeline, and convert between the contracts and the domain.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bcss_domain::{Niss, Period, QualityCode, RefusalReason, SectorQuality};
+use bcss_proto::flows::v1::Period as WirePeriod;
+use bcss_proto::gateway_view::gateway_server::Gateway;
+use bcss_proto::hub::v1 as pb;
+use bcss_proto::hub::view::v1::EnvelopeView;
+use time::format_description::well_known::Rfc3339;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::identity::caller;
+use crate::ledger::{Decision, Outcome, TicketRecord};
+use crate::pipeline::{Hub, Planned};
+
+/// `bcss.hub.v1.Gateway`.
+#[derive(Clone, Debug)]
+pub struct GatewayService {
+    pub hub: Arc<Hub>,
+}
+
+#[tonic::async_trait]
+impl Gateway for GatewayService {
+    async fn submit(&self, request: Request<EnvelopeView>) -> Result<Response<pb::SubmitReply>, Status> {
+        let policy = self.hub.policy();
+        let sender = caller(&policy, &request)?.clone();
+        let record = self.hub.submit(&policy, &sender, request.into_inner()).await?;
+        Ok(Response::new(submit_reply(&record)))
+    }
+
+    type SubmitStreamStream = Pin<Box<dyn Stream<Item = Result<pb::SubmitStreamReply, Status>> + Send + 'static>>;
+
+    async fn submit_stream(&self, request: Request<Streaming<EnvelopeView>>) -> Result<Response<Self::SubmitStreamStream>, Status> {
+        let sender = caller(&self.hub.policy(), &request)?.clone();
+        let hub = self.hub.clone();
+        let mut inbound = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Some(item) = inbound.next().await {
+                let reply = match item {
+                    Ok(envelope) => {
+                        let message_id = envelope.message_id.clone();
+                        let policy = hub.policy();
+                        let result = match hub.submit(&policy, &sender, envelope).await {
+                            Ok(record) => pb::submit_stream_reply::Result::Reply(submit_reply(&record)),
+                            Err(error) => pb::submit_stream_reply::Result::Error(pb::StreamError {
+                                code: error.code() as i32,
+                                message: error.to_string(),
+                            }),
+                        };
+                        Ok(pb::SubmitStreamReply { message_id, result: Some(result) })
+                    }
+                    Err(status) => Err(status),
+                };
+                let stop = reply.is_err();
+                if tx.send(reply).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn explain(&self, request: Request<EnvelopeView>) -> Result<Response<pb::ExplainReply>, Status> {
+        let policy = self.hub.policy();
+        let sender = caller(&policy, &request)?.clone();
+        let plans = self.hub.explain(&policy, &sender, request.into_inner())?;
+        Ok(Response::new(pb::ExplainReply { recipients: plans.iter().map(explained).collect() }))
+    }
+
+    async fn track(&self, request: Request<pb::TrackRequest>) -> Result<Response<pb::TrackReply>, Status> {
+        let policy = self.hub.policy();
+        let caller = caller(&policy, &request)?.id.clone();
+        let ticket = request.into_inner().ticket;
+        let chain = self.hub.ledger().chain(&ticket);
+        // A ticket the caller has no part in is answered as unknown: its existence is not revealed.
+        if chain.is_empty() || !chain.iter().any(|hop| hop.involves(&caller)) {
+            return Err(Status::not_found(format!("no exchange with ticket \"{ticket}\" among yours")));
+        }
+        let hops = chain
+            .iter()
+            .map(|hop| pb::Hop {
+                ticket: hop.ticket.to_string(),
+                relay_of: hop.relay_of.as_deref().unwrap_or_default().to_owned(),
+                sender: hop.sender.to_string(),
+                flow: flow_number(hop.flow),
+                accepted_at: hop.accepted_at.format(&Rfc3339).unwrap_or_default(),
+                recipients: hop.outcomes().iter().map(outcome).collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::TrackReply { hops }))
+    }
+}
+
+pub(crate) fn submit_reply(record: &TicketRecord) -> pb::SubmitReply {
+    pb::SubmitReply {
+        ticket: record.ticket.to_string(),
+        message_id: record.message_id.clone(),
+        recipients: record.outcomes().iter().map(outcome).collect(),
+    }
+}
+
+fn outcome(o: &Outcome) -> pb::RecipientOutcome {
+    let (decision, reason) = match o.decision {
+        Decision::Accepted => (pb::Decision::Accepted, None),
+        Decision::Delivered => (pb::Decision::Delivered, None),
+        Decision::Refused(reason) => (pb::Decision::Refused, Some(reason)),
+        Decision::DeliveryFailed => (pb::Decision::DeliveryFailed, None),
+    };
+    pb::RecipientOutcome {
+        institution: o.institution.to_string(),
+        deliberation: o.deliberation.as_deref().unwrap_or_default().to_owned(),
+        decision: decision as i32,
+        reason: reason.map(refusal_reason).unwrap_or(pb::RefusalReason::Unspecified) as i32,
+        detail: match (o.decision, reason) {
+            (_, Some(reason)) => reason.to_string(),
+            (Decision::Delivered, _) => "delivered and acknowledged".into(),
+            (Decision::DeliveryFailed, _) => "accepted, but the recipient's endpoint did not acknowledge".into(),
+            _ => "accepted".into(),
+        },
+        delivery_id: o.delivery_id.clone().unwrap_or_default(),
+        a_posteriori: o.a_posteriori,
+        removed_field_count: o.removed_fields,
+        removed_fields: Vec::new(),
+        attempts: o.attempts,
+        last_error: o.last_error.clone().unwrap_or_default(),
+    }
+}
+
+fn explained(plan: &Planned) -> pb::RecipientOutcome {
+    match &plan.result {
+        Ok(admitted) => pb::RecipientOutcome {
+            institution: plan.institution_id.to_string(),
+            deliberation: admitted.deliberation.to_string(),
+            decision: pb::Decision::Accepted as i32,
+            detail: "would be delivered".into(),
+            a_posteriori: admitted.a_posteriori,
+            removed_field_count: admitted.removed_fields,
+            removed_fields: admitted.removed_paths.clone(),
+            ..Default::default()
+        },
+        Err((reason, deliberation)) => pb::RecipientOutcome {
+            institution: plan.institution_id.to_string(),
+            deliberation: deliberation.as_deref().unwrap_or_default().to_owned(),
+            decision: pb::Decision::Refused as i32,
+            reason: refusal_reason(*reason) as i32,
+            detail: reason.to_string(),
+            ..Default::default()
+        },
+    }
+}
+
+pub fn refusal_reason(reason: RefusalReason) -> pb::RefusalReason {
+    match reason {
+        RefusalReason::NoDeliberation => pb::RefusalReason::NoDeliberation,
+        RefusalReason::DeliberationNotYetValid => pb::RefusalReason::DeliberationNotYetValid,
+        RefusalReason::DeliberationExpired => pb::RefusalReason::DeliberationExpired,
+        RefusalReason::RelayRequired => pb::RefusalReason::RelayRequired,
+        RefusalReason::ContactFileMissing => pb::RefusalReason::ContactFileMissing,
+        RefusalReason::NotIntegrated => pb::RefusalReason::NotIntegrated,
+        RefusalReason::QualityCodeNotAccepted => pb::RefusalReason::QualityCodeNotAccepted,
+        RefusalReason::PeriodOutsideIntegration => pb::RefusalReason::PeriodOutsideIntegration,
+    }
+}
+
+fn flow_number(flow: bcss_domain::Flow) -> i32 {
+    match flow {
+        bcss_domain::Flow::A052 => pb::Flow::A052 as i32,
+        bcss_domain::Flow::Dmfa => pb::Flow::Dmfa as i32,
+        bcss_domain::Flow::Dimona => pb::Flow::Dimona as i32,
+    }
+}
+
+/// `bcss.hub.v1.Directory`: each institution changes and lists its own integrations only.
+#[derive(Clone, Debug)]
+pub struct DirectoryService {
+    pub hub: Arc<Hub>,
+}
+
+const MAX_PAGE: usize = 1000;
+
+#[tonic::async_trait]
+impl pb::directory_server::Directory for DirectoryService {
+    async fn integrate(&self, request: Request<pb::IntegrateRequest>) -> Result<Response<pb::IntegrateReply>, Status> {
+        let policy = self.hub.policy();
+        let me = caller(&policy, &request)?.clone();
+        let request = request.into_inner();
+        let niss = parse_niss(&request.niss)?;
+        let code = u16::try_from(request.quality_code).ok().and_then(QualityCode::new);
+        let quality = code
+            .map(|code| SectorQuality { sector: me.sector, code })
+            .filter(|q| policy.quality_name(*q).is_some())
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "quality_code {:03} is not defined for sector \"{}\" (see the quality-code table)",
+                    request.quality_code,
+                    policy.sector(me.sector).id
+                ))
+            })?;
+        let period = parse_period(request.period.as_ref())?;
+        let created = self.hub.directory().integrate(
+            niss,
+            bcss_domain::Integration { institution: me.index, quality: quality.code, period },
+        );
+        tracing::info!(message = "Integration declared.", institution = %me.id, quality = %quality.code, created);
+        Ok(Response::new(pb::IntegrateReply { created }))
+    }
+
+    async fn remove(&self, request: Request<pb::RemoveRequest>) -> Result<Response<pb::RemoveReply>, Status> {
+        let policy = self.hub.policy();
+        let me = caller(&policy, &request)?.clone();
+        let request = request.into_inner();
+        let niss = parse_niss(&request.niss)?;
+        let quality = match request.quality_code {
+            Some(code) => Some(
+                u16::try_from(code).ok().and_then(QualityCode::new).ok_or_else(|| Status::invalid_argument("quality_code must be 000-999"))?,
+            ),
+            None => None,
+        };
+        let removed = self.hub.directory().remove(niss, me.index, quality);
+        tracing::info!(message = "Integrations withdrawn.", institution = %me.id, removed);
+        Ok(Response::new(pb::RemoveReply { removed: removed as u32 }))
+    }
+
+    async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListReply>, Status> {
+        let policy = self.hub.policy();
+        let me = caller(&policy, &request)?.clone();
+        let request = request.into_inner();
+        let niss = request.niss.as_deref().map(parse_niss).transpose()?;
+        let limit = match request.page_size as usize {
+            0 => MAX_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let skip = match request.page_token.as_str() {
+            "" => 0,
+            token => token.parse::<usize>().map_err(|_| Status::invalid_argument("page_token is not one this service returned"))?,
+        };
+        let (rows, more) = self.hub.directory().list(me.index, niss, skip, limit);
+        let integrations = rows
+            .iter()
+            .map(|(niss, row)| pb::IntegrationEntry {
+                niss: niss.digits(),
+                quality_code: u32::from(row.quality.0),
+                quality_name: policy.quality_name(SectorQuality { sector: me.sector, code: row.quality }).unwrap_or_default().to_owned(),
+                period: Some(wire_period(&row.period)),
+            })
+            .collect();
+        let next_page_token = if more { (skip + limit).to_string() } else { String::new() };
+        Ok(Response::new(pb::ListReply { integrations, next_page_token }))
+    }
+}
+
+fn parse_niss(text: &str) -> Result<Niss, Status> {
+    Niss::parse(text).map_err(|e| Status::invalid_argument(format!("niss: {e}")))
+}
+
+fn parse_period(period: Option<&WirePeriod>) -> Result<Period, Status> {
+    let period = period.ok_or_else(|| Status::invalid_argument("period is required: set at least period.start (YYYY-MM-DD)"))?;
+    let date = |text: &str, field: &str| {
+        time::Date::parse(text, time::macros::format_description!("[year]-[month]-[day]"))
+            .map_err(|_| Status::invalid_argument(format!("period.{field} is not a date YYYY-MM-DD")))
+    };
+    let start = date(&period.start, "start")?;
+    let end = if period.end.is_empty() { None } else { Some(date(&period.end, "end")?) };
+    Period::new(start, end).map_err(|e| Status::invalid_argument(format!("period: {e}")))
+}
+
+fn wire_period(period: &Period) -> WirePeriod {
+    let date = |d: time::Date| format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day());
+    WirePeriod { start: date(period.start), end: period.end.map(date).unwrap_or_default() }
+}

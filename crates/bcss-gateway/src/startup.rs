@@ -1,0 +1,106 @@
+//! From `hub.toml` to the parts of a running hub: settings, policy, directory, PKI, TLS.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bcss_directory::Directory;
+use bcss_directory::csv::Resolver;
+use bcss_domain::{InstitutionIndex, QualityCode, SectorQuality};
+use bcss_policy::{Policy, Settings};
+use tonic::transport::{Certificate, Identity};
+
+use crate::delivery::{ClientTls, Deliverer};
+use crate::pki::Pki;
+use crate::server::{ServeOptions, ServerTls};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] bcss_policy::ConfigError),
+    #[error("{}: {source}", file.display())]
+    Directory { file: std::path::PathBuf, source: DirectoryFileError },
+    #[error("PKI: {0}")]
+    Pki(#[from] crate::pki::PkiError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryFileError {
+    #[error("cannot read: {0}")]
+    Read(#[from] std::io::Error),
+    #[error(transparent)]
+    Line(#[from] bcss_directory::csv::LineError),
+}
+
+/// Resolves directory rows against a policy.
+pub struct PolicyResolver<'a>(pub &'a Policy);
+
+impl Resolver for PolicyResolver<'_> {
+    fn institution(&self, id: &str) -> Option<InstitutionIndex> {
+        self.0.institution_by_id(id).map(|i| i.index)
+    }
+    fn quality_exists(&self, institution: InstitutionIndex, code: QualityCode) -> bool {
+        let sector = self.0.institution(institution).sector;
+        self.0.quality_name(SectorQuality { sector, code }).is_some()
+    }
+}
+
+/// Loads the persons directory file.
+pub fn load_directory(file: &Path, policy: &Policy) -> Result<Directory, StartupError> {
+    let fail = |source: DirectoryFileError| StartupError::Directory { file: file.to_owned(), source };
+    let text = std::fs::read_to_string(file).map_err(|e| fail(e.into()))?;
+    let directory = Directory::new();
+    bcss_directory::csv::load(&directory, &text, &PolicyResolver(policy)).map_err(|e| fail(e.into()))?;
+    Ok(directory)
+}
+
+/// Creates whatever is missing of the development PKI for the hub and every institution.
+pub fn ensure_pki(settings: &Settings, policy: &Policy) -> Result<Pki, StartupError> {
+    let pki = Pki::new(&settings.tls.pki);
+    let hub_names = vec![settings.tls.hub_name.clone(), "localhost".to_owned(), "127.0.0.1".to_owned()];
+    let parties: Vec<(String, String)> =
+        policy.institutions().iter().map(|i| (i.id.to_string(), i.certificate_name.clone())).collect();
+    let created = pki.ensure(&hub_names, &parties)?;
+    if created > 0 {
+        tracing::info!(message = "Development certificates created.", created, folder = %settings.tls.pki.display());
+    }
+    Ok(pki)
+}
+
+/// Everything `serve` and `demo` need, built from `hub.toml`.
+pub struct Assembled {
+    pub settings: Settings,
+    pub hub: Arc<crate::Hub>,
+    pub options: ServeOptions,
+    pub pki: Pki,
+}
+
+/// Loads the configuration, the directory and the PKI, and builds the hub. `adjust` may change
+/// the policy before the hub takes it (the demo and tests point institutions at their servers).
+pub fn assemble(config: &Path, adjust: impl FnOnce(&mut Policy)) -> Result<Assembled, StartupError> {
+    let settings = Settings::load(config)?;
+    let mut policy = Policy::load(&settings)?;
+    adjust(&mut policy);
+    let directory = load_directory(&settings.files.directory, &policy)?;
+    let pki = ensure_pki(&settings, &policy)?;
+    let hub_pair = pki.hub()?;
+    let ca = Certificate::from_pem(pki.ca_cert()?);
+    let identity = Identity::from_pem(&hub_pair.cert, &hub_pair.key);
+    let deliverer = Deliverer::new(
+        Some(ClientTls { ca: ca.clone(), identity: identity.clone() }),
+        Duration::from_millis(settings.delivery.timeout_ms),
+    );
+    tracing::info!(
+        message = "Configuration loaded.",
+        institutions = policy.institutions().len(),
+        deliberations = policy.deliberations().len(),
+        persons = directory.persons(),
+        integrations = directory.integration_count(),
+    );
+    let hub = Arc::new(crate::Hub::new(policy, Arc::new(directory), deliverer));
+    let options = ServeOptions {
+        tls: ServerTls { identity, client_ca: ca },
+        max_message_bytes: settings.limits.max_message_bytes,
+    };
+    Ok(Assembled { settings, hub, options, pki })
+}
