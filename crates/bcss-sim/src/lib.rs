@@ -1,1 +1,19 @@
-//! placeholder
+//! The simulated network around the hub, and the `bcss-hub` command line.
+//!
+//! # Layout
+//!
+//! - [`institution`]: the reference institution server and a whole network of them.
+//! - [`client`]: connecting to the hub as an institution.
+//! - [`envelope`]: building envelopes.
+//! - [`payloads`]: realistic A052, DmfA and Dimona messages.
+//! - [`network`]: the reproducible persons directory of the sample network.
+//! - [`demo`]: `bcss-hub demo`.
+//! - [`cli`]: the command line.
+
+pub mod cli;
+pub mod client;
+pub mod demo;
+pub mod envelope;
+pub mod institution;
+pub mod network;
+pub mod payloads;

@@ -1,0 +1,158 @@
+//! The `bcss-hub` command line: serve, check-config, demo, certs, generate-directory,
+//! institution.
+
+use std::path::PathBuf;
+
+use bcss_gateway::startup;
+use bcss_policy::{Policy, Settings};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "bcss-hub", version, about = "A message-routing gateway playing the Crossroads Bank for Social Security.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the hub on a configuration folder.
+    Serve {
+        #[arg(long, default_value = "config/hub.toml")]
+        config: PathBuf,
+    },
+    /// Validates the whole configuration folder and says what it loaded.
+    CheckConfig {
+        #[arg(long, default_value = "config/hub.toml")]
+        config: PathBuf,
+    },
+    /// Starts the hub and the simulated institutions on loopback, plays a realistic mix of
+    /// flows, and reports per flow and deliberation.
+    Demo {
+        #[arg(long, default_value = "config/hub.toml")]
+        config: PathBuf,
+        /// How many first-hop messages to submit (CAPELO relays come on top).
+        #[arg(long, default_value_t = 600)]
+        messages: usize,
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+        /// Leave the hub and the institutions running after the report.
+        #[arg(long)]
+        keep_running: bool,
+    },
+    /// Creates the development CA and a key and certificate for the hub and every institution.
+    Certs {
+        #[arg(long, default_value = "config/hub.toml")]
+        config: PathBuf,
+    },
+    /// Writes a reproducible persons directory for the sample network to standard output.
+    GenerateDirectory {
+        #[arg(long, default_value = "config/hub.toml")]
+        config: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        persons: usize,
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+    },
+    /// Runs one reference institution server and prints every delivery it receives.
+    Institution {
+        #[arg(long, default_value = "config/hub.toml")]
+        config: PathBuf,
+        /// The institution's id in institutions.toml.
+        #[arg(long)]
+        id: String,
+    },
+}
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn init_logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Runs the command line; the binary's `main` only calls this.
+pub async fn main() -> Result<(), Error> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => {
+            init_logs("info");
+            let assembled = startup::assemble(&config, |_| {})?;
+            let listener = tokio::net::TcpListener::bind(assembled.settings.server.listen).await?;
+            tracing::info!(message = "Hub listening.", address = %listener.local_addr()?);
+            bcss_gateway::server::run(assembled.hub, listener, assembled.options, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        }
+        Command::CheckConfig { config } => {
+            init_logs("warn");
+            let settings = Settings::load(&config)?;
+            let policy = Policy::load(&settings)?;
+            let directory = startup::load_directory(&settings.files.directory, &policy)?;
+            println!("Configuration {} is valid:", config.display());
+            println!("  {} sectors, {} institutions", policy.sectors().len(), policy.institutions().len());
+            for deliberation in policy.deliberations() {
+                let flows: Vec<String> = deliberation
+                    .flows
+                    .iter()
+                    .map(|flow| format!("{flow} ({} fields)", policy.grant(deliberation, *flow).map_or(0, |g| g.paths.len())))
+                    .collect();
+                println!("  deliberation {}: {}; {}", deliberation.id, deliberation.title, flows.join(", "));
+            }
+            println!("  directory: {} persons, {} integrations", directory.persons(), directory.integration_count());
+        }
+        Command::Demo { config, messages, seed, keep_running } => {
+            init_logs("warn");
+            let options = crate::demo::DemoOptions { messages, seed, keep_running, ephemeral_ports: false, progress: true };
+            crate::demo::run(&config, options).await?;
+        }
+        Command::Certs { config } => {
+            init_logs("info");
+            let settings = Settings::load(&config)?;
+            let policy = Policy::load(&settings)?;
+            startup::ensure_pki(&settings, &policy)?;
+            println!("Development PKI in {}", settings.tls.pki.display());
+        }
+        Command::GenerateDirectory { config, persons, seed } => {
+            let settings = Settings::load(&config)?;
+            let policy = Policy::load(&settings)?;
+            let rows = crate::network::generate(&policy, persons, seed);
+            print!("{}", crate::network::to_csv(&rows, persons, seed));
+        }
+        Command::Institution { config, id } => {
+            init_logs("info");
+            let settings = Settings::load(&config)?;
+            let policy = Policy::load(&settings)?;
+            let pki = startup::ensure_pki(&settings, &policy)?;
+            let institution = policy.institution_by_id(&id).ok_or_else(|| format!("no institution \"{id}\" in the configuration"))?;
+            let listener = tokio::net::TcpListener::bind(&institution.endpoint).await?;
+            let inbox = crate::institution::Inbox::default();
+            let server = crate::institution::ReferenceInstitution { id: id.clone(), inbox: inbox.clone(), hub_name: settings.tls.hub_name.clone() };
+            let pair = pki.party(&id)?;
+            println!("Institution {id} listening on {}; deliveries are printed as they arrive.", listener.local_addr()?);
+            let printer = tokio::spawn(async move {
+                let mut shown = 0;
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    for delivery in inbox.deliveries().into_iter().skip(shown) {
+                        shown += 1;
+                        println!("{delivery:#?}");
+                    }
+                }
+            });
+            crate::institution::serve(
+                server,
+                listener,
+                tonic::transport::Identity::from_pem(pair.cert, pair.key),
+                tonic::transport::Certificate::from_pem(pki.ca_cert()?),
+                async {
+                    let _ = tokio::signal::ctrl_c().await;
+                },
+            )
+            .await?;
+            printer.abort();
+        }
+    }
+    Ok(())
+}

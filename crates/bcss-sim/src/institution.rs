@@ -1,0 +1,176 @@
+//! The reference institution server: a real `bcss.institution.v1.Institution` gRPC server over
+//! mutual TLS that accepts deliveries only from the hub, drops duplicates by delivery id, and
+//! keeps what it received so it can be printed or checked. The simulated network is made of
+//! these.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bcss_gateway::pki::Pki;
+use bcss_policy::Policy;
+use bcss_proto::institution::v1::institution_server::{Institution, InstitutionServer};
+use bcss_proto::institution::v1::{Delivery, DeliveryAck};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+
+/// What one institution received.
+#[derive(Clone, Debug, Default)]
+pub struct Inbox {
+    inner: Arc<Mutex<InboxState>>,
+}
+
+#[derive(Debug, Default)]
+struct InboxState {
+    deliveries: Vec<Delivery>,
+    seen: HashSet<String>,
+    duplicates: u64,
+}
+
+impl Inbox {
+    /// The deliveries received, duplicates excluded, in arrival order.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.inner.lock().expect("inbox lock").deliveries.clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().expect("inbox lock").deliveries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Deliveries dropped because their delivery id was seen before.
+    pub fn duplicates(&self) -> u64 {
+        self.inner.lock().expect("inbox lock").duplicates
+    }
+
+    /// Records a delivery; false when its id was already seen.
+    fn record(&self, delivery: Delivery) -> bool {
+        let mut state = self.inner.lock().expect("inbox lock");
+        if !state.seen.insert(delivery.delivery_id.clone()) {
+            state.duplicates += 1;
+            return false;
+        }
+        state.deliveries.push(delivery);
+        true
+    }
+}
+
+/// One institution's `Institution` service.
+#[derive(Clone, Debug)]
+pub struct ReferenceInstitution {
+    pub id: String,
+    pub inbox: Inbox,
+    /// The DNS name the hub's certificate must carry.
+    pub hub_name: String,
+}
+
+#[tonic::async_trait]
+impl Institution for ReferenceInstitution {
+    async fn deliver(&self, request: Request<Delivery>) -> Result<Response<DeliveryAck>, Status> {
+        let from_hub = request
+            .peer_certs()
+            .and_then(|certs| certs.first().and_then(|c| bcss_gateway::identity::dns_names(c.as_ref()).ok()))
+            .is_some_and(|names| names.contains(&self.hub_name));
+        if !from_hub {
+            return Err(Status::permission_denied("only the hub delivers to this endpoint"));
+        }
+        let fresh = self.inbox.record(request.into_inner());
+        Ok(Response::new(DeliveryAck { duplicate: !fresh }))
+    }
+}
+
+/// Serves one reference institution on `listener` until `shutdown`.
+pub async fn serve(
+    institution: ReferenceInstitution,
+    listener: TcpListener,
+    identity: Identity,
+    ca: Certificate,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    Server::builder()
+        .tls_config(ServerTlsConfig::new().identity(identity).client_ca_root(ca))?
+        .add_service(InstitutionServer::new(institution))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Every institution of a policy, served on loopback.
+#[derive(Debug)]
+pub struct Network {
+    pub inboxes: HashMap<String, Inbox>,
+    pub addresses: HashMap<String, SocketAddr>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Network {
+    /// Starts one reference institution per institution of `policy`. With `ephemeral`, each
+    /// binds a free loopback port; otherwise its configured endpoint, falling back to a free
+    /// port when that one is taken.
+    pub async fn start(policy: &Policy, pki: &Pki, hub_name: &str, ephemeral: bool) -> std::io::Result<Network> {
+        let ca = Certificate::from_pem(pki.ca_cert().map_err(std::io::Error::other)?);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut network = Network { inboxes: HashMap::new(), addresses: HashMap::new(), stop };
+        for institution in policy.institutions() {
+            let listener = if ephemeral {
+                TcpListener::bind("127.0.0.1:0").await?
+            } else {
+                match TcpListener::bind(&institution.endpoint).await {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        tracing::warn!(message = "Configured endpoint unavailable; using a free port.", institution = %institution.id, %error);
+                        TcpListener::bind("127.0.0.1:0").await?
+                    }
+                }
+            };
+            let pair = pki.party(&institution.id).map_err(std::io::Error::other)?;
+            let inbox = Inbox::default();
+            network.addresses.insert(institution.id.to_string(), listener.local_addr()?);
+            network.inboxes.insert(institution.id.to_string(), inbox.clone());
+            let server = ReferenceInstitution { id: institution.id.to_string(), inbox, hub_name: hub_name.to_owned() };
+            let mut stopped = stopped.clone();
+            let identity = Identity::from_pem(pair.cert, pair.key);
+            let ca = ca.clone();
+            tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                };
+                if let Err(error) = serve(server, listener, identity, ca, shutdown).await {
+                    tracing::error!(message = "Reference institution stopped.", %error);
+                }
+            });
+        }
+        Ok(network)
+    }
+
+    /// Points every institution of `policy` at the address its server listens on.
+    pub fn apply_endpoints(&self, policy: &mut Policy) {
+        for (id, address) in &self.addresses {
+            policy.set_endpoint(id, address.to_string());
+        }
+    }
+
+    pub fn inbox(&self, id: &str) -> &Inbox {
+        &self.inboxes[id]
+    }
+
+    /// Total deliveries received across the network (duplicates excluded).
+    pub fn received(&self) -> usize {
+        self.inboxes.values().map(Inbox::len).sum()
+    }
+
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
