@@ -82,7 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "crate::institution::v1::DeliveryAck",
         ))
         .build();
-    Builder::new().out_dir(&views_dir).build_client(false).compile(std::slice::from_ref(&gateway));
+    Builder::new().out_dir(&views_dir).compile(std::slice::from_ref(&gateway));
     Builder::new().out_dir(&views_dir).build_server(false).compile(std::slice::from_ref(&institution));
     Ok(())
 }

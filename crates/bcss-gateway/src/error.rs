@@ -18,7 +18,7 @@ pub enum InputError {
     UnknownFlow(i32),
     #[error("the envelope carries no payload: set the a052, dmfa or dimona field matching the flow")]
     MissingPayload,
-    #[error("the envelope announces flow {announced} but carries a {carried} payload")]
+    #[error("the envelope announces flow {announced} but its payload is {carried}")]
     PayloadFlowMismatch { announced: Flow, carried: Flow },
     #[error("envelope niss: {0}")]
     Niss(NissError),

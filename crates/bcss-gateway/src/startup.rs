@@ -78,7 +78,11 @@ pub struct Assembled {
 /// Loads the configuration, the directory and the PKI, and builds the hub. `adjust` may change
 /// the policy before the hub takes it (the demo and tests point institutions at their servers).
 pub fn assemble(config: &Path, adjust: impl FnOnce(&mut Policy)) -> Result<Assembled, StartupError> {
-    let settings = Settings::load(config)?;
+    assemble_settings(Settings::load(config)?, adjust)
+}
+
+/// [`assemble`] from settings already loaded (tests change the PKI folder, say).
+pub fn assemble_settings(settings: Settings, adjust: impl FnOnce(&mut Policy)) -> Result<Assembled, StartupError> {
     let mut policy = Policy::load(&settings)?;
     adjust(&mut policy);
     let directory = load_directory(&settings.files.directory, &policy)?;

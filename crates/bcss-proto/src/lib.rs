@@ -8,7 +8,8 @@
 //! - [`institution::v1`]: the Institution service the hub delivers to.
 //! - [`hub::view::v1`]: `EnvelopeView` and `DeliveryView`, wire-compatible with `Envelope` and
 //!   `Delivery` but keeping the payload as `bytes::Bytes` (zero-copy on decode).
-//! - [`gateway_view`]: the Gateway server over views; [`institution_view`]: the Institution
+//! - [`gateway_view`]: the Gateway server (and a client, for raw-byte tests) over views;
+//!   [`institution_view`]: the Institution
 //!   client over views. These are what the hub runs; the typed ones are for institutions.
 //! - [`FILE_DESCRIPTOR_SET`]: the compiled public contracts, for reflection and for resolving
 //!   deliberation field paths.

@@ -97,11 +97,15 @@ fn population(policy: &Policy, hub: &bcss_gateway::Hub) -> Population {
 
 /// Runs the demo on the configuration at `config` (a `hub.toml`).
 pub async fn run(config: &Path, options: DemoOptions) -> Result<DemoReport, Box<dyn std::error::Error + Send + Sync>> {
-    let settings = Settings::load(config)?;
+    run_with(Settings::load(config)?, options).await
+}
+
+/// [`run`] with settings already loaded.
+pub async fn run_with(settings: Settings, options: DemoOptions) -> Result<DemoReport, Box<dyn std::error::Error + Send + Sync>> {
     let policy = Policy::load(&settings)?;
     let pki: Pki = startup::ensure_pki(&settings, &policy)?;
     let network = Network::start(&policy, &pki, &settings.tls.hub_name, options.ephemeral_ports).await?;
-    let assembled = startup::assemble(config, |policy| network.apply_endpoints(policy))?;
+    let assembled = startup::assemble_settings(settings.clone(), |policy| network.apply_endpoints(policy))?;
     let listener = match options.ephemeral_ports {
         true => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
         false => match tokio::net::TcpListener::bind(settings.server.listen).await {
