@@ -5,7 +5,10 @@ mod common;
 
 use bcss_domain::Niss;
 use bcss_proto::flows::v1 as f;
-use bcss_proto::hub::v1::{Decision, Envelope, IntegrateRequest, ListRequest, RefusalReason, RemoveRequest, SubmitReply, TrackRequest};
+use bcss_proto::hub::v1::{
+    Decision, Envelope, IntegrateRequest, ListRequest, RefusalReason, RemoveRequest, SubmitReply,
+    TrackRequest,
+};
 use bcss_proto::institution::v1::{Delivery, delivery};
 use bcss_sim::envelope::{FlowMessage, envelope};
 use bcss_sim::payloads;
@@ -21,41 +24,89 @@ fn rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed)
 }
 
-async fn integrate(h: &Harness, institution: &str, niss: Niss, quality: u32, start: &str, end: &str) {
+async fn integrate(
+    h: &Harness,
+    institution: &str,
+    niss: Niss,
+    quality: u32,
+    start: &str,
+    end: &str,
+) {
     let reply = h
         .directory(institution)
         .await
         .integrate(IntegrateRequest {
             niss: niss.digits(),
             quality_code: quality,
-            period: Some(f::Period { start: start.into(), end: end.into() }),
+            period: Some(f::Period {
+                start: start.into(),
+                end: end.into(),
+            }),
         })
         .await
         .unwrap();
     assert!(reply.into_inner().created);
 }
 
-async fn submit(h: &Harness, sender: &str, envelope: Envelope) -> Result<SubmitReply, tonic::Status> {
-    h.gateway(sender).await.submit(envelope).await.map(|r| r.into_inner())
+async fn submit(
+    h: &Harness,
+    sender: &str,
+    envelope: Envelope,
+) -> Result<SubmitReply, tonic::Status> {
+    h.gateway(sender)
+        .await
+        .submit(envelope)
+        .await
+        .map(|r| r.into_inner())
 }
 
-fn outcome<'a>(reply: &'a SubmitReply, institution: &str) -> &'a bcss_proto::hub::v1::RecipientOutcome {
-    reply.recipients.iter().find(|r| r.institution == institution).unwrap_or_else(|| panic!("{institution} is not a candidate: {reply:#?}"))
+fn outcome<'a>(
+    reply: &'a SubmitReply,
+    institution: &str,
+) -> &'a bcss_proto::hub::v1::RecipientOutcome {
+    reply
+        .recipients
+        .iter()
+        .find(|r| r.institution == institution)
+        .unwrap_or_else(|| panic!("{institution} is not a candidate: {reply:#?}"))
 }
 
 fn a052_envelope(id: &str, niss: Niss, seed: u64) -> Envelope {
     let window = (date!(2025 - 01 - 01), date!(2025 - 06 - 30));
-    envelope(id, niss, window.0, Some(window.1), FlowMessage::A052(payloads::a052(&mut rng(seed), niss, "100", window)))
+    envelope(
+        id,
+        niss,
+        window.0,
+        Some(window.1),
+        FlowMessage::A052(payloads::a052(&mut rng(seed), niss, "100", window)),
+    )
 }
 
 fn dmfa_envelope(id: &str, niss: Niss, public: bool) -> Envelope {
     let message = payloads::dmfa(&mut rng(7), niss, 2025, 2, public);
-    envelope(id, niss, date!(2025 - 04 - 01), Some(date!(2025 - 06 - 30)), FlowMessage::Dmfa(message))
+    envelope(
+        id,
+        niss,
+        date!(2025 - 04 - 01),
+        Some(date!(2025 - 06 - 30)),
+        FlowMessage::Dmfa(message),
+    )
 }
 
 fn dimona_envelope(id: &str, niss: Niss) -> Envelope {
-    let message = payloads::dimona(&mut rng(9), niss, date!(2025 - 05 - 02), Some(date!(2025 - 08 - 31)));
-    envelope(id, niss, date!(2025 - 05 - 02), Some(date!(2025 - 08 - 31)), FlowMessage::Dimona(message))
+    let message = payloads::dimona(
+        &mut rng(9),
+        niss,
+        date!(2025 - 05 - 02),
+        Some(date!(2025 - 08 - 31)),
+    );
+    envelope(
+        id,
+        niss,
+        date!(2025 - 05 - 02),
+        Some(date!(2025 - 08 - 31)),
+        FlowMessage::Dimona(message),
+    )
 }
 
 /// The reference filter: decode with prost-reflect, clear every field the deliberation does not
@@ -63,7 +114,11 @@ fn dimona_envelope(id: &str, niss: Niss) -> Envelope {
 fn reference_filter(message: &mut DynamicMessage, prefix: &str, allowed: &[String]) {
     let fields: Vec<_> = message.fields().map(|(field, _)| field).collect();
     for field in fields {
-        let path = if prefix.is_empty() { field.name().to_owned() } else { format!("{prefix}.{}", field.name()) };
+        let path = if prefix.is_empty() {
+            field.name().to_owned()
+        } else {
+            format!("{prefix}.{}", field.name())
+        };
         if allowed.contains(&path) {
             continue;
         }
@@ -86,7 +141,9 @@ fn reference_filter(message: &mut DynamicMessage, prefix: &str, allowed: &[Strin
                         reference_filter(inner, &path, allowed);
                     }
                 }
-                items.retain(|item| !matches!(item, Value::Message(m) if m.fields().next().is_none()));
+                items.retain(
+                    |item| !matches!(item, Value::Message(m) if m.fields().next().is_none()),
+                );
             }
             _ => {}
         }
@@ -96,20 +153,39 @@ fn reference_filter(message: &mut DynamicMessage, prefix: &str, allowed: &[Strin
 
 fn descriptor(message: &str) -> MessageDescriptor {
     let pool = DescriptorPool::decode(bcss_proto::FILE_DESCRIPTOR_SET).unwrap();
-    pool.get_message_by_name(&format!("bcss.flows.v1.{message}")).unwrap()
+    pool.get_message_by_name(&format!("bcss.flows.v1.{message}"))
+        .unwrap()
 }
 
 /// Checks that `received` holds exactly the fields of `deliberation` present in `original`.
-fn assert_exactly_the_allowed_fields(h: &Harness, deliberation: &str, flow: bcss_domain::Flow, original: &[u8], received: &[u8], descriptor: MessageDescriptor) {
+fn assert_exactly_the_allowed_fields(
+    h: &Harness,
+    deliberation: &str,
+    flow: bcss_domain::Flow,
+    original: &[u8],
+    received: &[u8],
+    descriptor: MessageDescriptor,
+) {
     let policy = h.hub.policy();
-    let grant = policy.grant(policy.deliberation(deliberation).unwrap(), flow).unwrap();
+    let grant = policy
+        .grant(policy.deliberation(deliberation).unwrap(), flow)
+        .unwrap();
     let mut expected = DynamicMessage::decode(descriptor.clone(), original).unwrap();
     reference_filter(&mut expected, "", &grant.paths);
     let got = DynamicMessage::decode(descriptor, received).unwrap();
-    assert_eq!(got, expected, "{deliberation} {flow}: the received payload differs from the reference filter");
+    assert_eq!(
+        got, expected,
+        "{deliberation} {flow}: the received payload differs from the reference filter"
+    );
     // And field by field: every leaf present is listed by the deliberation.
-    let removed = policy.schema().removed_fields(flow, &grant.paths, received).unwrap();
-    assert!(removed.is_empty(), "{deliberation}: fields outside the deliberation reached the recipient: {removed:?}");
+    let removed = policy
+        .schema()
+        .removed_fields(flow, &grant.paths, received)
+        .unwrap();
+    assert!(
+        removed.is_empty(),
+        "{deliberation}: fields outside the deliberation reached the recipient: {removed:?}"
+    );
 }
 
 fn payload_bytes(delivery: &Delivery) -> (bcss_domain::Flow, Vec<u8>) {
@@ -145,11 +221,29 @@ async fn a052_under_20_130_reaches_every_integrated_cpas_with_all_fields() {
         let inbox = h.network.inbox(recipient).deliveries();
         assert_eq!(inbox.len(), 1, "{recipient}");
         let delivery = &inbox[0];
-        assert_eq!((delivery.ticket.as_str(), delivery.deliberation.as_str(), delivery.sender.as_str()), (reply.ticket.as_str(), "20/130", "mc"));
+        assert_eq!(
+            (
+                delivery.ticket.as_str(),
+                delivery.deliberation.as_str(),
+                delivery.sender.as_str()
+            ),
+            (reply.ticket.as_str(), "20/130", "mc")
+        );
         assert_eq!(delivery.delivery_id, o.delivery_id);
         let (flow, received) = payload_bytes(delivery);
-        assert_eq!(received, original_bytes(&envelope), "20/130 grants all of A052: byte for byte");
-        assert_exactly_the_allowed_fields(&h, "20/130", flow, &original_bytes(&envelope), &received, descriptor("A052"));
+        assert_eq!(
+            received,
+            original_bytes(&envelope),
+            "20/130 grants all of A052: byte for byte"
+        );
+        assert_exactly_the_allowed_fields(
+            &h,
+            "20/130",
+            flow,
+            &original_bytes(&envelope),
+            &received,
+            descriptor("A052"),
+        );
     }
     assert_eq!(h.received(), 3);
 }
@@ -163,16 +257,38 @@ async fn dmfa_under_10_059_is_filtered_and_relayed_to_sdpsp_with_a_chain() {
     let first = dmfa_envelope("dmfa-1", niss, true);
     let reply = submit(&h, "onss", first.clone()).await.unwrap();
     let o = outcome(&reply, "sigedis");
-    assert_eq!((o.decision, o.deliberation.as_str()), (Decision::Delivered as i32, "10/059"));
-    assert!(o.removed_field_count > 0, "10/059 removes the person's address, birth data, ...");
+    assert_eq!(
+        (o.decision, o.deliberation.as_str()),
+        (Decision::Delivered as i32, "10/059")
+    );
+    assert!(
+        o.removed_field_count > 0,
+        "10/059 removes the person's address, birth data, ..."
+    );
     let received = h.network.inbox("sigedis").deliveries();
     let (flow, bytes) = payload_bytes(&received[0]);
-    assert_exactly_the_allowed_fields(&h, "10/059", flow, &original_bytes(&first), &bytes, descriptor("Dmfa"));
+    assert_exactly_the_allowed_fields(
+        &h,
+        "10/059",
+        flow,
+        &original_bytes(&first),
+        &bytes,
+        descriptor("Dmfa"),
+    );
     let person = match received[0].payload.as_ref().unwrap() {
-        delivery::Payload::Dmfa(d) => d.employer_declaration.as_ref().unwrap().natural_person.clone().unwrap(),
+        delivery::Payload::Dmfa(d) => d
+            .employer_declaration
+            .as_ref()
+            .unwrap()
+            .natural_person
+            .clone()
+            .unwrap(),
         other => panic!("{other:?}"),
     };
-    assert!(person.address.is_none() && person.birth_date.is_empty(), "not in 004 §13");
+    assert!(
+        person.address.is_none() && person.birth_date.is_empty(),
+        "not in 004 §13"
+    );
     assert!(!person.last_name.is_empty(), "in 004 §13");
 
     // SIGeDIS relays what it received; without relay_of the relay route refuses.
@@ -180,26 +296,62 @@ async fn dmfa_under_10_059_is_filtered_and_relayed_to_sdpsp_with_a_chain() {
     relay.message_id = "relay-1".into();
     relay.addressee = Some("sdpsp".into());
     let refused = submit(&h, "sigedis", relay.clone()).await.unwrap();
-    assert_eq!(outcome(&refused, "sdpsp").reason, RefusalReason::RelayRequired as i32);
+    assert_eq!(
+        outcome(&refused, "sdpsp").reason,
+        RefusalReason::RelayRequired as i32
+    );
     relay.message_id = "relay-2".into();
     relay.relay_of = Some(reply.ticket.clone());
     let second = submit(&h, "sigedis", relay.clone()).await.unwrap();
-    assert_eq!(outcome(&second, "sdpsp").decision, Decision::Delivered as i32);
+    assert_eq!(
+        outcome(&second, "sdpsp").decision,
+        Decision::Delivered as i32
+    );
     let at_sdpsp = h.network.inbox("sdpsp").deliveries();
     assert_eq!(at_sdpsp.len(), 1);
     assert_eq!(at_sdpsp[0].relay_of, reply.ticket);
     let (flow, bytes) = payload_bytes(&at_sdpsp[0]);
-    assert_exactly_the_allowed_fields(&h, "10/059", flow, &original_bytes(&relay), &bytes, descriptor("Dmfa"));
+    assert_exactly_the_allowed_fields(
+        &h,
+        "10/059",
+        flow,
+        &original_bytes(&relay),
+        &bytes,
+        descriptor("Dmfa"),
+    );
 
     // Track shows both hops, to the sender of either.
-    for (party, ticket) in [("onss", &second.ticket), ("sigedis", &reply.ticket), ("sdpsp", &reply.ticket)] {
-        let track = h.gateway(party).await.track(TrackRequest { ticket: ticket.clone() }).await.unwrap().into_inner();
-        let hops: Vec<(&str, &str)> = track.hops.iter().map(|hop| (hop.sender.as_str(), hop.recipients[0].institution.as_str())).collect();
+    for (party, ticket) in [
+        ("onss", &second.ticket),
+        ("sigedis", &reply.ticket),
+        ("sdpsp", &reply.ticket),
+    ] {
+        let track = h
+            .gateway(party)
+            .await
+            .track(TrackRequest {
+                ticket: ticket.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let hops: Vec<(&str, &str)> = track
+            .hops
+            .iter()
+            .map(|hop| (hop.sender.as_str(), hop.recipients[0].institution.as_str()))
+            .collect();
         assert_eq!(hops, [("onss", "sigedis"), ("sigedis", "sdpsp")], "{party}");
         assert_eq!(track.hops[1].relay_of, reply.ticket);
     }
     // Someone with no part in the chain cannot see it.
-    let err = h.gateway("cpas-liege").await.track(TrackRequest { ticket: reply.ticket.clone() }).await.unwrap_err();
+    let err = h
+        .gateway("cpas-liege")
+        .await
+        .track(TrackRequest {
+            ticket: reply.ticket.clone(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
     // Only an institution that received the first ticket can relay it.
@@ -217,20 +369,43 @@ async fn dimona_and_dmfa_under_19_010_reach_onva_for_manual_workers_only() {
     integrate(&h, "onva-inspection", manual, 1, "2015-01-01", "").await;
     integrate(&h, "onva-inspection", white_collar, 3, "2015-01-01", "").await;
     for (envelope, descriptor, flow) in [
-        (dimona_envelope("dimona-1", manual), descriptor("Dimona"), bcss_domain::Flow::Dimona),
-        (dmfa_envelope("dmfa-19", manual, false), descriptor("Dmfa"), bcss_domain::Flow::Dmfa),
+        (
+            dimona_envelope("dimona-1", manual),
+            descriptor("Dimona"),
+            bcss_domain::Flow::Dimona,
+        ),
+        (
+            dmfa_envelope("dmfa-19", manual, false),
+            descriptor("Dmfa"),
+            bcss_domain::Flow::Dmfa,
+        ),
     ] {
         let before = h.network.inbox("onva-inspection").len();
         let reply = submit(&h, "onss", envelope.clone()).await.unwrap();
         assert_eq!(outcome(&reply, "onva-inspection").deliberation, "19/010");
-        assert_eq!(outcome(&reply, "onva-inspection").decision, Decision::Delivered as i32);
+        assert_eq!(
+            outcome(&reply, "onva-inspection").decision,
+            Decision::Delivered as i32
+        );
         let inbox = h.network.inbox("onva-inspection").deliveries();
         assert_eq!(inbox.len(), before + 1);
         let (_, bytes) = payload_bytes(inbox.last().unwrap());
-        assert_exactly_the_allowed_fields(&h, "19/010", flow, &original_bytes(&envelope), &bytes, descriptor);
+        assert_exactly_the_allowed_fields(
+            &h,
+            "19/010",
+            flow,
+            &original_bytes(&envelope),
+            &bytes,
+            descriptor,
+        );
     }
-    let reply = submit(&h, "onss", dimona_envelope("dimona-2", white_collar)).await.unwrap();
-    assert_eq!(outcome(&reply, "onva-inspection").reason, RefusalReason::QualityCodeNotAccepted as i32);
+    let reply = submit(&h, "onss", dimona_envelope("dimona-2", white_collar))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome(&reply, "onva-inspection").reason,
+        RefusalReason::QualityCodeNotAccepted as i32
+    );
     assert_eq!(h.network.inbox("onva-inspection").len(), 2);
 }
 
@@ -243,17 +418,30 @@ async fn contact_centre_consultation_under_16_046_needs_a_contact_file_not_an_in
     with_file.contact_file = Some("CF-2025-000042".into());
     let reply = submit(&h, "onss", with_file.clone()).await.unwrap();
     let o = outcome(&reply, "mycareer-contact-centre");
-    assert_eq!((o.decision, o.deliberation.as_str(), o.a_posteriori), (Decision::Delivered as i32, "16/046", true));
+    assert_eq!(
+        (o.decision, o.deliberation.as_str(), o.a_posteriori),
+        (Decision::Delivered as i32, "16/046", true)
+    );
     let inbox = h.network.inbox("mycareer-contact-centre").deliveries();
     assert_eq!(inbox[0].contact_file.as_deref(), Some("CF-2025-000042"));
     let (flow, bytes) = payload_bytes(&inbox[0]);
-    assert_exactly_the_allowed_fields(&h, "16/046", flow, &original_bytes(&with_file), &bytes, descriptor("Dmfa"));
+    assert_exactly_the_allowed_fields(
+        &h,
+        "16/046",
+        flow,
+        &original_bytes(&with_file),
+        &bytes,
+        descriptor("Dmfa"),
+    );
 
     let mut without = with_file.clone();
     without.message_id = "cc-2".into();
     without.contact_file = None;
     let reply = submit(&h, "onss", without).await.unwrap();
-    assert_eq!(outcome(&reply, "mycareer-contact-centre").reason, RefusalReason::ContactFileMissing as i32);
+    assert_eq!(
+        outcome(&reply, "mycareer-contact-centre").reason,
+        RefusalReason::ContactFileMissing as i32
+    );
     assert_eq!(h.network.inbox("mycareer-contact-centre").len(), 1);
 }
 
@@ -287,11 +475,31 @@ async fn refusals_by_policy_are_decisions_and_deliver_nothing() {
     integrate(&h, "cpas-mons", niss, 1, "2019-01-01", "2021-12-31").await; // ended before 2025
     integrate(&h, "onem", niss, 1, "2019-01-01", "").await;
     let cases: Vec<(&str, Option<&str>, RefusalReason)> = vec![
-        ("not integrated", Some("cpas-bruges"), RefusalReason::NotIntegrated),
-        ("quality code not accepted", Some("cpas-ghent"), RefusalReason::QualityCodeNotAccepted),
-        ("period outside the integration", Some("cpas-mons"), RefusalReason::PeriodOutsideIntegration),
-        ("no deliberation for this recipient", Some("onva-inspection"), RefusalReason::NoDeliberation),
-        ("deliberation expired", Some("onem"), RefusalReason::DeliberationExpired),
+        (
+            "not integrated",
+            Some("cpas-bruges"),
+            RefusalReason::NotIntegrated,
+        ),
+        (
+            "quality code not accepted",
+            Some("cpas-ghent"),
+            RefusalReason::QualityCodeNotAccepted,
+        ),
+        (
+            "period outside the integration",
+            Some("cpas-mons"),
+            RefusalReason::PeriodOutsideIntegration,
+        ),
+        (
+            "no deliberation for this recipient",
+            Some("onva-inspection"),
+            RefusalReason::NoDeliberation,
+        ),
+        (
+            "deliberation expired",
+            Some("onem"),
+            RefusalReason::DeliberationExpired,
+        ),
     ];
     for (i, (name, addressee, reason)) in cases.into_iter().enumerate() {
         let mut envelope = a052_envelope(&format!("refused-{i}"), niss, i as u64);
@@ -299,18 +507,49 @@ async fn refusals_by_policy_are_decisions_and_deliver_nothing() {
         let reply = submit(&h, "solidaris", envelope).await.unwrap();
         assert_eq!(reply.recipients.len(), 1, "{name}");
         let o = &reply.recipients[0];
-        assert_eq!((o.decision, o.reason), (Decision::Refused as i32, reason as i32), "{name}: {o:?}");
-        assert!(!o.detail.is_empty() && !o.detail.contains(&niss.digits()), "{name}");
+        assert_eq!(
+            (o.decision, o.reason),
+            (Decision::Refused as i32, reason as i32),
+            "{name}: {o:?}"
+        );
+        assert!(
+            !o.detail.is_empty() && !o.detail.contains(&niss.digits()),
+            "{name}"
+        );
     }
     // Unaddressed: the two CPAS are candidates, both refused, for their own reasons.
-    let reply = submit(&h, "solidaris", a052_envelope("refused-all", niss, 9)).await.unwrap();
-    let reasons: Vec<(String, i32)> = reply.recipients.iter().map(|r| (r.institution.clone(), r.reason)).collect();
-    assert!(reasons.contains(&("cpas-ghent".into(), RefusalReason::QualityCodeNotAccepted as i32)), "{reasons:?}");
-    assert!(reasons.contains(&("cpas-mons".into(), RefusalReason::PeriodOutsideIntegration as i32)), "{reasons:?}");
+    let reply = submit(&h, "solidaris", a052_envelope("refused-all", niss, 9))
+        .await
+        .unwrap();
+    let reasons: Vec<(String, i32)> = reply
+        .recipients
+        .iter()
+        .map(|r| (r.institution.clone(), r.reason))
+        .collect();
+    assert!(
+        reasons.contains(&(
+            "cpas-ghent".into(),
+            RefusalReason::QualityCodeNotAccepted as i32
+        )),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&(
+            "cpas-mons".into(),
+            RefusalReason::PeriodOutsideIntegration as i32
+        )),
+        "{reasons:?}"
+    );
     // A sender no deliberation allows for the flow is refused outright.
-    let err = submit(&h, "cpas-liege", a052_envelope("not-a-sender", niss, 1)).await.unwrap_err();
+    let err = submit(&h, "cpas-liege", a052_envelope("not-a-sender", niss, 1))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    assert!(err.message().contains("may not send flow A052"), "{}", err.message());
+    assert!(
+        err.message().contains("may not send flow A052"),
+        "{}",
+        err.message()
+    );
     assert_eq!(h.received(), 0, "nothing was delivered");
 }
 
@@ -332,11 +571,36 @@ async fn bad_input_is_refused_with_a_specific_status_and_changes_nothing() {
         e
     };
     let cases: Vec<(&str, Envelope, Code, &str)> = vec![
-        ("malformed NISS", edit(&|e| e.niss = "8507300A328".into()), Code::InvalidArgument, "only the digits"),
-        ("NISS of the wrong length", edit(&|e| e.niss = "850730033".into()), Code::InvalidArgument, "exactly 11 digits"),
-        ("wrong check digits", edit(&|e| e.niss = wrong_check.clone()), Code::InvalidArgument, "check number"),
-        ("unknown flow", edit(&|e| e.flow = 9), Code::InvalidArgument, "flow 9 is not a known flow"),
-        ("flow of another payload", edit(&|e| e.flow = bcss_proto::hub::v1::Flow::Dimona as i32), Code::InvalidArgument, "announces flow DIMONA but its payload is A052"),
+        (
+            "malformed NISS",
+            edit(&|e| e.niss = "8507300A328".into()),
+            Code::InvalidArgument,
+            "only the digits",
+        ),
+        (
+            "NISS of the wrong length",
+            edit(&|e| e.niss = "850730033".into()),
+            Code::InvalidArgument,
+            "exactly 11 digits",
+        ),
+        (
+            "wrong check digits",
+            edit(&|e| e.niss = wrong_check.clone()),
+            Code::InvalidArgument,
+            "check number",
+        ),
+        (
+            "unknown flow",
+            edit(&|e| e.flow = 9),
+            Code::InvalidArgument,
+            "flow 9 is not a known flow",
+        ),
+        (
+            "flow of another payload",
+            edit(&|e| e.flow = bcss_proto::hub::v1::Flow::Dimona as i32),
+            Code::InvalidArgument,
+            "announces flow DIMONA but its payload is A052",
+        ),
         (
             "payload of another flow than announced",
             edit(&|e| e.payload = dmfa_envelope("x", niss, false).payload),
@@ -351,15 +615,45 @@ async fn bad_input_is_refused_with_a_specific_status_and_changes_nothing() {
         ),
         (
             "period ending before it starts",
-            edit(&|e| e.period = Some(f::Period { start: "2025-06-30".into(), end: "2025-01-01".into() })),
+            edit(&|e| {
+                e.period = Some(f::Period {
+                    start: "2025-06-30".into(),
+                    end: "2025-01-01".into(),
+                })
+            }),
             Code::InvalidArgument,
             "ends before it starts",
         ),
-        ("missing message id", edit(&|e| e.message_id.clear()), Code::InvalidArgument, "message_id is required"),
-        ("missing period", edit(&|e| e.period = None), Code::InvalidArgument, "period is required"),
-        ("unknown addressee", edit(&|e| e.addressee = Some("cpas-atlantis".into())), Code::InvalidArgument, "not an institution"),
-        ("unknown relay ticket", edit(&|e| e.relay_of = Some("no-such-ticket".into())), Code::NotFound, "not known to the hub"),
-        ("missing payload", edit(&|e| e.payload = None), Code::InvalidArgument, "no payload"),
+        (
+            "missing message id",
+            edit(&|e| e.message_id.clear()),
+            Code::InvalidArgument,
+            "message_id is required",
+        ),
+        (
+            "missing period",
+            edit(&|e| e.period = None),
+            Code::InvalidArgument,
+            "period is required",
+        ),
+        (
+            "unknown addressee",
+            edit(&|e| e.addressee = Some("cpas-atlantis".into())),
+            Code::InvalidArgument,
+            "not an institution",
+        ),
+        (
+            "unknown relay ticket",
+            edit(&|e| e.relay_of = Some("no-such-ticket".into())),
+            Code::NotFound,
+            "not known to the hub",
+        ),
+        (
+            "missing payload",
+            edit(&|e| e.payload = None),
+            Code::InvalidArgument,
+            "no payload",
+        ),
         (
             "oversized message",
             edit(&|e| {
@@ -375,12 +669,18 @@ async fn bad_input_is_refused_with_a_specific_status_and_changes_nothing() {
         let err = submit(&h, "mc", envelope).await.unwrap_err();
         assert_eq!(err.code(), code, "{name}: {err:?}");
         assert!(err.message().contains(text), "{name}: {}", err.message());
-        assert!(!err.message().contains(&niss.digits()) && !err.message().contains(&other.digits()), "{name}: leaks the NISS");
+        assert!(
+            !err.message().contains(&niss.digits()) && !err.message().contains(&other.digits()),
+            "{name}: leaks the NISS"
+        );
     }
     assert_eq!(h.received(), 0, "nothing was forwarded");
     // The well-formed original still goes through.
     let reply = submit(&h, "mc", good).await.unwrap();
-    assert_eq!(outcome(&reply, "cpas-liege").decision, Decision::Delivered as i32);
+    assert_eq!(
+        outcome(&reply, "cpas-liege").decision,
+        Decision::Delivered as i32
+    );
 }
 
 #[tokio::test]
@@ -395,10 +695,15 @@ async fn malformed_payload_bytes_are_refused() {
     // field 10 (a052), wire type 2, length 3: [0x0a (niss), 0x09 (len 9), 'x'] → truncated.
     bytes.extend_from_slice(&[0x52, 0x03, 0x0a, 0x09, b'x']);
     let view = bcss_proto::hub::view::v1::EnvelopeView::decode(&bytes[..]).unwrap();
-    let mut client = bcss_proto::gateway_view::gateway_client::GatewayClient::new(h.channel("mc").await);
+    let mut client =
+        bcss_proto::gateway_view::gateway_client::GatewayClient::new(h.channel("mc").await);
     let err = client.submit(view).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("not a well-formed message"), "{}", err.message());
+    assert!(
+        err.message().contains("not a well-formed message"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]
@@ -407,14 +712,48 @@ async fn explain_names_the_fields_each_recipient_would_lose_and_delivers_nothing
     let niss = fresh_niss(10);
     integrate(&h, "sigedis", niss, 1, "2020-01-01", "").await;
     integrate(&h, "onva-inspection", niss, 1, "2020-01-01", "").await;
-    let reply = h.gateway("onss").await.explain(dmfa_envelope("explain-1", niss, true)).await.unwrap().into_inner();
-    let sigedis = reply.recipients.iter().find(|r| r.institution == "sigedis").unwrap();
+    let reply = h
+        .gateway("onss")
+        .await
+        .explain(dmfa_envelope("explain-1", niss, true))
+        .await
+        .unwrap()
+        .into_inner();
+    let sigedis = reply
+        .recipients
+        .iter()
+        .find(|r| r.institution == "sigedis")
+        .unwrap();
     assert_eq!(sigedis.decision, Decision::Accepted as i32);
-    assert!(sigedis.removed_fields.contains(&"employer_declaration.natural_person.address".to_owned()), "{:?}", sigedis.removed_fields);
-    assert!(sigedis.removed_fields.contains(&"employer_declaration.net_amount_due_cents".to_owned()));
-    let onva = reply.recipients.iter().find(|r| r.institution == "onva-inspection").unwrap();
-    assert!(onva.removed_fields.iter().any(|p| p.contains("public_sector_data")), "19/010 does not grant the CAPELO blocks: {:?}", onva.removed_fields);
-    assert!(reply.recipients.iter().all(|r| r.removed_fields.iter().all(|p| !p.chars().any(|c| c.is_ascii_digit()))));
+    assert!(
+        sigedis
+            .removed_fields
+            .contains(&"employer_declaration.natural_person.address".to_owned()),
+        "{:?}",
+        sigedis.removed_fields
+    );
+    assert!(
+        sigedis
+            .removed_fields
+            .contains(&"employer_declaration.net_amount_due_cents".to_owned())
+    );
+    let onva = reply
+        .recipients
+        .iter()
+        .find(|r| r.institution == "onva-inspection")
+        .unwrap();
+    assert!(
+        onva.removed_fields
+            .iter()
+            .any(|p| p.contains("public_sector_data")),
+        "19/010 does not grant the CAPELO blocks: {:?}",
+        onva.removed_fields
+    );
+    assert!(reply.recipients.iter().all(|r| {
+        r.removed_fields
+            .iter()
+            .all(|p| !p.chars().any(|c| c.is_ascii_digit()))
+    }));
     assert_eq!(h.received(), 0);
 }
 
@@ -432,7 +771,10 @@ async fn resubmission_returns_the_original_ticket_and_delivers_nothing_new() {
     let err = submit(&h, "mc", changed).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     // Another sender may use the same message id.
-    assert_ne!(submit(&h, "solidaris", envelope).await.unwrap().ticket, first.ticket);
+    assert_ne!(
+        submit(&h, "solidaris", envelope).await.unwrap().ticket,
+        first.ticket
+    );
 }
 
 #[tokio::test]
@@ -442,13 +784,36 @@ async fn submit_stream_answers_each_envelope_in_order() {
     integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
     let mut bad = a052_envelope("s-2", niss, 2);
     bad.niss = "123".into();
-    let envelopes = vec![a052_envelope("s-1", niss, 1), bad, a052_envelope("s-3", niss, 3)];
-    let mut replies = h.gateway("mc").await.submit_stream(tokio_stream::iter(envelopes)).await.unwrap().into_inner();
+    let envelopes = vec![
+        a052_envelope("s-1", niss, 1),
+        bad,
+        a052_envelope("s-3", niss, 3),
+    ];
+    let mut replies = h
+        .gateway("mc")
+        .await
+        .submit_stream(tokio_stream::iter(envelopes))
+        .await
+        .unwrap()
+        .into_inner();
     let mut got = Vec::new();
     while let Some(reply) = replies.message().await.unwrap() {
-        got.push((reply.message_id.clone(), matches!(reply.result, Some(bcss_proto::hub::v1::submit_stream_reply::Result::Reply(_)))));
+        got.push((
+            reply.message_id.clone(),
+            matches!(
+                reply.result,
+                Some(bcss_proto::hub::v1::submit_stream_reply::Result::Reply(_))
+            ),
+        ));
     }
-    assert_eq!(got, [("s-1".into(), true), ("s-2".into(), false), ("s-3".into(), true)]);
+    assert_eq!(
+        got,
+        [
+            ("s-1".into(), true),
+            ("s-2".into(), false),
+            ("s-3".into(), true)
+        ]
+    );
     assert_eq!(h.network.inbox("cpas-liege").len(), 2);
 }
 
@@ -459,23 +824,55 @@ async fn institutions_change_and_list_only_their_own_integrations() {
     integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
     integrate(&h, "cpas-namur", niss, 2, "2024-01-01", "").await;
     // Namur removing "its" integrations of the person leaves Liège's alone.
-    let removed = h.directory("cpas-namur").await.remove(RemoveRequest { niss: niss.digits(), quality_code: None }).await.unwrap();
+    let removed = h
+        .directory("cpas-namur")
+        .await
+        .remove(RemoveRequest {
+            niss: niss.digits(),
+            quality_code: None,
+        })
+        .await
+        .unwrap();
     assert_eq!(removed.into_inner().removed, 1);
     let list = |party: &'static str| {
         let h = &h;
-        async move { h.directory(party).await.list(ListRequest { niss: Some(niss.digits()), ..Default::default() }).await.unwrap().into_inner() }
+        async move {
+            h.directory(party)
+                .await
+                .list(ListRequest {
+                    niss: Some(niss.digits()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
     };
     assert_eq!(list("cpas-namur").await.integrations.len(), 0);
     let liege = list("cpas-liege").await;
     assert_eq!(liege.integrations.len(), 1);
-    assert_eq!(liege.integrations[0].quality_name, "aid applicant (demandeur d'aide)");
+    assert_eq!(
+        liege.integrations[0].quality_name,
+        "aid applicant (demandeur d'aide)"
+    );
     // A quality code the caller's sector does not define is refused.
     let err = h
         .directory("cpas-liege")
         .await
-        .integrate(IntegrateRequest { niss: niss.digits(), quality_code: 77, period: Some(f::Period { start: "2024-01-01".into(), end: String::new() }) })
+        .integrate(IntegrateRequest {
+            niss: niss.digits(),
+            quality_code: 77,
+            period: Some(f::Period {
+                start: "2024-01-01".into(),
+                end: String::new(),
+            }),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("not defined for sector \"cpas\""), "{}", err.message());
+    assert!(
+        err.message().contains("not defined for sector \"cpas\""),
+        "{}",
+        err.message()
+    );
 }

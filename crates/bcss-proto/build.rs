@@ -56,7 +56,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .name("Gateway")
         .package("bcss.hub.v1")
         .comment("bcss.hub.v1.Gateway, decoding envelopes as views (payload kept as bytes).")
-        .method(unary("submit", "Submit", "crate::hub::view::v1::EnvelopeView", "crate::hub::v1::SubmitReply"))
+        .method(unary(
+            "submit",
+            "Submit",
+            "crate::hub::view::v1::EnvelopeView",
+            "crate::hub::v1::SubmitReply",
+        ))
         .method(
             Method::builder()
                 .name("submit_stream")
@@ -68,8 +73,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .server_streaming()
                 .build(),
         )
-        .method(unary("explain", "Explain", "crate::hub::view::v1::EnvelopeView", "crate::hub::v1::ExplainReply"))
-        .method(unary("track", "Track", "crate::hub::v1::TrackRequest", "crate::hub::v1::TrackReply"))
+        .method(unary(
+            "explain",
+            "Explain",
+            "crate::hub::view::v1::EnvelopeView",
+            "crate::hub::v1::ExplainReply",
+        ))
+        .method(unary(
+            "track",
+            "Track",
+            "crate::hub::v1::TrackRequest",
+            "crate::hub::v1::TrackReply",
+        ))
         .build();
     let institution = Service::builder()
         .name("Institution")
@@ -82,7 +97,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "crate::institution::v1::DeliveryAck",
         ))
         .build();
-    Builder::new().out_dir(&views_dir).compile(std::slice::from_ref(&gateway));
-    Builder::new().out_dir(&views_dir).build_server(false).compile(std::slice::from_ref(&institution));
+    Builder::new()
+        .out_dir(&views_dir)
+        .compile(std::slice::from_ref(&gateway));
+    Builder::new()
+        .out_dir(&views_dir)
+        .build_server(false)
+        .compile(std::slice::from_ref(&institution));
     Ok(())
 }

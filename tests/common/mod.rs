@@ -55,19 +55,38 @@ impl Harness {
         dirs.push(pki_dir);
         let policy = Policy::load(&settings).unwrap();
         let pki = startup::ensure_pki(&settings, &policy).unwrap();
-        let network = Network::start(&policy, &pki, &settings.tls.hub_name, true).await.unwrap();
-        let assembled = startup::assemble_settings(settings.clone(), |policy| network.apply_endpoints(policy)).unwrap();
+        let network = Network::start(&policy, &pki, &settings.tls.hub_name, true)
+            .await
+            .unwrap();
+        let assembled =
+            startup::assemble_settings(settings.clone(), |policy| network.apply_endpoints(policy))
+                .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(bcss_gateway::server::run(assembled.hub.clone(), listener, assembled.options, async {
-            let _ = stopped.await;
-        }));
-        Harness { hub: assembled.hub, network, address, pki, hub_name: settings.tls.hub_name, stop: Some(stop), _dirs: dirs }
+        tokio::spawn(bcss_gateway::server::run(
+            assembled.hub.clone(),
+            listener,
+            assembled.options,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Harness {
+            hub: assembled.hub,
+            network,
+            address,
+            pki,
+            hub_name: settings.tls.hub_name,
+            stop: Some(stop),
+            _dirs: dirs,
+        }
     }
 
     pub async fn channel(&self, party: &str) -> Channel {
-        bcss_sim::client::connect(self.address, &self.pki, party, &self.hub_name).await.unwrap()
+        bcss_sim::client::connect(self.address, &self.pki, party, &self.hub_name)
+            .await
+            .unwrap()
     }
 
     pub async fn gateway(&self, party: &str) -> GatewayClient<Channel> {

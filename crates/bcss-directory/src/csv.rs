@@ -27,7 +27,11 @@ pub trait Resolver {
 }
 
 /// Parses `text` into `directory`. Stops at the first bad line.
-pub fn load(directory: &Directory, text: &str, resolver: &impl Resolver) -> Result<usize, LineError> {
+pub fn load(
+    directory: &Directory,
+    text: &str,
+    resolver: &impl Resolver,
+) -> Result<usize, LineError> {
     let mut loaded = 0;
     for (number, line) in text.lines().enumerate() {
         let line_no = number + 1;
@@ -35,7 +39,10 @@ pub fn load(directory: &Directory, text: &str, resolver: &impl Resolver) -> Resu
         if line.is_empty() || line.starts_with('#') || line == HEADER {
             continue;
         }
-        let (niss, row) = parse_line(line, resolver).map_err(|problem| LineError { line: line_no, problem })?;
+        let (niss, row) = parse_line(line, resolver).map_err(|problem| LineError {
+            line: line_no,
+            problem,
+        })?;
         directory.integrate(niss, row);
         loaded += 1;
     }
@@ -44,14 +51,27 @@ pub fn load(directory: &Directory, text: &str, resolver: &impl Resolver) -> Resu
 
 fn parse_line(line: &str, resolver: &impl Resolver) -> Result<(Niss, Integration), String> {
     let mut parts = line.split(',');
-    let mut next = |what: &str| parts.next().map(str::trim).ok_or_else(|| format!("missing {what} (expected {HEADER})"));
+    let mut next = |what: &str| {
+        parts
+            .next()
+            .map(str::trim)
+            .ok_or_else(|| format!("missing {what} (expected {HEADER})"))
+    };
     let niss = Niss::parse(next("niss")?).map_err(|e| e.to_string())?;
     let id = next("institution")?;
-    let institution = resolver.institution(id).ok_or_else(|| format!("unknown institution \"{id}\""))?;
+    let institution = resolver
+        .institution(id)
+        .ok_or_else(|| format!("unknown institution \"{id}\""))?;
     let code = next("quality_code")?;
-    let quality = code.parse::<u16>().ok().and_then(QualityCode::new).ok_or_else(|| format!("quality code \"{code}\" is not 000-999"))?;
+    let quality = code
+        .parse::<u16>()
+        .ok()
+        .and_then(QualityCode::new)
+        .ok_or_else(|| format!("quality code \"{code}\" is not 000-999"))?;
     if !resolver.quality_exists(institution, quality) {
-        return Err(format!("quality code {quality} is not defined for the sector of \"{id}\""));
+        return Err(format!(
+            "quality code {quality} is not defined for the sector of \"{id}\""
+        ));
     }
     let start = parse_date(next("start")?)?;
     let end = match next("end")? {
@@ -59,15 +79,30 @@ fn parse_line(line: &str, resolver: &impl Resolver) -> Result<(Niss, Integration
         text => Some(parse_date(text)?),
     };
     let period = Period::new(start, end).map_err(|e| e.to_string())?;
-    Ok((niss, Integration { institution, quality, period }))
+    Ok((
+        niss,
+        Integration {
+            institution,
+            quality,
+            period,
+        },
+    ))
 }
 
 fn parse_date(text: &str) -> Result<Date, String> {
-    Date::parse(text, format_description!("[year]-[month]-[day]")).map_err(|_| format!("\"{text}\" is not a date YYYY-MM-DD"))
+    Date::parse(text, format_description!("[year]-[month]-[day]"))
+        .map_err(|_| format!("\"{text}\" is not a date YYYY-MM-DD"))
 }
 
 /// Formats one row as a line of the file.
 pub fn line(niss: Niss, institution_id: &str, row: &Integration) -> String {
     let date = |d: Date| format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day());
-    format!("{},{},{},{},{}", niss.digits(), institution_id, row.quality, date(row.period.start), row.period.end.map(date).unwrap_or_default())
+    format!(
+        "{},{},{},{},{}",
+        niss.digits(),
+        institution_id,
+        row.quality,
+        date(row.period.start),
+        row.period.end.map(date).unwrap_or_default()
+    )
 }

@@ -34,12 +34,18 @@ impl Directory {
 
     /// A directory sized for `persons` persons up front (loading a national snapshot).
     pub fn with_capacity(persons: usize) -> Directory {
-        Directory { persons: DashMap::with_capacity(persons), integrations: AtomicUsize::new(0) }
+        Directory {
+            persons: DashMap::with_capacity(persons),
+            integrations: AtomicUsize::new(0),
+        }
     }
 
     /// The person's integrations, all institutions mixed (empty when unknown).
     pub fn integrations(&self, niss: Niss) -> Vec<Integration> {
-        self.persons.get(&niss.as_u64()).map(|rows| rows.to_vec()).unwrap_or_default()
+        self.persons
+            .get(&niss.as_u64())
+            .map(|rows| rows.to_vec())
+            .unwrap_or_default()
     }
 
     /// Runs `f` on the person's integrations without copying them. Keep `f` short: it holds a
@@ -77,10 +83,19 @@ impl Directory {
 
     /// Removes `institution`'s integrations of the person, all or those under `quality`.
     /// Returns how many were removed.
-    pub fn remove(&self, niss: Niss, institution: InstitutionIndex, quality: Option<QualityCode>) -> usize {
-        let matches = |row: &Integration| row.institution == institution && quality.is_none_or(|q| row.quality == q);
+    pub fn remove(
+        &self,
+        niss: Niss,
+        institution: InstitutionIndex,
+        quality: Option<QualityCode>,
+    ) -> usize {
+        let matches = |row: &Integration| {
+            row.institution == institution && quality.is_none_or(|q| row.quality == q)
+        };
         let (removed, emptied) = {
-            let Some(mut rows) = self.persons.get_mut(&niss.as_u64()) else { return 0 };
+            let Some(mut rows) = self.persons.get_mut(&niss.as_u64()) else {
+                return 0;
+            };
             let kept: Vec<Integration> = rows.iter().filter(|r| !matches(r)).copied().collect();
             let removed = rows.len() - kept.len();
             if removed > 0 {
@@ -89,7 +104,8 @@ impl Directory {
             (removed, rows.is_empty())
         };
         if emptied {
-            self.persons.remove_if(&niss.as_u64(), |_, rows| rows.is_empty());
+            self.persons
+                .remove_if(&niss.as_u64(), |_, rows| rows.is_empty());
         }
         self.integrations.fetch_sub(removed, Ordering::Relaxed);
         removed
@@ -98,14 +114,32 @@ impl Directory {
     /// `institution`'s integrations, of one person or of everyone, skipping the first `skip`
     /// and returning at most `limit`, with whether more remain. Listing everyone scans the
     /// whole directory.
-    pub fn list(&self, institution: InstitutionIndex, niss: Option<Niss>, skip: usize, limit: usize) -> (Vec<(Niss, Integration)>, bool) {
+    pub fn list(
+        &self,
+        institution: InstitutionIndex,
+        niss: Option<Niss>,
+        skip: usize,
+        limit: usize,
+    ) -> (Vec<(Niss, Integration)>, bool) {
         let mine = |(key, rows): (u64, &[Integration])| {
             let niss = Niss::from_number(key).ok()?;
-            Some(rows.iter().filter(|r| r.institution == institution).map(move |r| (niss, *r)).collect::<Vec<_>>())
+            Some(
+                rows.iter()
+                    .filter(|r| r.institution == institution)
+                    .map(move |r| (niss, *r))
+                    .collect::<Vec<_>>(),
+            )
         };
         let mut found: Vec<(Niss, Integration)> = match niss {
-            Some(niss) => self.with_integrations(niss, |rows| mine((niss.as_u64(), rows))).unwrap_or_default(),
-            None => self.persons.iter().filter_map(|e| mine((*e.key(), e.value()))).flatten().collect(),
+            Some(niss) => self
+                .with_integrations(niss, |rows| mine((niss.as_u64(), rows)))
+                .unwrap_or_default(),
+            None => self
+                .persons
+                .iter()
+                .filter_map(|e| mine((*e.key(), e.value())))
+                .flatten()
+                .collect(),
         };
         found.sort_by_key(|(niss, row)| (*niss, row.quality, row.period.start));
         let more = found.len() > skip + limit;
@@ -134,7 +168,10 @@ mod tests {
         Integration {
             institution: InstitutionIndex(institution),
             quality: QualityCode(quality),
-            period: Period { start: date!(2024 - 01 - 01), end: None },
+            period: Period {
+                start: date!(2024 - 01 - 01),
+                end: None,
+            },
         }
     }
 
@@ -150,13 +187,30 @@ mod tests {
         assert!(directory.integrate(b, row(1, 3)));
         assert_eq!(directory.integration_count(), 4);
         assert_eq!(directory.list(InstitutionIndex(1), None, 0, 10).0.len(), 3);
-        assert_eq!(directory.list(InstitutionIndex(1), Some(a), 0, 10).0.len(), 2);
-        assert_eq!(directory.list(InstitutionIndex(1), None, 0, 2), (directory.list(InstitutionIndex(1), None, 0, 2).0, true));
-        assert_eq!(directory.remove(a, InstitutionIndex(1), Some(QualityCode(2))), 1);
+        assert_eq!(
+            directory.list(InstitutionIndex(1), Some(a), 0, 10).0.len(),
+            2
+        );
+        assert_eq!(
+            directory.list(InstitutionIndex(1), None, 0, 2),
+            (directory.list(InstitutionIndex(1), None, 0, 2).0, true)
+        );
+        assert_eq!(
+            directory.remove(a, InstitutionIndex(1), Some(QualityCode(2))),
+            1
+        );
         assert_eq!(directory.remove(a, InstitutionIndex(1), None), 1);
-        assert_eq!(directory.integrations(a), vec![row(2, 1)], "another institution's row stays");
+        assert_eq!(
+            directory.integrations(a),
+            vec![row(2, 1)],
+            "another institution's row stays"
+        );
         assert_eq!(directory.remove(b, InstitutionIndex(1), None), 1);
-        assert_eq!(directory.persons(), 1, "a person without integrations leaves the directory");
+        assert_eq!(
+            directory.persons(),
+            1,
+            "a person without integrations leaves the directory"
+        );
         assert_eq!(directory.integration_count(), 1);
     }
 }

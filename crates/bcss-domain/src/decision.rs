@@ -150,33 +150,55 @@ pub fn check_recipient<'a>(
             Validity::NotYetValid => RefusalReason::DeliberationNotYetValid,
             Validity::Expired => RefusalReason::DeliberationExpired,
         };
-        not_valid.get_or_insert(Refusal { reason, deliberation: Some(deliberation) });
+        not_valid.get_or_insert(Refusal {
+            reason,
+            deliberation: Some(deliberation),
+        });
     }
     let Some((deliberation, route)) = chosen else {
-        return Err(not_valid.unwrap_or(Refusal { reason: RefusalReason::NoDeliberation, deliberation: None }));
+        return Err(not_valid.unwrap_or(Refusal {
+            reason: RefusalReason::NoDeliberation,
+            deliberation: None,
+        }));
     };
-    let refuse = |reason| Err(Refusal { reason, deliberation: Some(deliberation) });
+    let refuse = |reason| {
+        Err(Refusal {
+            reason,
+            deliberation: Some(deliberation),
+        })
+    };
     if route.relay && !message.relays {
         return refuse(RefusalReason::RelayRequired);
     }
     match &deliberation.check {
-        CheckMode::APosteriori if message.cites_contact_file => {
-            Ok(Admission { deliberation, a_posteriori: true })
-        }
+        CheckMode::APosteriori if message.cites_contact_file => Ok(Admission {
+            deliberation,
+            a_posteriori: true,
+        }),
         CheckMode::APosteriori => refuse(RefusalReason::ContactFileMissing),
         CheckMode::PriorIntegration { accepted } => {
-            let mut held = integrations.iter().filter(|i| i.institution == recipient.institution).peekable();
+            let mut held = integrations
+                .iter()
+                .filter(|i| i.institution == recipient.institution)
+                .peekable();
             if held.peek().is_none() {
                 return refuse(RefusalReason::NotIntegrated);
             }
             let mut accepted_held = held
-                .filter(|i| accepted.iter().any(|q| q.sector == recipient.sector && q.code == i.quality))
+                .filter(|i| {
+                    accepted
+                        .iter()
+                        .any(|q| q.sector == recipient.sector && q.code == i.quality)
+                })
                 .peekable();
             if accepted_held.peek().is_none() {
                 return refuse(RefusalReason::QualityCodeNotAccepted);
             }
             if accepted_held.any(|i| i.period.overlaps(&message.period)) {
-                Ok(Admission { deliberation, a_posteriori: false })
+                Ok(Admission {
+                    deliberation,
+                    a_posteriori: false,
+                })
             } else {
                 refuse(RefusalReason::PeriodOutsideIntegration)
             }
@@ -191,15 +213,41 @@ mod tests {
     use crate::party::{SectorIndex, SectorQuality};
     use time::macros::date;
 
-    const FUND: Party = Party { institution: InstitutionIndex(1), sector: SectorIndex(1) };
-    const CPAS: Party = Party { institution: InstitutionIndex(2), sector: SectorIndex(2) };
-    const OTHER_CPAS: Party = Party { institution: InstitutionIndex(3), sector: SectorIndex(2) };
-    const ONVA: Party = Party { institution: InstitutionIndex(4), sector: SectorIndex(3) };
-    const SIGEDIS: Party = Party { institution: InstitutionIndex(5), sector: SectorIndex(4) };
-    const SDPSP: Party = Party { institution: InstitutionIndex(6), sector: SectorIndex(5) };
-    const CONTACT: Party = Party { institution: InstitutionIndex(7), sector: SectorIndex(6) };
+    const FUND: Party = Party {
+        institution: InstitutionIndex(1),
+        sector: SectorIndex(1),
+    };
+    const CPAS: Party = Party {
+        institution: InstitutionIndex(2),
+        sector: SectorIndex(2),
+    };
+    const OTHER_CPAS: Party = Party {
+        institution: InstitutionIndex(3),
+        sector: SectorIndex(2),
+    };
+    const ONVA: Party = Party {
+        institution: InstitutionIndex(4),
+        sector: SectorIndex(3),
+    };
+    const SIGEDIS: Party = Party {
+        institution: InstitutionIndex(5),
+        sector: SectorIndex(4),
+    };
+    const SDPSP: Party = Party {
+        institution: InstitutionIndex(6),
+        sector: SectorIndex(5),
+    };
+    const CONTACT: Party = Party {
+        institution: InstitutionIndex(7),
+        sector: SectorIndex(6),
+    };
 
-    fn deliberation(id: &str, check: CheckMode, routes: Vec<Route>, until: Option<Date>) -> Deliberation {
+    fn deliberation(
+        id: &str,
+        check: CheckMode,
+        routes: Vec<Route>,
+        until: Option<Date>,
+    ) -> Deliberation {
         Deliberation {
             id: id.into(),
             title: String::new(),
@@ -217,26 +265,49 @@ mod tests {
 
     fn route(sender: SectorIndex, recipient: SectorIndex, relay: bool) -> Route {
         Route {
-            senders: PartySet { sectors: vec![sender], ..PartySet::default() },
-            recipients: PartySet { sectors: vec![recipient], ..PartySet::default() },
+            senders: PartySet {
+                sectors: vec![sender],
+                ..PartySet::default()
+            },
+            recipients: PartySet {
+                sectors: vec![recipient],
+                ..PartySet::default()
+            },
             relay,
         }
     }
 
     fn a052() -> Deliberation {
-        let accepted = (1..=3).map(|c| SectorQuality { sector: CPAS.sector, code: QualityCode(c) }).collect();
-        deliberation("20/130", CheckMode::PriorIntegration { accepted }, vec![route(FUND.sector, CPAS.sector, false)], None)
+        let accepted = (1..=3)
+            .map(|c| SectorQuality {
+                sector: CPAS.sector,
+                code: QualityCode(c),
+            })
+            .collect();
+        deliberation(
+            "20/130",
+            CheckMode::PriorIntegration { accepted },
+            vec![route(FUND.sector, CPAS.sector, false)],
+            None,
+        )
     }
 
     fn integration(party: Party, quality: u16, start: Date, end: Option<Date>) -> Integration {
-        Integration { institution: party.institution, quality: QualityCode(quality), period: Period { start, end } }
+        Integration {
+            institution: party.institution,
+            quality: QualityCode(quality),
+            period: Period { start, end },
+        }
     }
 
     fn message(sender: Party, relays: bool, cites_contact_file: bool) -> Message {
         Message {
             sender,
             flow: Flow::A052,
-            period: Period { start: date!(2024 - 01 - 01), end: Some(date!(2024 - 03 - 31)) },
+            period: Period {
+                start: date!(2024 - 01 - 01),
+                end: Some(date!(2024 - 03 - 31)),
+            },
             relays,
             cites_contact_file,
             today: date!(2026 - 11 - 22),
@@ -248,31 +319,90 @@ mod tests {
         let current = a052();
         let expired = deliberation(
             "old",
-            CheckMode::PriorIntegration { accepted: vec![SectorQuality { sector: ONVA.sector, code: QualityCode(1) }] },
+            CheckMode::PriorIntegration {
+                accepted: vec![SectorQuality {
+                    sector: ONVA.sector,
+                    code: QualityCode(1),
+                }],
+            },
             vec![route(FUND.sector, ONVA.sector, false)],
             Some(date!(2021 - 12 - 31)),
         );
-        let future = Deliberation { valid_from: date!(2030 - 01 - 01), id: "future".into(), ..expired.clone() };
+        let future = Deliberation {
+            valid_from: date!(2030 - 01 - 01),
+            id: "future".into(),
+            ..expired.clone()
+        };
         let relay = deliberation(
             "10/059",
-            CheckMode::PriorIntegration { accepted: vec![SectorQuality { sector: SDPSP.sector, code: QualityCode(1) }] },
+            CheckMode::PriorIntegration {
+                accepted: vec![SectorQuality {
+                    sector: SDPSP.sector,
+                    code: QualityCode(1),
+                }],
+            },
             vec![route(SIGEDIS.sector, SDPSP.sector, true)],
             None,
         );
-        let posteriori = deliberation("16/046", CheckMode::APosteriori, vec![route(FUND.sector, CONTACT.sector, false)], None);
+        let posteriori = deliberation(
+            "16/046",
+            CheckMode::APosteriori,
+            vec![route(FUND.sector, CONTACT.sector, false)],
+            None,
+        );
         let all = [&current, &expired, &relay, &posteriori];
         let open = |p, q| integration(p, q, date!(2023 - 06 - 01), None);
-        let cases: Vec<(&str, Message, Party, Vec<&Deliberation>, Vec<Integration>, Result<&str, RefusalReason>)> = vec![
-            ("aid applicant, open integration", message(FUND, false, false), CPAS, all.to_vec(), vec![open(CPAS, 1)], Ok("20/130")),
-            ("cohabiting partner", message(FUND, false, false), CPAS, all.to_vec(), vec![open(CPAS, 3)], Ok("20/130")),
-            ("integrated elsewhere only", message(FUND, false, false), CPAS, all.to_vec(), vec![open(OTHER_CPAS, 1)], Err(RefusalReason::NotIntegrated)),
-            ("definitive code not accepted", message(FUND, false, false), CPAS, all.to_vec(), vec![open(CPAS, 0)], Err(RefusalReason::QualityCodeNotAccepted)),
+        /// (case, message, recipient, deliberations, integrations, expected deliberation or refusal)
+        type Case<'a> = (
+            &'a str,
+            Message,
+            Party,
+            Vec<&'a Deliberation>,
+            Vec<Integration>,
+            Result<&'a str, RefusalReason>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "aid applicant, open integration",
+                message(FUND, false, false),
+                CPAS,
+                all.to_vec(),
+                vec![open(CPAS, 1)],
+                Ok("20/130"),
+            ),
+            (
+                "cohabiting partner",
+                message(FUND, false, false),
+                CPAS,
+                all.to_vec(),
+                vec![open(CPAS, 3)],
+                Ok("20/130"),
+            ),
+            (
+                "integrated elsewhere only",
+                message(FUND, false, false),
+                CPAS,
+                all.to_vec(),
+                vec![open(OTHER_CPAS, 1)],
+                Err(RefusalReason::NotIntegrated),
+            ),
+            (
+                "definitive code not accepted",
+                message(FUND, false, false),
+                CPAS,
+                all.to_vec(),
+                vec![open(CPAS, 0)],
+                Err(RefusalReason::QualityCodeNotAccepted),
+            ),
             (
                 "accepted code, period ended before the message",
                 message(FUND, false, false),
                 CPAS,
                 all.to_vec(),
-                vec![integration(CPAS, 1, date!(2020 - 01 - 01), Some(date!(2023 - 12 - 31))), open(CPAS, 0)],
+                vec![
+                    integration(CPAS, 1, date!(2020 - 01 - 01), Some(date!(2023 - 12 - 31))),
+                    open(CPAS, 0),
+                ],
                 Err(RefusalReason::PeriodOutsideIntegration),
             ),
             (
@@ -280,16 +410,68 @@ mod tests {
                 message(FUND, false, false),
                 CPAS,
                 all.to_vec(),
-                vec![integration(CPAS, 1, date!(2020 - 01 - 01), Some(date!(2023 - 12 - 31))), integration(CPAS, 2, date!(2024 - 03 - 31), None)],
+                vec![
+                    integration(CPAS, 1, date!(2020 - 01 - 01), Some(date!(2023 - 12 - 31))),
+                    integration(CPAS, 2, date!(2024 - 03 - 31), None),
+                ],
                 Ok("20/130"),
             ),
-            ("sender not in any route", message(CPAS, false, false), CPAS, all.to_vec(), vec![open(CPAS, 1)], Err(RefusalReason::NoDeliberation)),
-            ("expired deliberation", message(FUND, false, false), ONVA, all.to_vec(), vec![open(ONVA, 1)], Err(RefusalReason::DeliberationExpired)),
-            ("not yet valid", message(FUND, false, false), ONVA, vec![&future], vec![open(ONVA, 1)], Err(RefusalReason::DeliberationNotYetValid)),
-            ("relay hop without relay", message(SIGEDIS, false, false), SDPSP, all.to_vec(), vec![open(SDPSP, 1)], Err(RefusalReason::RelayRequired)),
-            ("relay hop", message(SIGEDIS, true, false), SDPSP, all.to_vec(), vec![open(SDPSP, 1)], Ok("10/059")),
-            ("a posteriori without contact file", message(FUND, false, false), CONTACT, all.to_vec(), vec![], Err(RefusalReason::ContactFileMissing)),
-            ("a posteriori with contact file, not integrated", message(FUND, false, true), CONTACT, all.to_vec(), vec![], Ok("16/046")),
+            (
+                "sender not in any route",
+                message(CPAS, false, false),
+                CPAS,
+                all.to_vec(),
+                vec![open(CPAS, 1)],
+                Err(RefusalReason::NoDeliberation),
+            ),
+            (
+                "expired deliberation",
+                message(FUND, false, false),
+                ONVA,
+                all.to_vec(),
+                vec![open(ONVA, 1)],
+                Err(RefusalReason::DeliberationExpired),
+            ),
+            (
+                "not yet valid",
+                message(FUND, false, false),
+                ONVA,
+                vec![&future],
+                vec![open(ONVA, 1)],
+                Err(RefusalReason::DeliberationNotYetValid),
+            ),
+            (
+                "relay hop without relay",
+                message(SIGEDIS, false, false),
+                SDPSP,
+                all.to_vec(),
+                vec![open(SDPSP, 1)],
+                Err(RefusalReason::RelayRequired),
+            ),
+            (
+                "relay hop",
+                message(SIGEDIS, true, false),
+                SDPSP,
+                all.to_vec(),
+                vec![open(SDPSP, 1)],
+                Ok("10/059"),
+            ),
+            (
+                "a posteriori without contact file",
+                message(FUND, false, false),
+                CONTACT,
+                all.to_vec(),
+                vec![],
+                Err(RefusalReason::ContactFileMissing),
+            ),
+            (
+                "a posteriori with contact file, not integrated",
+                message(FUND, false, true),
+                CONTACT,
+                all.to_vec(),
+                vec![],
+                Ok("16/046"),
+            ),
         ];
         for (name, message, recipient, deliberations, integrations, expected) in cases {
             let got = check_recipient(&message, recipient, deliberations, &integrations)
@@ -304,12 +486,24 @@ mod tests {
         let d = a052();
         let mut m = message(FUND, false, false);
         m.flow = Flow::Dimona;
-        let got = check_recipient(&m, CPAS, [&d], &[integration(CPAS, 1, date!(2020 - 01 - 01), None)]);
-        assert_eq!(got.map(|_| ()).map_err(|r| r.reason), Err(RefusalReason::NoDeliberation));
+        let got = check_recipient(
+            &m,
+            CPAS,
+            [&d],
+            &[integration(CPAS, 1, date!(2020 - 01 - 01), None)],
+        );
+        assert_eq!(
+            got.map(|_| ()).map_err(|r| r.reason),
+            Err(RefusalReason::NoDeliberation)
+        );
     }
 
     #[test]
     fn integration_is_compact() {
-        assert!(std::mem::size_of::<Integration>() <= 12, "{}", std::mem::size_of::<Integration>());
+        assert!(
+            std::mem::size_of::<Integration>() <= 12,
+            "{}",
+            std::mem::size_of::<Integration>()
+        );
     }
 }

@@ -57,12 +57,18 @@ pub struct PartySet {
 
 impl PartySet {
     pub fn contains(&self, party: Party) -> bool {
-        self.any || self.sectors.contains(&party.sector) || self.institutions.contains(&party.institution)
+        self.any
+            || self.sectors.contains(&party.sector)
+            || self.institutions.contains(&party.institution)
     }
 
     /// True when the two sets may name a common institution (used to find overlapping
     /// deliberations); `sector_of` tells the sector of a named institution.
-    pub fn may_intersect(&self, other: &PartySet, sector_of: impl Fn(InstitutionIndex) -> SectorIndex) -> bool {
+    pub fn may_intersect(
+        &self,
+        other: &PartySet,
+        sector_of: impl Fn(InstitutionIndex) -> SectorIndex,
+    ) -> bool {
         if self.any || other.any {
             return true;
         }
@@ -105,7 +111,9 @@ impl Deliberation {
 
     /// True when some route lets `sender` send under this deliberation.
     pub fn has_sender(&self, sender: Party) -> bool {
-        self.routes.iter().any(|route| route.senders.contains(sender))
+        self.routes
+            .iter()
+            .any(|route| route.senders.contains(sender))
     }
 
     pub fn validity(&self, day: Date) -> Validity {
@@ -120,8 +128,14 @@ impl Deliberation {
 
     /// True when the two deliberations' validity periods share a day.
     pub fn validity_overlaps(&self, other: &Deliberation) -> bool {
-        let a = crate::Period { start: self.valid_from, end: self.valid_until };
-        let b = crate::Period { start: other.valid_from, end: other.valid_until };
+        let a = crate::Period {
+            start: self.valid_from,
+            end: self.valid_until,
+        };
+        let b = crate::Period {
+            start: other.valid_from,
+            end: other.valid_until,
+        };
         a.overlaps(&b)
     }
 }

@@ -87,7 +87,12 @@ impl Niss {
     /// number for the given century. Used by generators and tests.
     pub fn compose(yymmdd: u32, serial: u16, born_2000s: bool) -> Result<Niss, NissError> {
         let first9 = u64::from(yymmdd) * 1000 + u64::from(serial);
-        let check = 97 - (if born_2000s { 2_000_000_000 + first9 } else { first9 } % 97);
+        let check = 97
+            - (if born_2000s {
+                2_000_000_000 + first9
+            } else {
+                first9
+            } % 97);
         Niss::from_number(first9 * 100 + check)
     }
 
@@ -169,10 +174,15 @@ mod tests {
 
     #[test]
     fn compose_gives_valid_numbers_in_both_centuries() {
-        for (yymmdd, serial, born_2000s) in [(850730, 33, false), (170125, 1, true), (904220, 123, false)] {
+        for (yymmdd, serial, born_2000s) in
+            [(850730, 33, false), (170125, 1, true), (904220, 123, false)]
+        {
             let niss = Niss::compose(yymmdd, serial, born_2000s).unwrap();
             assert_eq!(Niss::parse(&niss.digits()), Ok(niss));
-            assert_eq!(matches!(niss.kind(), NissKind::Register2000s | NissKind::Bis2000s), born_2000s);
+            assert_eq!(
+                matches!(niss.kind(), NissKind::Register2000s | NissKind::Bis2000s),
+                born_2000s
+            );
         }
     }
 

@@ -51,17 +51,49 @@ mod tests {
     fn overlap_table() {
         let cases = [
             // (a, b, overlaps)
-            (p(date!(2024 - 01 - 01), Some(date!(2024 - 03 - 31))), p(date!(2024 - 03 - 31), None), true),
-            (p(date!(2024 - 01 - 01), Some(date!(2024 - 03 - 31))), p(date!(2024 - 04 - 01), None), false),
-            (p(date!(2024 - 01 - 01), None), p(date!(1990 - 01 - 01), Some(date!(2023 - 12 - 31))), false),
-            (p(date!(2024 - 01 - 01), None), p(date!(1990 - 01 - 01), Some(date!(2024 - 01 - 01))), true),
-            (p(date!(2024 - 01 - 01), None), p(date!(2030 - 01 - 01), None), true),
-            (p(date!(2024 - 02 - 10), Some(date!(2024 - 02 - 10))), p(date!(2024 - 01 - 01), Some(date!(2024 - 12 - 31))), true),
-            (p(date!(2024 - 01 - 01), Some(date!(2024 - 01 - 31))), p(date!(2024 - 02 - 01), Some(date!(2024 - 02 - 28))), false),
+            (
+                p(date!(2024 - 01 - 01), Some(date!(2024 - 03 - 31))),
+                p(date!(2024 - 03 - 31), None),
+                true,
+            ),
+            (
+                p(date!(2024 - 01 - 01), Some(date!(2024 - 03 - 31))),
+                p(date!(2024 - 04 - 01), None),
+                false,
+            ),
+            (
+                p(date!(2024 - 01 - 01), None),
+                p(date!(1990 - 01 - 01), Some(date!(2023 - 12 - 31))),
+                false,
+            ),
+            (
+                p(date!(2024 - 01 - 01), None),
+                p(date!(1990 - 01 - 01), Some(date!(2024 - 01 - 01))),
+                true,
+            ),
+            (
+                p(date!(2024 - 01 - 01), None),
+                p(date!(2030 - 01 - 01), None),
+                true,
+            ),
+            (
+                p(date!(2024 - 02 - 10), Some(date!(2024 - 02 - 10))),
+                p(date!(2024 - 01 - 01), Some(date!(2024 - 12 - 31))),
+                true,
+            ),
+            (
+                p(date!(2024 - 01 - 01), Some(date!(2024 - 01 - 31))),
+                p(date!(2024 - 02 - 01), Some(date!(2024 - 02 - 28))),
+                false,
+            ),
         ];
         for (a, b, expected) in cases {
             assert_eq!(a.overlaps(&b), expected, "{a:?} vs {b:?}");
-            assert_eq!(b.overlaps(&a), expected, "overlap is symmetric: {b:?} vs {a:?}");
+            assert_eq!(
+                b.overlaps(&a),
+                expected,
+                "overlap is symmetric: {b:?} vs {a:?}"
+            );
         }
     }
 

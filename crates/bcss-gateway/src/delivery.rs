@@ -33,11 +33,19 @@ pub struct Deliverer {
 
 impl Deliverer {
     pub fn new(tls: Option<ClientTls>, timeout: Duration) -> Deliverer {
-        Deliverer { tls, timeout, channels: DashMap::new() }
+        Deliverer {
+            tls,
+            timeout,
+            channels: DashMap::new(),
+        }
     }
 
     /// Delivers one message. The error is a sentence without personal data.
-    pub async fn deliver(&self, institution: &Institution, delivery: DeliveryView) -> Result<DeliveryAck, String> {
+    pub async fn deliver(
+        &self,
+        institution: &Institution,
+        delivery: DeliveryView,
+    ) -> Result<DeliveryAck, String> {
         let channel = self.channel(institution)?;
         let mut client = InstitutionClient::new(channel);
         let mut request = tonic::Request::new(delivery);
@@ -57,7 +65,12 @@ impl Deliverer {
         }
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", institution.endpoint))
-            .map_err(|_| format!("endpoint \"{}\" is not a valid address", institution.endpoint))?
+            .map_err(|_| {
+                format!(
+                    "endpoint \"{}\" is not a valid address",
+                    institution.endpoint
+                )
+            })?
             .connect_timeout(self.timeout)
             .tcp_nodelay(true);
         if let Some(tls) = &self.tls {
@@ -65,10 +78,15 @@ impl Deliverer {
                 .ca_certificate(tls.ca.clone())
                 .identity(tls.identity.clone())
                 .domain_name(institution.certificate_name.clone());
-            endpoint = endpoint.tls_config(config).map_err(|e| format!("TLS configuration: {e}"))?;
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|e| format!("TLS configuration: {e}"))?;
         }
         let channel = endpoint.connect_lazy();
-        self.channels.insert(institution.id.clone(), (institution.endpoint.clone(), channel.clone()));
+        self.channels.insert(
+            institution.id.clone(),
+            (institution.endpoint.clone(), channel.clone()),
+        );
         Ok(channel)
     }
 }

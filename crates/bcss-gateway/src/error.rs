@@ -16,7 +16,9 @@ pub enum InputError {
     BadMessageId,
     #[error("flow {0} is not a known flow: use FLOW_A052, FLOW_DMFA or FLOW_DIMONA")]
     UnknownFlow(i32),
-    #[error("the envelope carries no payload: set the a052, dmfa or dimona field matching the flow")]
+    #[error(
+        "the envelope carries no payload: set the a052, dmfa or dimona field matching the flow"
+    )]
     MissingPayload,
     #[error("the envelope announces flow {announced} but its payload is {carried}")]
     PayloadFlowMismatch { announced: Flow, carried: Flow },
@@ -44,7 +46,9 @@ pub enum InputError {
     RelayMismatch(String),
     #[error("contact_file must be 1-128 printable ASCII characters without spaces")]
     BadContactFile,
-    #[error("institution \"{sender}\" may not send flow {flow}: no deliberation names it as a sender")]
+    #[error(
+        "institution \"{sender}\" may not send flow {flow}: no deliberation names it as a sender"
+    )]
     FlowNotAllowed { sender: String, flow: Flow },
     #[error("message_id \"{0}\" was already used for a different message: choose a new id")]
     DuplicateMessageId(String),
@@ -54,7 +58,9 @@ impl InputError {
     pub fn code(&self) -> Code {
         match self {
             InputError::UnknownRelayTicket(_) => Code::NotFound,
-            InputError::RelayNotReceived(_) | InputError::FlowNotAllowed { .. } => Code::PermissionDenied,
+            InputError::RelayNotReceived(_) | InputError::FlowNotAllowed { .. } => {
+                Code::PermissionDenied
+            }
             InputError::DuplicateMessageId(_) => Code::AlreadyExists,
             _ => Code::InvalidArgument,
         }

@@ -9,20 +9,32 @@ use tonic::Status;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 /// The institution behind the request's client certificate, or `UNAUTHENTICATED`.
-pub fn caller<'p, T>(policy: &'p Policy, request: &tonic::Request<T>) -> Result<&'p Institution, Status> {
-    let certs = request
-        .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("no client certificate: connect with mutual TLS and your institution's certificate"))?;
-    let leaf = certs.first().ok_or_else(|| Status::unauthenticated("the client certificate chain is empty"))?;
-    let names = dns_names(leaf.as_ref()).map_err(|_| Status::unauthenticated("the client certificate cannot be parsed"))?;
+pub fn caller<'p, T>(
+    policy: &'p Policy,
+    request: &tonic::Request<T>,
+) -> Result<&'p Institution, Status> {
+    let certs = request.peer_certs().ok_or_else(|| {
+        Status::unauthenticated(
+            "no client certificate: connect with mutual TLS and your institution's certificate",
+        )
+    })?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("the client certificate chain is empty"))?;
+    let names = dns_names(leaf.as_ref())
+        .map_err(|_| Status::unauthenticated("the client certificate cannot be parsed"))?;
     names
         .iter()
         .find_map(|name| policy.institution_by_certificate(name))
-        .ok_or_else(|| Status::unauthenticated("the client certificate names no institution of this network"))
+        .ok_or_else(|| {
+            Status::unauthenticated("the client certificate names no institution of this network")
+        })
 }
 
 /// The DNS subject alternative names of a DER certificate.
-pub fn dns_names(der: &[u8]) -> Result<Vec<String>, x509_parser::nom::Err<x509_parser::error::X509Error>> {
+pub fn dns_names(
+    der: &[u8],
+) -> Result<Vec<String>, x509_parser::nom::Err<x509_parser::error::X509Error>> {
     let (_, cert) = X509Certificate::from_der(der)?;
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {

@@ -60,12 +60,18 @@ impl TicketRecord {
 
     /// True when `institution` received (or is receiving) this exchange.
     pub fn was_delivered_to(&self, institution: &str) -> bool {
-        self.outcomes().iter().any(|o| &*o.institution == institution && o.decision == Decision::Delivered)
+        self.outcomes()
+            .iter()
+            .any(|o| &*o.institution == institution && o.decision == Decision::Delivered)
     }
 
     /// True when `institution` took part: sent it or was a candidate recipient.
     pub fn involves(&self, institution: &str) -> bool {
-        &*self.sender == institution || self.outcomes().iter().any(|o| &*o.institution == institution)
+        &*self.sender == institution
+            || self
+                .outcomes()
+                .iter()
+                .any(|o| &*o.institution == institution)
     }
 }
 
@@ -93,7 +99,10 @@ impl Ledger {
     /// Records a new exchange unless the sender already used the message id.
     pub fn insert(&self, record: TicketRecord) -> (Reservation, Arc<TicketRecord>) {
         let record = Arc::new(record);
-        match self.by_message.entry((record.sender_index, record.message_id.clone())) {
+        match self
+            .by_message
+            .entry((record.sender_index, record.message_id.clone()))
+        {
             Entry::Occupied(existing) => {
                 let existing = existing.get().clone();
                 let reservation = if existing.fingerprint == record.fingerprint {
@@ -107,7 +116,11 @@ impl Ledger {
                 slot.insert(record.clone());
                 self.tickets.insert(record.ticket.clone(), record.clone());
                 if let Some(parent) = record.relay_of.as_ref().and_then(|t| self.get(t)) {
-                    parent.relays.lock().expect("relays lock").push(record.ticket.clone());
+                    parent
+                        .relays
+                        .lock()
+                        .expect("relays lock")
+                        .push(record.ticket.clone());
                 }
                 (Reservation::New, record)
             }
@@ -116,7 +129,9 @@ impl Ledger {
 
     /// The whole chain `ticket` belongs to, first hop first.
     pub fn chain(&self, ticket: &str) -> Vec<Arc<TicketRecord>> {
-        let Some(mut root) = self.get(ticket) else { return Vec::new() };
+        let Some(mut root) = self.get(ticket) else {
+            return Vec::new();
+        };
         // Walk up; a chain is short, but bound the walk in case of a cycle.
         for _ in 0..64 {
             match root.relay_of.as_ref().and_then(|t| self.get(t)) {

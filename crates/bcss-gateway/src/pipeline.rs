@@ -67,7 +67,12 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(policy: Policy, directory: Arc<Directory>, deliverer: Deliverer) -> Hub {
-        Hub { policy: ArcSwap::from_pointee(policy), directory, ledger: Ledger::default(), deliverer }
+        Hub {
+            policy: ArcSwap::from_pointee(policy),
+            directory,
+            ledger: Ledger::default(),
+            deliverer,
+        }
     }
 
     /// The current policy snapshot.
@@ -85,7 +90,12 @@ impl Hub {
 
     /// Submits an envelope from `sender`: decides, records, delivers, and returns the ticket
     /// record with every recipient's outcome.
-    pub async fn submit(&self, policy: &Policy, sender: &Institution, envelope: EnvelopeView) -> Result<Arc<TicketRecord>, InputError> {
+    pub async fn submit(
+        &self,
+        policy: &Policy,
+        sender: &Institution,
+        envelope: EnvelopeView,
+    ) -> Result<Arc<TicketRecord>, InputError> {
         let message = self.validate(policy, sender, envelope)?;
         let ticket: Arc<str> = uuid::Uuid::now_v7().to_string().into();
         let plans = self.plan(policy, sender, &message, false)?;
@@ -106,7 +116,9 @@ impl Hub {
         let record = match self.ledger.insert(record) {
             (Reservation::New, record) => record,
             (Reservation::Resubmitted(original), _) => return Ok(original),
-            (Reservation::Conflict, _) => return Err(InputError::DuplicateMessageId(message.message_id)),
+            (Reservation::Conflict, _) => {
+                return Err(InputError::DuplicateMessageId(message.message_id));
+            }
         };
         tracing::info!(
             message = "Message accepted.",
@@ -121,15 +133,34 @@ impl Hub {
     }
 
     /// The decision `submit` would take, without recording or delivering.
-    pub fn explain(&self, policy: &Policy, sender: &Institution, envelope: EnvelopeView) -> Result<Vec<Planned>, InputError> {
+    pub fn explain(
+        &self,
+        policy: &Policy,
+        sender: &Institution,
+        envelope: EnvelopeView,
+    ) -> Result<Vec<Planned>, InputError> {
         let message = self.validate(policy, sender, envelope)?;
         self.plan(policy, sender, &message, true)
     }
 
     /// Step 1: everything about the envelope that does not depend on the recipients.
-    pub fn validate(&self, policy: &Policy, sender: &Institution, envelope: EnvelopeView) -> Result<Validated, InputError> {
+    pub fn validate(
+        &self,
+        policy: &Policy,
+        sender: &Institution,
+        envelope: EnvelopeView,
+    ) -> Result<Validated, InputError> {
         let fingerprint = fingerprint(&envelope);
-        let EnvelopeView { message_id, flow, niss, period, addressee, relay_of, contact_file, payload } = envelope;
+        let EnvelopeView {
+            message_id,
+            flow,
+            niss,
+            period,
+            addressee,
+            relay_of,
+            contact_file,
+            payload,
+        } = envelope;
         if message_id.is_empty() {
             return Err(InputError::MissingMessageId);
         }
@@ -149,10 +180,16 @@ impl Hub {
             None => return Err(InputError::MissingPayload),
         };
         if carried != flow {
-            return Err(InputError::PayloadFlowMismatch { announced: flow, carried });
+            return Err(InputError::PayloadFlowMismatch {
+                announced: flow,
+                carried,
+            });
         }
         if !policy.may_send(sender.party(), flow) {
-            return Err(InputError::FlowNotAllowed { sender: sender.id.to_string(), flow });
+            return Err(InputError::FlowNotAllowed {
+                sender: sender.id.to_string(),
+                flow,
+            });
         }
         let niss = Niss::parse(&niss).map_err(InputError::Niss)?;
         let wire_period = period.ok_or(InputError::MissingPeriod)?;
@@ -163,20 +200,32 @@ impl Hub {
         };
         let period = Period::new(start, end).map_err(InputError::Period)?;
         let schema = policy.schema().flow(flow);
-        let found = bcss_wire::scan(&schema.tree, &schema.niss_path, &payload).map_err(|error| InputError::MalformedPayload { flow, error })?;
+        let found = bcss_wire::scan(&schema.tree, &schema.niss_path, &payload)
+            .map_err(|error| InputError::MalformedPayload { flow, error })?;
         if found.is_empty() {
             return Err(InputError::PayloadNissMissing { flow });
         }
-        if found.iter().any(|value| Niss::parse_bytes(value) != Ok(niss)) {
+        if found
+            .iter()
+            .any(|value| Niss::parse_bytes(value) != Ok(niss))
+        {
             return Err(InputError::PayloadNissMismatch { flow });
         }
         let addressee = match addressee {
-            Some(id) => Some(policy.institution_by_id(&id).ok_or(InputError::UnknownAddressee(id))?.index),
+            Some(id) => Some(
+                policy
+                    .institution_by_id(&id)
+                    .ok_or(InputError::UnknownAddressee(id))?
+                    .index,
+            ),
             None => None,
         };
         let relay_of = match relay_of {
             Some(ticket) => {
-                let parent = self.ledger.get(&ticket).ok_or_else(|| InputError::UnknownRelayTicket(ticket.clone()))?;
+                let parent = self
+                    .ledger
+                    .get(&ticket)
+                    .ok_or_else(|| InputError::UnknownRelayTicket(ticket.clone()))?;
                 if !parent.was_delivered_to(&sender.id) {
                     return Err(InputError::RelayNotReceived(ticket));
                 }
@@ -192,11 +241,28 @@ impl Hub {
         {
             return Err(InputError::BadContactFile);
         }
-        Ok(Validated { message_id, flow, niss, period, wire_period, addressee, relay_of, contact_file, payload, fingerprint })
+        Ok(Validated {
+            message_id,
+            flow,
+            niss,
+            period,
+            wire_period,
+            addressee,
+            relay_of,
+            contact_file,
+            payload,
+            fingerprint,
+        })
     }
 
     /// Steps 2-4: route (who are the candidates), check each one's integration, filter.
-    pub fn plan(&self, policy: &Policy, sender: &Institution, message: &Validated, explain: bool) -> Result<Vec<Planned>, InputError> {
+    pub fn plan(
+        &self,
+        policy: &Policy,
+        sender: &Institution,
+        message: &Validated,
+        explain: bool,
+    ) -> Result<Vec<Planned>, InputError> {
         let integrations = self.directory.integrations(message.niss);
         let candidates = self.route(policy, sender, message, &integrations);
         let facts = Message {
@@ -209,14 +275,27 @@ impl Hub {
         };
         let mut plans = Vec::with_capacity(candidates.len());
         for recipient in candidates {
-            let decision = check_recipient(&facts, recipient.party(), policy.deliberations_reaching(recipient.index, message.flow), &integrations);
+            let decision = check_recipient(
+                &facts,
+                recipient.party(),
+                policy.deliberations_reaching(recipient.index, message.flow),
+                &integrations,
+            );
             let result = match decision {
                 Ok(admission) => {
-                    let grant = policy.grant(admission.deliberation, message.flow).expect("a deliberation covering a flow grants it");
+                    let grant = policy
+                        .grant(admission.deliberation, message.flow)
+                        .expect("a deliberation covering a flow grants it");
                     let (payload, stats) = bcss_wire::filter(&grant.tree, &message.payload)
-                        .map_err(|error| InputError::MalformedPayload { flow: message.flow, error })?;
+                        .map_err(|error| InputError::MalformedPayload {
+                            flow: message.flow,
+                            error,
+                        })?;
                     let removed_paths = if explain {
-                        policy.schema().removed_fields(message.flow, &grant.paths, &message.payload).unwrap_or_default()
+                        policy
+                            .schema()
+                            .removed_fields(message.flow, &grant.paths, &message.payload)
+                            .unwrap_or_default()
                     } else {
                         Vec::new()
                     };
@@ -230,25 +309,40 @@ impl Hub {
                 }
                 Err(refusal) => Err((refusal.reason, refusal.deliberation.map(|d| d.id.clone()))),
             };
-            plans.push(Planned { institution: recipient.index, institution_id: recipient.id.clone(), result });
+            plans.push(Planned {
+                institution: recipient.index,
+                institution_id: recipient.id.clone(),
+                result,
+            });
         }
         Ok(plans)
     }
 
     /// Step 2: the addressee, or every institution integrated for the person that some
     /// deliberation lets this sender reach with this flow. Sorted by institution id.
-    fn route<'p>(&self, policy: &'p Policy, sender: &Institution, message: &Validated, integrations: &[Integration]) -> Vec<&'p Institution> {
+    fn route<'p>(
+        &self,
+        policy: &'p Policy,
+        sender: &Institution,
+        message: &Validated,
+        integrations: &[Integration],
+    ) -> Vec<&'p Institution> {
         let mut candidates: Vec<&Institution> = match message.addressee {
             Some(addressee) => vec![policy.institution(addressee)],
             None => {
-                let mut indices: Vec<InstitutionIndex> =
-                    integrations.iter().map(|i| i.institution).filter(|i| *i != sender.index).collect();
+                let mut indices: Vec<InstitutionIndex> = integrations
+                    .iter()
+                    .map(|i| i.institution)
+                    .filter(|i| *i != sender.index)
+                    .collect();
                 indices.sort_unstable();
                 indices.dedup();
                 indices
                     .into_iter()
                     .filter_map(|i| policy.get_institution(i))
-                    .filter(|recipient| policy.has_route(sender.party(), recipient.party(), message.flow))
+                    .filter(|recipient| {
+                        policy.has_route(sender.party(), recipient.party(), message.flow)
+                    })
                     .collect()
             }
         };
@@ -257,7 +351,14 @@ impl Hub {
     }
 
     /// Step 5: deliver to every admitted recipient, concurrently, and record the outcomes.
-    async fn deliver(&self, policy: &Policy, sender: &Institution, message: &Validated, record: &TicketRecord, plans: Vec<Planned>) {
+    async fn deliver(
+        &self,
+        policy: &Policy,
+        sender: &Institution,
+        message: &Validated,
+        record: &TicketRecord,
+        plans: Vec<Planned>,
+    ) {
         let deliveries = plans.into_iter().enumerate().filter_map(|(slot, plan)| {
             let admitted = plan.result.ok()?;
             let recipient = policy.institution(plan.institution).clone();
@@ -278,7 +379,13 @@ impl Hub {
                 }),
                 attempt: 1,
             };
-            Some(async move { (slot, recipient.id.clone(), self.deliverer.deliver(&recipient, delivery).await) })
+            Some(async move {
+                (
+                    slot,
+                    recipient.id.clone(),
+                    self.deliverer.deliver(&recipient, delivery).await,
+                )
+            })
         });
         let results = futures_util::future::join_all(deliveries).await;
         let mut outcomes = record.outcomes.lock().expect("outcomes lock");
@@ -348,7 +455,11 @@ fn fingerprint(envelope: &EnvelopeView) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     envelope.flow.hash(&mut hasher);
     envelope.niss.hash(&mut hasher);
-    envelope.period.as_ref().map(|p| (&p.start, &p.end)).hash(&mut hasher);
+    envelope
+        .period
+        .as_ref()
+        .map(|p| (&p.start, &p.end))
+        .hash(&mut hasher);
     envelope.addressee.hash(&mut hasher);
     envelope.relay_of.hash(&mut hasher);
     envelope.contact_file.hash(&mut hasher);

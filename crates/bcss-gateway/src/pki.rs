@@ -9,7 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -29,7 +30,10 @@ pub struct PemPair {
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
 }
@@ -59,13 +63,20 @@ impl Pki {
     }
 
     fn pair(&self, stem: &str) -> Result<PemPair, PkiError> {
-        Ok(PemPair { cert: read(&self.dir.join(format!("{stem}.pem")))?, key: read(&self.dir.join(format!("{stem}.key")))? })
+        Ok(PemPair {
+            cert: read(&self.dir.join(format!("{stem}.pem")))?,
+            key: read(&self.dir.join(format!("{stem}.key")))?,
+        })
     }
 
     /// Creates the CA, the hub's certificate for `hub_names`, and a certificate for each
     /// `(id, dns name)` party, keeping every file that already exists. Returns how many
     /// certificates were created.
-    pub fn ensure(&self, hub_names: &[String], parties: &[(String, String)]) -> Result<usize, PkiError> {
+    pub fn ensure(
+        &self,
+        hub_names: &[String],
+        parties: &[(String, String)],
+    ) -> Result<usize, PkiError> {
         create_dir(&self.dir.join("parties"))?;
         let mut created = 0;
         let ca_key_path = self.dir.join("ca.key");
@@ -75,7 +86,9 @@ impl Pki {
         } else {
             let key = KeyPair::generate()?;
             let mut params = CertificateParams::new(Vec::<String>::new())?;
-            params.distinguished_name.push(DnType::CommonName, "bcss-hub development network CA");
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "bcss-hub development network CA");
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
             params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
             validity(&mut params, 3650);
@@ -92,9 +105,14 @@ impl Pki {
             }
             let key = KeyPair::generate()?;
             let mut params = CertificateParams::new(names.to_vec())?;
-            params.distinguished_name.push(DnType::CommonName, common_name);
+            params
+                .distinguished_name
+                .push(DnType::CommonName, common_name);
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
             validity(&mut params, 825);
             let cert = params.signed_by(&key, &issuer)?;
             write(&self.dir.join(format!("{stem}.key")), &key.serialize_pem())?;
@@ -117,13 +135,22 @@ fn validity(params: &mut CertificateParams, days: i64) {
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {
-    std::fs::read_to_string(path).map_err(|source| PkiError::Io { path: path.to_owned(), source })
+    std::fs::read_to_string(path).map_err(|source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn write(path: &Path, text: &str) -> Result<(), PkiError> {
-    std::fs::write(path, text).map_err(|source| PkiError::Io { path: path.to_owned(), source })
+    std::fs::write(path, text).map_err(|source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn create_dir(path: &Path) -> Result<(), PkiError> {
-    std::fs::create_dir_all(path).map_err(|source| PkiError::Io { path: path.to_owned(), source })
+    std::fs::create_dir_all(path).map_err(|source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }

@@ -29,11 +29,18 @@ pub struct ServeOptions {
 }
 
 /// Serves the hub's services on `listener` until `shutdown` completes.
-pub async fn run(hub: Arc<Hub>, listener: TcpListener, options: ServeOptions, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error> {
+pub async fn run(
+    hub: Arc<Hub>,
+    listener: TcpListener,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
     let gateway = GatewayServer::new(GatewayService { hub: hub.clone() })
         .max_decoding_message_size(options.max_message_bytes);
     let directory = DirectoryServer::new(DirectoryService { hub });
-    let tls = ServerTlsConfig::new().identity(options.tls.identity).client_ca_root(options.tls.client_ca);
+    let tls = ServerTlsConfig::new()
+        .identity(options.tls.identity)
+        .client_ca_root(options.tls.client_ca);
     Server::builder()
         .tls_config(tls)?
         .tcp_nodelay(true)

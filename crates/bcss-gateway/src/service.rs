@@ -25,16 +25,26 @@ pub struct GatewayService {
 
 #[tonic::async_trait]
 impl Gateway for GatewayService {
-    async fn submit(&self, request: Request<EnvelopeView>) -> Result<Response<pb::SubmitReply>, Status> {
+    async fn submit(
+        &self,
+        request: Request<EnvelopeView>,
+    ) -> Result<Response<pb::SubmitReply>, Status> {
         let policy = self.hub.policy();
         let sender = caller(&policy, &request)?.clone();
-        let record = self.hub.submit(&policy, &sender, request.into_inner()).await?;
+        let record = self
+            .hub
+            .submit(&policy, &sender, request.into_inner())
+            .await?;
         Ok(Response::new(submit_reply(&record)))
     }
 
-    type SubmitStreamStream = Pin<Box<dyn Stream<Item = Result<pb::SubmitStreamReply, Status>> + Send + 'static>>;
+    type SubmitStreamStream =
+        Pin<Box<dyn Stream<Item = Result<pb::SubmitStreamReply, Status>> + Send + 'static>>;
 
-    async fn submit_stream(&self, request: Request<Streaming<EnvelopeView>>) -> Result<Response<Self::SubmitStreamStream>, Status> {
+    async fn submit_stream(
+        &self,
+        request: Request<Streaming<EnvelopeView>>,
+    ) -> Result<Response<Self::SubmitStreamStream>, Status> {
         let sender = caller(&self.hub.policy(), &request)?.clone();
         let hub = self.hub.clone();
         let mut inbound = request.into_inner();
@@ -46,13 +56,18 @@ impl Gateway for GatewayService {
                         let message_id = envelope.message_id.clone();
                         let policy = hub.policy();
                         let result = match hub.submit(&policy, &sender, envelope).await {
-                            Ok(record) => pb::submit_stream_reply::Result::Reply(submit_reply(&record)),
+                            Ok(record) => {
+                                pb::submit_stream_reply::Result::Reply(submit_reply(&record))
+                            }
                             Err(error) => pb::submit_stream_reply::Result::Error(pb::StreamError {
                                 code: error.code() as i32,
                                 message: error.to_string(),
                             }),
                         };
-                        Ok(pb::SubmitStreamReply { message_id, result: Some(result) })
+                        Ok(pb::SubmitStreamReply {
+                            message_id,
+                            result: Some(result),
+                        })
                     }
                     Err(status) => Err(status),
                 };
@@ -62,24 +77,36 @@ impl Gateway for GatewayService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
-    async fn explain(&self, request: Request<EnvelopeView>) -> Result<Response<pb::ExplainReply>, Status> {
+    async fn explain(
+        &self,
+        request: Request<EnvelopeView>,
+    ) -> Result<Response<pb::ExplainReply>, Status> {
         let policy = self.hub.policy();
         let sender = caller(&policy, &request)?.clone();
         let plans = self.hub.explain(&policy, &sender, request.into_inner())?;
-        Ok(Response::new(pb::ExplainReply { recipients: plans.iter().map(explained).collect() }))
+        Ok(Response::new(pb::ExplainReply {
+            recipients: plans.iter().map(explained).collect(),
+        }))
     }
 
-    async fn track(&self, request: Request<pb::TrackRequest>) -> Result<Response<pb::TrackReply>, Status> {
+    async fn track(
+        &self,
+        request: Request<pb::TrackRequest>,
+    ) -> Result<Response<pb::TrackReply>, Status> {
         let policy = self.hub.policy();
         let caller = caller(&policy, &request)?.id.clone();
         let ticket = request.into_inner().ticket;
         let chain = self.hub.ledger().chain(&ticket);
         // A ticket the caller has no part in is answered as unknown: its existence is not revealed.
         if chain.is_empty() || !chain.iter().any(|hop| hop.involves(&caller)) {
-            return Err(Status::not_found(format!("no exchange with ticket \"{ticket}\" among yours")));
+            return Err(Status::not_found(format!(
+                "no exchange with ticket \"{ticket}\" among yours"
+            )));
         }
         let hops = chain
             .iter()
@@ -115,11 +142,15 @@ fn outcome(o: &Outcome) -> pb::RecipientOutcome {
         institution: o.institution.to_string(),
         deliberation: o.deliberation.as_deref().unwrap_or_default().to_owned(),
         decision: decision as i32,
-        reason: reason.map(refusal_reason).unwrap_or(pb::RefusalReason::Unspecified) as i32,
+        reason: reason
+            .map(refusal_reason)
+            .unwrap_or(pb::RefusalReason::Unspecified) as i32,
         detail: match (o.decision, reason) {
             (_, Some(reason)) => reason.to_string(),
             (Decision::Delivered, _) => "delivered and acknowledged".into(),
-            (Decision::DeliveryFailed, _) => "accepted, but the recipient's endpoint did not acknowledge".into(),
+            (Decision::DeliveryFailed, _) => {
+                "accepted, but the recipient's endpoint did not acknowledge".into()
+            }
             _ => "accepted".into(),
         },
         delivery_id: o.delivery_id.clone().unwrap_or_default(),
@@ -185,12 +216,17 @@ const MAX_PAGE: usize = 1000;
 
 #[tonic::async_trait]
 impl pb::directory_server::Directory for DirectoryService {
-    async fn integrate(&self, request: Request<pb::IntegrateRequest>) -> Result<Response<pb::IntegrateReply>, Status> {
+    async fn integrate(
+        &self,
+        request: Request<pb::IntegrateRequest>,
+    ) -> Result<Response<pb::IntegrateReply>, Status> {
         let policy = self.hub.policy();
         let me = caller(&policy, &request)?.clone();
         let request = request.into_inner();
         let niss = parse_niss(&request.niss)?;
-        let code = u16::try_from(request.quality_code).ok().and_then(QualityCode::new);
+        let code = u16::try_from(request.quality_code)
+            .ok()
+            .and_then(QualityCode::new);
         let quality = code
             .map(|code| SectorQuality { sector: me.sector, code })
             .filter(|q| policy.quality_name(*q).is_some())
@@ -204,29 +240,44 @@ impl pb::directory_server::Directory for DirectoryService {
         let period = parse_period(request.period.as_ref())?;
         let created = self.hub.directory().integrate(
             niss,
-            bcss_domain::Integration { institution: me.index, quality: quality.code, period },
+            bcss_domain::Integration {
+                institution: me.index,
+                quality: quality.code,
+                period,
+            },
         );
         tracing::info!(message = "Integration declared.", institution = %me.id, quality = %quality.code, created);
         Ok(Response::new(pb::IntegrateReply { created }))
     }
 
-    async fn remove(&self, request: Request<pb::RemoveRequest>) -> Result<Response<pb::RemoveReply>, Status> {
+    async fn remove(
+        &self,
+        request: Request<pb::RemoveRequest>,
+    ) -> Result<Response<pb::RemoveReply>, Status> {
         let policy = self.hub.policy();
         let me = caller(&policy, &request)?.clone();
         let request = request.into_inner();
         let niss = parse_niss(&request.niss)?;
         let quality = match request.quality_code {
             Some(code) => Some(
-                u16::try_from(code).ok().and_then(QualityCode::new).ok_or_else(|| Status::invalid_argument("quality_code must be 000-999"))?,
+                u16::try_from(code)
+                    .ok()
+                    .and_then(QualityCode::new)
+                    .ok_or_else(|| Status::invalid_argument("quality_code must be 000-999"))?,
             ),
             None => None,
         };
         let removed = self.hub.directory().remove(niss, me.index, quality);
         tracing::info!(message = "Integrations withdrawn.", institution = %me.id, removed);
-        Ok(Response::new(pb::RemoveReply { removed: removed as u32 }))
+        Ok(Response::new(pb::RemoveReply {
+            removed: removed as u32,
+        }))
     }
 
-    async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListReply>, Status> {
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListReply>, Status> {
         let policy = self.hub.policy();
         let me = caller(&policy, &request)?.clone();
         let request = request.into_inner();
@@ -237,7 +288,9 @@ impl pb::directory_server::Directory for DirectoryService {
         };
         let skip = match request.page_token.as_str() {
             "" => 0,
-            token => token.parse::<usize>().map_err(|_| Status::invalid_argument("page_token is not one this service returned"))?,
+            token => token.parse::<usize>().map_err(|_| {
+                Status::invalid_argument("page_token is not one this service returned")
+            })?,
         };
         let (rows, more) = self.hub.directory().list(me.index, niss, skip, limit);
         let integrations = rows
@@ -245,12 +298,25 @@ impl pb::directory_server::Directory for DirectoryService {
             .map(|(niss, row)| pb::IntegrationEntry {
                 niss: niss.digits(),
                 quality_code: u32::from(row.quality.0),
-                quality_name: policy.quality_name(SectorQuality { sector: me.sector, code: row.quality }).unwrap_or_default().to_owned(),
+                quality_name: policy
+                    .quality_name(SectorQuality {
+                        sector: me.sector,
+                        code: row.quality,
+                    })
+                    .unwrap_or_default()
+                    .to_owned(),
                 period: Some(wire_period(&row.period)),
             })
             .collect();
-        let next_page_token = if more { (skip + limit).to_string() } else { String::new() };
-        Ok(Response::new(pb::ListReply { integrations, next_page_token }))
+        let next_page_token = if more {
+            (skip + limit).to_string()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListReply {
+            integrations,
+            next_page_token,
+        }))
     }
 }
 
@@ -259,17 +325,29 @@ fn parse_niss(text: &str) -> Result<Niss, Status> {
 }
 
 fn parse_period(period: Option<&WirePeriod>) -> Result<Period, Status> {
-    let period = period.ok_or_else(|| Status::invalid_argument("period is required: set at least period.start (YYYY-MM-DD)"))?;
+    let period = period.ok_or_else(|| {
+        Status::invalid_argument("period is required: set at least period.start (YYYY-MM-DD)")
+    })?;
     let date = |text: &str, field: &str| {
-        time::Date::parse(text, time::macros::format_description!("[year]-[month]-[day]"))
-            .map_err(|_| Status::invalid_argument(format!("period.{field} is not a date YYYY-MM-DD")))
+        time::Date::parse(
+            text,
+            time::macros::format_description!("[year]-[month]-[day]"),
+        )
+        .map_err(|_| Status::invalid_argument(format!("period.{field} is not a date YYYY-MM-DD")))
     };
     let start = date(&period.start, "start")?;
-    let end = if period.end.is_empty() { None } else { Some(date(&period.end, "end")?) };
+    let end = if period.end.is_empty() {
+        None
+    } else {
+        Some(date(&period.end, "end")?)
+    };
     Period::new(start, end).map_err(|e| Status::invalid_argument(format!("period: {e}")))
 }
 
 fn wire_period(period: &Period) -> WirePeriod {
     let date = |d: time::Date| format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day());
-    WirePeriod { start: date(period.start), end: period.end.map(date).unwrap_or_default() }
+    WirePeriod {
+        start: date(period.start),
+        end: period.end.map(date).unwrap_or_default(),
+    }
 }

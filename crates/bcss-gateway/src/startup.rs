@@ -19,7 +19,10 @@ pub enum StartupError {
     #[error(transparent)]
     Config(#[from] bcss_policy::ConfigError),
     #[error("{}: {source}", file.display())]
-    Directory { file: std::path::PathBuf, source: DirectoryFileError },
+    Directory {
+        file: std::path::PathBuf,
+        source: DirectoryFileError,
+    },
     #[error("PKI: {0}")]
     Pki(#[from] crate::pki::PkiError),
 }
@@ -41,25 +44,38 @@ impl Resolver for PolicyResolver<'_> {
     }
     fn quality_exists(&self, institution: InstitutionIndex, code: QualityCode) -> bool {
         let sector = self.0.institution(institution).sector;
-        self.0.quality_name(SectorQuality { sector, code }).is_some()
+        self.0
+            .quality_name(SectorQuality { sector, code })
+            .is_some()
     }
 }
 
 /// Loads the persons directory file.
 pub fn load_directory(file: &Path, policy: &Policy) -> Result<Directory, StartupError> {
-    let fail = |source: DirectoryFileError| StartupError::Directory { file: file.to_owned(), source };
+    let fail = |source: DirectoryFileError| StartupError::Directory {
+        file: file.to_owned(),
+        source,
+    };
     let text = std::fs::read_to_string(file).map_err(|e| fail(e.into()))?;
     let directory = Directory::new();
-    bcss_directory::csv::load(&directory, &text, &PolicyResolver(policy)).map_err(|e| fail(e.into()))?;
+    bcss_directory::csv::load(&directory, &text, &PolicyResolver(policy))
+        .map_err(|e| fail(e.into()))?;
     Ok(directory)
 }
 
 /// Creates whatever is missing of the development PKI for the hub and every institution.
 pub fn ensure_pki(settings: &Settings, policy: &Policy) -> Result<Pki, StartupError> {
     let pki = Pki::new(&settings.tls.pki);
-    let hub_names = vec![settings.tls.hub_name.clone(), "localhost".to_owned(), "127.0.0.1".to_owned()];
-    let parties: Vec<(String, String)> =
-        policy.institutions().iter().map(|i| (i.id.to_string(), i.certificate_name.clone())).collect();
+    let hub_names = vec![
+        settings.tls.hub_name.clone(),
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+    ];
+    let parties: Vec<(String, String)> = policy
+        .institutions()
+        .iter()
+        .map(|i| (i.id.to_string(), i.certificate_name.clone()))
+        .collect();
     let created = pki.ensure(&hub_names, &parties)?;
     if created > 0 {
         tracing::info!(message = "Development certificates created.", created, folder = %settings.tls.pki.display());
@@ -77,12 +93,18 @@ pub struct Assembled {
 
 /// Loads the configuration, the directory and the PKI, and builds the hub. `adjust` may change
 /// the policy before the hub takes it (the demo and tests point institutions at their servers).
-pub fn assemble(config: &Path, adjust: impl FnOnce(&mut Policy)) -> Result<Assembled, StartupError> {
+pub fn assemble(
+    config: &Path,
+    adjust: impl FnOnce(&mut Policy),
+) -> Result<Assembled, StartupError> {
     assemble_settings(Settings::load(config)?, adjust)
 }
 
 /// [`assemble`] from settings already loaded (tests change the PKI folder, say).
-pub fn assemble_settings(settings: Settings, adjust: impl FnOnce(&mut Policy)) -> Result<Assembled, StartupError> {
+pub fn assemble_settings(
+    settings: Settings,
+    adjust: impl FnOnce(&mut Policy),
+) -> Result<Assembled, StartupError> {
     let mut policy = Policy::load(&settings)?;
     adjust(&mut policy);
     let directory = load_directory(&settings.files.directory, &policy)?;
@@ -91,7 +113,10 @@ pub fn assemble_settings(settings: Settings, adjust: impl FnOnce(&mut Policy)) -
     let ca = Certificate::from_pem(pki.ca_cert()?);
     let identity = Identity::from_pem(&hub_pair.cert, &hub_pair.key);
     let deliverer = Deliverer::new(
-        Some(ClientTls { ca: ca.clone(), identity: identity.clone() }),
+        Some(ClientTls {
+            ca: ca.clone(),
+            identity: identity.clone(),
+        }),
         Duration::from_millis(settings.delivery.timeout_ms),
     );
     tracing::info!(
@@ -103,8 +128,16 @@ pub fn assemble_settings(settings: Settings, adjust: impl FnOnce(&mut Policy)) -
     );
     let hub = Arc::new(crate::Hub::new(policy, Arc::new(directory), deliverer));
     let options = ServeOptions {
-        tls: ServerTls { identity, client_ca: ca },
+        tls: ServerTls {
+            identity,
+            client_ca: ca,
+        },
         max_message_bytes: settings.limits.max_message_bytes,
     };
-    Ok(Assembled { settings, hub, options, pki })
+    Ok(Assembled {
+        settings,
+        hub,
+        options,
+        pki,
+    })
 }

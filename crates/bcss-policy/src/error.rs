@@ -14,7 +14,13 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: {}", self.file.display(), self.entry, self.problem)
+        write!(
+            f,
+            "{}: {}: {}",
+            self.file.display(),
+            self.entry,
+            self.problem
+        )
     }
 }
 
@@ -22,7 +28,10 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{}: cannot read: {source}", file.display())]
-    Read { file: PathBuf, source: std::io::Error },
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: {message}", file.display())]
     Syntax { file: PathBuf, message: String },
     #[error("{} problem(s) in the configuration:\n{}", .0.len(), list(.0))]
@@ -30,10 +39,22 @@ pub enum ConfigError {
 }
 
 fn list(problems: &[Problem]) -> String {
-    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
-pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(file: &std::path::Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read { file: file.to_owned(), source })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Syntax { file: file.to_owned(), message: e.to_string() })
+pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(
+    file: &std::path::Path,
+) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        file: file.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+        file: file.to_owned(),
+        message: e.to_string(),
+    })
 }

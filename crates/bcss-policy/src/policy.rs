@@ -38,7 +38,10 @@ pub struct Institution {
 
 impl Institution {
     pub fn party(&self) -> Party {
-        Party { institution: self.index, sector: self.sector }
+        Party {
+            institution: self.index,
+            sector: self.sector,
+        }
     }
 }
 
@@ -72,18 +75,30 @@ struct Problems(Vec<Problem>);
 
 impl Problems {
     fn add(&mut self, file: &Path, entry: impl Into<String>, problem: impl Into<String>) {
-        self.0.push(Problem { file: file.to_owned(), entry: entry.into(), problem: problem.into() });
+        self.0.push(Problem {
+            file: file.to_owned(),
+            entry: entry.into(),
+            problem: problem.into(),
+        });
     }
 }
 
 impl Policy {
     /// Loads and validates the policy files named by `settings`.
     pub fn load(settings: &Settings) -> Result<Policy, ConfigError> {
-        Policy::load_files(&settings.files.institutions, &settings.files.quality_codes, &settings.files.deliberations)
+        Policy::load_files(
+            &settings.files.institutions,
+            &settings.files.quality_codes,
+            &settings.files.deliberations,
+        )
     }
 
     /// Loads and validates the three parts of the policy.
-    pub fn load_files(institutions: &Path, quality_codes: &Path, deliberations: &Path) -> Result<Policy, ConfigError> {
+    pub fn load_files(
+        institutions: &Path,
+        quality_codes: &Path,
+        deliberations: &Path,
+    ) -> Result<Policy, ConfigError> {
         let institutions_file: InstitutionsFile = read_toml(institutions)?;
         let codes_file: QualityCodesFile = read_toml(quality_codes)?;
         let mut deliberation_files = Vec::new();
@@ -110,7 +125,11 @@ impl Policy {
             policy.add_deliberation(&file, parsed, &mut problems);
         }
         policy.check_overlaps(&mut problems);
-        if problems.0.is_empty() { Ok(policy) } else { Err(ConfigError::Invalid(problems.0)) }
+        if problems.0.is_empty() {
+            Ok(policy)
+        } else {
+            Err(ConfigError::Invalid(problems.0))
+        }
     }
 
     fn add_institutions(&mut self, file: &Path, parsed: InstitutionsFile, problems: &mut Problems) {
@@ -120,12 +139,20 @@ impl Policy {
                 continue;
             }
             let index = SectorIndex(self.sectors.len() as u16);
-            self.sectors.push(Sector { index, id: entry.id, name: entry.name });
+            self.sectors.push(Sector {
+                index,
+                id: entry.id,
+                name: entry.name,
+            });
         }
         for entry in parsed.institutions {
             let what = format!("institution \"{}\"", entry.id);
             if !valid_id(&entry.id) {
-                problems.add(file, &what, "an id is lower-case letters, digits and dashes");
+                problems.add(
+                    file,
+                    &what,
+                    "an id is lower-case letters, digits and dashes",
+                );
                 continue;
             }
             if self.by_id.contains_key(entry.id.as_str()) {
@@ -136,11 +163,19 @@ impl Policy {
                 problems.add(file, &what, format!("unknown sector \"{}\"", entry.sector));
                 continue;
             };
-            if entry.endpoint.parse::<std::net::SocketAddr>().is_err() && !entry.endpoint.contains(':') {
-                problems.add(file, &what, format!("endpoint \"{}\" is not host:port", entry.endpoint));
+            if entry.endpoint.parse::<std::net::SocketAddr>().is_err()
+                && !entry.endpoint.contains(':')
+            {
+                problems.add(
+                    file,
+                    &what,
+                    format!("endpoint \"{}\" is not host:port", entry.endpoint),
+                );
                 continue;
             }
-            let certificate_name = entry.certificate_name.unwrap_or_else(|| format!("{}.institutions.bcss.test", entry.id));
+            let certificate_name = entry
+                .certificate_name
+                .unwrap_or_else(|| format!("{}.institutions.bcss.test", entry.id));
             if let Some(other) = self.by_certificate.get(&certificate_name) {
                 let other = &self.institutions[other.0 as usize].id;
                 problems.add(file, &what, format!("certificate name \"{certificate_name}\" is already institution \"{other}\"'s"));
@@ -161,22 +196,41 @@ impl Policy {
         }
     }
 
-    fn add_quality_codes(&mut self, file: &Path, parsed: QualityCodesFile, problems: &mut Problems) {
+    fn add_quality_codes(
+        &mut self,
+        file: &Path,
+        parsed: QualityCodesFile,
+        problems: &mut Problems,
+    ) {
         for sector_codes in parsed.sectors {
             let Some(sector) = self.sector_by_id(&sector_codes.sector).map(|s| s.index) else {
-                problems.add(file, format!("sector \"{}\"", sector_codes.sector), "unknown sector (not in institutions.toml)");
+                problems.add(
+                    file,
+                    format!("sector \"{}\"", sector_codes.sector),
+                    "unknown sector (not in institutions.toml)",
+                );
                 continue;
             };
             for entry in sector_codes.codes {
                 let what = format!("sector \"{}\", code {:03}", sector_codes.sector, entry.code);
                 let code = match QualityCode::new(entry.code) {
-                    Some(code) if code.is_specific() || code == QualityCode::DEFINITIVE || code == QualityCode::PROVISIONAL => code,
+                    Some(code)
+                        if code.is_specific()
+                            || code == QualityCode::DEFINITIVE
+                            || code == QualityCode::PROVISIONAL =>
+                    {
+                        code
+                    }
                     _ => {
                         problems.add(file, &what, "a quality code is 000 (definitive), 902 (provisional) or 001-900 (specific)");
                         continue;
                     }
                 };
-                if self.qualities.insert(SectorQuality { sector, code }, entry.name).is_some() {
+                if self
+                    .qualities
+                    .insert(SectorQuality { sector, code }, entry.name)
+                    .is_some()
+                {
                     problems.add(file, &what, "defined twice");
                 }
             }
@@ -187,12 +241,23 @@ impl Policy {
         let start = problems.0.len();
         let id = format!("deliberation {}", parsed.id);
         if let Some(other) = self.deliberations.iter().position(|d| *d.id == *parsed.id) {
-            problems.add(file, &id, format!("{} already defines a deliberation with this number", self.sources[other].display()));
+            problems.add(
+                file,
+                &id,
+                format!(
+                    "{} already defines a deliberation with this number",
+                    self.sources[other].display()
+                ),
+            );
         }
         let mut date = |value: &toml::value::Datetime, key: &str| match parse_date(value) {
             Some(date) => date,
             None => {
-                problems.add(file, format!("{id}, {key}"), "expected a date like 2020-05-05");
+                problems.add(
+                    file,
+                    format!("{id}, {key}"),
+                    "expected a date like 2020-05-05",
+                );
                 Date::MIN
             }
         };
@@ -206,11 +271,20 @@ impl Policy {
         for (i, route) in parsed.routes.iter().enumerate() {
             let entry = format!("{id}, route {}", i + 1);
             let senders = self.party_set(file, &entry, "senders", &route.senders, problems);
-            let recipients = self.party_set(file, &entry, "recipients", &route.recipients, problems);
-            routes.push(Route { senders, recipients, relay: route.relay });
+            let recipients =
+                self.party_set(file, &entry, "recipients", &route.recipients, problems);
+            routes.push(Route {
+                senders,
+                recipients,
+                relay: route.relay,
+            });
         }
         if routes.is_empty() {
-            problems.add(file, &id, "no [[route]]: a deliberation names its senders and recipients");
+            problems.add(
+                file,
+                &id,
+                "no [[route]]: a deliberation names its senders and recipients",
+            );
         }
         let check = match parsed.check.mode.as_str() {
             "prior_integration" => {
@@ -221,7 +295,9 @@ impl Policy {
                             let reached = routes.iter().any(|r| {
                                 r.recipients.any
                                     || r.recipients.sectors.contains(&quality.sector)
-                                    || r.recipients.institutions.iter().any(|i| self.institutions[i.0 as usize].sector == quality.sector)
+                                    || r.recipients.institutions.iter().any(|i| {
+                                        self.institutions[i.0 as usize].sector == quality.sector
+                                    })
                             });
                             if !reached {
                                 problems.add(file, format!("{id}, check"), format!("quality code \"{code}\" belongs to a sector no route reaches"));
@@ -232,18 +308,30 @@ impl Policy {
                     }
                 }
                 if accepted.is_empty() && parsed.check.quality_codes.is_empty() {
-                    problems.add(file, format!("{id}, check"), "prior_integration needs at least one accepted quality code");
+                    problems.add(
+                        file,
+                        format!("{id}, check"),
+                        "prior_integration needs at least one accepted quality code",
+                    );
                 }
                 CheckMode::PriorIntegration { accepted }
             }
             "a_posteriori" => {
                 if !parsed.check.quality_codes.is_empty() {
-                    problems.add(file, format!("{id}, check"), "a_posteriori takes no quality codes: nothing is checked beforehand");
+                    problems.add(
+                        file,
+                        format!("{id}, check"),
+                        "a_posteriori takes no quality codes: nothing is checked beforehand",
+                    );
                 }
                 CheckMode::APosteriori
             }
             other => {
-                problems.add(file, format!("{id}, check"), format!("unknown mode \"{other}\": expected prior_integration or a_posteriori"));
+                problems.add(
+                    file,
+                    format!("{id}, check"),
+                    format!("unknown mode \"{other}\": expected prior_integration or a_posteriori"),
+                );
                 CheckMode::APosteriori
             }
         };
@@ -268,7 +356,13 @@ impl Policy {
             match self.schema.compile(flow, &entry.fields) {
                 Ok(tree) if tree.is_empty() => problems.add(file, &what, "the field list is empty"),
                 Ok(tree) => {
-                    grants.insert(flow, Grant { paths: entry.fields.clone(), tree });
+                    grants.insert(
+                        flow,
+                        Grant {
+                            paths: entry.fields.clone(),
+                            tree,
+                        },
+                    );
                 }
                 Err(paths) => {
                     for problem in paths {
@@ -284,8 +378,14 @@ impl Policy {
         let index = self.deliberations.len();
         for flow in &flows {
             for institution in &self.institutions {
-                if routes.iter().any(|r| r.recipients.contains(institution.party())) {
-                    self.by_recipient.entry((institution.index, *flow)).or_default().push(index);
+                if routes
+                    .iter()
+                    .any(|r| r.recipients.contains(institution.party()))
+                {
+                    self.by_recipient
+                        .entry((institution.index, *flow))
+                        .or_default()
+                        .push(index);
                 }
             }
         }
@@ -319,7 +419,8 @@ impl Policy {
                 }
                 let clash = a.routes.iter().any(|ra| {
                     b.routes.iter().any(|rb| {
-                        ra.senders.may_intersect(&rb.senders, sector_of) && ra.recipients.may_intersect(&rb.recipients, sector_of)
+                        ra.senders.may_intersect(&rb.senders, sector_of)
+                            && ra.recipients.may_intersect(&rb.recipients, sector_of)
                     })
                 });
                 if clash {
@@ -338,7 +439,14 @@ impl Policy {
         }
     }
 
-    fn party_set(&self, file: &Path, entry: &str, key: &str, names: &[String], problems: &mut Problems) -> PartySet {
+    fn party_set(
+        &self,
+        file: &Path,
+        entry: &str,
+        key: &str,
+        names: &[String],
+        problems: &mut Problems,
+    ) -> PartySet {
         let mut set = PartySet::default();
         for name in names {
             if let Some(sector) = name.strip_prefix("sector:") {
@@ -352,7 +460,11 @@ impl Policy {
             } else if let Some(index) = self.by_id.get(name.as_str()) {
                 set.institutions.push(*index);
             } else {
-                problems.add(file, entry, format!("{key}: unknown institution \"{name}\""));
+                problems.add(
+                    file,
+                    entry,
+                    format!("{key}: unknown institution \"{name}\""),
+                );
             }
         }
         if names.is_empty() {
@@ -366,12 +478,23 @@ impl Policy {
             return Err(format!("quality code \"{text}\" is not <sector>:<code>"));
         };
         let Some(sector) = self.sector_by_id(sector) else {
-            return Err(format!("quality code \"{text}\": unknown sector \"{sector}\""));
+            return Err(format!(
+                "quality code \"{text}\": unknown sector \"{sector}\""
+            ));
         };
-        let code = code.parse::<u16>().ok().and_then(QualityCode::new).ok_or_else(|| format!("quality code \"{text}\": not a number 000-999"))?;
-        let quality = SectorQuality { sector: sector.index, code };
+        let code = code
+            .parse::<u16>()
+            .ok()
+            .and_then(QualityCode::new)
+            .ok_or_else(|| format!("quality code \"{text}\": not a number 000-999"))?;
+        let quality = SectorQuality {
+            sector: sector.index,
+            code,
+        };
         if !self.qualities.contains_key(&quality) {
-            return Err(format!("unknown quality code \"{text}\" (not in quality_codes.toml)"));
+            return Err(format!(
+                "unknown quality code \"{text}\" (not in quality_codes.toml)"
+            ));
         }
         Ok(quality)
     }
@@ -383,7 +506,9 @@ impl Policy {
     /// Points an institution at another endpoint (tests and the demo bind ephemeral ports).
     /// Returns false when the id is unknown.
     pub fn set_endpoint(&mut self, id: &str, endpoint: String) -> bool {
-        let Some(index) = self.by_id.get(id) else { return false };
+        let Some(index) = self.by_id.get(id) else {
+            return false;
+        };
         self.institutions[index.0 as usize].endpoint = endpoint;
         true
     }
@@ -435,23 +560,37 @@ impl Policy {
     }
 
     /// The deliberations whose routes reach `recipient` for `flow` (the sender is not checked).
-    pub fn deliberations_reaching(&self, recipient: InstitutionIndex, flow: Flow) -> impl Iterator<Item = &Deliberation> + '_ {
-        self.by_recipient.get(&(recipient, flow)).into_iter().flatten().map(|i| &self.deliberations[*i])
+    pub fn deliberations_reaching(
+        &self,
+        recipient: InstitutionIndex,
+        flow: Flow,
+    ) -> impl Iterator<Item = &Deliberation> + '_ {
+        self.by_recipient
+            .get(&(recipient, flow))
+            .into_iter()
+            .flatten()
+            .map(|i| &self.deliberations[*i])
     }
 
     /// True when some deliberation lets `sender` send `flow` to `recipient`.
     pub fn has_route(&self, sender: Party, recipient: Party, flow: Flow) -> bool {
-        self.deliberations_reaching(recipient.institution, flow).any(|d| d.route(sender, recipient).is_some())
+        self.deliberations_reaching(recipient.institution, flow)
+            .any(|d| d.route(sender, recipient).is_some())
     }
 
     /// True when some deliberation lets `sender` send `flow` at all.
     pub fn may_send(&self, sender: Party, flow: Flow) -> bool {
-        self.deliberations.iter().any(|d| d.flows.contains(&flow) && d.has_sender(sender))
+        self.deliberations
+            .iter()
+            .any(|d| d.flows.contains(&flow) && d.has_sender(sender))
     }
 
     /// What `deliberation` grants for `flow`.
     pub fn grant(&self, deliberation: &Deliberation, flow: Flow) -> Option<&Grant> {
-        let index = self.deliberations.iter().position(|d| std::ptr::eq(d, deliberation))?;
+        let index = self
+            .deliberations
+            .iter()
+            .position(|d| std::ptr::eq(d, deliberation))?;
         self.grants[index].get(&flow)
     }
 
@@ -461,7 +600,10 @@ impl Policy {
 }
 
 fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn parse_date(value: &toml::value::Datetime) -> Option<Date> {
@@ -476,7 +618,10 @@ fn parse_date(value: &toml::value::Datetime) -> Option<Date> {
 
 /// The `*.toml` files of the deliberations folder, sorted by name.
 fn deliberation_paths(folder: &Path) -> Result<Vec<PathBuf>, ConfigError> {
-    let read = |source| ConfigError::Read { file: folder.to_owned(), source };
+    let read = |source| ConfigError::Read {
+        file: folder.to_owned(),
+        source,
+    };
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(folder).map_err(read)? {
         let path = entry.map_err(read)?.path();

@@ -4,7 +4,9 @@
 
 use bcss_domain::Flow;
 use bcss_wire::{FieldTree, FieldTreeBuilder, NodeId, WireType, WireTypes};
-use prost_reflect::{DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value,
+};
 
 /// What the hub knows of one flow's message type.
 #[derive(Clone, Debug)]
@@ -25,7 +27,11 @@ pub struct Schema {
 /// Where the person's NISS sits in each flow message.
 const NISS_PATHS: [(Flow, &str, &str); 3] = [
     (Flow::A052, "bcss.flows.v1.A052", "niss"),
-    (Flow::Dmfa, "bcss.flows.v1.Dmfa", "employer_declaration.natural_person.niss"),
+    (
+        Flow::Dmfa,
+        "bcss.flows.v1.Dmfa",
+        "employer_declaration.natural_person.niss",
+    ),
     (Flow::Dimona, "bcss.flows.v1.Dimona", "worker.niss"),
 ];
 
@@ -36,16 +42,27 @@ impl Schema {
     /// Reads the descriptor set compiled into `bcss-proto`. A failure here is a build defect,
     /// not a configuration error, hence the panic.
     pub fn load() -> Schema {
-        let pool = DescriptorPool::decode(bcss_proto::FILE_DESCRIPTOR_SET).expect("the embedded descriptor set decodes");
+        let pool = DescriptorPool::decode(bcss_proto::FILE_DESCRIPTOR_SET)
+            .expect("the embedded descriptor set decodes");
         let flows = NISS_PATHS
             .iter()
             .map(|(flow, name, niss)| {
-                let message = pool.get_message_by_name(name).expect("every flow message is in the descriptor set");
+                let message = pool
+                    .get_message_by_name(name)
+                    .expect("every flow message is in the descriptor set");
                 let mut builder = FieldTreeBuilder::default();
                 add_all(&mut builder, builder_root(), &message, 0);
-                let niss_path = resolve(&message, niss).expect("the NISS path exists").iter().map(|f| f.number()).collect();
+                let niss_path = resolve(&message, niss)
+                    .expect("the NISS path exists")
+                    .iter()
+                    .map(|f| f.number())
+                    .collect();
                 debug_assert_eq!(*flow, Flow::ALL[flows_index(*flow)]);
-                FlowSchema { message, tree: builder.build(), niss_path }
+                FlowSchema {
+                    message,
+                    tree: builder.build(),
+                    niss_path,
+                }
             })
             .collect();
         Schema { flows }
@@ -76,12 +93,21 @@ impl Schema {
                 Err(problem) => problems.push(problem),
             }
         }
-        if problems.is_empty() { Ok(builder.build()) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(builder.build())
+        } else {
+            Err(problems)
+        }
     }
 
     /// The paths of the fields present in `payload` that `allowed` does not grant: the names a
     /// recipient would lose, never the values. A removed block is named once.
-    pub fn removed_fields(&self, flow: Flow, allowed: &[String], payload: &[u8]) -> Result<Vec<String>, prost::DecodeError> {
+    pub fn removed_fields(
+        &self,
+        flow: Flow,
+        allowed: &[String],
+        payload: &[u8],
+    ) -> Result<Vec<String>, prost::DecodeError> {
         let message = DynamicMessage::decode(self.flow(flow).message.clone(), payload)?;
         let mut removed = Vec::new();
         collect_removed(&message, "", allowed, &mut removed);
@@ -122,7 +148,10 @@ fn resolve(message: &MessageDescriptor, path: &str) -> Result<Vec<FieldDescripto
             match field.kind() {
                 Kind::Message(inner) => current = inner,
                 _ => {
-                    return Err(format!("field path `{path}`: `{segment}` is not a message, so it has no field `{}`", segments[i + 1]));
+                    return Err(format!(
+                        "field path `{path}`: `{segment}` is not a message, so it has no field `{}`",
+                        segments[i + 1]
+                    ));
                 }
             }
         }
@@ -137,19 +166,39 @@ fn wire_types(field: &FieldDescriptor) -> WireTypes {
         Kind::Message(_) | Kind::String | Kind::Bytes => return WireTypes::of(WireType::Len),
         Kind::Double | Kind::Fixed64 | Kind::Sfixed64 => WireType::I64,
         Kind::Float | Kind::Fixed32 | Kind::Sfixed32 => WireType::I32,
-        Kind::Int32 | Kind::Int64 | Kind::Uint32 | Kind::Uint64 | Kind::Sint32 | Kind::Sint64 | Kind::Bool | Kind::Enum(_) => {
-            WireType::Varint
-        }
+        Kind::Int32
+        | Kind::Int64
+        | Kind::Uint32
+        | Kind::Uint64
+        | Kind::Sint32
+        | Kind::Sint64
+        | Kind::Bool
+        | Kind::Enum(_) => WireType::Varint,
     };
-    if field.is_list() { WireTypes::packable(scalar) } else { WireTypes::of(scalar) }
+    if field.is_list() {
+        WireTypes::packable(scalar)
+    } else {
+        WireTypes::of(scalar)
+    }
 }
 
-fn add_all(builder: &mut FieldTreeBuilder, node: NodeId, message: &MessageDescriptor, depth: usize) {
-    assert!(depth < MAX_DEPTH, "{} nests too deep (recursive type?)", message.full_name());
+fn add_all(
+    builder: &mut FieldTreeBuilder,
+    node: NodeId,
+    message: &MessageDescriptor,
+    depth: usize,
+) {
+    assert!(
+        depth < MAX_DEPTH,
+        "{} nests too deep (recursive type?)",
+        message.full_name()
+    );
     for field in message.fields() {
         match field.kind() {
             Kind::Message(inner) => {
-                let child = builder.descend(node, field.number()).expect("a fresh field");
+                let child = builder
+                    .descend(node, field.number())
+                    .expect("a fresh field");
                 add_all(builder, child, &inner, depth + 1);
             }
             _ => builder.keep(node, field.number(), wire_types(&field)),
@@ -157,10 +206,19 @@ fn add_all(builder: &mut FieldTreeBuilder, node: NodeId, message: &MessageDescri
     }
 }
 
-fn collect_removed(message: &DynamicMessage, prefix: &str, allowed: &[String], removed: &mut Vec<String>) {
+fn collect_removed(
+    message: &DynamicMessage,
+    prefix: &str,
+    allowed: &[String],
+    removed: &mut Vec<String>,
+) {
     for (field, value) in message.fields() {
-        let path = if prefix.is_empty() { field.name().to_owned() } else { format!("{prefix}.{}", field.name()) };
-        if allowed.iter().any(|a| *a == path) {
+        let path = if prefix.is_empty() {
+            field.name().to_owned()
+        } else {
+            format!("{prefix}.{}", field.name())
+        };
+        if allowed.contains(&path) {
             continue;
         }
         let below = format!("{path}.");
@@ -187,11 +245,25 @@ mod tests {
     fn unknown_paths_are_explained() {
         let schema = Schema::load();
         let problems = schema
-            .compile(Flow::Dmfa, &["employer_declaration.nope".into(), "employer_declaration.year.more".into()])
+            .compile(
+                Flow::Dmfa,
+                &[
+                    "employer_declaration.nope".into(),
+                    "employer_declaration.year.more".into(),
+                ],
+            )
             .unwrap_err();
         assert_eq!(problems.len(), 2);
-        assert!(problems[0].contains("`nope` is not a field of bcss.flows.v1.EmployerDeclaration"), "{}", problems[0]);
-        assert!(problems[1].contains("`year` is not a message"), "{}", problems[1]);
+        assert!(
+            problems[0].contains("`nope` is not a field of bcss.flows.v1.EmployerDeclaration"),
+            "{}",
+            problems[0]
+        );
+        assert!(
+            problems[1].contains("`year` is not a message"),
+            "{}",
+            problems[1]
+        );
     }
 
     #[test]

@@ -10,7 +10,11 @@ fn shipped() -> PathBuf {
 }
 
 fn load(dir: &Path) -> Result<Policy, ConfigError> {
-    Policy::load_files(&dir.join("institutions.toml"), &dir.join("quality_codes.toml"), &dir.join("deliberations"))
+    Policy::load_files(
+        &dir.join("institutions.toml"),
+        &dir.join("quality_codes.toml"),
+        &dir.join("deliberations"),
+    )
 }
 
 #[test]
@@ -18,11 +22,24 @@ fn the_shipped_configuration_loads() {
     let policy = load(&shipped()).unwrap();
     let ids: Vec<&str> = policy.deliberations().iter().map(|d| &*d.id).collect();
     assert_eq!(ids, ["10/059", "16/046", "19/010", "20/130"]);
-    let cpas = policy.institutions().iter().filter(|i| i.id.starts_with("cpas-")).count();
+    let cpas = policy
+        .institutions()
+        .iter()
+        .filter(|i| i.id.starts_with("cpas-"))
+        .count();
     assert!(cpas >= 10, "{cpas} CPAS");
-    let funds = policy.institutions().iter().filter(|i| policy.sector(i.sector).id == "health_insurance").count();
+    let funds = policy
+        .institutions()
+        .iter()
+        .filter(|i| policy.sector(i.sector).id == "health_insurance")
+        .count();
     assert!(funds >= 3, "{funds} funds");
-    for (id, flow) in [("20/130", Flow::A052), ("10/059", Flow::Dmfa), ("19/010", Flow::Dimona), ("19/010", Flow::Dmfa)] {
+    for (id, flow) in [
+        ("20/130", Flow::A052),
+        ("10/059", Flow::Dmfa),
+        ("19/010", Flow::Dimona),
+        ("19/010", Flow::Dmfa),
+    ] {
         let d = policy.deliberation(id).unwrap();
         assert!(policy.grant(d, flow).is_some(), "{id} grants {flow}");
     }
@@ -56,50 +73,99 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn broken_configurations_are_refused_with_file_entry_and_problem() {
-    let cases: Vec<(&str, &str, Box<dyn Fn(String) -> String>, &[&str])> = vec![
+    /// (case, file to edit, the edit, what the error must say)
+    type Case = (
+        &'static str,
+        &'static str,
+        Box<dyn Fn(String) -> String>,
+        &'static [&'static str],
+    );
+    let cases: Vec<Case> = vec![
         (
             "field path not in the proto",
             "deliberations/10-059.toml",
-            Box::new(|t| t.replace("\"employer_declaration.year\"", "\"employer_declaration.yaer\"")),
-            &["10-059.toml", "deliberation 10/059, flow DMFA", "`yaer` is not a field of bcss.flows.v1.EmployerDeclaration"],
+            Box::new(|t| {
+                t.replace(
+                    "\"employer_declaration.year\"",
+                    "\"employer_declaration.yaer\"",
+                )
+            }),
+            &[
+                "10-059.toml",
+                "deliberation 10/059, flow DMFA",
+                "`yaer` is not a field of bcss.flows.v1.EmployerDeclaration",
+            ],
         ),
         (
             "path through a scalar",
             "deliberations/20-130.toml",
             Box::new(|t| t.replace("\"niss\"", "\"niss.digits\"")),
-            &["20-130.toml", "deliberation 20/130, flow A052", "`niss` is not a message"],
+            &[
+                "20-130.toml",
+                "deliberation 20/130, flow A052",
+                "`niss` is not a message",
+            ],
         ),
         (
             "unknown quality code",
             "deliberations/20-130.toml",
             Box::new(|t| t.replace("\"cpas:003\"", "\"cpas:004\"")),
-            &["20-130.toml", "deliberation 20/130, check", "unknown quality code \"cpas:004\""],
+            &[
+                "20-130.toml",
+                "deliberation 20/130, check",
+                "unknown quality code \"cpas:004\"",
+            ],
         ),
         (
             "unknown institution",
             "deliberations/19-010.toml",
-            Box::new(|t| t.replace("recipients = [\"onva-inspection\"]", "recipients = [\"onva-inspectoin\"]")),
-            &["19-010.toml", "deliberation 19/010, route 1", "unknown institution \"onva-inspectoin\""],
+            Box::new(|t| {
+                t.replace(
+                    "recipients = [\"onva-inspection\"]",
+                    "recipients = [\"onva-inspectoin\"]",
+                )
+            }),
+            &[
+                "19-010.toml",
+                "deliberation 19/010, route 1",
+                "unknown institution \"onva-inspectoin\"",
+            ],
         ),
         (
             "overlapping duplicate deliberation",
             "deliberations/20-130-bis.toml",
             Box::new(|_| {
-                std::fs::read_to_string(shipped().join("deliberations/20-130.toml")).unwrap().replace("id = \"20/130\"", "id = \"20/999\"")
+                std::fs::read_to_string(shipped().join("deliberations/20-130.toml"))
+                    .unwrap()
+                    .replace("id = \"20/130\"", "id = \"20/999\"")
             }),
-            &["deliberation 20/130", "overlaps deliberation 20/999", "20-130-bis.toml", "same senders and recipients for flow A052"],
+            &[
+                "deliberation 20/130",
+                "overlaps deliberation 20/999",
+                "20-130-bis.toml",
+                "same senders and recipients for flow A052",
+            ],
         ),
         (
             "same number twice",
             "deliberations/20-130-copy.toml",
-            Box::new(|_| std::fs::read_to_string(shipped().join("deliberations/20-130.toml")).unwrap()),
-            &["20-130-copy.toml", "already defines a deliberation with this number"],
+            Box::new(|_| {
+                std::fs::read_to_string(shipped().join("deliberations/20-130.toml")).unwrap()
+            }),
+            &[
+                "20-130-copy.toml",
+                "already defines a deliberation with this number",
+            ],
         ),
         (
             "unknown sector of an institution",
             "institutions.toml",
             Box::new(|t| t.replacen("sector = \"cpas\"", "sector = \"cpass\"", 1)),
-            &["institutions.toml", "institution \"cpas-brussels\"", "unknown sector \"cpass\""],
+            &[
+                "institutions.toml",
+                "institution \"cpas-brussels\"",
+                "unknown sector \"cpass\"",
+            ],
         ),
         (
             "reserved quality code",
@@ -117,7 +183,10 @@ fn broken_configurations_are_refused_with_file_entry_and_problem() {
     for (name, file, edit, expected) in cases {
         let error = broken(file, edit);
         for part in expected {
-            assert!(error.contains(part), "{name}: `{part}` missing from:\n{error}");
+            assert!(
+                error.contains(part),
+                "{name}: `{part}` missing from:\n{error}"
+            );
         }
     }
 }

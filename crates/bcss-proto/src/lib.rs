@@ -49,8 +49,12 @@ pub mod gateway_view {
 
 /// The Institution client over delivery views.
 pub mod institution_view {
-    include!(concat!(env!("OUT_DIR"), "/views/bcss.institution.v1.Institution.rs"));
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/views/bcss.institution.v1.Institution.rs"
+    ));
 }
 
 /// The encoded `FileDescriptorSet` of the public contracts (not the views).
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bcss_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/bcss_descriptor.bin"));

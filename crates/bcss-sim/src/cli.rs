@@ -8,7 +8,11 @@ use bcss_policy::{Policy, Settings};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "bcss-hub", version, about = "A message-routing gateway playing the Crossroads Bank for Social Security.")]
+#[command(
+    name = "bcss-hub",
+    version,
+    about = "A message-routing gateway playing the Crossroads Bank for Social Security."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -67,8 +71,12 @@ pub enum Command {
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 fn init_logs(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Runs the command line; the binary's `main` only calls this.
@@ -91,20 +99,51 @@ pub async fn main() -> Result<(), Error> {
             let policy = Policy::load(&settings)?;
             let directory = startup::load_directory(&settings.files.directory, &policy)?;
             println!("Configuration {} is valid:", config.display());
-            println!("  {} sectors, {} institutions", policy.sectors().len(), policy.institutions().len());
+            println!(
+                "  {} sectors, {} institutions",
+                policy.sectors().len(),
+                policy.institutions().len()
+            );
             for deliberation in policy.deliberations() {
                 let flows: Vec<String> = deliberation
                     .flows
                     .iter()
-                    .map(|flow| format!("{flow} ({} fields)", policy.grant(deliberation, *flow).map_or(0, |g| g.paths.len())))
+                    .map(|flow| {
+                        format!(
+                            "{flow} ({} fields)",
+                            policy
+                                .grant(deliberation, *flow)
+                                .map_or(0, |g| g.paths.len())
+                        )
+                    })
                     .collect();
-                println!("  deliberation {}: {}; {}", deliberation.id, deliberation.title, flows.join(", "));
+                println!(
+                    "  deliberation {}: {}; {}",
+                    deliberation.id,
+                    deliberation.title,
+                    flows.join(", ")
+                );
             }
-            println!("  directory: {} persons, {} integrations", directory.persons(), directory.integration_count());
+            println!(
+                "  directory: {} persons, {} integrations",
+                directory.persons(),
+                directory.integration_count()
+            );
         }
-        Command::Demo { config, messages, seed, keep_running } => {
+        Command::Demo {
+            config,
+            messages,
+            seed,
+            keep_running,
+        } => {
             init_logs("warn");
-            let options = crate::demo::DemoOptions { messages, seed, keep_running, ephemeral_ports: false, progress: true };
+            let options = crate::demo::DemoOptions {
+                messages,
+                seed,
+                keep_running,
+                ephemeral_ports: false,
+                progress: true,
+            };
             crate::demo::run(&config, options).await?;
         }
         Command::Certs { config } => {
@@ -114,7 +153,11 @@ pub async fn main() -> Result<(), Error> {
             startup::ensure_pki(&settings, &policy)?;
             println!("Development PKI in {}", settings.tls.pki.display());
         }
-        Command::GenerateDirectory { config, persons, seed } => {
+        Command::GenerateDirectory {
+            config,
+            persons,
+            seed,
+        } => {
             let settings = Settings::load(&config)?;
             let policy = Policy::load(&settings)?;
             let rows = crate::network::generate(&policy, persons, seed);
@@ -125,12 +168,21 @@ pub async fn main() -> Result<(), Error> {
             let settings = Settings::load(&config)?;
             let policy = Policy::load(&settings)?;
             let pki = startup::ensure_pki(&settings, &policy)?;
-            let institution = policy.institution_by_id(&id).ok_or_else(|| format!("no institution \"{id}\" in the configuration"))?;
+            let institution = policy
+                .institution_by_id(&id)
+                .ok_or_else(|| format!("no institution \"{id}\" in the configuration"))?;
             let listener = tokio::net::TcpListener::bind(&institution.endpoint).await?;
             let inbox = crate::institution::Inbox::default();
-            let server = crate::institution::ReferenceInstitution { id: id.clone(), inbox: inbox.clone(), hub_name: settings.tls.hub_name.clone() };
+            let server = crate::institution::ReferenceInstitution {
+                id: id.clone(),
+                inbox: inbox.clone(),
+                hub_name: settings.tls.hub_name.clone(),
+            };
             let pair = pki.party(&id)?;
-            println!("Institution {id} listening on {}; deliveries are printed as they arrive.", listener.local_addr()?);
+            println!(
+                "Institution {id} listening on {}; deliveries are printed as they arrive.",
+                listener.local_addr()?
+            );
             let printer = tokio::spawn(async move {
                 let mut shown = 0;
                 loop {

@@ -42,8 +42,14 @@ pub struct DemoOptions {
 /// The outcome of one submission, for the report.
 #[derive(Debug)]
 enum Submitted {
-    Reply { flow: &'static str, reply: SubmitReply },
-    Rejected { flow: &'static str, code: tonic::Code },
+    Reply {
+        flow: &'static str,
+        reply: SubmitReply,
+    },
+    Rejected {
+        flow: &'static str,
+        code: tonic::Code,
+    },
 }
 
 /// What the demo measured.
@@ -96,16 +102,29 @@ fn population(policy: &Policy, hub: &bcss_gateway::Hub) -> Population {
 }
 
 /// Runs the demo on the configuration at `config` (a `hub.toml`).
-pub async fn run(config: &Path, options: DemoOptions) -> Result<DemoReport, Box<dyn std::error::Error + Send + Sync>> {
+pub async fn run(
+    config: &Path,
+    options: DemoOptions,
+) -> Result<DemoReport, Box<dyn std::error::Error + Send + Sync>> {
     run_with(Settings::load(config)?, options).await
 }
 
 /// [`run`] with settings already loaded.
-pub async fn run_with(settings: Settings, options: DemoOptions) -> Result<DemoReport, Box<dyn std::error::Error + Send + Sync>> {
+pub async fn run_with(
+    settings: Settings,
+    options: DemoOptions,
+) -> Result<DemoReport, Box<dyn std::error::Error + Send + Sync>> {
     let policy = Policy::load(&settings)?;
     let pki: Pki = startup::ensure_pki(&settings, &policy)?;
-    let network = Network::start(&policy, &pki, &settings.tls.hub_name, options.ephemeral_ports).await?;
-    let assembled = startup::assemble_settings(settings.clone(), |policy| network.apply_endpoints(policy))?;
+    let network = Network::start(
+        &policy,
+        &pki,
+        &settings.tls.hub_name,
+        options.ephemeral_ports,
+    )
+    .await?;
+    let assembled =
+        startup::assemble_settings(settings.clone(), |policy| network.apply_endpoints(policy))?;
     let listener = match options.ephemeral_ports {
         true => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
         false => match tokio::net::TcpListener::bind(settings.server.listen).await {
@@ -116,21 +135,37 @@ pub async fn run_with(settings: Settings, options: DemoOptions) -> Result<DemoRe
     let hub_addr = listener.local_addr()?;
     let (stop_hub, hub_stopped) = tokio::sync::oneshot::channel::<()>();
     let hub = assembled.hub.clone();
-    let server = tokio::spawn(bcss_gateway::server::run(hub.clone(), listener, assembled.options.clone(), async {
-        let _ = hub_stopped.await;
-    }));
-    println!("Hub listening on {hub_addr} (mutual TLS); {} reference institutions running.", network.addresses.len());
+    let server = tokio::spawn(bcss_gateway::server::run(
+        hub.clone(),
+        listener,
+        assembled.options.clone(),
+        async {
+            let _ = hub_stopped.await;
+        },
+    ));
+    println!(
+        "Hub listening on {hub_addr} (mutual TLS); {} reference institutions running.",
+        network.addresses.len()
+    );
 
     let policy = hub.policy();
     let population = population(&policy, &hub);
     let mut channels: HashMap<String, Channel> = HashMap::new();
     for institution in policy.institutions() {
-        let channel = crate::client::connect(hub_addr, &pki, &institution.id, &settings.tls.hub_name).await?;
+        let channel =
+            crate::client::connect(hub_addr, &pki, &institution.id, &settings.tls.hub_name).await?;
         channels.insert(institution.id.to_string(), channel);
     }
     let plan = scenario(&policy, &population, options.messages, options.seed);
-    let progress = if options.progress { ProgressBar::new(plan.len() as u64) } else { ProgressBar::hidden() };
-    progress.set_style(ProgressStyle::with_template("{spinner} {wide_bar} {pos}/{len} messages {msg}").expect("valid template"));
+    let progress = if options.progress {
+        ProgressBar::new(plan.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    progress.set_style(
+        ProgressStyle::with_template("{spinner} {wide_bar} {pos}/{len} messages {msg}")
+            .expect("valid template"),
+    );
     let first_hops = futures_util::stream::iter(plan.into_iter().map(|step| {
         let client = GatewayClient::new(channels[&step.sender].clone());
         let progress = progress.clone();
@@ -148,12 +183,19 @@ pub async fn run_with(settings: Settings, options: DemoOptions) -> Result<DemoRe
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed ^ 0x5eed);
     let mut relays = Vec::new();
     for (step, result) in &first_hops {
-        let Submitted::Reply { reply, .. } = result else { continue };
-        let to_sigedis = reply.recipients.iter().any(|r| r.institution == "sigedis" && r.decision == Decision::Delivered as i32);
+        let Submitted::Reply { reply, .. } = result else {
+            continue;
+        };
+        let to_sigedis = reply
+            .recipients
+            .iter()
+            .any(|r| r.institution == "sigedis" && r.decision == Decision::Delivered as i32);
         // SIGeDIS passes public-sector careers on; now and then it tries another one, which the
         // SdPSP has not integrated.
         let niss = Niss::parse(&step.envelope.niss).expect("a delivered message has a valid NISS");
-        if !to_sigedis || (population.public_sector.binary_search(&niss).is_err() && !rng.random_bool(0.1)) {
+        if !to_sigedis
+            || (population.public_sector.binary_search(&niss).is_err() && !rng.random_bool(0.1))
+        {
             continue;
         }
         let mut relay = step.clone();
@@ -187,7 +229,11 @@ pub async fn run_with(settings: Settings, options: DemoOptions) -> Result<DemoRe
     server.await??;
     network.stop();
     if report.received != report.delivered {
-        return Err(format!("the hub reported {} deliveries but the institutions received {}", report.delivered, report.received).into());
+        return Err(format!(
+            "the hub reported {} deliveries but the institutions received {}",
+            report.delivered, report.received
+        )
+        .into());
     }
     Ok(report)
 }
@@ -207,8 +253,14 @@ async fn submit(mut client: GatewayClient<Channel>, step: &Step) -> Submitted {
         _ => "?",
     };
     match client.submit(step.envelope.clone()).await {
-        Ok(reply) => Submitted::Reply { flow, reply: reply.into_inner() },
-        Err(status) => Submitted::Rejected { flow, code: status.code() },
+        Ok(reply) => Submitted::Reply {
+            flow,
+            reply: reply.into_inner(),
+        },
+        Err(status) => Submitted::Rejected {
+            flow,
+            code: status.code(),
+        },
     }
 }
 
@@ -221,7 +273,12 @@ fn scenario(policy: &Policy, population: &Population, messages: usize, seed: u64
         .filter(|i| policy.sector(i.sector).id == "health_insurance")
         .map(|i| &*i.id)
         .collect();
-    let cpas: Vec<&str> = policy.institutions().iter().filter(|i| policy.sector(i.sector).id == "cpas").map(|i| &*i.id).collect();
+    let cpas: Vec<&str> = policy
+        .institutions()
+        .iter()
+        .filter(|i| policy.sector(i.sector).id == "cpas")
+        .map(|i| &*i.id)
+        .collect();
     let half_year = (date!(2025 - 01 - 01), date!(2025 - 06 - 30));
     let mut steps = Vec::with_capacity(messages);
     for n in 0..messages {
@@ -230,35 +287,79 @@ fn scenario(policy: &Policy, population: &Population, messages: usize, seed: u64
         let step = match roll {
             // A052 from a fund, distributed to the CPAS (and SPP IS) that integrated the person.
             0..=34 => {
-                let niss = if rng.random_bool(0.8) { *population.cpas_clients.choose(&mut rng).expect("CPAS clients") } else { *population.everyone.choose(&mut rng).expect("persons") };
+                let niss = if rng.random_bool(0.8) {
+                    *population
+                        .cpas_clients
+                        .choose(&mut rng)
+                        .expect("CPAS clients")
+                } else {
+                    *population.everyone.choose(&mut rng).expect("persons")
+                };
                 let fund = *funds.choose(&mut rng).expect("funds");
                 let message = payloads::a052(&mut rng, niss, fund, half_year);
-                Step { sender: fund.into(), envelope: envelope(id, niss, half_year.0, Some(half_year.1), FlowMessage::A052(message)) }
+                Step {
+                    sender: fund.into(),
+                    envelope: envelope(
+                        id,
+                        niss,
+                        half_year.0,
+                        Some(half_year.1),
+                        FlowMessage::A052(message),
+                    ),
+                }
             }
             // A052 addressed to a CPAS that does not know the person.
             35..=39 => {
-                let niss = *population.cpas_clients.choose(&mut rng).expect("CPAS clients");
+                let niss = *population
+                    .cpas_clients
+                    .choose(&mut rng)
+                    .expect("CPAS clients");
                 let own = population.cpas_of.get(&niss).cloned().unwrap_or_default();
                 let other = cpas.iter().find(|c| **c != own).expect("several CPAS");
                 let fund = *funds.choose(&mut rng).expect("funds");
-                let mut envelope = envelope(id, niss, half_year.0, Some(half_year.1), FlowMessage::A052(payloads::a052(&mut rng, niss, fund, half_year)));
+                let mut envelope = envelope(
+                    id,
+                    niss,
+                    half_year.0,
+                    Some(half_year.1),
+                    FlowMessage::A052(payloads::a052(&mut rng, niss, fund, half_year)),
+                );
                 envelope.addressee = Some((*other).into());
-                Step { sender: fund.into(), envelope }
+                Step {
+                    sender: fund.into(),
+                    envelope,
+                }
             }
             // DmfA from ONSS: SIGeDIS (10/059) and ONVA (19/010) when they integrated the person.
             40..=64 => {
                 let public = rng.random_bool(0.4);
-                let pool = if public { &population.public_sector } else { &population.workers };
+                let pool = if public {
+                    &population.public_sector
+                } else {
+                    &population.workers
+                };
                 let niss = *pool.choose(&mut rng).expect("workers");
                 let message = payloads::dmfa(&mut rng, niss, 2025, 2, public);
-                Step { sender: "onss".into(), envelope: envelope(id, niss, date!(2025 - 04 - 01), Some(date!(2025 - 06 - 30)), FlowMessage::Dmfa(message)) }
+                Step {
+                    sender: "onss".into(),
+                    envelope: envelope(
+                        id,
+                        niss,
+                        date!(2025 - 04 - 01),
+                        Some(date!(2025 - 06 - 30)),
+                        FlowMessage::Dmfa(message),
+                    ),
+                }
             }
             // Dimona from ONSS: ONVA for manual workers and artists.
             65..=84 => {
                 let niss = *population.workers.choose(&mut rng).expect("workers");
                 let entry = date!(2025 - 03 - 01) + time::Duration::days(rng.random_range(0..120));
                 let message = payloads::dimona(&mut rng, niss, entry, None);
-                Step { sender: "onss".into(), envelope: envelope(id, niss, entry, None, FlowMessage::Dimona(message)) }
+                Step {
+                    sender: "onss".into(),
+                    envelope: envelope(id, niss, entry, None, FlowMessage::Dimona(message)),
+                }
             }
             // Career data to the mycareer.be contact centre under 16/046, mostly with a contact file.
             85..=94 => {
@@ -266,29 +367,70 @@ fn scenario(policy: &Policy, population: &Population, messages: usize, seed: u64
                 let message = if rng.random_bool(0.5) {
                     FlowMessage::Dmfa(payloads::dmfa(&mut rng, niss, 2025, 1, false))
                 } else {
-                    FlowMessage::Dimona(payloads::dimona(&mut rng, niss, date!(2025 - 02 - 01), Some(date!(2025 - 03 - 31))))
+                    FlowMessage::Dimona(payloads::dimona(
+                        &mut rng,
+                        niss,
+                        date!(2025 - 02 - 01),
+                        Some(date!(2025 - 03 - 31)),
+                    ))
                 };
-                let mut envelope = envelope(id, niss, date!(2025 - 01 - 01), Some(date!(2025 - 03 - 31)), message);
+                let mut envelope = envelope(
+                    id,
+                    niss,
+                    date!(2025 - 01 - 01),
+                    Some(date!(2025 - 03 - 31)),
+                    message,
+                );
                 envelope.addressee = Some("mycareer-contact-centre".into());
-                envelope.contact_file = rng.random_bool(0.85).then(|| format!("CF-2025-{:06}", rng.random_range(0..1_000_000)));
-                Step { sender: "onss".into(), envelope }
+                envelope.contact_file = rng
+                    .random_bool(0.85)
+                    .then(|| format!("CF-2025-{:06}", rng.random_range(0..1_000_000)));
+                Step {
+                    sender: "onss".into(),
+                    envelope,
+                }
             }
             // Bad input: a NISS with a wrong check number.
             95..=97 => {
                 let niss = *population.everyone.choose(&mut rng).expect("persons");
                 let fund = *funds.choose(&mut rng).expect("funds");
-                let mut envelope = envelope(id, niss, half_year.0, Some(half_year.1), FlowMessage::A052(payloads::a052(&mut rng, niss, fund, half_year)));
+                let mut envelope = envelope(
+                    id,
+                    niss,
+                    half_year.0,
+                    Some(half_year.1),
+                    FlowMessage::A052(payloads::a052(&mut rng, niss, fund, half_year)),
+                );
                 let mut digits = envelope.niss.into_bytes();
-                digits[10] = if digits[10] == b'9' { b'0' } else { digits[10] + 1 };
+                digits[10] = if digits[10] == b'9' {
+                    b'0'
+                } else {
+                    digits[10] + 1
+                };
                 envelope.niss = String::from_utf8(digits).expect("digits");
-                Step { sender: fund.into(), envelope }
+                Step {
+                    sender: fund.into(),
+                    envelope,
+                }
             }
             // A CPAS trying to send an A052, which no deliberation allows.
             _ => {
-                let niss = *population.cpas_clients.choose(&mut rng).expect("CPAS clients");
+                let niss = *population
+                    .cpas_clients
+                    .choose(&mut rng)
+                    .expect("CPAS clients");
                 let message = payloads::a052(&mut rng, niss, "000", half_year);
                 let sender = *cpas.choose(&mut rng).expect("cpas");
-                Step { sender: sender.into(), envelope: envelope(id, niss, half_year.0, Some(half_year.1), FlowMessage::A052(message)) }
+                Step {
+                    sender: sender.into(),
+                    envelope: envelope(
+                        id,
+                        niss,
+                        half_year.0,
+                        Some(half_year.1),
+                        FlowMessage::A052(message),
+                    ),
+                }
             }
         };
         steps.push(step);
@@ -308,7 +450,10 @@ struct Row {
 fn report(outcomes: &[Submitted], received: usize) -> DemoReport {
     let mut rows: BTreeMap<(&'static str, String), Row> = BTreeMap::new();
     let mut rejected: BTreeMap<(&'static str, String), usize> = BTreeMap::new();
-    let mut summary = DemoReport { received, ..DemoReport::default() };
+    let mut summary = DemoReport {
+        received,
+        ..DemoReport::default()
+    };
     for outcome in outcomes {
         summary.submitted += 1;
         match outcome {
@@ -319,7 +464,11 @@ fn report(outcomes: &[Submitted], received: usize) -> DemoReport {
             Submitted::Reply { flow, reply } => {
                 let mut counted = std::collections::HashSet::new();
                 for r in &reply.recipients {
-                    let deliberation = if r.deliberation.is_empty() { "(none)".to_owned() } else { r.deliberation.clone() };
+                    let deliberation = if r.deliberation.is_empty() {
+                        "(none)".to_owned()
+                    } else {
+                        r.deliberation.clone()
+                    };
                     let row = rows.entry((flow, deliberation.clone())).or_default();
                     if counted.insert(deliberation) {
                         row.messages += 1;
@@ -336,19 +485,50 @@ fn report(outcomes: &[Submitted], received: usize) -> DemoReport {
                     }
                 }
                 if reply.recipients.is_empty() {
-                    rows.entry((flow, "(no recipient)".to_owned())).or_default().messages += 1;
+                    rows.entry((flow, "(no recipient)".to_owned()))
+                        .or_default()
+                        .messages += 1;
                 }
             }
         }
     }
     let mut table = Table::new();
-    table.set_header(["flow", "deliberation", "messages", "delivered", "failed", "refused by reason", "fields removed"]);
+    table.set_header([
+        "flow",
+        "deliberation",
+        "messages",
+        "delivered",
+        "failed",
+        "refused by reason",
+        "fields removed",
+    ]);
     for ((flow, deliberation), row) in &rows {
-        let refused = row.refused.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("\n");
-        table.add_row([flow.to_string(), deliberation.clone(), row.messages.to_string(), row.delivered.to_string(), row.failed.to_string(), refused, row.removed_fields.to_string()]);
+        let refused = row
+            .refused
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        table.add_row([
+            flow.to_string(),
+            deliberation.clone(),
+            row.messages.to_string(),
+            row.delivered.to_string(),
+            row.failed.to_string(),
+            refused,
+            row.removed_fields.to_string(),
+        ]);
     }
     for ((flow, code), count) in &rejected {
-        table.add_row([flow.to_string(), "(bad input)".into(), count.to_string(), "0".into(), "0".into(), format!("rejected: {code}"), "0".into()]);
+        table.add_row([
+            flow.to_string(),
+            "(bad input)".into(),
+            count.to_string(),
+            "0".into(),
+            "0".into(),
+            format!("rejected: {code}"),
+            "0".into(),
+        ]);
     }
     summary.table = table.to_string();
     summary
@@ -367,4 +547,3 @@ fn reason_name(reason: i32) -> &'static str {
         RefusalReason::Unspecified => "unspecified",
     }
 }
-

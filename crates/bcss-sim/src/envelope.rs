@@ -5,8 +5,10 @@ use bcss_proto::flows::v1 as f;
 use bcss_proto::hub::v1::{Envelope, Flow, envelope::Payload};
 use time::Date;
 
-/// A flow message ready to put in an envelope.
+/// A flow message ready to put in an envelope. Short-lived (built, then moved into the
+/// envelope), so the size difference between variants does not matter.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum FlowMessage {
     A052(f::A052),
     Dmfa(f::Dmfa),
@@ -24,13 +26,22 @@ impl FlowMessage {
 }
 
 /// An envelope about `niss` for the period `from`-`to`.
-pub fn envelope(message_id: impl Into<String>, niss: Niss, from: Date, to: Option<Date>, message: FlowMessage) -> Envelope {
+pub fn envelope(
+    message_id: impl Into<String>,
+    niss: Niss,
+    from: Date,
+    to: Option<Date>,
+    message: FlowMessage,
+) -> Envelope {
     let date = |d: Date| format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day());
     Envelope {
         message_id: message_id.into(),
         flow: message.flow() as i32,
         niss: niss.digits(),
-        period: Some(f::Period { start: date(from), end: to.map(date).unwrap_or_default() }),
+        period: Some(f::Period {
+            start: date(from),
+            end: to.map(date).unwrap_or_default(),
+        }),
         addressee: None,
         relay_of: None,
         contact_file: None,

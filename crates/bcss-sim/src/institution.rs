@@ -75,10 +75,16 @@ impl Institution for ReferenceInstitution {
     async fn deliver(&self, request: Request<Delivery>) -> Result<Response<DeliveryAck>, Status> {
         let from_hub = request
             .peer_certs()
-            .and_then(|certs| certs.first().and_then(|c| bcss_gateway::identity::dns_names(c.as_ref()).ok()))
+            .and_then(|certs| {
+                certs
+                    .first()
+                    .and_then(|c| bcss_gateway::identity::dns_names(c.as_ref()).ok())
+            })
             .is_some_and(|names| names.contains(&self.hub_name));
         if !from_hub {
-            return Err(Status::permission_denied("only the hub delivers to this endpoint"));
+            return Err(Status::permission_denied(
+                "only the hub delivers to this endpoint",
+            ));
         }
         let fresh = self.inbox.record(request.into_inner());
         Ok(Response::new(DeliveryAck { duplicate: !fresh }))
@@ -112,10 +118,19 @@ impl Network {
     /// Starts one reference institution per institution of `policy`. With `ephemeral`, each
     /// binds a free loopback port; otherwise its configured endpoint, falling back to a free
     /// port when that one is taken.
-    pub async fn start(policy: &Policy, pki: &Pki, hub_name: &str, ephemeral: bool) -> std::io::Result<Network> {
+    pub async fn start(
+        policy: &Policy,
+        pki: &Pki,
+        hub_name: &str,
+        ephemeral: bool,
+    ) -> std::io::Result<Network> {
         let ca = Certificate::from_pem(pki.ca_cert().map_err(std::io::Error::other)?);
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let mut network = Network { inboxes: HashMap::new(), addresses: HashMap::new(), stop };
+        let mut network = Network {
+            inboxes: HashMap::new(),
+            addresses: HashMap::new(),
+            stop,
+        };
         for institution in policy.institutions() {
             let listener = if ephemeral {
                 TcpListener::bind("127.0.0.1:0").await?
@@ -130,9 +145,17 @@ impl Network {
             };
             let pair = pki.party(&institution.id).map_err(std::io::Error::other)?;
             let inbox = Inbox::default();
-            network.addresses.insert(institution.id.to_string(), listener.local_addr()?);
-            network.inboxes.insert(institution.id.to_string(), inbox.clone());
-            let server = ReferenceInstitution { id: institution.id.to_string(), inbox, hub_name: hub_name.to_owned() };
+            network
+                .addresses
+                .insert(institution.id.to_string(), listener.local_addr()?);
+            network
+                .inboxes
+                .insert(institution.id.to_string(), inbox.clone());
+            let server = ReferenceInstitution {
+                id: institution.id.to_string(),
+                inbox,
+                hub_name: hub_name.to_owned(),
+            };
             let mut stopped = stopped.clone();
             let identity = Identity::from_pem(pair.cert, pair.key);
             let ca = ca.clone();

@@ -34,27 +34,45 @@ pub fn random_niss(rng: &mut impl rand::Rng) -> Niss {
     let bis = rng.random_bool(0.03);
     let month_part = if bis { month + 40 } else { month };
     let serial = rng.random_range(1..998u16);
-    Niss::compose((year % 100) * 10_000 + month_part * 100 + day, serial, year >= 2000).expect("composed NISS is valid")
+    Niss::compose(
+        (year % 100) * 10_000 + month_part * 100 + day,
+        serial,
+        year >= 2000,
+    )
+    .expect("composed NISS is valid")
 }
 
 /// Generates the rows of `persons` persons over the institutions of `policy`.
 pub fn generate(policy: &Policy, persons: usize, seed: u64) -> Vec<Row> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let of_sector = |sector: &str| -> Vec<String> {
-        policy.institutions().iter().filter(|i| policy.sector(i.sector).id == sector).map(|i| i.id.to_string()).collect()
+        policy
+            .institutions()
+            .iter()
+            .filter(|i| policy.sector(i.sector).id == sector)
+            .map(|i| i.id.to_string())
+            .collect()
     };
     let funds = of_sector("health_insurance");
     let cpas = of_sector("cpas");
     let mut seen = std::collections::HashSet::new();
     let mut rows = Vec::new();
-    let since = |rng: &mut ChaCha8Rng| date!(2012 - 01 - 01) + time::Duration::days(rng.random_range(0..4_000));
+    let since = |rng: &mut ChaCha8Rng| {
+        date!(2012 - 01 - 01) + time::Duration::days(rng.random_range(0..4_000))
+    };
     while seen.len() < persons {
         let niss = random_niss(&mut rng);
         if !seen.insert(niss) {
             continue;
         }
         let mut add = |institution: &str, quality: u16, start: Date, end: Option<Date>| {
-            rows.push(Row { niss, institution: institution.to_owned(), quality, start, end });
+            rows.push(Row {
+                niss,
+                institution: institution.to_owned(),
+                quality,
+                start,
+                end,
+            });
         };
         if rng.random_bool(0.95) {
             let fund = funds.choose(&mut rng).expect("funds");
@@ -98,7 +116,12 @@ pub fn generate(policy: &Policy, persons: usize, seed: u64) -> Vec<Row> {
             }
         }
         if rng.random_bool(0.1) {
-            add("onem", [1, 2][rng.random_range(0..2)], since(&mut rng), None);
+            add(
+                "onem",
+                [1, 2][rng.random_range(0..2)],
+                since(&mut rng),
+                None,
+            );
         }
         if rng.random_bool(0.01) {
             add("mycareer-contact-centre", 1, date!(2025 - 01 - 01), None);

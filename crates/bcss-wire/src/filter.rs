@@ -27,7 +27,11 @@ pub fn filter(tree: &FieldTree, input: &[u8]) -> Result<(Bytes, FilterStats), Wi
 }
 
 /// Filters `input`, appending to `out` (which the caller may reuse across calls).
-pub fn filter_to_vec(tree: &FieldTree, input: &[u8], out: &mut Vec<u8>) -> Result<FilterStats, WireError> {
+pub fn filter_to_vec(
+    tree: &FieldTree,
+    input: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<FilterStats, WireError> {
     let mut stats = FilterStats::default();
     filter_node(tree, tree.root(), input, out, &mut stats)?;
     Ok(stats)
@@ -49,7 +53,10 @@ fn filter_node(
         match node.slot(field.number) {
             Slot::Keep(accepted) => {
                 if !accepted.contains(field.wire_type) {
-                    return Err(WireError::WrongWireType { field: field.number, found: field.wire_type as u8 });
+                    return Err(WireError::WrongWireType {
+                        field: field.number,
+                        found: field.wire_type as u8,
+                    });
                 }
                 run.get_or_insert(field.start);
             }
@@ -61,7 +68,10 @@ fn filter_node(
             }
             Slot::Descend(child) => {
                 if field.wire_type != WireType::Len {
-                    return Err(WireError::WrongWireType { field: field.number, found: field.wire_type as u8 });
+                    return Err(WireError::WrongWireType {
+                        field: field.number,
+                        found: field.wire_type as u8,
+                    });
                 }
                 if let Some(start) = run.take() {
                     out.extend_from_slice(&input[start..field.start]);
@@ -72,7 +82,13 @@ fn filter_node(
                 let len_at = out.len();
                 out.push(0);
                 let removed_before = stats.removed;
-                filter_node(tree, child, &input[field.value_start..field.end], out, stats)?;
+                filter_node(
+                    tree,
+                    child,
+                    &input[field.value_start..field.end],
+                    out,
+                    stats,
+                )?;
                 let len = out.len() - len_at - 1;
                 if len == 0 {
                     out.truncate(block_start);
@@ -144,7 +160,15 @@ mod tests {
                 node = b.descend(node, f).unwrap();
             }
             let last = *path.last().unwrap();
-            b.keep(node, last, if last == 1 || last == 4 || (path.len() == 2 && last == 2) { VARINT } else { LEN });
+            b.keep(
+                node,
+                last,
+                if last == 1 || last == 4 || (path.len() == 2 && last == 2) {
+                    VARINT
+                } else {
+                    LEN
+                },
+            );
         }
         b.build()
     }
@@ -229,13 +253,29 @@ mod tests {
         let mut group = Vec::new();
         key(5, 3, &mut group);
         let cases: Vec<(&str, Vec<u8>, WireError)> = vec![
-            ("truncated", good[..good.len() - 1].to_vec(), WireError::Truncated),
-            ("length past end", vec![0x12, 0x05, b'a'], WireError::LengthPastEnd),
+            (
+                "truncated",
+                good[..good.len() - 1].to_vec(),
+                WireError::Truncated,
+            ),
+            (
+                "length past end",
+                vec![0x12, 0x05, b'a'],
+                WireError::LengthPastEnd,
+            ),
             ("field zero", vec![0x00, 0x01], WireError::FieldZero),
             ("wire type 7", vec![0x0f], WireError::UnknownWireType(7)),
             ("group", group, WireError::Group),
-            ("kept field with wrong wire type", wrong_type, WireError::WrongWireType { field: 2, found: 0 }),
-            ("sub-message with wrong wire type", descend_not_len, WireError::WrongWireType { field: 3, found: 0 }),
+            (
+                "kept field with wrong wire type",
+                wrong_type,
+                WireError::WrongWireType { field: 2, found: 0 },
+            ),
+            (
+                "sub-message with wrong wire type",
+                descend_not_len,
+                WireError::WrongWireType { field: 3, found: 0 },
+            ),
         ];
         for (name, input, expected) in cases {
             assert_eq!(filter(&t, &input).map(|_| ()), Err(expected), "{name}");

@@ -12,7 +12,11 @@ use crate::walk::{WireError, read_field};
 
 /// Validates `input` against `schema` and returns the values of the field at `niss_path`
 /// (field numbers from the root), in order of appearance.
-pub fn scan<'a>(schema: &FieldTree, niss_path: &[u32], input: &'a [u8]) -> Result<Vec<&'a [u8]>, WireError> {
+pub fn scan<'a>(
+    schema: &FieldTree,
+    niss_path: &[u32],
+    input: &'a [u8],
+) -> Result<Vec<&'a [u8]>, WireError> {
     let mut found = Vec::new();
     scan_node(schema, schema.root(), Some(niss_path), input, &mut found)?;
     Ok(found)
@@ -29,12 +33,17 @@ fn scan_node<'a>(
     let mut pos = 0;
     while pos < input.len() {
         let field = read_field(input, pos)?;
-        let on_path = path.and_then(|p| p.split_first()).filter(|(first, _)| **first == field.number);
+        let on_path = path
+            .and_then(|p| p.split_first())
+            .filter(|(first, _)| **first == field.number);
         match node_ref.slot(field.number) {
             Slot::Drop => {}
             Slot::Keep(accepted) => {
                 if !accepted.contains(field.wire_type) {
-                    return Err(WireError::WrongWireType { field: field.number, found: field.wire_type as u8 });
+                    return Err(WireError::WrongWireType {
+                        field: field.number,
+                        found: field.wire_type as u8,
+                    });
                 }
                 if let Some((_, [])) = on_path {
                     found.push(&input[field.value_start..field.end]);
@@ -42,10 +51,21 @@ fn scan_node<'a>(
             }
             Slot::Descend(child) => {
                 if field.wire_type != WireType::Len {
-                    return Err(WireError::WrongWireType { field: field.number, found: field.wire_type as u8 });
+                    return Err(WireError::WrongWireType {
+                        field: field.number,
+                        found: field.wire_type as u8,
+                    });
                 }
-                let rest = on_path.map(|(_, rest)| rest).filter(|rest| !rest.is_empty());
-                scan_node(schema, child, rest, &input[field.value_start..field.end], found)?;
+                let rest = on_path
+                    .map(|(_, rest)| rest)
+                    .filter(|rest| !rest.is_empty());
+                scan_node(
+                    schema,
+                    child,
+                    rest,
+                    &input[field.value_start..field.end],
+                    found,
+                )?;
             }
         }
         pos = field.end;
@@ -73,8 +93,9 @@ mod tests {
     fn finds_every_occurrence_of_the_niss() {
         // decl{person{niss=A, age=3}} decl{person{niss=B}} note="x" unknown 9=1
         let input = [
-            0x0a, 0x0f, 0x0a, 0x0d, 0x0a, 0x0b, b'1', b'1', b'1', b'1', b'1', b'1', b'1', b'1', b'1', b'1', b'A',
-            0x0a, 0x05, 0x0a, 0x03, 0x0a, 0x01, b'B', 0x12, 0x01, b'x', 0x48, 0x01,
+            0x0a, 0x0f, 0x0a, 0x0d, 0x0a, 0x0b, b'1', b'1', b'1', b'1', b'1', b'1', b'1', b'1',
+            b'1', b'1', b'A', 0x0a, 0x05, 0x0a, 0x03, 0x0a, 0x01, b'B', 0x12, 0x01, b'x', 0x48,
+            0x01,
         ];
         let found = scan(&schema(), &[1, 1, 1], &input).unwrap();
         assert_eq!(found, vec![&b"1111111111A"[..], &b"B"[..]]);
@@ -84,6 +105,9 @@ mod tests {
     fn wrong_wire_types_deep_inside_are_refused() {
         // decl{person{age as a fixed32}}
         let input = [0x0a, 0x07, 0x0a, 0x05, 0x15, 1, 2, 3, 4];
-        assert_eq!(scan(&schema(), &[1, 1, 1], &input), Err(WireError::WrongWireType { field: 2, found: 5 }));
+        assert_eq!(
+            scan(&schema(), &[1, 1, 1], &input),
+            Err(WireError::WrongWireType { field: 2, found: 5 })
+        );
     }
 }

@@ -51,7 +51,10 @@ pub(crate) struct Node {
 impl Node {
     #[inline]
     pub(crate) fn slot(&self, field: u32) -> Slot {
-        self.slots.get(field as usize).copied().unwrap_or(Slot::Drop)
+        self.slots
+            .get(field as usize)
+            .copied()
+            .unwrap_or(Slot::Drop)
     }
 }
 
@@ -79,11 +82,15 @@ impl FieldTree {
 
     /// Field numbers kept or descended into at `node`, in order (for tests and reports).
     pub fn fields(&self, node: NodeId) -> impl Iterator<Item = (u32, Option<NodeId>)> + '_ {
-        self.node(node).slots.iter().enumerate().filter_map(|(number, slot)| match slot {
-            Slot::Drop => None,
-            Slot::Keep(_) => Some((number as u32, None)),
-            Slot::Descend(child) => Some((number as u32, Some(*child))),
-        })
+        self.node(node)
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(number, slot)| match slot {
+                Slot::Drop => None,
+                Slot::Keep(_) => Some((number as u32, None)),
+                Slot::Descend(child) => Some((number as u32, Some(*child))),
+            })
     }
 }
 
@@ -95,7 +102,9 @@ pub struct FieldTreeBuilder {
 
 impl Default for FieldTreeBuilder {
     fn default() -> Self {
-        FieldTreeBuilder { nodes: vec![Node::default()] }
+        FieldTreeBuilder {
+            nodes: vec![Node::default()],
+        }
     }
 }
 

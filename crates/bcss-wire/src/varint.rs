@@ -15,14 +15,18 @@ pub fn decode(buf: &[u8]) -> Result<(u64, usize), WireError> {
             return Ok((value, i + 1));
         }
     }
-    if buf.len() < 10 { Err(WireError::Truncated) } else { Err(WireError::VarintOverflow) }
+    if buf.len() < 10 {
+        Err(WireError::Truncated)
+    } else {
+        Err(WireError::VarintOverflow)
+    }
 }
 
 /// Number of bytes `value` takes as a varint.
 #[inline]
 pub fn encoded_len(value: u64) -> usize {
     // 1 byte per started group of 7 bits, at least 1.
-    ((64 - (value | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Appends `value` as a varint.
@@ -52,7 +56,17 @@ mod tests {
 
     #[test]
     fn round_trips_and_lengths() {
-        for value in [0u64, 1, 127, 128, 300, 16_383, 16_384, u32::MAX as u64, u64::MAX] {
+        for value in [
+            0u64,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            u32::MAX as u64,
+            u64::MAX,
+        ] {
             let mut out = Vec::new();
             encode(value, &mut out);
             assert_eq!(out.len(), encoded_len(value), "{value}");
@@ -68,6 +82,9 @@ mod tests {
         assert_eq!(decode(&[]), Err(WireError::Truncated));
         assert_eq!(decode(&[0x80, 0x80]), Err(WireError::Truncated));
         assert_eq!(decode(&[0xff; 11]), Err(WireError::VarintOverflow));
-        assert_eq!(decode(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]), Err(WireError::VarintOverflow));
+        assert_eq!(
+            decode(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]),
+            Err(WireError::VarintOverflow)
+        );
     }
 }

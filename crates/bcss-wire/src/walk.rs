@@ -76,5 +76,11 @@ pub fn read_field(buf: &[u8], pos: usize) -> Result<Field, WireError> {
     if end > buf.len() {
         return Err(WireError::Truncated);
     }
-    Ok(Field { number: number as u32, wire_type, start: pos, value_start, end })
+    Ok(Field {
+        number: number as u32,
+        wire_type,
+        start: pos,
+        value_start,
+        end,
+    })
 }
