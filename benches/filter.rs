@@ -14,7 +14,12 @@ use time::macros::date;
 
 fn policy() -> Policy {
     let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-    Policy::load_files(&config.join("institutions.toml"), &config.join("quality_codes.toml"), &config.join("deliberations")).unwrap()
+    Policy::load_files(
+        &config.join("institutions.toml"),
+        &config.join("quality_codes.toml"),
+        &config.join("deliberations"),
+    )
+    .unwrap()
 }
 
 /// The prost baseline for 10/059: decode, clear what the deliberation does not grant, encode.
@@ -60,12 +65,25 @@ fn filtering(c: &mut Criterion) {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let niss = Niss::parse("85073003328").unwrap();
     let dmfa = bcss_sim::payloads::dmfa(&mut rng, niss, 2025, 2, true).encode_to_vec();
-    let dimona = bcss_sim::payloads::dimona(&mut rng, niss, date!(2025 - 05 - 01), None).encode_to_vec();
-    let a052 = bcss_sim::payloads::a052(&mut rng, niss, "100", (date!(2025 - 01 - 01), date!(2025 - 06 - 30))).encode_to_vec();
-    let cases = [("DmfA under 10/059", "10/059", Flow::Dmfa, &dmfa), ("Dimona under 19/010", "19/010", Flow::Dimona, &dimona), ("A052 under 20/130", "20/130", Flow::A052, &a052)];
+    let dimona =
+        bcss_sim::payloads::dimona(&mut rng, niss, date!(2025 - 05 - 01), None).encode_to_vec();
+    let a052 = bcss_sim::payloads::a052(
+        &mut rng,
+        niss,
+        "100",
+        (date!(2025 - 01 - 01), date!(2025 - 06 - 30)),
+    )
+    .encode_to_vec();
+    let cases = [
+        ("DmfA under 10/059", "10/059", Flow::Dmfa, &dmfa),
+        ("Dimona under 19/010", "19/010", Flow::Dimona, &dimona),
+        ("A052 under 20/130", "20/130", Flow::A052, &a052),
+    ];
     let mut group = c.benchmark_group("filter");
     for (name, deliberation, flow, bytes) in cases {
-        let grant = policy.grant(policy.deliberation(deliberation).unwrap(), flow).unwrap();
+        let grant = policy
+            .grant(policy.deliberation(deliberation).unwrap(), flow)
+            .unwrap();
         group.throughput(Throughput::Bytes(bytes.len() as u64));
         let mut out = Vec::with_capacity(bytes.len());
         group.bench_function(format!("wire/{name}"), |b| {
@@ -77,14 +95,24 @@ fn filtering(c: &mut Criterion) {
         });
     }
     group.throughput(Throughput::Bytes(dmfa.len() as u64));
-    group.bench_function("prost/DmfA under 10/059", |b| b.iter(|| black_box(prost_10_059(black_box(&dmfa)))));
+    group.bench_function("prost/DmfA under 10/059", |b| {
+        b.iter(|| black_box(prost_10_059(black_box(&dmfa))))
+    });
     group.finish();
 
     let schema = policy.schema().flow(Flow::Dmfa);
     c.bench_function("scan/DmfA (validate + find NISS)", |b| {
-        b.iter(|| black_box(bcss_wire::scan(&schema.tree, &schema.niss_path, black_box(&dmfa)).unwrap().len()))
+        b.iter(|| {
+            black_box(
+                bcss_wire::scan(&schema.tree, &schema.niss_path, black_box(&dmfa))
+                    .unwrap()
+                    .len(),
+            )
+        })
     });
-    c.bench_function("niss/parse", |b| b.iter(|| black_box(Niss::parse(black_box("85073003328")))));
+    c.bench_function("niss/parse", |b| {
+        b.iter(|| black_box(Niss::parse(black_box("85073003328"))))
+    });
 }
 
 criterion_group!(benches, filtering);
