@@ -96,7 +96,7 @@ fn parse_date(text: &str) -> Result<Date, String> {
 
 /// Formats one row as a line of the file.
 pub fn line(niss: Niss, institution_id: &str, row: &Integration) -> String {
-    let date = |d: Date| format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day());
+    let date = bcss_domain::iso_date;
     format!(
         "{},{},{},{},{}",
         niss.digits(),

@@ -23,4 +23,4 @@ pub use deliberation::{CheckMode, Deliberation, DeliberationId, PartySet, Route}
 pub use flow::Flow;
 pub use niss::{Niss, NissError, NissKind};
 pub use party::{InstitutionIndex, Party, QualityCode, SectorIndex, SectorQuality};
-pub use period::{Period, PeriodError};
+pub use period::{Period, PeriodError, iso_date};

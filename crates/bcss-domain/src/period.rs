@@ -38,6 +38,16 @@ impl Period {
     }
 }
 
+/// A date as the contracts and files write it: ISO 8601, `YYYY-MM-DD`.
+pub fn iso_date(day: Date) -> String {
+    format!(
+        "{:04}-{:02}-{:02}",
+        day.year(),
+        u8::from(day.month()),
+        day.day()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +114,11 @@ mod tests {
             Err(PeriodError::EndsBeforeStart)
         );
         assert!(Period::new(date!(2024 - 02 - 01), Some(date!(2024 - 02 - 01))).is_ok());
+    }
+
+    #[test]
+    fn iso_dates_are_zero_padded() {
+        assert_eq!(iso_date(date!(2025 - 01 - 05)), "2025-01-05");
     }
 
     #[test]

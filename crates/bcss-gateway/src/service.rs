@@ -345,7 +345,7 @@ fn parse_period(period: Option<&WirePeriod>) -> Result<Period, Status> {
 }
 
 fn wire_period(period: &Period) -> WirePeriod {
-    let date = |d: time::Date| format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day());
+    let date = bcss_domain::iso_date;
     WirePeriod {
         start: date(period.start),
         end: period.end.map(date).unwrap_or_default(),

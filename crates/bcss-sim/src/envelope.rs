@@ -33,7 +33,7 @@ pub fn envelope(
     to: Option<Date>,
     message: FlowMessage,
 ) -> Envelope {
-    let date = |d: Date| format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day());
+    let date = bcss_domain::iso_date;
     Envelope {
         message_id: message_id.into(),
         flow: message.flow() as i32,

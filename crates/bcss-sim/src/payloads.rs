@@ -41,9 +41,7 @@ const JOINT_COMMITTEES: &[&str] = &[
     "100", "111", "124", "140.03", "200", "302", "304", "322", "330",
 ];
 
-fn date(d: Date) -> String {
-    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
-}
+use bcss_domain::iso_date as date;
 
 fn period(start: Date, end: Option<Date>) -> Option<f::Period> {
     Some(f::Period {
