@@ -280,6 +280,17 @@ fn scenario(policy: &Policy, population: &Population, messages: usize, seed: u64
         .map(|i| &*i.id)
         .collect();
     let half_year = (date!(2025 - 01 - 01), date!(2025 - 06 - 30));
+    // An envelope carrying an A052 about the first half of 2025.
+    let a052 = |rng: &mut ChaCha8Rng, id: String, niss: Niss, fund: &str| {
+        let message = payloads::a052(rng, niss, fund, half_year);
+        envelope(
+            id,
+            niss,
+            half_year.0,
+            Some(half_year.1),
+            FlowMessage::A052(message),
+        )
+    };
     let mut steps = Vec::with_capacity(messages);
     for n in 0..messages {
         let id = format!("demo-{seed}-{n:05}");
@@ -296,16 +307,9 @@ fn scenario(policy: &Policy, population: &Population, messages: usize, seed: u64
                     *population.everyone.choose(&mut rng).expect("persons")
                 };
                 let fund = *funds.choose(&mut rng).expect("funds");
-                let message = payloads::a052(&mut rng, niss, fund, half_year);
                 Step {
                     sender: fund.into(),
-                    envelope: envelope(
-                        id,
-                        niss,
-                        half_year.0,
-                        Some(half_year.1),
-                        FlowMessage::A052(message),
-                    ),
+                    envelope: a052(&mut rng, id, niss, fund),
                 }
             }
             // A052 addressed to a CPAS that does not know the person.
@@ -317,13 +321,7 @@ fn scenario(policy: &Policy, population: &Population, messages: usize, seed: u64
                 let own = population.cpas_of.get(&niss).cloned().unwrap_or_default();
                 let other = cpas.iter().find(|c| **c != own).expect("several CPAS");
                 let fund = *funds.choose(&mut rng).expect("funds");
-                let mut envelope = envelope(
-                    id,
-                    niss,
-                    half_year.0,
-                    Some(half_year.1),
-                    FlowMessage::A052(payloads::a052(&mut rng, niss, fund, half_year)),
-                );
+                let mut envelope = a052(&mut rng, id, niss, fund);
                 envelope.addressee = Some((*other).into());
                 Step {
                     sender: fund.into(),
@@ -394,13 +392,7 @@ fn scenario(policy: &Policy, population: &Population, messages: usize, seed: u64
             95..=97 => {
                 let niss = *population.everyone.choose(&mut rng).expect("persons");
                 let fund = *funds.choose(&mut rng).expect("funds");
-                let mut envelope = envelope(
-                    id,
-                    niss,
-                    half_year.0,
-                    Some(half_year.1),
-                    FlowMessage::A052(payloads::a052(&mut rng, niss, fund, half_year)),
-                );
+                let mut envelope = a052(&mut rng, id, niss, fund);
                 let mut digits = envelope.niss.into_bytes();
                 digits[10] = if digits[10] == b'9' {
                     b'0'
@@ -419,17 +411,11 @@ fn scenario(policy: &Policy, population: &Population, messages: usize, seed: u64
                     .cpas_clients
                     .choose(&mut rng)
                     .expect("CPAS clients");
-                let message = payloads::a052(&mut rng, niss, "000", half_year);
+                let envelope = a052(&mut rng, id, niss, "000");
                 let sender = *cpas.choose(&mut rng).expect("cpas");
                 Step {
                     sender: sender.into(),
-                    envelope: envelope(
-                        id,
-                        niss,
-                        half_year.0,
-                        Some(half_year.1),
-                        FlowMessage::A052(message),
-                    ),
+                    envelope,
                 }
             }
         };
