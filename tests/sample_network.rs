@@ -36,12 +36,28 @@ async fn the_demo_delivers_what_it_reports_and_refuses_some() {
         ephemeral_ports: true,
         progress: false,
     };
-    let report = run_with(settings, options).await.unwrap();
+    let report = run_with(settings.clone(), options.clone()).await.unwrap();
     assert!(report.submitted >= 150);
     assert!(report.delivered > 50, "{report:?}");
     assert!(report.refused > 0, "{report:?}");
     assert!(report.rejected > 0, "{report:?}");
     assert_eq!(report.received, report.delivered);
+    // The same seed gives the same run.
+    let again = run_with(settings, options).await.unwrap();
+    assert_eq!(
+        (
+            again.submitted,
+            again.delivered,
+            again.refused,
+            again.rejected
+        ),
+        (
+            report.submitted,
+            report.delivered,
+            report.refused,
+            report.rejected
+        )
+    );
     for deliberation in ["20/130", "10/059", "19/010", "16/046"] {
         assert!(
             report.table.contains(deliberation),

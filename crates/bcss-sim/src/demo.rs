@@ -166,6 +166,8 @@ pub async fn run_with(
         ProgressStyle::with_template("{spinner} {wide_bar} {pos}/{len} messages {msg}")
             .expect("valid template"),
     );
+    // In flight concurrently, answers kept in submission order, so that the relays drawn from
+    // them (and so the whole run) are the same for the same seed.
     let first_hops = futures_util::stream::iter(plan.into_iter().map(|step| {
         let client = GatewayClient::new(channels[&step.sender].clone());
         let progress = progress.clone();
@@ -175,7 +177,7 @@ pub async fn run_with(
             (step, result)
         }
     }))
-    .buffer_unordered(16)
+    .buffered(16)
     .collect::<Vec<_>>()
     .await;
 
