@@ -491,11 +491,6 @@ async fn refusals_by_policy_are_decisions_and_deliver_nothing() {
             RefusalReason::PeriodOutsideIntegration,
         ),
         (
-            "no deliberation for this recipient",
-            Some("onva-inspection"),
-            RefusalReason::NoDeliberation,
-        ),
-        (
             "deliberation expired",
             Some("onem"),
             RefusalReason::DeliberationExpired,
@@ -539,6 +534,17 @@ async fn refusals_by_policy_are_decisions_and_deliver_nothing() {
             RefusalReason::PeriodOutsideIntegration as i32
         )),
         "{reasons:?}"
+    );
+    // An addressee no deliberation lets this sender reach with this flow is refused outright.
+    let mut envelope = a052_envelope("no-route", niss, 3);
+    envelope.addressee = Some("onva-inspection".into());
+    let err = submit(&h, "solidaris", envelope).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message()
+            .contains("may not send flow A052 to \"onva-inspection\""),
+        "{}",
+        err.message()
     );
     // A sender no deliberation allows for the flow is refused outright.
     let err = submit(&h, "cpas-liege", a052_envelope("not-a-sender", niss, 1))

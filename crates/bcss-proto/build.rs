@@ -15,6 +15,7 @@ const PUBLIC: &[&str] = &[
     "bcss/hub/v1/envelope.proto",
     "bcss/hub/v1/gateway.proto",
     "bcss/hub/v1/directory.proto",
+    "bcss/hub/v1/admin.proto",
     "bcss/institution/v1/institution.proto",
 ];
 
@@ -49,7 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .route_name(route)
             .input_type(input)
             .output_type(output)
-            .codec_path("tonic_prost::ProstCodec")
+            .codec_path("crate::codec::RequestCodec")
             .build()
     };
     let gateway = Service::builder()
@@ -68,7 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .route_name("SubmitStream")
                 .input_type("crate::hub::view::v1::EnvelopeView")
                 .output_type("crate::hub::v1::SubmitStreamReply")
-                .codec_path("tonic_prost::ProstCodec")
+                .codec_path("crate::codec::RequestCodec")
                 .client_streaming()
                 .server_streaming()
                 .build(),

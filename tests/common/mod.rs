@@ -52,6 +52,7 @@ impl Harness {
         };
         let mut settings = Settings::load(&config_dir.join("hub.toml")).unwrap();
         settings.tls.pki = pki_dir.path().to_owned();
+        settings.logs.person_key = pki_dir.path().join("person-log.key");
         dirs.push(pki_dir);
         let policy = Policy::load(&settings).unwrap();
         let pki = startup::ensure_pki(&settings, &policy).unwrap();
@@ -59,8 +60,7 @@ impl Harness {
             .await
             .unwrap();
         let assembled =
-            startup::assemble_settings(settings.clone(), |policy| network.apply_endpoints(policy))
-                .unwrap();
+            startup::assemble_settings(settings.clone(), network.endpoint_overrides()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -50,18 +50,44 @@ pub enum InputError {
         "institution \"{sender}\" may not send flow {flow}: no deliberation names it as a sender"
     )]
     FlowNotAllowed { sender: String, flow: Flow },
+    #[error(
+        "institution \"{sender}\" may not send flow {flow} to \"{addressee}\": no deliberation routes it there"
+    )]
+    AddresseeNotAllowed {
+        sender: String,
+        addressee: String,
+        flow: Flow,
+    },
     #[error("message_id \"{0}\" was already used for a different message: choose a new id")]
     DuplicateMessageId(String),
+    #[error(
+        "the message would have more than limits.max_fan_out = {limit} candidate recipients: \
+         address it to each recipient instead"
+    )]
+    FanOutLimit { limit: usize },
+    #[error(
+        "institution \"{institution}\" is over limits.rate_per_second = {rate} messages per second \
+         (burst {burst}): retry in {retry_after_ms} ms"
+    )]
+    RateLimited {
+        institution: String,
+        rate: u32,
+        burst: u32,
+        retry_after_ms: u64,
+    },
 }
 
 impl InputError {
     pub fn code(&self) -> Code {
         match self {
             InputError::UnknownRelayTicket(_) => Code::NotFound,
-            InputError::RelayNotReceived(_) | InputError::FlowNotAllowed { .. } => {
-                Code::PermissionDenied
-            }
+            InputError::RelayNotReceived(_)
+            | InputError::FlowNotAllowed { .. }
+            | InputError::AddresseeNotAllowed { .. } => Code::PermissionDenied,
             InputError::DuplicateMessageId(_) => Code::AlreadyExists,
+            InputError::FanOutLimit { .. } | InputError::RateLimited { .. } => {
+                Code::ResourceExhausted
+            }
             _ => Code::InvalidArgument,
         }
     }
@@ -69,6 +95,15 @@ impl InputError {
 
 impl From<InputError> for Status {
     fn from(error: InputError) -> Status {
-        Status::new(error.code(), error.to_string())
+        let mut status = Status::new(error.code(), error.to_string());
+        if let InputError::RateLimited { retry_after_ms, .. } = error {
+            // gRPC's retry pushback: a client library that honours it waits this long.
+            if let Ok(value) = retry_after_ms.to_string().parse() {
+                status
+                    .metadata_mut()
+                    .insert("grpc-retry-pushback-ms", value);
+            }
+        }
+        status
     }
 }

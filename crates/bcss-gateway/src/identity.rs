@@ -4,15 +4,24 @@
 //! subject alternative names are matched against the institutions' certificate names. Nothing
 //! in a message can name its sender.
 
-use bcss_policy::{Institution, Policy};
+use bcss_policy::{Institution, Operator, Policy, Role};
 use tonic::Status;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-/// The institution behind the request's client certificate, or `UNAUTHENTICATED`.
+/// Who a verified certificate proves the caller to be.
+#[derive(Clone, Copy, Debug)]
+pub enum Caller<'p> {
+    /// An institution of the network: sends and receives flow messages, keeps its integrations.
+    Institution(&'p Institution),
+    /// A member of the hub's staff, with the roles the configuration gives it.
+    Operator(&'p Operator),
+}
+
+/// The party behind the request's client certificate, or `UNAUTHENTICATED`.
 pub fn caller<'p, T>(
     policy: &'p Policy,
     request: &tonic::Request<T>,
-) -> Result<&'p Institution, Status> {
+) -> Result<Caller<'p>, Status> {
     let certs = request.peer_certs().ok_or_else(|| {
         Status::unauthenticated(
             "no client certificate: connect with mutual TLS and your institution's certificate",
@@ -25,10 +34,51 @@ pub fn caller<'p, T>(
         .map_err(|_| Status::unauthenticated("the client certificate cannot be parsed"))?;
     names
         .iter()
-        .find_map(|name| policy.institution_by_certificate(name))
-        .ok_or_else(|| {
-            Status::unauthenticated("the client certificate names no institution of this network")
+        .find_map(|name| {
+            policy
+                .institution_by_certificate(name)
+                .map(Caller::Institution)
+                .or_else(|| policy.operator_by_certificate(name).map(Caller::Operator))
         })
+        .ok_or_else(|| {
+            Status::unauthenticated(
+                "the client certificate names no institution or operator of this network",
+            )
+        })
+}
+
+/// The institution behind the request: operators' certificates exchange no data
+/// (`PERMISSION_DENIED`).
+pub fn institution<'p, T>(
+    policy: &'p Policy,
+    request: &tonic::Request<T>,
+) -> Result<&'p Institution, Status> {
+    match caller(policy, request)? {
+        Caller::Institution(institution) => Ok(institution),
+        Caller::Operator(operator) => Err(Status::permission_denied(format!(
+            "\"{}\" is an operator certificate: only an institution's certificate may call this",
+            operator.id
+        ))),
+    }
+}
+
+/// The operator behind the request, if it holds `role`; otherwise `PERMISSION_DENIED`.
+pub fn operator<'p, T>(
+    policy: &'p Policy,
+    request: &tonic::Request<T>,
+    role: Role,
+) -> Result<&'p Operator, Status> {
+    match caller(policy, request)? {
+        Caller::Operator(operator) if operator.has(role) => Ok(operator),
+        Caller::Operator(operator) => Err(Status::permission_denied(format!(
+            "operator \"{}\" lacks the {role} role this operation needs",
+            operator.id
+        ))),
+        Caller::Institution(institution) => Err(Status::permission_denied(format!(
+            "institution \"{}\" may not call this: it needs an operator certificate with the {role} role",
+            institution.id
+        ))),
+    }
 }
 
 /// The DNS subject alternative names of a DER certificate.

@@ -4,9 +4,11 @@
 //!
 //! - [`pipeline`]: [`Hub`] and the data path: validate → route → check → filter → record → deliver.
 //! - [`service`]: the `Gateway` and `Directory` gRPC services; authentication and conversion.
-//! - [`identity`]: the calling institution, from its client certificate.
+//! - [`identity`]: the calling institution or operator, from its client certificate.
 //! - [`error`]: bad input and its gRPC status codes.
 //! - [`ledger`]: tickets, outcomes, relay chains, message ids.
+//! - [`limits`]: fan-out and the per-institution rate.
+//! - [`privacy`]: the keyed hash that stands for a person in logs.
 //! - [`delivery`]: calls to institutions' `Deliver`, over pooled, verified TLS connections.
 //! - [`pki`]: the development CA and certificates.
 //! - [`server`]: `run(hub, listener, options, shutdown)`.
@@ -16,8 +18,10 @@ pub mod delivery;
 pub mod error;
 pub mod identity;
 pub mod ledger;
+pub mod limits;
 pub mod pipeline;
 pub mod pki;
+pub mod privacy;
 pub mod server;
 pub mod service;
 pub mod startup;

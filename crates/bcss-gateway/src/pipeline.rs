@@ -4,6 +4,7 @@
 //! a reload never changes the rules half-way through a message.
 
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -21,6 +22,8 @@ use time::{Date, OffsetDateTime};
 use crate::delivery::Deliverer;
 use crate::error::InputError;
 use crate::ledger::{Decision, Ledger, Outcome, Reservation, TicketRecord};
+use crate::limits::Limits;
+use crate::privacy::PersonKey;
 
 /// A validated envelope.
 #[derive(Debug)]
@@ -56,23 +59,113 @@ pub struct Admitted {
     pub removed_paths: Vec<String>,
 }
 
+/// Where a reload reads the policy from: the files of `hub.toml`, plus what the caller adjusts
+/// (the demo and tests point institutions at ephemeral ports).
+pub type PolicySource = Box<dyn Fn() -> Result<Policy, bcss_policy::ConfigError> + Send + Sync>;
+
+/// What the hub needs besides policy, directory and deliverer.
+pub struct HubParts {
+    pub limits: Limits,
+    pub person_key: PersonKey,
+    /// `None`: the policy cannot be reloaded (it was not read from files).
+    pub policy_source: Option<PolicySource>,
+}
+
+impl std::fmt::Debug for HubParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubParts")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The policy in force after a reload.
+#[derive(Clone, Copy, Debug)]
+pub struct Reloaded {
+    pub generation: u64,
+    pub institutions: usize,
+    pub deliberations: usize,
+}
+
+/// Why a reload was refused; the running policy stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("this hub's policy was not read from files, so it cannot be reloaded")]
+    NoSource,
+    #[error(transparent)]
+    Invalid(#[from] bcss_policy::ConfigError),
+    #[error("{0}")]
+    Incompatible(String),
+}
+
 /// The hub: policy, directory, ledger and deliverer.
 #[derive(Debug)]
 pub struct Hub {
     policy: ArcSwap<Policy>,
+    generation: AtomicU64,
+    reload_lock: tokio::sync::Mutex<()>,
     directory: Arc<Directory>,
     ledger: Ledger,
     deliverer: Deliverer,
+    parts: HubParts,
 }
 
 impl Hub {
-    pub fn new(policy: Policy, directory: Arc<Directory>, deliverer: Deliverer) -> Hub {
+    pub fn new(
+        policy: Policy,
+        directory: Arc<Directory>,
+        deliverer: Deliverer,
+        parts: HubParts,
+    ) -> Hub {
         Hub {
             policy: ArcSwap::from_pointee(policy),
+            generation: AtomicU64::new(1),
+            reload_lock: tokio::sync::Mutex::new(()),
             directory,
             ledger: Ledger::default(),
             deliverer,
+            parts,
         }
+    }
+
+    /// Re-reads the policy, validates it in full and swaps it in. Submissions in flight keep
+    /// the snapshot they took; an invalid policy changes nothing.
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let source = self
+            .parts
+            .policy_source
+            .as_ref()
+            .ok_or(ReloadError::NoSource)?;
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let next = source()?;
+        self.policy()
+            .check_successor(&next)
+            .map_err(ReloadError::Incompatible)?;
+        let reloaded = Reloaded {
+            generation: self.generation.load(Ordering::Relaxed) + 1,
+            institutions: next.institutions().len(),
+            deliberations: next.deliberations().len(),
+        };
+        self.policy.store(Arc::new(next));
+        self.generation
+            .store(reloaded.generation, Ordering::Relaxed);
+        tracing::info!(
+            message = "Policy reloaded.",
+            generation = reloaded.generation,
+            institutions = reloaded.institutions,
+            deliberations = reloaded.deliberations,
+        );
+        Ok(reloaded)
+    }
+
+    /// 1 for the policy loaded at start, one more per successful reload.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// The keyed hash that stands for a person in logs.
+    pub fn person_key(&self) -> &PersonKey {
+        &self.parts.person_key
     }
 
     /// The current policy snapshot.
@@ -96,6 +189,7 @@ impl Hub {
         sender: &Institution,
         envelope: EnvelopeView,
     ) -> Result<Arc<TicketRecord>, InputError> {
+        self.parts.limits.admit(sender)?;
         let message = self.validate(policy, sender, envelope)?;
         let ticket: Arc<str> = uuid::Uuid::now_v7().to_string().into();
         let plans = self.plan(policy, sender, &message, false)?;
@@ -125,6 +219,7 @@ impl Hub {
             ticket = %record.ticket,
             sender = %sender.id,
             flow = %message.flow,
+            person = %self.parts.person_key.person(message.niss),
             recipients = plans.iter().filter(|p| p.result.is_ok()).count(),
             refused = plans.iter().filter(|p| p.result.is_err()).count(),
         );
@@ -139,6 +234,7 @@ impl Hub {
         sender: &Institution,
         envelope: EnvelopeView,
     ) -> Result<Vec<Planned>, InputError> {
+        self.parts.limits.admit(sender)?;
         let message = self.validate(policy, sender, envelope)?;
         self.plan(policy, sender, &message, true)
     }
@@ -212,12 +308,19 @@ impl Hub {
             return Err(InputError::PayloadNissMismatch { flow });
         }
         let addressee = match addressee {
-            Some(id) => Some(
-                policy
+            Some(id) => {
+                let recipient = policy
                     .institution_by_id(&id)
-                    .ok_or(InputError::UnknownAddressee(id))?
-                    .index,
-            ),
+                    .ok_or_else(|| InputError::UnknownAddressee(id.clone()))?;
+                if !policy.has_route(sender.party(), recipient.party(), flow) {
+                    return Err(InputError::AddresseeNotAllowed {
+                        sender: sender.id.to_string(),
+                        addressee: id,
+                        flow,
+                    });
+                }
+                Some(recipient.index)
+            }
             None => None,
         };
         let relay_of = match relay_of {
@@ -265,6 +368,7 @@ impl Hub {
     ) -> Result<Vec<Planned>, InputError> {
         let integrations = self.directory.integrations(message.niss);
         let candidates = self.route(policy, sender, message, &integrations);
+        self.parts.limits.check_fan_out(candidates.len())?;
         let facts = Message {
             sender: sender.party(),
             flow: message.flow,

@@ -5,13 +5,16 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bcss_proto::gateway_view::gateway_server::GatewayServer;
+use bcss_proto::hub::v1::admin_server::AdminServer;
 use bcss_proto::hub::v1::directory_server::DirectoryServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::codegen::http;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tower::util::MapResponseLayer;
 
 use crate::pipeline::Hub;
-use crate::service::{DirectoryService, GatewayService};
+use crate::service::{AdminService, DirectoryService, GatewayService};
 
 /// The hub's TLS material for its listener.
 #[derive(Clone, Debug)]
@@ -25,7 +28,10 @@ pub struct ServerTls {
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
     pub tls: ServerTls,
+    /// Largest request message; larger ones get `RESOURCE_EXHAUSTED` naming the limit.
     pub max_message_bytes: usize,
+    /// HTTP/2 streams one connection may have open at once (the client waits for more).
+    pub max_concurrent_streams: u32,
 }
 
 /// Serves the hub's services on `listener` until `shutdown` completes.
@@ -35,17 +41,54 @@ pub async fn run(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let gateway = GatewayServer::new(GatewayService { hub: hub.clone() })
-        .max_decoding_message_size(options.max_message_bytes);
-    let directory = DirectoryServer::new(DirectoryService { hub });
+    let gateway = GatewayServer::new(GatewayService {
+        hub: hub.clone(),
+        max_message_bytes: options.max_message_bytes,
+    })
+    .max_decoding_message_size(options.max_message_bytes);
+    let directory = DirectoryServer::new(DirectoryService { hub: hub.clone() });
+    let admin = AdminServer::new(AdminService { hub });
     let tls = ServerTlsConfig::new()
         .identity(options.tls.identity)
         .client_ca_root(options.tls.client_ca);
+    let limit = options.max_message_bytes;
     Server::builder()
         .tls_config(tls)?
         .tcp_nodelay(true)
+        .max_concurrent_streams(options.max_concurrent_streams)
+        .layer(MapResponseLayer::new(move |response| {
+            size_limit_status(response, limit)
+        }))
         .add_service(gateway)
         .add_service(directory)
+        .add_service(admin)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
+}
+
+/// tonic answers a message over the decoding limit with `OUT_OF_RANGE` and its own wording; the
+/// hub's contract is `RESOURCE_EXHAUSTED` naming the setting. The response is trailers-only
+/// (the status is in its headers), so rewriting two headers is enough.
+fn size_limit_status<B>(mut response: http::Response<B>, limit: usize) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let too_large = headers.get("grpc-status").is_some_and(|v| v == "11")
+        && headers.get("grpc-message").is_some_and(|v| {
+            v.as_bytes()
+                .starts_with(b"Error, decoded message length too large")
+        });
+    if too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        let message = too_large_message(limit);
+        if let Ok(value) = http::HeaderValue::from_str(&message) {
+            headers.insert("grpc-message", value);
+        }
+    }
+    response
+}
+
+/// What a sender is told when its message is too large.
+pub fn too_large_message(limit: usize) -> String {
+    format!(
+        "the message is larger than limits.max_message_bytes = {limit} bytes: send a smaller one"
+    )
 }

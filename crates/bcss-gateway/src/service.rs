@@ -13,7 +13,9 @@ use time::format_description::well_known::Rfc3339;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::identity::caller;
+use bcss_policy::Role;
+
+use crate::identity::{Caller, caller, institution, operator};
 use crate::ledger::{Decision, Outcome, TicketRecord};
 use crate::pipeline::{Hub, Planned};
 
@@ -21,6 +23,8 @@ use crate::pipeline::{Hub, Planned};
 #[derive(Clone, Debug)]
 pub struct GatewayService {
     pub hub: Arc<Hub>,
+    /// For the stream's too-large status (unary calls get it from the server's layer).
+    pub max_message_bytes: usize,
 }
 
 #[tonic::async_trait]
@@ -30,7 +34,7 @@ impl Gateway for GatewayService {
         request: Request<EnvelopeView>,
     ) -> Result<Response<pb::SubmitReply>, Status> {
         let policy = self.hub.policy();
-        let sender = caller(&policy, &request)?.clone();
+        let sender = institution(&policy, &request)?.clone();
         let record = self
             .hub
             .submit(&policy, &sender, request.into_inner())
@@ -45,8 +49,9 @@ impl Gateway for GatewayService {
         &self,
         request: Request<Streaming<EnvelopeView>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
-        let sender = caller(&self.hub.policy(), &request)?.clone();
+        let sender = institution(&self.hub.policy(), &request)?.clone();
         let hub = self.hub.clone();
+        let limit = self.max_message_bytes;
         let mut inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
@@ -69,6 +74,9 @@ impl Gateway for GatewayService {
                             result: Some(result),
                         })
                     }
+                    Err(status) if status.code() == tonic::Code::OutOfRange => Err(
+                        Status::resource_exhausted(crate::server::too_large_message(limit)),
+                    ),
                     Err(status) => Err(status),
                 };
                 let stop = reply.is_err();
@@ -87,7 +95,7 @@ impl Gateway for GatewayService {
         request: Request<EnvelopeView>,
     ) -> Result<Response<pb::ExplainReply>, Status> {
         let policy = self.hub.policy();
-        let sender = caller(&policy, &request)?.clone();
+        let sender = institution(&policy, &request)?.clone();
         let plans = self.hub.explain(&policy, &sender, request.into_inner())?;
         Ok(Response::new(pb::ExplainReply {
             recipients: plans.iter().map(explained).collect(),
@@ -99,11 +107,25 @@ impl Gateway for GatewayService {
         request: Request<pb::TrackRequest>,
     ) -> Result<Response<pb::TrackReply>, Status> {
         let policy = self.hub.policy();
-        let caller = caller(&policy, &request)?.id.clone();
+        // An institution sees the exchanges it took part in; an auditor sees every exchange.
+        let party: Option<Arc<str>> = match caller(&policy, &request)? {
+            Caller::Institution(institution) => Some(institution.id.clone()),
+            Caller::Operator(operator) if operator.has(Role::Auditor) => None,
+            Caller::Operator(operator) => {
+                return Err(Status::permission_denied(format!(
+                    "operator \"{}\" lacks the auditor role needed to track others' exchanges",
+                    operator.id
+                )));
+            }
+        };
         let ticket = request.into_inner().ticket;
         let chain = self.hub.ledger().chain(&ticket);
         // A ticket the caller has no part in is answered as unknown: its existence is not revealed.
-        if chain.is_empty() || !chain.iter().any(|hop| hop.involves(&caller)) {
+        let visible = match &party {
+            Some(id) => chain.iter().any(|hop| hop.involves(id)),
+            None => true,
+        };
+        if chain.is_empty() || !visible {
             return Err(Status::not_found(format!(
                 "no exchange with ticket \"{ticket}\" among yours"
             )));
@@ -221,7 +243,7 @@ impl pb::directory_server::Directory for DirectoryService {
         request: Request<pb::IntegrateRequest>,
     ) -> Result<Response<pb::IntegrateReply>, Status> {
         let policy = self.hub.policy();
-        let me = caller(&policy, &request)?.clone();
+        let me = institution(&policy, &request)?.clone();
         let request = request.into_inner();
         let niss = parse_niss(&request.niss)?;
         let code = u16::try_from(request.quality_code)
@@ -255,7 +277,7 @@ impl pb::directory_server::Directory for DirectoryService {
         request: Request<pb::RemoveRequest>,
     ) -> Result<Response<pb::RemoveReply>, Status> {
         let policy = self.hub.policy();
-        let me = caller(&policy, &request)?.clone();
+        let me = institution(&policy, &request)?.clone();
         let request = request.into_inner();
         let niss = parse_niss(&request.niss)?;
         let quality = match request.quality_code {
@@ -279,7 +301,7 @@ impl pb::directory_server::Directory for DirectoryService {
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListReply>, Status> {
         let policy = self.hub.policy();
-        let me = caller(&policy, &request)?.clone();
+        let me = institution(&policy, &request)?.clone();
         let request = request.into_inner();
         let niss = request.niss.as_deref().map(parse_niss).transpose()?;
         let limit = match request.page_size as usize {
@@ -349,5 +371,36 @@ fn wire_period(period: &Period) -> WirePeriod {
     WirePeriod {
         start: date(period.start),
         end: period.end.map(date).unwrap_or_default(),
+    }
+}
+
+/// `bcss.hub.v1.Admin`: the hub's own operations, for operator certificates.
+#[derive(Clone, Debug)]
+pub struct AdminService {
+    pub hub: Arc<Hub>,
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn reload_policy(
+        &self,
+        request: Request<pb::ReloadPolicyRequest>,
+    ) -> Result<Response<pb::ReloadPolicyReply>, Status> {
+        let who = operator(&self.hub.policy(), &request, Role::Operator)?
+            .id
+            .clone();
+        match self.hub.reload().await {
+            Ok(reloaded) => Ok(Response::new(pb::ReloadPolicyReply {
+                generation: reloaded.generation,
+                institutions: reloaded.institutions as u32,
+                deliberations: reloaded.deliberations as u32,
+            })),
+            Err(error) => {
+                tracing::warn!(message = "Policy reload refused; the running policy stays.", operator = %who, %error);
+                Err(Status::failed_precondition(format!(
+                    "the new policy was refused and the running one stays: {error}"
+                )))
+            }
+        }
     }
 }

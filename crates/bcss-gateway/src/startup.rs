@@ -11,7 +11,10 @@ use bcss_policy::{Policy, Settings};
 use tonic::transport::{Certificate, Identity};
 
 use crate::delivery::{ClientTls, Deliverer};
+use crate::limits::Limits;
+use crate::pipeline::{HubParts, PolicySource};
 use crate::pki::Pki;
+use crate::privacy::PersonKey;
 use crate::server::{ServeOptions, ServerTls};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +28,11 @@ pub enum StartupError {
     },
     #[error("PKI: {0}")]
     Pki(#[from] crate::pki::PkiError),
+    #[error("{}: the key of the person hash in logs: {source}", file.display())]
+    PersonKey {
+        file: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +83,12 @@ pub fn ensure_pki(settings: &Settings, policy: &Policy) -> Result<Pki, StartupEr
         .institutions()
         .iter()
         .map(|i| (i.id.to_string(), i.certificate_name.clone()))
+        .chain(
+            policy
+                .operators()
+                .iter()
+                .map(|o| (o.id.to_string(), o.certificate_name.clone())),
+        )
         .collect();
     let created = pki.ensure(&hub_names, &parties)?;
     if created > 0 {
@@ -92,10 +106,11 @@ pub struct Assembled {
 }
 
 /// Loads the configuration, the directory and the PKI, and builds the hub. `adjust` may change
-/// the policy before the hub takes it (the demo and tests point institutions at their servers).
+/// the policy before the hub takes it, at start and at every reload (the demo and tests point
+/// institutions at their servers).
 pub fn assemble(
     config: &Path,
-    adjust: impl FnOnce(&mut Policy),
+    adjust: impl Fn(&mut Policy) + Send + Sync + 'static,
 ) -> Result<Assembled, StartupError> {
     assemble_settings(Settings::load(config)?, adjust)
 }
@@ -103,10 +118,15 @@ pub fn assemble(
 /// [`assemble`] from settings already loaded (tests change the PKI folder, say).
 pub fn assemble_settings(
     settings: Settings,
-    adjust: impl FnOnce(&mut Policy),
+    adjust: impl Fn(&mut Policy) + Send + Sync + 'static,
 ) -> Result<Assembled, StartupError> {
-    let mut policy = Policy::load(&settings)?;
-    adjust(&mut policy);
+    let source_settings = settings.clone();
+    let policy_source: PolicySource = Box::new(move || {
+        let mut policy = Policy::load(&source_settings)?;
+        adjust(&mut policy);
+        Ok(policy)
+    });
+    let policy = policy_source()?;
     let directory = load_directory(&settings.files.directory, &policy)?;
     let pki = ensure_pki(&settings, &policy)?;
     let hub_pair = pki.hub()?;
@@ -126,13 +146,30 @@ pub fn assemble_settings(
         persons = directory.persons(),
         integrations = directory.integration_count(),
     );
-    let hub = Arc::new(crate::Hub::new(policy, Arc::new(directory), deliverer));
+    let person_key = PersonKey::load_or_create(&settings.logs.person_key).map_err(|source| {
+        StartupError::PersonKey {
+            file: settings.logs.person_key.clone(),
+            source,
+        }
+    })?;
+    let parts = HubParts {
+        limits: Limits::new(&settings.limits),
+        person_key,
+        policy_source: Some(policy_source),
+    };
+    let hub = Arc::new(crate::Hub::new(
+        policy,
+        Arc::new(directory),
+        deliverer,
+        parts,
+    ));
     let options = ServeOptions {
         tls: ServerTls {
             identity,
             client_ca: ca,
         },
         max_message_bytes: settings.limits.max_message_bytes,
+        max_concurrent_streams: settings.limits.max_concurrent_streams,
     };
     Ok(Assembled {
         settings,

@@ -12,6 +12,21 @@ pub struct InstitutionsFile {
     pub sectors: Vec<SectorEntry>,
     #[serde(rename = "institution", default)]
     pub institutions: Vec<InstitutionEntry>,
+    #[serde(rename = "operator", default)]
+    pub operators: Vec<OperatorEntry>,
+}
+
+/// A person or service of the hub's own staff, who calls the hub's operations (reload, the
+/// journal of others, dead letters) rather than exchanging data.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorEntry {
+    pub id: String,
+    pub name: String,
+    /// `operator` (reload, dead letters) and/or `auditor` (every exchange's track and journal).
+    pub roles: Vec<String>,
+    /// The DNS name in its certificate; `<id>.operators.bcss.test` when absent.
+    pub certificate_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

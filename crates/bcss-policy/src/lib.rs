@@ -22,6 +22,6 @@ pub mod settings;
 
 pub use bcss_wire::FieldTree;
 pub use error::{ConfigError, Problem};
-pub use policy::{Grant, Institution, Policy, Sector};
+pub use policy::{Grant, Institution, Operator, Policy, Role, Sector};
 pub use schema::{FlowSchema, Schema};
 pub use settings::Settings;

@@ -45,6 +45,47 @@ impl Institution {
     }
 }
 
+/// A role of the hub's staff.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Runs the hub: reloads the policy, handles dead letters.
+    Operator,
+    /// Reads every exchange (tracks, journal), for the security adviser and the citizen's view.
+    Auditor,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Operator => "operator",
+            Role::Auditor => "auditor",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A member of the hub's staff, known by its certificate. Not an institution: it sends and
+/// receives no flow messages.
+#[derive(Clone, Debug)]
+pub struct Operator {
+    pub id: Arc<str>,
+    pub name: String,
+    pub roles: Vec<Role>,
+    /// The DNS name its certificate carries.
+    pub certificate_name: String,
+}
+
+impl Operator {
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
 /// What a deliberation grants for one flow: its field list, as written and compiled.
 #[derive(Clone, Debug)]
 pub struct Grant {
@@ -59,6 +100,7 @@ pub struct Policy {
     institutions: Vec<Institution>,
     by_id: HashMap<Arc<str>, InstitutionIndex>,
     by_certificate: HashMap<String, InstitutionIndex>,
+    operators: Vec<Operator>,
     qualities: HashMap<SectorQuality, String>,
     deliberations: Vec<Deliberation>,
     /// Per deliberation (same order), the grant of each flow it covers.
@@ -112,6 +154,7 @@ impl Policy {
             institutions: Vec::new(),
             by_id: HashMap::new(),
             by_certificate: HashMap::new(),
+            operators: Vec::new(),
             qualities: HashMap::new(),
             deliberations: Vec::new(),
             grants: Vec::new(),
@@ -191,6 +234,67 @@ impl Policy {
                 name: entry.name,
                 sector,
                 endpoint: entry.endpoint,
+                certificate_name,
+            });
+        }
+        for entry in parsed.operators {
+            let what = format!("operator \"{}\"", entry.id);
+            if !valid_id(&entry.id) {
+                problems.add(
+                    file,
+                    &what,
+                    "an id is lower-case letters, digits and dashes",
+                );
+                continue;
+            }
+            if self.by_id.contains_key(entry.id.as_str())
+                || self.operators.iter().any(|o| *o.id == entry.id)
+            {
+                problems.add(
+                    file,
+                    &what,
+                    "the id is already an institution's or another operator's",
+                );
+                continue;
+            }
+            let mut roles = Vec::new();
+            for role in &entry.roles {
+                match role.as_str() {
+                    "operator" => roles.push(Role::Operator),
+                    "auditor" => roles.push(Role::Auditor),
+                    other => problems.add(
+                        file,
+                        &what,
+                        format!(
+                            "unknown role \"{other}\": the roles are \"operator\" and \"auditor\""
+                        ),
+                    ),
+                }
+            }
+            if roles.is_empty() {
+                problems.add(file, &what, "needs at least one role");
+                continue;
+            }
+            let certificate_name = entry
+                .certificate_name
+                .unwrap_or_else(|| format!("{}.operators.bcss.test", entry.id));
+            if self.by_certificate.contains_key(&certificate_name)
+                || self
+                    .operators
+                    .iter()
+                    .any(|o| o.certificate_name == certificate_name)
+            {
+                problems.add(
+                    file,
+                    &what,
+                    format!("certificate name \"{certificate_name}\" is already someone else's"),
+                );
+                continue;
+            }
+            self.operators.push(Operator {
+                id: entry.id.into(),
+                name: entry.name,
+                roles,
                 certificate_name,
             });
         }
@@ -544,6 +648,35 @@ impl Policy {
     /// The institution whose certificate carries this DNS name.
     pub fn institution_by_certificate(&self, name: &str) -> Option<&Institution> {
         self.by_certificate.get(name).map(|i| self.institution(*i))
+    }
+
+    /// The hub's staff.
+    pub fn operators(&self) -> &[Operator] {
+        &self.operators
+    }
+
+    /// The operator whose certificate carries this DNS name.
+    pub fn operator_by_certificate(&self, name: &str) -> Option<&Operator> {
+        self.operators.iter().find(|o| o.certificate_name == name)
+    }
+
+    /// Refuses a successor policy that would change what the directory's institution indices
+    /// mean: institutions may be added at the end of the file, not removed or reordered, while
+    /// the hub runs (restart it for that).
+    pub fn check_successor(&self, next: &Policy) -> Result<(), String> {
+        for institution in &self.institutions {
+            match next.institutions.get(institution.index.0 as usize) {
+                Some(same) if same.id == institution.id => {}
+                _ => {
+                    return Err(format!(
+                        "institution \"{}\" was removed or moved in the file; while the hub runs, \
+                         institutions may only be added at the end (restart the hub to remove one)",
+                        institution.id
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The name of a quality code in a sector, if the table defines it.

@@ -16,6 +16,8 @@ pub struct Settings {
     pub tls: TlsSettings,
     pub delivery: DeliverySettings,
     pub limits: LimitSettings,
+    #[serde(default)]
+    pub logs: LogSettings,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -46,10 +48,62 @@ pub struct DeliverySettings {
     pub timeout_ms: u64,
 }
 
+/// What one caller may ask of the hub. A breach is answered `RESOURCE_EXHAUSTED` naming the
+/// limit, and changes nothing.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitSettings {
+    /// Largest encoded envelope the hub accepts.
     pub max_message_bytes: usize,
+    /// Most candidate recipients one message may have (a broadcast to every institution
+    /// integrated for the person).
+    #[serde(default = "default_max_fan_out")]
+    pub max_fan_out: usize,
+    /// HTTP/2 streams (calls) one connection may have open at once; a client opening more
+    /// waits for one to finish.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    /// Messages per second one institution may submit or explain, over all its connections.
+    #[serde(default = "default_rate_per_second")]
+    pub rate_per_second: u32,
+    /// How many messages above the steady rate an institution may send in a burst.
+    #[serde(default = "default_rate_burst")]
+    pub rate_burst: u32,
+}
+
+fn default_max_fan_out() -> usize {
+    64
+}
+fn default_max_concurrent_streams() -> u32 {
+    256
+}
+fn default_rate_per_second() -> u32 {
+    5_000
+}
+fn default_rate_burst() -> u32 {
+    10_000
+}
+
+/// Logs: a person is referred to only by a keyed hash of the NISS.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// The secret key of the hash (32 random bytes, hex); created on first start when missing.
+    /// Whoever holds it can tell which NISS a log line is about; nobody else can.
+    #[serde(default = "default_person_key")]
+    pub person_key: PathBuf,
+}
+
+fn default_person_key() -> PathBuf {
+    PathBuf::from("../var/person-log.key")
+}
+
+impl Default for LogSettings {
+    fn default() -> LogSettings {
+        LogSettings {
+            person_key: default_person_key(),
+        }
+    }
 }
 
 impl Settings {
@@ -63,6 +117,7 @@ impl Settings {
             &mut settings.files.deliberations,
             &mut settings.files.directory,
             &mut settings.tls.pki,
+            &mut settings.logs.person_key,
         ] {
             if path.is_relative() {
                 *path = base.join(&*path);

@@ -11,6 +11,7 @@
 //! - [`gateway_view`]: the Gateway server (and a client, for raw-byte tests) over views;
 //!   [`institution_view`]: the Institution
 //!   client over views. These are what the hub runs; the typed ones are for institutions.
+//! - [`codec`]: prost with malformed requests answered `INVALID_ARGUMENT` (the views use it).
 //! - [`FILE_DESCRIPTOR_SET`]: the compiled public contracts, for reflection and for resolving
 //!   deliberation field paths.
 
@@ -41,6 +42,8 @@ pub mod bcss {
 }
 
 pub use bcss::{flows, hub, institution};
+
+pub mod codec;
 
 /// The Gateway service over envelope views.
 pub mod gateway_view {

@@ -123,8 +123,7 @@ pub async fn run_with(
         options.ephemeral_ports,
     )
     .await?;
-    let assembled =
-        startup::assemble_settings(settings.clone(), |policy| network.apply_endpoints(policy))?;
+    let assembled = startup::assemble_settings(settings.clone(), network.endpoint_overrides())?;
     let listener = match options.ephemeral_ports {
         true => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
         false => match tokio::net::TcpListener::bind(settings.server.listen).await {

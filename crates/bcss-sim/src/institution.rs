@@ -173,8 +173,17 @@ impl Network {
 
     /// Points every institution of `policy` at the address its server listens on.
     pub fn apply_endpoints(&self, policy: &mut Policy) {
-        for (id, address) in &self.addresses {
-            policy.set_endpoint(id, address.to_string());
+        self.endpoint_overrides()(policy)
+    }
+
+    /// A function pointing a policy's institutions at this network's servers, to give the hub
+    /// as the policy adjustment it applies at start and at every reload.
+    pub fn endpoint_overrides(&self) -> impl Fn(&mut Policy) + Send + Sync + 'static {
+        let addresses = self.addresses.clone();
+        move |policy: &mut Policy| {
+            for (id, address) in &addresses {
+                policy.set_endpoint(id, address.to_string());
+            }
         }
     }
 
