@@ -12,53 +12,11 @@ use bcss_proto::hub::v1::{
 use bcss_proto::institution::v1::{Delivery, delivery};
 use bcss_sim::envelope::{FlowMessage, envelope};
 use bcss_sim::payloads;
-use common::{Harness, fresh_niss};
+use common::{Harness, a052_envelope, fresh_niss, integrate, rng, submit};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Value};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use time::macros::date;
 use tonic::Code;
-
-fn rng(seed: u64) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(seed)
-}
-
-async fn integrate(
-    h: &Harness,
-    institution: &str,
-    niss: Niss,
-    quality: u32,
-    start: &str,
-    end: &str,
-) {
-    let reply = h
-        .directory(institution)
-        .await
-        .integrate(IntegrateRequest {
-            niss: niss.digits(),
-            quality_code: quality,
-            period: Some(f::Period {
-                start: start.into(),
-                end: end.into(),
-            }),
-        })
-        .await
-        .unwrap();
-    assert!(reply.into_inner().created);
-}
-
-async fn submit(
-    h: &Harness,
-    sender: &str,
-    envelope: Envelope,
-) -> Result<SubmitReply, tonic::Status> {
-    h.gateway(sender)
-        .await
-        .submit(envelope)
-        .await
-        .map(|r| r.into_inner())
-}
 
 fn outcome<'a>(
     reply: &'a SubmitReply,
@@ -69,17 +27,6 @@ fn outcome<'a>(
         .iter()
         .find(|r| r.institution == institution)
         .unwrap_or_else(|| panic!("{institution} is not a candidate: {reply:#?}"))
-}
-
-fn a052_envelope(id: &str, niss: Niss, seed: u64) -> Envelope {
-    let window = (date!(2025 - 01 - 01), date!(2025 - 06 - 30));
-    envelope(
-        id,
-        niss,
-        window.0,
-        Some(window.1),
-        FlowMessage::A052(payloads::a052(&mut rng(seed), niss, "100", window)),
-    )
 }
 
 fn dmfa_envelope(id: &str, niss: Niss, public: bool) -> Envelope {
@@ -667,8 +614,8 @@ async fn bad_input_is_refused_with_a_specific_status_and_changes_nothing() {
                     a.message_reference = "x".repeat(2 * 1024 * 1024);
                 }
             }),
-            Code::OutOfRange,
-            "too large",
+            Code::ResourceExhausted,
+            "limits.max_message_bytes",
         ),
     ];
     for (name, envelope, code, text) in cases {

@@ -9,9 +9,16 @@ use bcss_domain::Niss;
 use bcss_gateway::pki::Pki;
 use bcss_gateway::startup;
 use bcss_policy::{Policy, Settings};
+use bcss_proto::flows::v1 as f;
 use bcss_proto::hub::v1::directory_client::DirectoryClient;
 use bcss_proto::hub::v1::gateway_client::GatewayClient;
+use bcss_proto::hub::v1::{Envelope, IntegrateRequest, SubmitReply};
+use bcss_sim::envelope::{FlowMessage, envelope};
 use bcss_sim::institution::Network;
+use bcss_sim::payloads;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use time::macros::date;
 use tonic::transport::Channel;
 
 pub fn shipped_config() -> PathBuf {
@@ -25,6 +32,8 @@ pub struct Harness {
     pub address: std::net::SocketAddr,
     pub pki: Pki,
     pub hub_name: String,
+    /// The configuration folder the hub reads (a copy when `extra` files were given).
+    pub config_dir: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     _dirs: Vec<tempfile::TempDir>,
 }
@@ -78,6 +87,7 @@ impl Harness {
             address,
             pki,
             hub_name: settings.tls.hub_name,
+            config_dir,
             stop: Some(stop),
             _dirs: dirs,
         }
@@ -127,4 +137,122 @@ fn copy_dir(from: &Path, to: &Path) {
 /// A NISS no row of the sample directory uses (BIS numbers with the month + 20, which the generator never makes).
 pub fn fresh_niss(n: u16) -> Niss {
     Niss::compose(62_707, 998 - n, true).unwrap()
+}
+
+pub fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// Declares an integration as `institution`, which must create it.
+pub async fn integrate(
+    h: &Harness,
+    institution: &str,
+    niss: Niss,
+    quality: u32,
+    start: &str,
+    end: &str,
+) {
+    let reply = h
+        .directory(institution)
+        .await
+        .integrate(IntegrateRequest {
+            niss: niss.digits(),
+            quality_code: quality,
+            period: Some(f::Period {
+                start: start.into(),
+                end: end.into(),
+            }),
+        })
+        .await
+        .unwrap();
+    assert!(reply.into_inner().created);
+}
+
+pub async fn submit(
+    h: &Harness,
+    sender: &str,
+    envelope: Envelope,
+) -> Result<SubmitReply, tonic::Status> {
+    h.gateway(sender)
+        .await
+        .submit(envelope)
+        .await
+        .map(|r| r.into_inner())
+}
+
+pub fn a052_envelope(id: &str, niss: Niss, seed: u64) -> Envelope {
+    let window = (date!(2025 - 01 - 01), date!(2025 - 06 - 30));
+    envelope(
+        id,
+        niss,
+        window.0,
+        Some(window.1),
+        FlowMessage::A052(payloads::a052(&mut rng(seed), niss, "100", window)),
+    )
+}
+
+/// Sends `body` as the raw request message of `method` (e.g. "/bcss.hub.v1.Gateway/Submit"),
+/// byte for byte, and decodes the reply as `R`: for requests no well-behaved client can build.
+pub async fn raw_call<R: prost::Message + Default + Send + 'static>(
+    channel: Channel,
+    method: &'static str,
+    body: Vec<u8>,
+) -> Result<R, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    grpc.unary(
+        tonic::Request::new(body),
+        tonic::codegen::http::uri::PathAndQuery::from_static(method),
+        RawCodec::<R>(std::marker::PhantomData),
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// Encodes a `Vec<u8>` as it is; decodes replies with prost.
+struct RawCodec<R>(std::marker::PhantomData<R>);
+
+impl<R: prost::Message + Default + Send + 'static> tonic::codec::Codec for RawCodec<R> {
+    type Encode = Vec<u8>;
+    type Decode = R;
+    type Encoder = RawEncoder;
+    type Decoder = ReplyDecoder<R>;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> ReplyDecoder<R> {
+        ReplyDecoder(std::marker::PhantomData)
+    }
+}
+
+struct RawEncoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+struct ReplyDecoder<R>(std::marker::PhantomData<R>);
+
+impl<R: prost::Message + Default> tonic::codec::Decoder for ReplyDecoder<R> {
+    type Item = R;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<R>, tonic::Status> {
+        R::decode(buf)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
 }

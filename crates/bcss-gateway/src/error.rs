@@ -66,6 +66,11 @@ pub enum InputError {
     )]
     FanOutLimit { limit: usize },
     #[error(
+        "this connection already has limits.max_concurrent_streams = {limit} calls open: \
+         wait for one to finish, or open another connection"
+    )]
+    TooManyStreams { limit: usize },
+    #[error(
         "institution \"{institution}\" is over limits.rate_per_second = {rate} messages per second \
          (burst {burst}): retry in {retry_after_ms} ms"
     )]
@@ -85,9 +90,9 @@ impl InputError {
             | InputError::FlowNotAllowed { .. }
             | InputError::AddresseeNotAllowed { .. } => Code::PermissionDenied,
             InputError::DuplicateMessageId(_) => Code::AlreadyExists,
-            InputError::FanOutLimit { .. } | InputError::RateLimited { .. } => {
-                Code::ResourceExhausted
-            }
+            InputError::FanOutLimit { .. }
+            | InputError::RateLimited { .. }
+            | InputError::TooManyStreams { .. } => Code::ResourceExhausted,
             _ => Code::InvalidArgument,
         }
     }

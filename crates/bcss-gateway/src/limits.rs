@@ -1,7 +1,11 @@
-//! What one caller may ask of the hub: fan-out and a per-institution rate (`limits` in
-//! `hub.toml`). The message size and the streams per connection are enforced by the server.
+//! What one caller may ask of the hub (`limits` in `hub.toml`): fan-out, a per-institution
+//! rate, and calls open per connection. The message size is enforced by the server's codec.
 
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use dashmap::DashMap;
 
 use bcss_domain::InstitutionIndex;
 use bcss_policy::Institution;
@@ -16,6 +20,32 @@ use crate::error::InputError;
 pub struct Limits {
     pub max_fan_out: usize,
     rate: Option<Rate>,
+    streams: Arc<OpenStreams>,
+}
+
+/// Calls open per connection (a connection is its peer address).
+#[derive(Debug)]
+struct OpenStreams {
+    limit: usize,
+    open: DashMap<SocketAddr, usize>,
+}
+
+/// One open call; closes it when dropped.
+#[derive(Debug)]
+pub struct StreamSlot {
+    streams: Arc<OpenStreams>,
+    peer: Option<SocketAddr>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Some(peer) = self.peer {
+            self.streams.open.remove_if_mut(&peer, |_, open| {
+                *open -= 1;
+                *open == 0
+            });
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -38,6 +68,10 @@ impl Limits {
         Limits {
             max_fan_out: settings.max_fan_out,
             rate,
+            streams: Arc::new(OpenStreams {
+                limit: settings.max_concurrent_streams as usize,
+                open: DashMap::new(),
+            }),
         }
     }
 
@@ -46,6 +80,10 @@ impl Limits {
         Limits {
             max_fan_out: usize::MAX,
             rate: None,
+            streams: Arc::new(OpenStreams {
+                limit: usize::MAX,
+                open: DashMap::new(),
+            }),
         }
     }
 
@@ -73,5 +111,24 @@ impl Limits {
             });
         }
         Ok(())
+    }
+
+    /// Opens one call on the connection from `peer`, or refuses it when the connection already
+    /// has `max_concurrent_streams` open. (HTTP/2 itself stops a client at twice that.)
+    pub fn open_stream(&self, peer: Option<SocketAddr>) -> Result<StreamSlot, InputError> {
+        let streams = &self.streams;
+        if let Some(peer) = peer {
+            let mut open = streams.open.entry(peer).or_insert(0);
+            if *open >= streams.limit {
+                return Err(InputError::TooManyStreams {
+                    limit: streams.limit,
+                });
+            }
+            *open += 1;
+        }
+        Ok(StreamSlot {
+            streams: streams.clone(),
+            peer,
+        })
     }
 }

@@ -163,6 +163,14 @@ impl Hub {
         self.generation.load(Ordering::Relaxed)
     }
 
+    /// Opens one call on the caller's connection, within `limits.max_concurrent_streams`.
+    pub fn open_stream<T>(
+        &self,
+        request: &tonic::Request<T>,
+    ) -> Result<crate::limits::StreamSlot, InputError> {
+        self.parts.limits.open_stream(request.remote_addr())
+    }
+
     /// The keyed hash that stands for a person in logs.
     pub fn person_key(&self) -> &PersonKey {
         &self.parts.person_key

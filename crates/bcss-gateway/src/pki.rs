@@ -43,6 +43,11 @@ impl Pki {
         Pki { dir: dir.into() }
     }
 
+    /// The folder holding the PKI.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn ca_cert_path(&self) -> PathBuf {
         self.dir.join("ca.pem")
     }

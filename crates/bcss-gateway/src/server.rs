@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bcss_proto::gateway_view::gateway_server::GatewayServer;
 use bcss_proto::hub::v1::admin_server::AdminServer;
 use bcss_proto::hub::v1::directory_server::DirectoryServer;
+use http_body_util::BodyExt;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codegen::http;
@@ -55,7 +56,8 @@ pub async fn run(
     Server::builder()
         .tls_config(tls)?
         .tcp_nodelay(true)
-        .max_concurrent_streams(options.max_concurrent_streams)
+        // HTTP/2's own ceiling; the hub answers RESOURCE_EXHAUSTED from half of it.
+        .max_concurrent_streams(options.max_concurrent_streams.saturating_mul(2))
         .layer(MapResponseLayer::new(move |response| {
             size_limit_status(response, limit)
         }))
@@ -67,23 +69,39 @@ pub async fn run(
 }
 
 /// tonic answers a message over the decoding limit with `OUT_OF_RANGE` and its own wording; the
-/// hub's contract is `RESOURCE_EXHAUSTED` naming the setting. The response is trailers-only
-/// (the status is in its headers), so rewriting two headers is enough.
-fn size_limit_status<B>(mut response: http::Response<B>, limit: usize) -> http::Response<B> {
-    let headers = response.headers_mut();
+/// hub's contract is `RESOURCE_EXHAUSTED` naming the setting. The status travels in the
+/// response's headers (trailers-only) or in its trailers, so both are rewritten.
+fn size_limit_status(
+    response: http::Response<tonic::body::Body>,
+    limit: usize,
+) -> http::Response<tonic::body::Body> {
+    let (mut parts, body) = response.into_parts();
+    rewrite_too_large(&mut parts.headers, limit);
+    let body = body.map_frame(move |frame| match frame.into_trailers() {
+        Ok(mut trailers) => {
+            rewrite_too_large(&mut trailers, limit);
+            http_body::Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    });
+    http::Response::from_parts(parts, tonic::body::Body::new(body))
+}
+
+fn rewrite_too_large(headers: &mut http::HeaderMap, limit: usize) {
     let too_large = headers.get("grpc-status").is_some_and(|v| v == "11")
         && headers.get("grpc-message").is_some_and(|v| {
             v.as_bytes()
-                .starts_with(b"Error, decoded message length too large")
+                .starts_with(b"Error,%20decoded%20message%20length%20too%20large")
+                || v.as_bytes()
+                    .starts_with(b"Error, decoded message length too large")
         });
     if too_large {
         headers.insert("grpc-status", http::HeaderValue::from_static("8"));
-        let message = too_large_message(limit);
+        let message = too_large_message(limit).replace(' ', "%20");
         if let Ok(value) = http::HeaderValue::from_str(&message) {
             headers.insert("grpc-message", value);
         }
     }
-    response
 }
 
 /// What a sender is told when its message is too large.

@@ -33,6 +33,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<EnvelopeView>,
     ) -> Result<Response<pb::SubmitReply>, Status> {
+        let _slot = self.hub.open_stream(&request)?;
         let policy = self.hub.policy();
         let sender = institution(&policy, &request)?.clone();
         let record = self
@@ -49,12 +50,14 @@ impl Gateway for GatewayService {
         &self,
         request: Request<Streaming<EnvelopeView>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
+        let slot = self.hub.open_stream(&request)?;
         let sender = institution(&self.hub.policy(), &request)?.clone();
         let hub = self.hub.clone();
         let limit = self.max_message_bytes;
         let mut inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
+            let _slot = slot; // the stream counts as open until its last reply
             while let Some(item) = inbound.next().await {
                 let reply = match item {
                     Ok(envelope) => {
@@ -94,6 +97,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<EnvelopeView>,
     ) -> Result<Response<pb::ExplainReply>, Status> {
+        let _slot = self.hub.open_stream(&request)?;
         let policy = self.hub.policy();
         let sender = institution(&policy, &request)?.clone();
         let plans = self.hub.explain(&policy, &sender, request.into_inner())?;
@@ -106,6 +110,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<pb::TrackRequest>,
     ) -> Result<Response<pb::TrackReply>, Status> {
+        let _slot = self.hub.open_stream(&request)?;
         let policy = self.hub.policy();
         // An institution sees the exchanges it took part in; an auditor sees every exchange.
         let party: Option<Arc<str>> = match caller(&policy, &request)? {
@@ -242,6 +247,7 @@ impl pb::directory_server::Directory for DirectoryService {
         &self,
         request: Request<pb::IntegrateRequest>,
     ) -> Result<Response<pb::IntegrateReply>, Status> {
+        let _slot = self.hub.open_stream(&request)?;
         let policy = self.hub.policy();
         let me = institution(&policy, &request)?.clone();
         let request = request.into_inner();
@@ -276,6 +282,7 @@ impl pb::directory_server::Directory for DirectoryService {
         &self,
         request: Request<pb::RemoveRequest>,
     ) -> Result<Response<pb::RemoveReply>, Status> {
+        let _slot = self.hub.open_stream(&request)?;
         let policy = self.hub.policy();
         let me = institution(&policy, &request)?.clone();
         let request = request.into_inner();
@@ -300,6 +307,7 @@ impl pb::directory_server::Directory for DirectoryService {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListReply>, Status> {
+        let _slot = self.hub.open_stream(&request)?;
         let policy = self.hub.policy();
         let me = institution(&policy, &request)?.clone();
         let request = request.into_inner();

@@ -1,0 +1,544 @@
+//! The hostile-input table: every way in that should be closed, each expecting its specific
+//! status, and nothing delivered. The table and its results are in docs/SECURITY.md.
+
+mod common;
+
+use std::time::Duration;
+
+use bcss_domain::Niss;
+use bcss_gateway::pki::Pki;
+use bcss_proto::hub::v1::admin_client::AdminClient;
+use bcss_proto::hub::v1::{
+    IntegrateRequest, ReloadPolicyReply, ReloadPolicyRequest, SubmitReply, TrackRequest,
+};
+use common::{Harness, a052_envelope, fresh_niss, integrate, raw_call, submit};
+use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint};
+use rcgen::{CertificateParams, Issuer, KeyPair};
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+const SUBMIT: &str = "/bcss.hub.v1.Gateway/Submit";
+
+/// An A052 envelope for `niss` addressed to cpas-liege, encoded.
+fn valid_envelope(id: &str, niss: Niss) -> Vec<u8> {
+    let mut envelope = a052_envelope(id, niss, 1);
+    envelope.addressee = Some("cpas-liege".into());
+    envelope.encode_to_vec()
+}
+
+fn field_key(field: u32, wire_type: WireType) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_key(field, wire_type, &mut out);
+    out
+}
+
+/// `depth` length-delimited fields, each the only content of the one around it.
+fn nested(field: u32, depth: usize) -> Vec<u8> {
+    let mut inner = Vec::new();
+    for _ in 0..depth {
+        let mut outer = field_key(field, WireType::LengthDelimited);
+        encode_varint(inner.len() as u64, &mut outer);
+        outer.extend_from_slice(&inner);
+        inner = outer;
+    }
+    inner
+}
+
+fn with_a052_payload(id: &str, niss: Niss, payload: &[u8]) -> Vec<u8> {
+    let mut envelope = a052_envelope(id, niss, 1);
+    envelope.addressee = Some("cpas-liege".into());
+    envelope.payload = None;
+    let mut bytes = envelope.encode_to_vec();
+    bytes.extend(field_key(10, WireType::LengthDelimited));
+    encode_varint(payload.len() as u64, &mut bytes);
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+#[tokio::test]
+async fn hostile_messages_get_their_specific_status_and_deliver_nothing() {
+    let h = Harness::start(&[]).await;
+    let niss = fresh_niss(40);
+    integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
+    // A first message, whose id a later row reuses with another payload.
+    let first = raw_call::<SubmitReply>(
+        h.channel("solidaris").await,
+        SUBMIT,
+        valid_envelope("dup-1", niss),
+    )
+    .await
+    .expect("a valid message is accepted");
+    assert_eq!(first.recipients.len(), 1);
+    let delivered_before = h.received();
+    assert_eq!(delivered_before, 1);
+
+    let valid = valid_envelope("hostile", niss);
+    let mut wrong_wire_type = field_key(1, WireType::Varint);
+    encode_varint(5, &mut wrong_wire_type);
+    wrong_wire_type.extend_from_slice(&valid);
+    let mut past_the_end = valid.clone();
+    past_the_end.extend(field_key(7, WireType::LengthDelimited));
+    encode_varint(1000, &mut past_the_end);
+    past_the_end.extend_from_slice(b"short");
+    let mut nested_groups = valid.clone();
+    for _ in 0..10_000 {
+        nested_groups.extend(field_key(20, WireType::StartGroup));
+    }
+    // cpas-liege may not send A052s; solidaris may. The message claims to be solidaris's.
+    let mut spoofed = {
+        let mut envelope = a052_envelope("spoofed", niss, 2);
+        envelope.addressee = Some("cpas-liege".into());
+        envelope.encode_to_vec()
+    };
+    // A field no contract defines, naming another institution as the sender.
+    spoofed.extend(field_key(15, WireType::LengthDelimited));
+    encode_varint(9, &mut spoofed);
+    spoofed.extend_from_slice(b"solidaris");
+    let unreachable = {
+        let mut envelope = a052_envelope("unreachable", niss, 4);
+        envelope.addressee = Some("onva-inspection".into());
+        envelope.encode_to_vec()
+    };
+    let duplicate = {
+        let mut envelope = a052_envelope("dup-1", niss, 99);
+        envelope.addressee = Some("cpas-liege".into());
+        envelope.encode_to_vec()
+    };
+
+    // (case, sender, body, expected status, words the message must contain)
+    let cases: Vec<(&str, &str, Vec<u8>, Code, &str)> = vec![
+        (
+            "truncated protobuf",
+            "solidaris",
+            valid[..valid.len() / 2].to_vec(),
+            Code::InvalidArgument,
+            "not a well-formed protobuf",
+        ),
+        (
+            "wrong wire type for a field",
+            "solidaris",
+            wrong_wire_type,
+            Code::InvalidArgument,
+            "wire type",
+        ),
+        (
+            "length prefix past the end",
+            "solidaris",
+            past_the_end,
+            Code::InvalidArgument,
+            "not a well-formed protobuf",
+        ),
+        (
+            "10,000 nested groups in the envelope",
+            "solidaris",
+            nested_groups,
+            Code::InvalidArgument,
+            "not a well-formed protobuf",
+        ),
+        (
+            "10,000 nested messages in the payload",
+            "solidaris",
+            with_a052_payload("deep", niss, &nested(5, 10_000)),
+            Code::InvalidArgument,
+            "the A052 payload",
+        ),
+        (
+            "garbage payload",
+            "solidaris",
+            with_a052_payload("garbage", niss, &[0xff; 64]),
+            Code::InvalidArgument,
+            "A052 payload is not a well-formed message",
+        ),
+        (
+            "sender spoofed in the message",
+            "cpas-liege",
+            spoofed,
+            Code::PermissionDenied,
+            "\"cpas-liege\" may not send flow A052",
+        ),
+        (
+            "addressee the sender may not reach",
+            "solidaris",
+            unreachable,
+            Code::PermissionDenied,
+            "may not send flow A052 to \"onva-inspection\"",
+        ),
+        (
+            "duplicate message id, different payload",
+            "solidaris",
+            duplicate,
+            Code::AlreadyExists,
+            "already used for a different message",
+        ),
+        (
+            "a 100 MB body",
+            "solidaris",
+            with_a052_payload("huge", niss, &vec![0u8; 100 * 1024 * 1024]),
+            Code::ResourceExhausted,
+            "limits.max_message_bytes = 1048576",
+        ),
+    ];
+    for (case, sender, body, code, words) in cases {
+        let status = raw_call::<SubmitReply>(h.channel(sender).await, SUBMIT, body)
+            .await
+            .expect_err(case);
+        assert_eq!(status.code(), code, "{case}: {status:?}");
+        assert!(
+            status.message().contains(words),
+            "{case}: \"{}\" does not say \"{words}\"",
+            status.message()
+        );
+        assert!(
+            !status.message().contains(&niss.digits()),
+            "{case}: the error names the person"
+        );
+    }
+    // The hub is still up and nothing more was delivered.
+    let again = raw_call::<SubmitReply>(
+        h.channel("solidaris").await,
+        SUBMIT,
+        valid_envelope("after", niss),
+    )
+    .await
+    .expect("the hub still serves");
+    assert_eq!(again.recipients[0].decision, 2, "delivered");
+    assert_eq!(h.received(), delivered_before + 1);
+}
+
+/// A channel to the hub with the given client identity (or none), trusting `ca`.
+async fn channel_with(
+    h: &Harness,
+    ca: &str,
+    identity: Option<(String, String)>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name(h.hub_name.clone());
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Endpoint::from_shared(format!("https://{}", h.address))
+        .unwrap()
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+}
+
+/// A certificate for `dns_name` signed by the network CA, valid from/until `days` from now.
+fn issued_by_network_ca(pki: &Pki, dns_name: &str, from: i64, until: i64) -> (String, String) {
+    let ca_key = std::fs::read_to_string(pki.dir().join("ca.key")).unwrap();
+    let issuer =
+        Issuer::from_ca_cert_pem(&pki.ca_cert().unwrap(), KeyPair::from_pem(&ca_key).unwrap())
+            .unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec![dns_name.to_owned()]).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now + time::Duration::days(from);
+    params.not_after = now + time::Duration::days(until);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// A call that failed because the TLS handshake did: a transport error carrying a TLS alert.
+fn is_tls_refusal(status: &tonic::Status) -> bool {
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(status);
+    while let Some(error) = source {
+        let text = error.to_string();
+        if text.contains("alert") || text.contains("certificate") {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+#[tokio::test]
+async fn only_certificates_of_the_network_ca_naming_a_party_get_in() {
+    let h = Harness::start(&[]).await;
+    let niss = fresh_niss(41);
+    integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
+    let ca = h.pki.ca_cert().unwrap();
+    let foreign_dir = tempfile::tempdir().unwrap();
+    let foreign = Pki::new(foreign_dir.path());
+    foreign
+        .ensure(
+            &["hub.bcss.test".into()],
+            &[(
+                "solidaris".into(),
+                "solidaris.institutions.bcss.test".into(),
+            )],
+        )
+        .unwrap();
+    let foreign_pair = foreign.party("solidaris").unwrap();
+    // Refused by TLS: the handshake fails (an alert), so no call is ever carried; the client
+    // sees a connection error or a transport error, never an answer.
+    type PemPair = (String, String);
+    let cases: Vec<(&str, Option<PemPair>, Option<Code>)> = vec![
+        (
+            "a certificate from another CA",
+            Some((foreign_pair.cert, foreign_pair.key)),
+            None,
+        ),
+        (
+            "an expired certificate",
+            Some(issued_by_network_ca(
+                &h.pki,
+                "solidaris.institutions.bcss.test",
+                -30,
+                -1,
+            )),
+            None,
+        ),
+        ("no certificate", None, None),
+        (
+            "a network certificate naming no institution",
+            Some(issued_by_network_ca(&h.pki, "stranger.bcss.test", -1, 30)),
+            Some(Code::Unauthenticated),
+        ),
+    ];
+    for (case, identity, expected) in cases {
+        let outcome = match channel_with(&h, &ca, identity).await {
+            Err(_) => None,
+            Ok(channel) => {
+                match raw_call::<SubmitReply>(channel, SUBMIT, valid_envelope(case, niss)).await {
+                    Ok(_) => panic!("{case}: accepted"),
+                    Err(status) if is_tls_refusal(&status) => None,
+                    Err(status) => Some(status.code()),
+                }
+            }
+        };
+        assert_eq!(outcome, expected, "{case}");
+    }
+    assert_eq!(h.received(), 0, "nothing was delivered");
+}
+
+#[tokio::test]
+async fn operations_need_the_role_and_institutions_keep_to_their_own() {
+    let h = Harness::start(&[]).await;
+    let niss = fresh_niss(42);
+    integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
+    let mut envelope = a052_envelope("roles-1", niss, 1);
+    envelope.addressee = Some("cpas-liege".into());
+    let ticket = submit(&h, "solidaris", envelope).await.unwrap().ticket;
+    let track = |party: &'static str| {
+        let ticket = ticket.clone();
+        let h = &h;
+        async move {
+            h.gateway(party)
+                .await
+                .track(TrackRequest { ticket })
+                .await
+                .map(|_| ())
+        }
+    };
+    let reload = |party: &'static str| {
+        let h = &h;
+        async move {
+            AdminClient::new(h.channel(party).await)
+                .reload_policy(ReloadPolicyRequest {})
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let cases: Vec<(&str, Result<(), tonic::Status>, Code)> = vec![
+        (
+            "an institution reloads the policy",
+            reload("cpas-liege").await.map(|_| ()),
+            Code::PermissionDenied,
+        ),
+        (
+            "an auditor reloads the policy",
+            reload("security-adviser").await.map(|_| ()),
+            Code::PermissionDenied,
+        ),
+        (
+            "an operator reloads the policy",
+            reload("hub-operations").await.map(|_| ()),
+            Code::Ok,
+        ),
+        (
+            "an operator submits a message",
+            submit(&h, "hub-operations", a052_envelope("roles-2", niss, 2))
+                .await
+                .map(|_| ()),
+            Code::PermissionDenied,
+        ),
+        (
+            "an operator declares an integration",
+            h.directory("hub-operations")
+                .await
+                .integrate(IntegrateRequest {
+                    niss: niss.digits(),
+                    quality_code: 1,
+                    period: None,
+                })
+                .await
+                .map(|_| ()),
+            Code::PermissionDenied,
+        ),
+        (
+            "an operator without the auditor role tracks an exchange",
+            track("hub-operations").await,
+            Code::PermissionDenied,
+        ),
+        (
+            "an auditor tracks anyone's exchange",
+            track("security-adviser").await,
+            Code::Ok,
+        ),
+        (
+            "the recipient tracks its exchange",
+            track("cpas-liege").await,
+            Code::Ok,
+        ),
+        (
+            "an institution tracks an exchange it had no part in",
+            track("onss").await,
+            Code::NotFound,
+        ),
+    ];
+    for (case, result, code) in cases {
+        let got = result.err().map_or(Code::Ok, |s| s.code());
+        assert_eq!(got, code, "{case}");
+    }
+    assert_eq!(h.received(), 1, "only the one message was delivered");
+}
+
+const HUB_TOML_LIMITS: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+[files]
+institutions = "institutions.toml"
+quality_codes = "quality_codes.toml"
+deliberations = "deliberations"
+directory = "directory.csv"
+[tls]
+pki = "pki"
+hub_name = "hub.bcss.test"
+[delivery]
+timeout_ms = 5000
+[limits]
+max_message_bytes = 1048576
+max_fan_out = 2
+max_concurrent_streams = 64
+rate_per_second = 500
+rate_burst = 1000
+"#;
+
+#[tokio::test]
+async fn a_broadcast_over_the_fan_out_limit_is_refused_whole() {
+    let h = Harness::start(&[("hub.toml", HUB_TOML_LIMITS)]).await;
+    let niss = fresh_niss(43);
+    for cpas in ["cpas-liege", "cpas-ghent", "cpas-mons"] {
+        integrate(&h, cpas, niss, 1, "2024-01-01", "").await;
+    }
+    let status = submit(&h, "solidaris", a052_envelope("wide", niss, 1))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("limits.max_fan_out = 2"),
+        "{status:?}"
+    );
+    assert_eq!(h.received(), 0);
+    // Addressed one by one, the same person's message goes through.
+    let mut envelope = a052_envelope("narrow", niss, 1);
+    envelope.addressee = Some("cpas-mons".into());
+    submit(&h, "solidaris", envelope).await.unwrap();
+    assert_eq!(h.received(), 1);
+}
+
+#[tokio::test]
+async fn ten_thousand_concurrent_calls_from_one_client_are_answered_and_rate_limited() {
+    let h = Harness::start(&[("hub.toml", HUB_TOML_LIMITS)]).await;
+    let niss = fresh_niss(44);
+    integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
+    let channel = h.channel("solidaris").await;
+    // One call first, so that the client has the hub's HTTP/2 settings before the flood.
+    raw_call::<SubmitReply>(channel.clone(), SUBMIT, valid_envelope("warm-up", niss))
+        .await
+        .unwrap();
+    let calls = (0..10_000).map(|i| {
+        let channel = channel.clone();
+        let body = valid_envelope(&format!("flood-{i}"), niss);
+        tokio::spawn(async move { raw_call::<SubmitReply>(channel, SUBMIT, body).await })
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let mut accepted = 0;
+    let mut limited = 0;
+    let mut over_streams = 0;
+    for result in results {
+        match result.expect("no call panicked") {
+            Ok(reply) => {
+                assert_eq!(reply.recipients[0].decision, 2, "delivered");
+                accepted += 1;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                if status.message().contains("limits.rate_per_second = 500") {
+                    assert!(status.metadata().get("grpc-retry-pushback-ms").is_some());
+                    limited += 1;
+                } else {
+                    assert!(
+                        status
+                            .message()
+                            .contains("limits.max_concurrent_streams = 64"),
+                        "{status:?}"
+                    );
+                    over_streams += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(
+        accepted + limited + over_streams,
+        10_000,
+        "every call was answered"
+    );
+    assert!(
+        accepted > 0 && limited + over_streams > 0,
+        "limits were enforced: {accepted} accepted, {limited} over the rate, {over_streams} over the streams"
+    );
+    assert_eq!(
+        h.received(),
+        accepted + 1,
+        "exactly the accepted ones were delivered"
+    );
+    // Once the allowance refills, the same client is served again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    raw_call::<SubmitReply>(channel, SUBMIT, valid_envelope("after-flood", niss))
+        .await
+        .expect("served again");
+}
+
+#[tokio::test]
+async fn an_invalid_policy_reload_is_refused_and_the_running_policy_stays() {
+    let shipped = std::fs::read_to_string(common::shipped_config().join("hub.toml")).unwrap();
+    let h = Harness::start(&[("hub.toml", &shipped)]).await;
+    let mut admin = AdminClient::new(h.channel("hub-operations").await);
+    std::fs::write(
+        h.config_dir.join("deliberations/zz-broken.toml"),
+        "id = \"99/999\"\ntitle = \"missing everything else\"\n",
+    )
+    .unwrap();
+    let status = admin
+        .reload_policy(ReloadPolicyRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("zz-broken.toml"), "{status:?}");
+    assert_eq!(h.hub.generation(), 1, "the running policy stays");
+    std::fs::remove_file(h.config_dir.join("deliberations/zz-broken.toml")).unwrap();
+    let reply: ReloadPolicyReply = admin
+        .reload_policy(ReloadPolicyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.generation, 2);
+    assert_eq!(
+        reply.deliberations as usize,
+        h.hub.policy().deliberations().len()
+    );
+}
