@@ -11,8 +11,8 @@
 //! checked: a payload that `scan` accepts is one every grant's filter accepts, and what the
 //! filter outputs for it (and what `explain` would deliver) is again a payload `scan` accepts.
 //!
-//! One more property, `#[ignore]`d while it fails: a payload the hub accepts decodes as the
-//! flow's generated message type, as recipients decode it.
+//! And a payload the hub accepts decodes as the flow's generated message type, as recipients
+//! decode it (this found `scan` letting invalid UTF-8 through in string fields).
 
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
@@ -538,13 +538,10 @@ proptest! {
         exercise_envelope(&bytes, &sender(scenario.sender))?;
     }
 
-    /// Known to fail: `bcss_wire::scan` checks wire types, not the UTF-8 of `string` fields, so
-    /// the hub accepts (and forwards, when the field is granted) a payload that the recipients'
-    /// protobuf decoder refuses with `InvalidString`. Minimal case: the A052
-    /// `0a 0b 3535303432333032313834 12 01 80` (niss "55042302184", message_reference the
-    /// single byte 0x80), from "mc": explained with two recipients admitted.
+    /// Regression: `scan` once checked wire types but not the UTF-8 of `string` fields, so the
+    /// hub accepted payloads recipients' decoders refuse (`InvalidString`). Minimal case: the
+    /// A052 `0a 0b 3535303432333032313834 12 01 80` (message_reference the byte 0x80).
     #[test]
-    #[ignore = "bcss-wire scan accepts invalid UTF-8 in string fields"]
     fn accepted_payloads_decode_as_the_flow_message((which, payload) in hostile_case()) {
         let scenario = &SCENARIOS[which];
         let policy = HUB.policy();

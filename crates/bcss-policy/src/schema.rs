@@ -163,7 +163,8 @@ fn resolve(message: &MessageDescriptor, path: &str) -> Result<Vec<FieldDescripto
 /// The wire types a field's declared type allows.
 fn wire_types(field: &FieldDescriptor) -> WireTypes {
     let scalar = match field.kind() {
-        Kind::Message(_) | Kind::String | Kind::Bytes => return WireTypes::of(WireType::Len),
+        Kind::String => return WireTypes::string(),
+        Kind::Message(_) | Kind::Bytes => return WireTypes::of(WireType::Len),
         Kind::Double | Kind::Fixed64 | Kind::Sfixed64 => WireType::I64,
         Kind::Float | Kind::Fixed32 | Kind::Sfixed32 => WireType::I32,
         Kind::Int32

@@ -11,8 +11,8 @@
 //! result is re-encoded. prost-reflect encodes in field-number order, the order the generated
 //! payloads have, so the wire filter's output must equal it byte for byte.
 //!
-//! One more property, `#[ignore]`d while it fails: the same payloads re-encoded with overlong
-//! varints (valid protobuf that the hub accepts) must filter to the same message.
+//! The same payloads re-encoded with overlong varints (valid protobuf that the hub accepts) must
+//! filter to the same message (this found the filter copying over-long keys short).
 
 use std::path::Path;
 use std::sync::LazyLock;
@@ -588,12 +588,10 @@ fn check_non_canonical(
 proptest! {
     #![proptest_config(config())]
 
-    /// Known to fail: `bcss_wire::filter` copies a partially kept sub-message's key as if it
-    /// were canonically encoded (`varint::encoded_len` of the key), so an overlong key loses
-    /// its tail and the output is malformed. Minimal case (A052, 20/130): input
-    /// `aa 00 02 08 01` (risks = [{kind: 1}], key 5/LEN in two bytes) gives `aa 02 08 01`.
+    /// Regression: the filter once copied a partially kept sub-message's key as if it were
+    /// canonically encoded, so an overlong key lost its tail (A052, 20/130: `aa 00 02 08 01`
+    /// gave `aa 02 08 01`).
     #[test]
-    #[ignore = "bcss-wire filter bug: overlong keys of partially kept sub-messages"]
     fn non_canonical_encodings_filter_to_the_same_message(
         (flow, payload) in proptest::sample::select(Flow::ALL.to_vec())
             .prop_flat_map(|flow| (Just(flow), flow_payload(flow))),

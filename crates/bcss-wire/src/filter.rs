@@ -76,9 +76,10 @@ fn filter_node(
                 if let Some(start) = run.take() {
                     out.extend_from_slice(&input[start..field.start]);
                 }
-                let key_len = varint::encoded_len(u64::from(field.number) << 3 | 2);
+                // The key is written afresh: an input key may be validly over-long, so its
+                // length cannot be assumed.
                 let block_start = out.len();
-                out.extend_from_slice(&input[field.start..field.start + key_len]);
+                varint::encode(u64::from(field.number) << 3 | 2, out);
                 let len_at = out.len();
                 out.push(0);
                 let removed_before = stats.removed;

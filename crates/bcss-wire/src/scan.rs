@@ -7,7 +7,8 @@
 //! protobuf's merge semantics any of them could be the value a decoder ends up with, so the
 //! caller requires them all to match the envelope.
 
-use crate::tree::{FieldTree, NodeId, Slot, WireType};
+use crate::tree::{FieldTree, NodeId, Slot, WireType, WireTypes};
+use crate::varint;
 use crate::walk::{WireError, read_field};
 
 /// Validates `input` against `schema` and returns the values of the field at `niss_path`
@@ -45,6 +46,9 @@ fn scan_node<'a>(
                         found: field.wire_type as u8,
                     });
                 }
+                if field.wire_type == WireType::Len {
+                    check_value(accepted, field.number, &input[field.value_start..field.end])?;
+                }
                 if let Some((_, [])) = on_path {
                     found.push(&input[field.value_start..field.end]);
                 }
@@ -73,10 +77,39 @@ fn scan_node<'a>(
     Ok(())
 }
 
+/// A `Len` value of a kept field: a string must be UTF-8, packed scalars must be whole.
+fn check_value(accepted: WireTypes, field: u32, value: &[u8]) -> Result<(), WireError> {
+    if accepted.is_string() {
+        return std::str::from_utf8(value)
+            .map(|_| ())
+            .map_err(|_| WireError::InvalidUtf8 { field });
+    }
+    let whole = match accepted.packed_scalar() {
+        None => true,
+        Some(WireType::I64) => value.len() % 8 == 0,
+        Some(WireType::I32) => value.len() % 4 == 0,
+        Some(_) => {
+            let mut pos = 0;
+            while pos < value.len() {
+                match varint::decode(&value[pos..]) {
+                    Ok((_, used)) => pos += used,
+                    Err(_) => return Err(WireError::BadPacked { field }),
+                }
+            }
+            true
+        }
+    };
+    if whole {
+        Ok(())
+    } else {
+        Err(WireError::BadPacked { field })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::{FieldTreeBuilder, WireTypes};
+    use crate::tree::FieldTreeBuilder;
 
     fn schema() -> FieldTree {
         // Root { 1: Declaration { 1: Person { 1: niss string, 2: age varint } } , 2: note string }

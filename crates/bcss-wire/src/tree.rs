@@ -14,13 +14,21 @@ pub enum WireType {
     I32 = 5,
 }
 
-/// A set of wire types, as a bit mask.
+/// A set of wire types, as a bit mask, and whether a `Len` value is a UTF-8 string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WireTypes(u8);
+
+/// Marks a `string` field: its bytes must be UTF-8 (protobuf decoders refuse them otherwise).
+const UTF8: u8 = 1 << 7;
+const SCALARS: [WireType; 3] = [WireType::Varint, WireType::I64, WireType::I32];
 
 impl WireTypes {
     pub const fn of(wire_type: WireType) -> WireTypes {
         WireTypes(1 << wire_type as u8)
+    }
+    /// A `string` field: `Len`, holding UTF-8.
+    pub const fn string() -> WireTypes {
+        WireTypes(1 << WireType::Len as u8 | UTF8)
     }
     /// `Len` plus `wire_type`: a repeated scalar, packed or not.
     pub const fn packable(wire_type: WireType) -> WireTypes {
@@ -29,6 +37,19 @@ impl WireTypes {
     #[inline]
     pub fn contains(self, wire_type: WireType) -> bool {
         self.0 & (1 << wire_type as u8) != 0
+    }
+    /// True for a `string` field.
+    #[inline]
+    pub fn is_string(self) -> bool {
+        self.0 & UTF8 != 0
+    }
+    /// For a repeated scalar, the scalar's wire type (a `Len` value is then packed scalars).
+    #[inline]
+    pub fn packed_scalar(self) -> Option<WireType> {
+        if !self.contains(WireType::Len) {
+            return None;
+        }
+        SCALARS.into_iter().find(|scalar| self.contains(*scalar))
     }
 }
 

@@ -21,6 +21,10 @@ pub enum WireError {
     LengthPastEnd,
     #[error("field {field} has wire type {found}, which its type does not allow")]
     WrongWireType { field: u32, found: u8 },
+    #[error("field {field} is a string but its bytes are not UTF-8")]
+    InvalidUtf8 { field: u32 },
+    #[error("field {field} holds packed values that do not divide into whole values")]
+    BadPacked { field: u32 },
 }
 
 /// One field as it sits in a buffer.
