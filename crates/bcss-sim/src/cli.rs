@@ -79,6 +79,26 @@ fn init_logs(default: &str) {
         .try_init();
 }
 
+/// SIGHUP reloads the policy, as `Admin.ReloadPolicy` does; a refused reload is logged and the
+/// running policy stays.
+fn reload_on_sighup(hub: std::sync::Arc<bcss_gateway::Hub>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!(message = "SIGHUP cannot be watched; reload with Admin.ReloadPolicy.");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            if let Err(error) = hub.reload().await {
+                tracing::warn!(message = "Policy reload refused; the running policy stays.", %error);
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = hub;
+}
+
 /// Runs the command line; the binary's `main` only calls this.
 pub async fn main() -> Result<(), Error> {
     let cli = Cli::parse();
@@ -88,6 +108,7 @@ pub async fn main() -> Result<(), Error> {
             let assembled = startup::assemble(&config, |_| {})?;
             let listener = tokio::net::TcpListener::bind(assembled.settings.server.listen).await?;
             tracing::info!(message = "Hub listening.", address = %listener.local_addr()?);
+            reload_on_sighup(assembled.hub.clone());
             bcss_gateway::server::run(assembled.hub, listener, assembled.options, async {
                 let _ = tokio::signal::ctrl_c().await;
             })
