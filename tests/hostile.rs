@@ -472,7 +472,9 @@ async fn ten_thousand_concurrent_calls_from_one_client_are_answered_and_rate_lim
     for result in results {
         match result.expect("no call panicked") {
             Ok(reply) => {
-                assert_eq!(reply.recipients[0].decision, 2, "delivered");
+                // Recorded; delivered already, or on its way (one person's deliveries go one
+                // at a time, in order).
+                assert!([1, 2].contains(&reply.recipients[0].decision), "{reply:?}");
                 accepted += 1;
             }
             Err(status) => {
@@ -501,6 +503,7 @@ async fn ten_thousand_concurrent_calls_from_one_client_are_answered_and_rate_lim
         accepted > 0 && limited + over_streams > 0,
         "limits were enforced: {accepted} accepted, {limited} over the rate, {over_streams} over the streams"
     );
+    common::eventually(Duration::from_secs(60), || h.received() > accepted).await;
     assert_eq!(
         h.received(),
         accepted + 1,

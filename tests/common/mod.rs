@@ -62,6 +62,7 @@ impl Harness {
         let mut settings = Settings::load(&config_dir.join("hub.toml")).unwrap();
         settings.tls.pki = pki_dir.path().to_owned();
         settings.logs.person_key = pki_dir.path().join("person-log.key");
+        settings.storage.data = pki_dir.path().join("data");
         dirs.push(pki_dir);
         let policy = Policy::load(&settings).unwrap();
         let pki = startup::ensure_pki(&settings, &policy).unwrap();
@@ -254,5 +255,17 @@ impl<R: prost::Message + Default> tonic::codec::Decoder for ReplyDecoder<R> {
         R::decode(buf)
             .map(Some)
             .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+/// Waits until `condition` holds, polling, for at most `limit`; panics if it never does.
+pub async fn eventually(limit: std::time::Duration, condition: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !condition() {
+        assert!(
+            start.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

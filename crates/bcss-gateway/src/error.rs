@@ -71,6 +71,15 @@ pub enum InputError {
     )]
     TooManyStreams { limit: usize },
     #[error(
+        "the hub holds delivery.max_pending = {limit} deliveries not yet made: nothing was \
+         accepted; retry in {retry_after_ms} ms"
+    )]
+    OutboxFull { limit: usize, retry_after_ms: u64 },
+    #[error(
+        "the hub cannot record messages right now (its data folder refuses writes): nothing was accepted; retry later"
+    )]
+    StoreUnavailable,
+    #[error(
         "institution \"{institution}\" is over limits.rate_per_second = {rate} messages per second \
          (burst {burst}): retry in {retry_after_ms} ms"
     )]
@@ -92,7 +101,9 @@ impl InputError {
             InputError::DuplicateMessageId(_) => Code::AlreadyExists,
             InputError::FanOutLimit { .. }
             | InputError::RateLimited { .. }
-            | InputError::TooManyStreams { .. } => Code::ResourceExhausted,
+            | InputError::TooManyStreams { .. }
+            | InputError::OutboxFull { .. } => Code::ResourceExhausted,
+            InputError::StoreUnavailable => Code::Unavailable,
             _ => Code::InvalidArgument,
         }
     }
@@ -101,7 +112,9 @@ impl InputError {
 impl From<InputError> for Status {
     fn from(error: InputError) -> Status {
         let mut status = Status::new(error.code(), error.to_string());
-        if let InputError::RateLimited { retry_after_ms, .. } = error {
+        if let InputError::RateLimited { retry_after_ms, .. }
+        | InputError::OutboxFull { retry_after_ms, .. } = error
+        {
             // gRPC's retry pushback: a client library that honours it waits this long.
             if let Ok(value) = retry_after_ms.to_string().parse() {
                 status

@@ -1,8 +1,9 @@
 //! The hub's record of tickets: what was decided for each exchange, the chain of relays, and
 //! the sender's message ids (for idempotent resubmission).
 //!
-//! In memory for now; the durable outbox and journal take this role over (see ARCHITECTURE.md).
-//! It never holds a payload.
+//! The in-memory index of what the store (`bcss-store`) holds: every ticket is recorded there
+//! before `Submit` answers, and read back into this ledger when the hub starts. It never holds
+//! a payload.
 
 use std::sync::{Arc, Mutex};
 
@@ -14,11 +15,14 @@ use time::OffsetDateTime;
 /// What happened for one candidate recipient.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// Passed every check; delivery in progress (or, for Explain, would be delivered).
+    /// Passed every check; recorded and waiting for delivery (or, for Explain, would be).
     Accepted,
     Delivered,
     Refused(RefusalReason),
+    /// Recorded; the last attempt failed and the hub keeps retrying.
     DeliveryFailed,
+    /// Recorded; the hub gave up retrying (see `bcss-hub deadletters`).
+    DeadLetter,
 }
 
 /// The outcome for one candidate recipient of a ticket.
@@ -28,6 +32,8 @@ pub struct Outcome {
     pub deliberation: Option<Arc<str>>,
     pub decision: Decision,
     pub delivery_id: Option<String>,
+    /// The delivery's sequence number in the store, once recorded.
+    pub delivery_seq: Option<u64>,
     pub a_posteriori: bool,
     pub removed_fields: u32,
     pub attempts: u32,
@@ -94,6 +100,32 @@ pub struct Ledger {
 impl Ledger {
     pub fn get(&self, ticket: &str) -> Option<Arc<TicketRecord>> {
         self.tickets.get(ticket).map(|r| r.clone())
+    }
+
+    /// Takes back a record `insert` made, when it could not be stored after all.
+    pub fn forget(&self, record: &Arc<TicketRecord>) {
+        self.by_message
+            .remove_if(&(record.sender_index, record.message_id.clone()), |_, r| {
+                Arc::ptr_eq(r, record)
+            });
+        self.tickets
+            .remove_if(&record.ticket, |_, r| Arc::ptr_eq(r, record));
+        if let Some(parent) = record.relay_of.as_ref().and_then(|t| self.get(t)) {
+            parent
+                .relays
+                .lock()
+                .expect("relays lock")
+                .retain(|t| *t != record.ticket);
+        }
+    }
+
+    /// Number of tickets held.
+    pub fn len(&self) -> usize {
+        self.tickets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tickets.is_empty()
     }
 
     /// Records a new exchange unless the sender already used the message id.

@@ -9,6 +9,7 @@
 //! - [`ledger`]: tickets, outcomes, relay chains, message ids.
 //! - [`limits`]: fan-out and the per-institution rate.
 //! - [`privacy`]: the keyed hash that stands for a person in logs.
+//! - [`outbox`]: durable delivery: per-recipient workers, retries, circuit, dead letters.
 //! - [`delivery`]: calls to institutions' `Deliver`, over pooled, verified TLS connections.
 //! - [`pki`]: the development CA and certificates.
 //! - [`server`]: `run(hub, listener, options, shutdown)`.
@@ -19,6 +20,7 @@ pub mod error;
 pub mod identity;
 pub mod ledger;
 pub mod limits;
+pub mod outbox;
 pub mod pipeline;
 pub mod pki;
 pub mod privacy;

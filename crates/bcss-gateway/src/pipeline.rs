@@ -23,7 +23,10 @@ use crate::delivery::Deliverer;
 use crate::error::InputError;
 use crate::ledger::{Decision, Ledger, Outcome, Reservation, TicketRecord};
 use crate::limits::Limits;
+use crate::outbox::{Job, Outbox, RetryPolicy};
 use crate::privacy::PersonKey;
+use bcss_store::{Accepted, DeliveryRow, OutcomeRow, Recovered, Store, TicketRow};
+use prost::Message as _;
 
 /// A validated envelope.
 #[derive(Debug)]
@@ -69,6 +72,11 @@ pub struct HubParts {
     pub person_key: PersonKey,
     /// `None`: the policy cannot be reloaded (it was not read from files).
     pub policy_source: Option<PolicySource>,
+    /// `None`: deliveries are not durable (benchmarks of the rest of the path).
+    pub store: Option<Arc<Store>>,
+    /// What the store held at start.
+    pub recovered: Recovered,
+    pub retry: RetryPolicy,
 }
 
 impl std::fmt::Debug for HubParts {
@@ -98,34 +106,105 @@ pub enum ReloadError {
     Incompatible(String),
 }
 
-/// The hub: policy, directory, ledger and deliverer.
+/// The hub: policy, directory, ledger and outbox.
 #[derive(Debug)]
 pub struct Hub {
-    policy: ArcSwap<Policy>,
+    policy: Arc<ArcSwap<Policy>>,
     generation: AtomicU64,
     reload_lock: tokio::sync::Mutex<()>,
     directory: Arc<Directory>,
     ledger: Ledger,
-    deliverer: Deliverer,
+    outbox: Arc<Outbox>,
     parts: HubParts,
 }
 
 impl Hub {
+    /// Builds the hub and resumes what the store held: its tickets back in the ledger, its
+    /// pending deliveries back in the outbox. Needs a tokio runtime (it starts the workers).
     pub fn new(
         policy: Policy,
         directory: Arc<Directory>,
         deliverer: Deliverer,
-        parts: HubParts,
+        mut parts: HubParts,
     ) -> Hub {
-        Hub {
-            policy: ArcSwap::from_pointee(policy),
+        let policy = Arc::new(ArcSwap::from_pointee(policy));
+        let outbox = Arc::new(Outbox::new(
+            parts.store.clone(),
+            deliverer,
+            policy.clone(),
+            parts.retry.clone(),
+        ));
+        let hub = Hub {
+            policy,
             generation: AtomicU64::new(1),
             reload_lock: tokio::sync::Mutex::new(()),
             directory,
             ledger: Ledger::default(),
-            deliverer,
-            parts,
+            outbox,
+            parts: HubParts {
+                recovered: Recovered::default(),
+                ..std::mem::replace(
+                    &mut parts,
+                    HubParts {
+                        limits: Limits::unlimited(),
+                        person_key: PersonKey::new([0; 32]),
+                        policy_source: None,
+                        store: None,
+                        recovered: Recovered::default(),
+                        retry: RetryPolicy::from_settings(&Default::default()),
+                    },
+                )
+            },
+        };
+        hub.resume(parts.recovered);
+        hub
+    }
+
+    /// Puts what the store held back in the ledger and the outbox.
+    fn resume(&self, recovered: Recovered) {
+        let policy = self.policy();
+        let pending: std::collections::HashMap<u64, &DeliveryRow> =
+            recovered.pending.iter().map(|d| (d.seq, d)).collect();
+        let dead: std::collections::HashSet<u64> = recovered.dead.iter().copied().collect();
+        let mut records = std::collections::HashMap::new();
+        for row in recovered.tickets {
+            match restore_record(&policy, row, &pending, &dead) {
+                Some(record) => {
+                    let (_, record) = self.ledger.insert(record);
+                    records.insert(record.ticket.clone(), record);
+                }
+                None => tracing::warn!(message = "A stored ticket could not be read back."),
+            }
         }
+        let resumed = recovered.pending.len();
+        if resumed > 0 {
+            self.outbox.reserve_unchecked(resumed);
+        }
+        for row in recovered.pending {
+            let record = records.get(row.ticket.as_str()).cloned();
+            self.outbox.enqueue(Job {
+                seq: row.seq,
+                recipient: row.recipient.as_str().into(),
+                niss: row.niss,
+                request: row.request,
+                attempts: row.attempts,
+                accepted_at_ms: row.accepted_at_ms,
+                next_attempt_ms: row.next_attempt_ms,
+                record,
+                notify: None,
+            });
+        }
+        if !records.is_empty() || resumed > 0 {
+            tracing::info!(
+                message = "Resumed from the store.",
+                tickets = records.len(),
+                pending_deliveries = resumed,
+            );
+        }
+    }
+
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
     }
 
     /// Re-reads the policy, validates it in full and swaps it in. Submissions in flight keep
@@ -189,8 +268,9 @@ impl Hub {
         &self.ledger
     }
 
-    /// Submits an envelope from `sender`: decides, records, delivers, and returns the ticket
-    /// record with every recipient's outcome.
+    /// Submits an envelope from `sender`: decides, records durably, hands the deliveries to
+    /// the outbox, and returns the ticket record with every recipient's outcome (waiting a
+    /// little for the first attempts, so that a quick recipient is reported delivered).
     pub async fn submit(
         &self,
         policy: &Policy,
@@ -222,16 +302,72 @@ impl Hub {
                 return Err(InputError::DuplicateMessageId(message.message_id));
             }
         };
+        let deliveries = self.deliveries(sender, &message, &record, plans);
+        if let Err(full) = self.outbox.reserve(deliveries.len()) {
+            self.ledger.forget(&record);
+            return Err(InputError::OutboxFull {
+                limit: full.limit,
+                retry_after_ms: 1000,
+            });
+        }
+        let rows: Vec<DeliveryRow> = deliveries.iter().map(|(_, row)| row.clone()).collect();
+        let seqs = match self.outbox.accept(ticket_row(&record), rows).await {
+            Ok(Accepted::New { seqs }) => seqs,
+            Ok(Accepted::Existing(row)) => {
+                // Recorded before the last start under the same message id.
+                self.outbox.release(deliveries.len());
+                self.ledger.forget(&record);
+                if row.fingerprint != record.fingerprint {
+                    return Err(InputError::DuplicateMessageId(message.message_id));
+                }
+                let empty = Default::default();
+                return restore_record(policy, row, &empty, &Default::default())
+                    .map(|r| self.ledger.insert(r).1)
+                    .ok_or(InputError::StoreUnavailable);
+            }
+            Err(error) => {
+                tracing::error!(message = "Submission not recorded: the store refused it.", ticket = %record.ticket, %error);
+                self.outbox.release(deliveries.len());
+                self.ledger.forget(&record);
+                return Err(InputError::StoreUnavailable);
+            }
+        };
         tracing::info!(
             message = "Message accepted.",
             ticket = %record.ticket,
             sender = %sender.id,
             flow = %message.flow,
             person = %self.parts.person_key.person(message.niss),
-            recipients = plans.iter().filter(|p| p.result.is_ok()).count(),
-            refused = plans.iter().filter(|p| p.result.is_err()).count(),
+            recipients = deliveries.len(),
+            refused = record.outcomes().len() - deliveries.len(),
         );
-        self.deliver(policy, sender, &message, &record, plans).await;
+        let mut first_attempts = Vec::with_capacity(deliveries.len());
+        {
+            let mut outcomes = record.outcomes.lock().expect("outcomes lock");
+            for ((slot, _), seq) in deliveries.iter().zip(&seqs) {
+                outcomes[*slot].delivery_seq = Some(*seq);
+            }
+        }
+        for ((_, row), seq) in deliveries.into_iter().zip(seqs) {
+            let (notify, done) = tokio::sync::oneshot::channel();
+            first_attempts.push(done);
+            self.outbox.enqueue(Job {
+                seq,
+                recipient: row.recipient.as_str().into(),
+                niss: row.niss,
+                request: row.request,
+                attempts: 0,
+                accepted_at_ms: row.accepted_at_ms,
+                next_attempt_ms: 0,
+                record: Some(record.clone()),
+                notify: Some(notify),
+            });
+        }
+        let wait = self.outbox.retry_policy().reply_wait;
+        if !wait.is_zero() && !first_attempts.is_empty() {
+            let _ =
+                tokio::time::timeout(wait, futures_util::future::join_all(first_attempts)).await;
+        }
         Ok(record)
     }
 
@@ -462,58 +598,163 @@ impl Hub {
         candidates
     }
 
-    /// Step 5: deliver to every admitted recipient, concurrently, and record the outcomes.
-    async fn deliver(
+    /// Step 5: the delivery of every admitted recipient, encoded once, with its outcome slot.
+    fn deliveries(
         &self,
-        policy: &Policy,
         sender: &Institution,
         message: &Validated,
         record: &TicketRecord,
         plans: Vec<Planned>,
-    ) {
-        let deliveries = plans.into_iter().enumerate().filter_map(|(slot, plan)| {
-            let admitted = plan.result.ok()?;
-            let recipient = policy.institution(plan.institution).clone();
-            let delivery = DeliveryView {
-                delivery_id: delivery_id(&record.ticket, &recipient.id),
-                ticket: record.ticket.to_string(),
-                relay_of: record.relay_of.as_deref().unwrap_or_default().to_owned(),
-                deliberation: admitted.deliberation.to_string(),
-                sender: sender.id.to_string(),
-                flow: message_flow_number(message.flow),
-                niss: message.niss.digits(),
-                period: Some(message.wire_period.clone()),
-                contact_file: message.contact_file.clone(),
-                payload: Some(match message.flow {
-                    Flow::A052 => delivery_view::Payload::A052(admitted.payload),
-                    Flow::Dmfa => delivery_view::Payload::Dmfa(admitted.payload),
-                    Flow::Dimona => delivery_view::Payload::Dimona(admitted.payload),
-                }),
-                attempt: 1,
-            };
-            Some(async move {
-                (
+    ) -> Vec<(usize, DeliveryRow)> {
+        let accepted_at_ms = (record.accepted_at.unix_timestamp_nanos() / 1_000_000) as i64;
+        plans
+            .into_iter()
+            .enumerate()
+            .filter_map(|(slot, plan)| {
+                let admitted = plan.result.ok()?;
+                let delivery_id = delivery_id(&record.ticket, &plan.institution_id);
+                let view = DeliveryView {
+                    delivery_id: delivery_id.clone(),
+                    ticket: record.ticket.to_string(),
+                    relay_of: record.relay_of.as_deref().unwrap_or_default().to_owned(),
+                    deliberation: admitted.deliberation.to_string(),
+                    sender: sender.id.to_string(),
+                    flow: message_flow_number(message.flow),
+                    niss: message.niss.digits(),
+                    period: Some(message.wire_period.clone()),
+                    contact_file: message.contact_file.clone(),
+                    payload: Some(match message.flow {
+                        Flow::A052 => delivery_view::Payload::A052(admitted.payload),
+                        Flow::Dmfa => delivery_view::Payload::Dmfa(admitted.payload),
+                        Flow::Dimona => delivery_view::Payload::Dimona(admitted.payload),
+                    }),
+                    attempt: 1,
+                };
+                Some((
                     slot,
-                    recipient.id.clone(),
-                    self.deliverer.deliver(&recipient, delivery).await,
-                )
+                    DeliveryRow {
+                        delivery_id,
+                        ticket: record.ticket.to_string(),
+                        recipient: plan.institution_id.to_string(),
+                        niss: message.niss.as_u64(),
+                        accepted_at_ms,
+                        request: Bytes::from(view.encode_to_vec()),
+                        ..Default::default()
+                    },
+                ))
             })
-        });
-        let results = futures_util::future::join_all(deliveries).await;
-        let mut outcomes = record.outcomes.lock().expect("outcomes lock");
-        for (slot, recipient, result) in results {
-            let outcome = &mut outcomes[slot];
-            outcome.attempts += 1;
-            match result {
-                Ok(_) => outcome.decision = Decision::Delivered,
-                Err(error) => {
-                    tracing::warn!(message = "Delivery failed.", ticket = %record.ticket, recipient = %recipient, %error);
-                    outcome.decision = Decision::DeliveryFailed;
-                    outcome.last_error = Some(error);
-                }
-            }
-        }
+            .collect()
     }
+}
+
+/// The stored form of a ticket.
+fn ticket_row(record: &TicketRecord) -> TicketRow {
+    TicketRow {
+        ticket: record.ticket.to_string(),
+        sender: record.sender.to_string(),
+        message_id: record.message_id.clone(),
+        flow: message_flow_number(record.flow) as u32,
+        niss: record.niss.as_u64(),
+        relay_of: record.relay_of.as_deref().map(str::to_owned),
+        contact_file: record.contact_file.clone(),
+        accepted_at_ms: (record.accepted_at.unix_timestamp_nanos() / 1_000_000) as i64,
+        fingerprint: record.fingerprint,
+        outcomes: record
+            .outcomes()
+            .iter()
+            .map(|o| OutcomeRow {
+                institution: o.institution.to_string(),
+                deliberation: o.deliberation.as_deref().map(str::to_owned),
+                refusal: match o.decision {
+                    Decision::Refused(reason) => refusal_number(reason),
+                    _ => 0,
+                },
+                delivery_seq: 0,
+                a_posteriori: o.a_posteriori,
+                removed_fields: o.removed_fields,
+            })
+            .collect(),
+    }
+}
+
+/// A ticket read back from the store.
+fn restore_record(
+    policy: &Policy,
+    row: TicketRow,
+    pending: &std::collections::HashMap<u64, &DeliveryRow>,
+    dead: &std::collections::HashSet<u64>,
+) -> Option<TicketRecord> {
+    let flow = match row.flow {
+        1 => Flow::A052,
+        2 => Flow::Dmfa,
+        3 => Flow::Dimona,
+        _ => return None,
+    };
+    let niss = Niss::from_number(row.niss).ok()?;
+    let sender_index = policy
+        .institution_by_id(&row.sender)
+        .map_or(InstitutionIndex(u16::MAX), |i| i.index);
+    let outcomes = row
+        .outcomes
+        .iter()
+        .map(|o| {
+            let seq = (o.refusal == 0).then_some(o.delivery_seq);
+            let (decision, attempts, last_error) = match seq {
+                None => (Decision::Refused(refusal_from_number(o.refusal)?), 0, None),
+                Some(seq) if dead.contains(&seq) => (Decision::DeadLetter, 0, None),
+                Some(seq) => match pending.get(&seq) {
+                    Some(d) if d.attempts > 0 => (
+                        Decision::DeliveryFailed,
+                        d.attempts,
+                        Some(d.last_error.clone()),
+                    ),
+                    Some(_) => (Decision::Accepted, 0, None),
+                    None => (Decision::Delivered, 1, None),
+                },
+            };
+            Some(Outcome {
+                institution: o.institution.as_str().into(),
+                deliberation: o.deliberation.as_deref().map(Into::into),
+                decision,
+                delivery_id: seq.map(|_| delivery_id(&row.ticket, &o.institution)),
+                delivery_seq: seq,
+                a_posteriori: o.a_posteriori,
+                removed_fields: o.removed_fields,
+                attempts,
+                last_error,
+            })
+        })
+        .collect::<Option<Vec<Outcome>>>()?;
+    Some(TicketRecord {
+        ticket: row.ticket.as_str().into(),
+        sender: row.sender.as_str().into(),
+        sender_index,
+        message_id: row.message_id,
+        flow,
+        niss,
+        relay_of: row.relay_of.map(Into::into),
+        contact_file: row.contact_file,
+        accepted_at: OffsetDateTime::from_unix_timestamp_nanos(
+            i128::from(row.accepted_at_ms) * 1_000_000,
+        )
+        .ok()?,
+        fingerprint: row.fingerprint,
+        outcomes: Mutex::new(outcomes),
+        relays: Mutex::new(Vec::new()),
+    })
+}
+
+fn refusal_number(reason: RefusalReason) -> u32 {
+    RefusalReason::ALL
+        .iter()
+        .position(|r| *r == reason)
+        .map_or(0, |i| i as u32 + 1)
+}
+
+fn refusal_from_number(number: u32) -> Option<RefusalReason> {
+    RefusalReason::ALL
+        .get((number as usize).checked_sub(1)?)
+        .copied()
 }
 
 fn initial_outcome(plan: &Planned, ticket: &str) -> Outcome {
@@ -523,6 +764,7 @@ fn initial_outcome(plan: &Planned, ticket: &str) -> Outcome {
             deliberation: Some(admitted.deliberation.clone()),
             decision: Decision::Accepted,
             delivery_id: Some(delivery_id(ticket, &plan.institution_id)),
+            delivery_seq: None,
             a_posteriori: admitted.a_posteriori,
             removed_fields: admitted.removed_fields,
             attempts: 0,
@@ -533,6 +775,7 @@ fn initial_outcome(plan: &Planned, ticket: &str) -> Outcome {
             deliberation: deliberation.clone(),
             decision: Decision::Refused(*reason),
             delivery_id: None,
+            delivery_seq: None,
             a_posteriori: false,
             removed_fields: 0,
             attempts: 0,

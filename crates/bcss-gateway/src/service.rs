@@ -164,6 +164,7 @@ fn outcome(o: &Outcome) -> pb::RecipientOutcome {
         Decision::Delivered => (pb::Decision::Delivered, None),
         Decision::Refused(reason) => (pb::Decision::Refused, Some(reason)),
         Decision::DeliveryFailed => (pb::Decision::DeliveryFailed, None),
+        Decision::DeadLetter => (pb::Decision::DeadLetter, None),
     };
     pb::RecipientOutcome {
         institution: o.institution.to_string(),
@@ -176,9 +177,12 @@ fn outcome(o: &Outcome) -> pb::RecipientOutcome {
             (_, Some(reason)) => reason.to_string(),
             (Decision::Delivered, _) => "delivered and acknowledged".into(),
             (Decision::DeliveryFailed, _) => {
-                "accepted, but the recipient's endpoint did not acknowledge".into()
+                "recorded; the recipient has not acknowledged yet and the hub keeps retrying".into()
             }
-            _ => "accepted".into(),
+            (Decision::DeadLetter, _) => {
+                "recorded, but the hub gave up retrying: a dead letter for the operators".into()
+            }
+            _ => "recorded; delivery in progress".into(),
         },
         delivery_id: o.delivery_id.clone().unwrap_or_default(),
         a_posteriori: o.a_posteriori,

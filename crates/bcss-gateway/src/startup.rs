@@ -12,10 +12,12 @@ use tonic::transport::{Certificate, Identity};
 
 use crate::delivery::{ClientTls, Deliverer};
 use crate::limits::Limits;
+use crate::outbox::RetryPolicy;
 use crate::pipeline::{HubParts, PolicySource};
 use crate::pki::Pki;
 use crate::privacy::PersonKey;
 use crate::server::{ServeOptions, ServerTls};
+use bcss_store::{Recovered, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -28,6 +30,8 @@ pub enum StartupError {
     },
     #[error("PKI: {0}")]
     Pki(#[from] crate::pki::PkiError),
+    #[error("store: {0}")]
+    Store(#[from] bcss_store::StoreError),
     #[error("{}: the key of the person hash in logs: {source}", file.display())]
     PersonKey {
         file: std::path::PathBuf,
@@ -152,10 +156,22 @@ pub fn assemble_settings(
             source,
         }
     })?;
+    let (store, recovered) = if settings.storage.durable {
+        let (store, recovered) = Store::open(&settings.storage.data)?;
+        (Some(Arc::new(store)), recovered)
+    } else {
+        tracing::warn!(
+            message = "storage.durable = false: accepted messages are kept in memory only and lost if the hub stops."
+        );
+        (None, Recovered::default())
+    };
     let parts = HubParts {
         limits: Limits::new(&settings.limits),
         person_key,
         policy_source: Some(policy_source),
+        store,
+        recovered,
+        retry: RetryPolicy::from_settings(&settings.delivery),
     };
     let hub = Arc::new(crate::Hub::new(
         policy,

@@ -22,6 +22,7 @@ use bcss_domain::Flow;
 use bcss_gateway::Hub;
 use bcss_gateway::delivery::Deliverer;
 use bcss_gateway::limits::Limits;
+use bcss_gateway::outbox::RetryPolicy;
 use bcss_gateway::pipeline::HubParts;
 use bcss_gateway::privacy::PersonKey;
 use bcss_gateway::startup::load_directory;
@@ -51,6 +52,9 @@ static HUB: LazyLock<Hub> = LazyLock::new(|| {
         limits: Limits::unlimited(),
         person_key: PersonKey::new([7; 32]),
         policy_source: None,
+        store: None,
+        recovered: Default::default(),
+        retry: RetryPolicy::from_settings(&Default::default()),
     };
     Hub::new(policy, Arc::new(directory), deliverer, parts)
 });

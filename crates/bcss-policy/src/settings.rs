@@ -17,6 +17,8 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub limits: LimitSettings,
     #[serde(default)]
+    pub storage: StorageSettings,
+    #[serde(default)]
     pub logs: LogSettings,
 }
 
@@ -42,10 +44,109 @@ pub struct TlsSettings {
     pub hub_name: String,
 }
 
+/// How deliveries are made, retried and bounded.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliverySettings {
+    /// How long one Deliver call may take before it counts as failed.
     pub timeout_ms: u64,
+    /// How long `Submit` waits for the first delivery attempts before answering (0: answer as
+    /// soon as the message is recorded).
+    #[serde(default = "default_reply_wait_ms")]
+    pub reply_wait_ms: u64,
+    /// Attempts before a delivery becomes a dead letter.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Age (since acceptance) at which a delivery still failing becomes a dead letter.
+    #[serde(default = "default_max_age_s")]
+    pub max_age_s: u64,
+    /// Wait before the second attempt; doubles with every attempt (with jitter) up to
+    /// `backoff_max_ms`.
+    #[serde(default = "default_backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// Deliveries to one recipient in flight at once (each about different persons).
+    #[serde(default = "default_lanes")]
+    pub lanes_per_recipient: usize,
+    /// Failures in a row after which a recipient is left alone for `circuit_open_ms`.
+    #[serde(default = "default_circuit_failures")]
+    pub circuit_failures: u32,
+    #[serde(default = "default_circuit_open_ms")]
+    pub circuit_open_ms: u64,
+    /// Deliveries accepted and not yet delivered, at most; beyond, `Submit` is refused.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: usize,
+}
+
+fn default_reply_wait_ms() -> u64 {
+    2_000
+}
+fn default_max_attempts() -> u32 {
+    25
+}
+fn default_max_age_s() -> u64 {
+    48 * 3600
+}
+fn default_backoff_initial_ms() -> u64 {
+    200
+}
+fn default_backoff_max_ms() -> u64 {
+    60_000
+}
+fn default_lanes() -> usize {
+    8
+}
+fn default_circuit_failures() -> u32 {
+    5
+}
+fn default_circuit_open_ms() -> u64 {
+    5_000
+}
+fn default_max_pending() -> usize {
+    200_000
+}
+
+impl Default for DeliverySettings {
+    fn default() -> DeliverySettings {
+        DeliverySettings {
+            timeout_ms: 5_000,
+            reply_wait_ms: default_reply_wait_ms(),
+            max_attempts: default_max_attempts(),
+            max_age_s: default_max_age_s(),
+            backoff_initial_ms: default_backoff_initial_ms(),
+            backoff_max_ms: default_backoff_max_ms(),
+            lanes_per_recipient: default_lanes(),
+            circuit_failures: default_circuit_failures(),
+            circuit_open_ms: default_circuit_open_ms(),
+            max_pending: default_max_pending(),
+        }
+    }
+}
+
+/// Where the hub keeps what it accepted.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    /// The data folder (the outbox and tickets, in `hub.redb`).
+    pub data: PathBuf,
+    /// `false` keeps deliveries in memory only: for benchmarks of the rest of the path, never
+    /// for service (an accepted message would be lost with the process).
+    #[serde(default = "default_durable")]
+    pub durable: bool,
+}
+
+fn default_durable() -> bool {
+    true
+}
+
+impl Default for StorageSettings {
+    fn default() -> StorageSettings {
+        StorageSettings {
+            data: PathBuf::from("../var/data"),
+            durable: true,
+        }
+    }
 }
 
 /// What one caller may ask of the hub. A breach is answered `RESOURCE_EXHAUSTED` naming the
@@ -118,6 +219,7 @@ impl Settings {
             &mut settings.files.directory,
             &mut settings.tls.pki,
             &mut settings.logs.person_key,
+            &mut settings.storage.data,
         ] {
             if path.is_relative() {
                 *path = base.join(&*path);

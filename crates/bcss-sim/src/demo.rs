@@ -111,9 +111,12 @@ pub async fn run(
 
 /// [`run`] with settings already loaded.
 pub async fn run_with(
-    settings: Settings,
+    mut settings: Settings,
     options: DemoOptions,
 ) -> Result<DemoReport, Box<dyn std::error::Error + Send + Sync>> {
+    // Every run starts from an empty outbox, so that a seed always gives the same run.
+    let data = tempfile::tempdir()?;
+    settings.storage.data = data.path().to_owned();
     let policy = Policy::load(&settings)?;
     let pki: Pki = startup::ensure_pki(&settings, &policy)?;
     let network = Network::start(

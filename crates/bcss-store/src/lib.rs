@@ -63,6 +63,8 @@ pub enum Accepted {
 pub struct Recovered {
     pub tickets: Vec<TicketRow>,
     pub pending: Vec<DeliveryRow>,
+    /// Sequence numbers of the dead letters.
+    pub dead: Vec<u64>,
 }
 
 /// A change to a delivery.
@@ -231,7 +233,16 @@ fn recover(db: &Database) -> Result<Recovered, StoreError> {
             pending.push(decode::<DeliveryRow>(row.value())?);
         }
     }
-    Ok(Recovered { tickets, pending })
+    let dead_table = txn.open_table(DEAD).map_err(|e| read(e.into()))?;
+    let mut dead = Vec::new();
+    for entry in dead_table.iter().map_err(|e| read(e.into()))? {
+        dead.push(entry.map_err(|e| read(e.into()))?.0.value());
+    }
+    Ok(Recovered {
+        tickets,
+        pending,
+        dead,
+    })
 }
 
 fn last_seq(db: &Database) -> Result<u64, StoreError> {

@@ -86,8 +86,8 @@ fn check_value(accepted: WireTypes, field: u32, value: &[u8]) -> Result<(), Wire
     }
     let whole = match accepted.packed_scalar() {
         None => true,
-        Some(WireType::I64) => value.len() % 8 == 0,
-        Some(WireType::I32) => value.len() % 4 == 0,
+        Some(WireType::I64) => value.len().is_multiple_of(8),
+        Some(WireType::I32) => value.len().is_multiple_of(4),
         Some(_) => {
             let mut pos = 0;
             while pos < value.len() {

@@ -1,0 +1,434 @@
+//! Durable delivery: one worker per recipient takes the accepted deliveries from the store and
+//! delivers them until each is acknowledged or becomes a dead letter.
+//!
+//! - **Order.** A recipient's deliveries are spread over lanes by the person's NISS; a lane
+//!   delivers one at a time, in the order the store accepted them (a Dimona entry before its
+//!   exit), while different persons' deliveries proceed in parallel.
+//! - **Retries.** A failed attempt stays at the head of its lane and is retried after an
+//!   exponential backoff with jitter; every attempt has a deadline (`delivery.timeout_ms`).
+//! - **Circuit.** After `circuit_failures` failures in a row, the recipient is left alone for
+//!   `circuit_open_ms` (doubling up to a minute), then probed with one delivery.
+//! - **Dead letters.** After `max_attempts` attempts or `max_age_s`, a delivery becomes a dead
+//!   letter in the store, to be listed, inspected and replayed; it is never dropped.
+//! - **Bounded.** At most `max_pending` deliveries wait, in memory and on disk together; beyond
+//!   that `Submit` is refused with a retry hint.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bcss_policy::Policy;
+use bcss_policy::settings::DeliverySettings;
+use bcss_proto::hub::view::v1::DeliveryView;
+use bcss_store::{Accepted, Change, DeliveryRow, Store, StoreError, TicketRow};
+use bytes::Bytes;
+use dashmap::DashMap;
+use prost::Message;
+use rand::RngExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use crate::delivery::Deliverer;
+use crate::ledger::{Decision, TicketRecord};
+
+/// How deliveries are retried and bounded (`[delivery]` in `hub.toml`).
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub max_age: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub lanes: usize,
+    pub circuit_failures: u32,
+    pub circuit_open: Duration,
+    pub max_pending: usize,
+    /// How long `Submit` waits for first attempts before answering.
+    pub reply_wait: Duration,
+}
+
+impl RetryPolicy {
+    pub fn from_settings(settings: &DeliverySettings) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: settings.max_attempts.max(1),
+            max_age: Duration::from_secs(settings.max_age_s),
+            backoff_initial: Duration::from_millis(settings.backoff_initial_ms.max(1)),
+            backoff_max: Duration::from_millis(settings.backoff_max_ms.max(1)),
+            lanes: settings.lanes_per_recipient.max(1),
+            circuit_failures: settings.circuit_failures.max(1),
+            circuit_open: Duration::from_millis(settings.circuit_open_ms.max(1)),
+            max_pending: settings.max_pending,
+            reply_wait: Duration::from_millis(settings.reply_wait_ms),
+        }
+    }
+}
+
+/// One delivery on its way.
+#[derive(Debug)]
+pub struct Job {
+    pub seq: u64,
+    pub recipient: Arc<str>,
+    pub niss: u64,
+    /// The encoded, filtered `Delivery`.
+    pub request: Bytes,
+    pub attempts: u32,
+    pub accepted_at_ms: i64,
+    pub next_attempt_ms: i64,
+    /// The ticket, to keep its outcome current for `Track`.
+    pub record: Option<Arc<TicketRecord>>,
+    /// Told when the first attempt ends (either way), so `Submit` can report it.
+    pub notify: Option<oneshot::Sender<()>>,
+}
+
+/// Deliveries refused for lack of room.
+#[derive(Debug)]
+pub struct Full {
+    pub pending: usize,
+    pub limit: usize,
+}
+
+/// The outbox: the store, one worker per recipient, the pending count.
+#[derive(Debug)]
+pub struct Outbox {
+    store: Option<Arc<Store>>,
+    deliverer: Deliverer,
+    policy: Arc<ArcSwap<Policy>>,
+    retry: RetryPolicy,
+    workers: DashMap<Arc<str>, mpsc::UnboundedSender<Job>>,
+    pending: AtomicUsize,
+    /// Sequence numbers when there is no store (durability off).
+    next_seq: std::sync::atomic::AtomicU64,
+}
+
+impl Outbox {
+    /// `store: None` runs without durability (benchmarks of the rest of the path).
+    pub fn new(
+        store: Option<Arc<Store>>,
+        deliverer: Deliverer,
+        policy: Arc<ArcSwap<Policy>>,
+        retry: RetryPolicy,
+    ) -> Outbox {
+        Outbox {
+            store,
+            deliverer,
+            policy,
+            retry,
+            workers: DashMap::new(),
+            pending: AtomicUsize::new(0),
+            next_seq: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
+    }
+
+    /// Deliveries accepted and not yet delivered or dead.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Makes room for `count` deliveries, or says the outbox is full.
+    pub fn reserve(&self, count: usize) -> Result<(), Full> {
+        let limit = self.retry.max_pending;
+        self.pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                (now + count <= limit).then_some(now + count)
+            })
+            .map(|_| ())
+            .map_err(|pending| Full { pending, limit })
+    }
+
+    /// Counts deliveries found pending in the store at start, whatever the limit.
+    pub fn reserve_unchecked(&self, count: usize) {
+        self.pending.fetch_add(count, Ordering::AcqRel);
+    }
+
+    /// Gives back room reserved for deliveries that were not accepted after all.
+    pub fn release(&self, count: usize) {
+        self.pending.fetch_sub(count, Ordering::AcqRel);
+    }
+
+    /// Records the ticket and its deliveries durably (or, without a store, numbers them).
+    pub async fn accept(
+        &self,
+        ticket: TicketRow,
+        deliveries: Vec<DeliveryRow>,
+    ) -> Result<Accepted, StoreError> {
+        match &self.store {
+            Some(store) => store.accept(ticket, deliveries).await,
+            None => Ok(Accepted::New {
+                seqs: deliveries
+                    .iter()
+                    .map(|_| self.next_seq.fetch_add(1, Ordering::Relaxed))
+                    .collect(),
+            }),
+        }
+    }
+
+    /// Hands a delivery to its recipient's worker (started on first use).
+    pub fn enqueue(self: &Arc<Self>, job: Job) {
+        let sender = self
+            .workers
+            .entry(job.recipient.clone())
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(worker(self.clone(), job.recipient.clone(), rx));
+                tx
+            })
+            .clone();
+        let _ = sender.send(job);
+    }
+
+    /// A dead letter goes back to its recipient's queue.
+    pub async fn replay(self: &Arc<Self>, seq: u64) -> Result<Option<DeliveryRow>, StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        let row = store.change(Change::Replay { seq }).await?;
+        if let Some(row) = &row
+            && row.state() == bcss_store::DeliveryState::Pending
+        {
+            self.pending.fetch_add(1, Ordering::AcqRel);
+            self.enqueue(Job {
+                seq: row.seq,
+                recipient: row.recipient.as_str().into(),
+                niss: row.niss,
+                request: row.request.clone(),
+                attempts: 0,
+                accepted_at_ms: now_ms(),
+                next_attempt_ms: 0,
+                record: None,
+                notify: None,
+            });
+        }
+        Ok(row)
+    }
+
+    async fn record(&self, change: Change) {
+        if let Some(store) = &self.store
+            && let Err(error) = store.change(change).await
+        {
+            // The delivery stays pending on disk: after a restart it is made again, and the
+            // recipient drops the duplicate by its delivery id.
+            tracing::warn!(message = "Delivery state not recorded.", %error);
+        }
+    }
+
+    fn backoff(&self, attempts: u32) -> Duration {
+        let exponent = attempts.saturating_sub(1).min(20);
+        let full = self
+            .retry
+            .backoff_initial
+            .saturating_mul(1 << exponent)
+            .min(self.retry.backoff_max);
+        full.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+}
+
+pub fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Whether a recipient is being left alone.
+#[derive(Debug)]
+struct Circuit {
+    failures: u32,
+    threshold: u32,
+    open_until_ms: i64,
+    open_for: Duration,
+    initial: Duration,
+}
+
+impl Circuit {
+    fn allows(&self, now: i64, in_flight: usize) -> bool {
+        self.failures < self.threshold || (now >= self.open_until_ms && in_flight == 0)
+    }
+    fn success(&mut self) {
+        self.failures = 0;
+        self.open_for = self.initial;
+    }
+    fn failure(&mut self, now: i64) {
+        self.failures += 1;
+        if self.failures >= self.threshold {
+            self.open_until_ms = now + self.open_for.as_millis() as i64;
+            self.open_for = (self.open_for * 2).min(Duration::from_secs(60));
+        }
+    }
+}
+
+async fn worker(outbox: Arc<Outbox>, recipient: Arc<str>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let lanes_count = outbox.retry.lanes;
+    let mut lanes: Vec<VecDeque<Job>> = (0..lanes_count).map(|_| VecDeque::new()).collect();
+    let mut busy = vec![false; lanes_count];
+    let mut in_flight: JoinSet<(usize, Job, Result<(), String>)> = JoinSet::new();
+    let mut circuit = Circuit {
+        failures: 0,
+        threshold: outbox.retry.circuit_failures,
+        open_until_ms: 0,
+        open_for: outbox.retry.circuit_open,
+        initial: outbox.retry.circuit_open,
+    };
+    loop {
+        let now = now_ms();
+        for lane in 0..lanes_count {
+            if busy[lane] || !circuit.allows(now, in_flight.len()) {
+                continue;
+            }
+            if lanes[lane]
+                .front()
+                .is_some_and(|j| j.next_attempt_ms <= now)
+            {
+                let job = lanes[lane].pop_front().expect("checked");
+                busy[lane] = true;
+                in_flight.spawn(attempt(outbox.clone(), lane, job));
+            }
+        }
+        // When something becomes due: the earliest waiting head, or the circuit's probe.
+        let wake = (0..lanes_count)
+            .filter(|lane| !busy[*lane])
+            .filter_map(|lane| lanes[lane].front().map(|j| j.next_attempt_ms))
+            .min()
+            .map(|due| {
+                if circuit.failures >= circuit.threshold {
+                    due.max(circuit.open_until_ms)
+                } else {
+                    due
+                }
+            });
+        let sleep = wake.map(|due| Duration::from_millis((due - now).max(1) as u64));
+        tokio::select! {
+            job = rx.recv() => match job {
+                Some(job) => {
+                    let lane = (job.niss % lanes_count as u64) as usize;
+                    lanes[lane].push_back(job);
+                }
+                None => {
+                    if in_flight.is_empty() {
+                        return;
+                    }
+                }
+            },
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                let Ok((lane, job, result)) = done else { continue };
+                busy[lane] = false;
+                let now = now_ms();
+                match result {
+                    Ok(()) => {
+                        circuit.success();
+                        delivered(&outbox, job, now).await;
+                    }
+                    Err(error) => {
+                        circuit.failure(now);
+                        if let Some(job) = failed(&outbox, &recipient, job, error, now).await {
+                            lanes[lane].push_front(job);
+                        }
+                    }
+                }
+            },
+            _ = tokio::time::sleep(sleep.unwrap_or(Duration::from_secs(3600))), if sleep.is_some() => {}
+        }
+    }
+}
+
+async fn attempt(outbox: Arc<Outbox>, lane: usize, job: Job) -> (usize, Job, Result<(), String>) {
+    let result = async {
+        let policy = outbox.policy.load();
+        let institution = policy
+            .institution_by_id(&job.recipient)
+            .ok_or_else(|| "the recipient is no longer in the policy".to_owned())?;
+        let mut view = DeliveryView::decode(job.request.clone())
+            .map_err(|_| "the stored delivery cannot be read".to_owned())?;
+        view.attempt = job.attempts + 1;
+        outbox
+            .deliverer
+            .deliver(institution, view)
+            .await
+            .map(|_| ())
+    }
+    .await;
+    (lane, job, result)
+}
+
+async fn delivered(outbox: &Outbox, mut job: Job, now: i64) {
+    job.attempts += 1;
+    update_outcome(&job, Decision::Delivered, None);
+    outbox.pending.fetch_sub(1, Ordering::AcqRel);
+    if let Some(notify) = job.notify.take() {
+        let _ = notify.send(());
+    }
+    outbox
+        .record(Change::Delivered {
+            seq: job.seq,
+            at_ms: now,
+        })
+        .await;
+}
+
+/// Records a failed attempt; returns the job when it is to be tried again.
+async fn failed(
+    outbox: &Outbox,
+    recipient: &str,
+    mut job: Job,
+    error: String,
+    now: i64,
+) -> Option<Job> {
+    job.attempts += 1;
+    if let Some(notify) = job.notify.take() {
+        let _ = notify.send(());
+    }
+    let too_old = now - job.accepted_at_ms >= outbox.retry.max_age.as_millis() as i64;
+    if job.attempts >= outbox.retry.max_attempts || too_old {
+        let reason = format!(
+            "{} after {} attempts: {error}",
+            if too_old {
+                "too old"
+            } else {
+                "too many attempts"
+            },
+            job.attempts
+        );
+        tracing::warn!(message = "Delivery became a dead letter.", recipient, seq = job.seq, attempts = job.attempts, %error);
+        update_outcome(&job, Decision::DeadLetter, Some(reason.clone()));
+        outbox.pending.fetch_sub(1, Ordering::AcqRel);
+        outbox
+            .record(Change::DeadLetter {
+                seq: job.seq,
+                reason,
+            })
+            .await;
+        return None;
+    }
+    job.next_attempt_ms = now + outbox.backoff(job.attempts).as_millis() as i64;
+    tracing::info!(message = "Delivery attempt failed; will retry.", recipient, seq = job.seq, attempts = job.attempts, %error);
+    update_outcome(&job, Decision::DeliveryFailed, Some(error.clone()));
+    outbox
+        .record(Change::Attempted {
+            seq: job.seq,
+            attempts: job.attempts,
+            last_error: error,
+            next_attempt_ms: job.next_attempt_ms,
+        })
+        .await;
+    Some(job)
+}
+
+fn update_outcome(job: &Job, decision: Decision, error: Option<String>) {
+    let Some(record) = &job.record else { return };
+    let mut outcomes = record.outcomes.lock().expect("outcomes lock");
+    if let Some(outcome) = outcomes
+        .iter_mut()
+        .find(|o| o.institution == job.recipient && o.delivery_seq == Some(job.seq))
+    {
+        outcome.decision = decision;
+        outcome.attempts = job.attempts;
+        if error.is_some() {
+            outcome.last_error = error;
+        }
+    }
+}
