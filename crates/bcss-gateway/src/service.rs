@@ -415,4 +415,113 @@ impl pb::admin_server::Admin for AdminService {
             }
         }
     }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersReply>, Status> {
+        operator(&self.hub.policy(), &request, Role::Operator)?;
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => 100,
+            n => n.min(1000) as usize,
+        };
+        let store = self.store()?;
+        let rows = store
+            .dead_letters(request.after, limit)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::ListDeadLettersReply {
+            dead_letters: rows.iter().map(dead_letter).collect(),
+        }))
+    }
+
+    async fn show_dead_letter(
+        &self,
+        request: Request<pb::DeadLetterRequest>,
+    ) -> Result<Response<pb::DeadLetter>, Status> {
+        operator(&self.hub.policy(), &request, Role::Operator)?;
+        let seq = request.into_inner().seq;
+        let row = self
+            .store()?
+            .delivery(seq)
+            .await
+            .map_err(store_status)?
+            .filter(|row| row.state() == bcss_store::DeliveryState::DeadLetter)
+            .ok_or_else(|| Status::not_found(format!("no dead letter {seq}")))?;
+        Ok(Response::new(dead_letter(&row)))
+    }
+
+    async fn replay_dead_letter(
+        &self,
+        request: Request<pb::DeadLetterRequest>,
+    ) -> Result<Response<pb::ReplayDeadLetterReply>, Status> {
+        let who = operator(&self.hub.policy(), &request, Role::Operator)?
+            .id
+            .clone();
+        let seq = request.into_inner().seq;
+        self.store()?;
+        let before = self
+            .hub
+            .outbox()
+            .store()
+            .expect("checked")
+            .delivery(seq)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("no dead letter {seq}")))?;
+        let was_dead = before.state() == bcss_store::DeliveryState::DeadLetter;
+        let row = self
+            .hub
+            .outbox()
+            .replay(seq)
+            .await
+            .map_err(store_status)?
+            .unwrap_or(before);
+        if was_dead {
+            tracing::info!(message = "Dead letter replayed.", operator = %who, seq, recipient = %row.recipient);
+        }
+        Ok(Response::new(pb::ReplayDeadLetterReply {
+            dead_letter: Some(dead_letter(&row)),
+            requeued: was_dead,
+        }))
+    }
+}
+
+impl AdminService {
+    fn store(&self) -> Result<&Arc<bcss_store::Store>, Status> {
+        self.hub.outbox().store().ok_or_else(|| {
+            Status::failed_precondition("this hub runs without a store (storage.durable = false)")
+        })
+    }
+}
+
+fn store_status(error: bcss_store::StoreError) -> Status {
+    tracing::error!(message = "Store operation failed.", %error);
+    Status::unavailable("the hub's store cannot be read or written right now; retry later")
+}
+
+fn dead_letter(row: &bcss_store::DeliveryRow) -> pb::DeadLetter {
+    let accepted_at =
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(row.accepted_at_ms) * 1_000_000)
+            .ok()
+            .and_then(|t| t.format(&Rfc3339).ok())
+            .unwrap_or_default();
+    pb::DeadLetter {
+        seq: row.seq,
+        delivery_id: row.delivery_id.clone(),
+        ticket: row.ticket.clone(),
+        recipient: row.recipient.clone(),
+        attempts: row.attempts,
+        last_error: row.last_error.clone(),
+        reason: row.dead_reason.clone(),
+        accepted_at,
+        payload_bytes: row.request.len() as u32,
+        state: match row.state() {
+            bcss_store::DeliveryState::Pending => "pending",
+            bcss_store::DeliveryState::Delivered => "delivered",
+            bcss_store::DeliveryState::DeadLetter => "dead letter",
+        }
+        .into(),
+    }
 }

@@ -26,6 +26,13 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     pub listen: SocketAddr,
+    /// On SIGTERM: how long calls in flight may take to finish before the hub exits anyway.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+fn default_shutdown_grace_ms() -> u64 {
+    10_000
 }
 
 #[derive(Clone, Debug, Deserialize)]

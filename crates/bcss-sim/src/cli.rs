@@ -1,5 +1,5 @@
 //! The `bcss-hub` command line: serve, check-config, demo, certs, generate-directory,
-//! institution.
+//! institution, deadletters.
 
 use std::path::PathBuf;
 
@@ -58,6 +58,20 @@ pub enum Command {
         #[arg(long, default_value_t = 2026)]
         seed: u64,
     },
+    /// Lists, shows or replays the dead letters of the running hub, with an operator's
+    /// certificate.
+    Deadletters {
+        #[arg(long, default_value = "config/hub.toml")]
+        config: PathBuf,
+        /// The `[[operator]]` (with the operator role) whose certificate to present.
+        #[arg(long = "as", default_value = "hub-operations")]
+        operator: String,
+        /// The hub's address; `server.listen` of the configuration when absent.
+        #[arg(long)]
+        hub: Option<std::net::SocketAddr>,
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
     /// Runs one reference institution server and prints every delivery it receives.
     Institution {
         #[arg(long, default_value = "config/hub.toml")]
@@ -66,6 +80,23 @@ pub enum Command {
         #[arg(long)]
         id: String,
     },
+}
+
+/// What to do with dead letters.
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterAction {
+    /// The dead letters, oldest first.
+    List {
+        /// Only those after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// One dead letter (never its payload).
+    Show { seq: u64 },
+    /// Puts a dead letter back in its recipient's queue.
+    Replay { seq: u64 },
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -77,6 +108,27 @@ fn init_logs(default: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// SIGHUP reloads the policy, as `Admin.ReloadPolicy` does; a refused reload is logged and the
@@ -109,10 +161,30 @@ pub async fn main() -> Result<(), Error> {
             let listener = tokio::net::TcpListener::bind(assembled.settings.server.listen).await?;
             tracing::info!(message = "Hub listening.", address = %listener.local_addr()?);
             reload_on_sighup(assembled.hub.clone());
-            bcss_gateway::server::run(assembled.hub, listener, assembled.options, async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+            let hub = assembled.hub.clone();
+            let grace =
+                std::time::Duration::from_millis(assembled.settings.server.shutdown_grace_ms);
+            let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
+            let signal = stopping.clone();
+            let server =
+                bcss_gateway::server::run(assembled.hub, listener, assembled.options, async move {
+                    stop_signal().await;
+                    tracing::info!(
+                        message = "Stopping: no new calls; finishing the ones in flight.",
+                        grace_ms = grace.as_millis() as u64
+                    );
+                    signal.notify_one();
+                });
+            tokio::select! {
+                served = server => served?,
+                _ = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
+                    tracing::warn!(message = "Grace period over; stopping with calls still in flight (nothing they were answered is lost).");
+                }
+            }
+            tracing::info!(
+                message = "Hub stopped.",
+                pending_deliveries = hub.outbox().pending(),
+            );
         }
         Command::CheckConfig { config } => {
             init_logs("warn");
@@ -184,6 +256,15 @@ pub async fn main() -> Result<(), Error> {
             let rows = crate::network::generate(&policy, persons, seed);
             print!("{}", crate::network::to_csv(&rows, persons, seed));
         }
+        Command::Deadletters {
+            config,
+            operator,
+            hub,
+            action,
+        } => {
+            init_logs("warn");
+            dead_letters(&config, &operator, hub, action).await?;
+        }
         Command::Institution { config, id } => {
             init_logs("info");
             let settings = Settings::load(&config)?;
@@ -225,6 +306,91 @@ pub async fn main() -> Result<(), Error> {
             )
             .await?;
             printer.abort();
+        }
+    }
+    Ok(())
+}
+
+async fn dead_letters(
+    config: &std::path::Path,
+    operator: &str,
+    hub: Option<std::net::SocketAddr>,
+    action: DeadLetterAction,
+) -> Result<(), Error> {
+    use bcss_proto::hub::v1::admin_client::AdminClient;
+    use bcss_proto::hub::v1::{DeadLetter, DeadLetterRequest, ListDeadLettersRequest};
+    let settings = Settings::load(config)?;
+    let pki = bcss_gateway::pki::Pki::new(&settings.tls.pki);
+    let address = hub.unwrap_or(settings.server.listen);
+    let channel = crate::client::connect(address, &pki, operator, &settings.tls.hub_name).await?;
+    let mut admin = AdminClient::new(channel);
+    let show = |d: &DeadLetter| {
+        println!("dead letter {}", d.seq);
+        println!("  delivery id   {}", d.delivery_id);
+        println!("  ticket        {}", d.ticket);
+        println!("  recipient     {}", d.recipient);
+        println!("  state         {}", d.state);
+        println!("  accepted at   {}", d.accepted_at);
+        println!("  attempts      {}", d.attempts);
+        println!("  last error    {}", d.last_error);
+        println!("  given up      {}", d.reason);
+        println!(
+            "  payload       {} bytes (kept for replay, not shown)",
+            d.payload_bytes
+        );
+    };
+    match action {
+        DeadLetterAction::List { after, limit } => {
+            let reply = admin
+                .list_dead_letters(ListDeadLettersRequest { after, limit })
+                .await?
+                .into_inner();
+            let mut table = comfy_table::Table::new();
+            table.set_header([
+                "seq",
+                "recipient",
+                "ticket",
+                "attempts",
+                "accepted at",
+                "why",
+            ]);
+            for d in &reply.dead_letters {
+                table.add_row([
+                    d.seq.to_string(),
+                    d.recipient.clone(),
+                    d.ticket.clone(),
+                    d.attempts.to_string(),
+                    d.accepted_at.clone(),
+                    d.reason.clone(),
+                ]);
+            }
+            println!("{table}");
+            println!("{} dead letters", reply.dead_letters.len());
+        }
+        DeadLetterAction::Show { seq } => {
+            show(
+                &admin
+                    .show_dead_letter(DeadLetterRequest { seq })
+                    .await?
+                    .into_inner(),
+            );
+        }
+        DeadLetterAction::Replay { seq } => {
+            let reply = admin
+                .replay_dead_letter(DeadLetterRequest { seq })
+                .await?
+                .into_inner();
+            if let Some(d) = &reply.dead_letter {
+                show(d);
+            }
+            println!(
+                "{}",
+                if reply.requeued {
+                    "Requeued for delivery."
+                } else {
+                    "Not a dead letter any more: nothing to replay."
+                }
+            );
         }
     }
     Ok(())
