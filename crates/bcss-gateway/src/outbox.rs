@@ -399,6 +399,8 @@ async fn failed(
         outbox
             .record(Change::DeadLetter {
                 seq: job.seq,
+                attempts: job.attempts,
+                last_error: error,
                 reason,
             })
             .await;

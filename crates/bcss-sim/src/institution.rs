@@ -111,7 +111,49 @@ pub async fn serve(
 pub struct Network {
     pub inboxes: HashMap<String, Inbox>,
     pub addresses: HashMap<String, SocketAddr>,
-    stop: tokio::sync::watch::Sender<bool>,
+    members: HashMap<String, Member>,
+}
+
+/// One running reference institution, which can be stopped and started again on its address.
+#[derive(Debug)]
+struct Member {
+    server: ReferenceInstitution,
+    identity: Identity,
+    ca: Certificate,
+    running: Mutex<Option<Running>>,
+}
+
+#[derive(Debug)]
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Member {
+    fn spawn(&self, listener: TcpListener) {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = self.server.clone();
+        let (identity, ca) = (self.identity.clone(), self.ca.clone());
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            if let Err(error) = serve(server, listener, identity, ca, shutdown).await {
+                tracing::error!(message = "Reference institution stopped.", %error);
+            }
+        });
+        *self.running.lock().expect("member lock") = Some(Running { stop, task });
+    }
+
+    async fn stop(&self) {
+        let running = self.running.lock().expect("member lock").take();
+        if let Some(running) = running {
+            let _ = running.stop.send(());
+            // Connections in flight are cut rather than drained: an outage, not a goodbye.
+            running.task.abort();
+            let _ = running.task.await;
+        }
+    }
 }
 
 impl Network {
@@ -125,11 +167,10 @@ impl Network {
         ephemeral: bool,
     ) -> std::io::Result<Network> {
         let ca = Certificate::from_pem(pki.ca_cert().map_err(std::io::Error::other)?);
-        let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut network = Network {
             inboxes: HashMap::new(),
             addresses: HashMap::new(),
-            stop,
+            members: HashMap::new(),
         };
         for institution in policy.institutions() {
             let listener = if ephemeral {
@@ -151,24 +192,36 @@ impl Network {
             network
                 .inboxes
                 .insert(institution.id.to_string(), inbox.clone());
-            let server = ReferenceInstitution {
-                id: institution.id.to_string(),
-                inbox,
-                hub_name: hub_name.to_owned(),
+            let member = Member {
+                server: ReferenceInstitution {
+                    id: institution.id.to_string(),
+                    inbox,
+                    hub_name: hub_name.to_owned(),
+                },
+                identity: Identity::from_pem(pair.cert, pair.key),
+                ca: ca.clone(),
+                running: Mutex::new(None),
             };
-            let mut stopped = stopped.clone();
-            let identity = Identity::from_pem(pair.cert, pair.key);
-            let ca = ca.clone();
-            tokio::spawn(async move {
-                let shutdown = async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                };
-                if let Err(error) = serve(server, listener, identity, ca, shutdown).await {
-                    tracing::error!(message = "Reference institution stopped.", %error);
-                }
-            });
+            member.spawn(listener);
+            network.members.insert(institution.id.to_string(), member);
         }
         Ok(network)
+    }
+
+    /// Stops one institution's server (an outage): its port refuses connections until
+    /// [`Network::start_institution`].
+    pub async fn stop_institution(&self, id: &str) {
+        if let Some(member) = self.members.get(id) {
+            member.stop().await;
+        }
+    }
+
+    /// Starts a stopped institution's server again, on the same address, with the same inbox.
+    pub async fn start_institution(&self, id: &str) -> std::io::Result<()> {
+        let member = &self.members[id];
+        let listener = TcpListener::bind(self.addresses[id]).await?;
+        member.spawn(listener);
+        Ok(())
     }
 
     /// Points every institution of `policy` at the address its server listens on.
@@ -196,8 +249,13 @@ impl Network {
         self.inboxes.values().map(Inbox::len).sum()
     }
 
+    /// Stops every server (without waiting for them).
     pub fn stop(&self) {
-        let _ = self.stop.send(true);
+        for member in self.members.values() {
+            if let Some(running) = member.running.lock().expect("member lock").take() {
+                let _ = running.stop.send(());
+            }
+        }
     }
 }
 

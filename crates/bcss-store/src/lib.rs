@@ -79,8 +79,13 @@ pub enum Change {
         last_error: String,
         next_attempt_ms: i64,
     },
-    /// Given up: a dead letter.
-    DeadLetter { seq: u64, reason: String },
+    /// Given up after `attempts`: a dead letter.
+    DeadLetter {
+        seq: u64,
+        attempts: u32,
+        last_error: String,
+        reason: String,
+    },
     /// A dead letter goes back to pending, with its attempts reset.
     Replay { seq: u64 },
 }
@@ -507,8 +512,15 @@ fn change_one(txn: &WriteTransaction, change: Change) -> Result<Option<DeliveryR
             row.last_error = last_error;
             row.next_attempt_ms = next_attempt_ms;
         }
-        Change::DeadLetter { reason, .. } => {
+        Change::DeadLetter {
+            attempts,
+            last_error,
+            reason,
+            ..
+        } => {
             row.state = DeliveryState::DeadLetter as i32;
+            row.attempts = attempts;
+            row.last_error = last_error;
             row.dead_reason = reason;
             pending.remove(seq).map_err(|e| fail(e.into()))?;
             dead.insert(seq, ()).map_err(|e| fail(e.into()))?;
@@ -645,6 +657,8 @@ mod tests {
             store
                 .change(Change::DeadLetter {
                     seq,
+                    attempts: 3,
+                    last_error: "no answer".into(),
                     reason: "too many attempts".into(),
                 })
                 .await

@@ -1,0 +1,211 @@
+//! Durable delivery end to end: a recipient's outage, dead letters and their replay, a full
+//! disk. (Crashes of the hub itself: tests/crash.rs.)
+
+mod common;
+
+use std::time::Duration;
+
+use bcss_domain::Niss;
+use bcss_proto::hub::v1::admin_client::AdminClient;
+use bcss_proto::hub::v1::{DeadLetterRequest, Decision, ListDeadLettersRequest, TrackRequest};
+use common::{Harness, a052_envelope, eventually, fresh_niss, integrate, submit};
+use tonic::Code;
+
+/// The shipped hub.toml with quick retries, for tests that wait for them.
+fn quick_retries(max_attempts: u32, circuit_failures: u32) -> String {
+    let shipped = std::fs::read_to_string(common::shipped_config().join("hub.toml")).unwrap();
+    let mut text = String::new();
+    for line in shipped.lines() {
+        let replaced = match line.split('=').next().map(str::trim) {
+            Some("reply_wait_ms") => "reply_wait_ms = 500".to_owned(),
+            Some("max_attempts") => format!("max_attempts = {max_attempts}"),
+            Some("backoff_initial_ms") => "backoff_initial_ms = 20".to_owned(),
+            Some("backoff_max_ms") => "backoff_max_ms = 200".to_owned(),
+            Some("circuit_failures") => format!("circuit_failures = {circuit_failures}"),
+            Some("circuit_open_ms") => "circuit_open_ms = 100".to_owned(),
+            _ => line.to_owned(),
+        };
+        text.push_str(&replaced);
+        text.push('\n');
+    }
+    text
+}
+
+fn addressed(id: &str, niss: Niss, to: &str, seed: u64) -> bcss_proto::hub::v1::Envelope {
+    let mut envelope = a052_envelope(id, niss, seed);
+    envelope.addressee = Some(to.into());
+    envelope
+}
+
+async fn track(h: &Harness, party: &str, ticket: &str) -> bcss_proto::hub::v1::RecipientOutcome {
+    let reply = h
+        .gateway(party)
+        .await
+        .track(TrackRequest {
+            ticket: ticket.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    reply.hops[0].recipients[0].clone()
+}
+
+#[tokio::test]
+async fn a_recipient_down_gets_everything_in_order_once_back_and_others_are_not_slowed() {
+    let h = Harness::start(&[("hub.toml", &quick_retries(1000, 5))]).await;
+    let (first, second, other) = (fresh_niss(70), fresh_niss(71), fresh_niss(72));
+    for niss in [first, second] {
+        integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
+    }
+    integrate(&h, "cpas-ghent", other, 1, "2024-01-01", "").await;
+    h.network.stop_institution("cpas-liege").await;
+
+    let mut sent = Vec::new();
+    for i in 0..20u64 {
+        let niss = if i % 2 == 0 { first } else { second };
+        let reply = submit(
+            &h,
+            "solidaris",
+            addressed(&format!("down-{i}"), niss, "cpas-liege", i),
+        )
+        .await
+        .expect("accepted while the recipient is down");
+        let decision = reply.recipients[0].decision;
+        assert!(
+            decision == Decision::Accepted as i32 || decision == Decision::DeliveryFailed as i32,
+            "recorded, not delivered: {decision}"
+        );
+        sent.push((niss, reply.ticket));
+        // The other recipient is served at once all the while.
+        let reply = submit(
+            &h,
+            "solidaris",
+            addressed(&format!("up-{i}"), other, "cpas-ghent", i),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            reply.recipients[0].decision,
+            Decision::Delivered as i32,
+            "cpas-ghent is not slowed by cpas-liege's outage"
+        );
+    }
+    let outcome = track(&h, "solidaris", &sent[0].1).await;
+    assert_eq!(outcome.decision, Decision::DeliveryFailed as i32);
+    assert!(
+        outcome.attempts >= 1 && !outcome.last_error.is_empty(),
+        "{outcome:?}"
+    );
+    assert_eq!(h.network.inbox("cpas-liege").len(), 0);
+
+    h.network.start_institution("cpas-liege").await.unwrap();
+    eventually(Duration::from_secs(30), || {
+        h.network.inbox("cpas-liege").len() == sent.len()
+    })
+    .await;
+    // Each person's messages arrived in the order they were accepted.
+    let received = h.network.inbox("cpas-liege").deliveries();
+    for niss in [first, second] {
+        let expected: Vec<&str> = sent
+            .iter()
+            .filter(|(n, _)| *n == niss)
+            .map(|(_, t)| t.as_str())
+            .collect();
+        let arrived: Vec<&str> = received
+            .iter()
+            .filter(|d| d.niss == niss.digits())
+            .map(|d| d.ticket.as_str())
+            .collect();
+        assert_eq!(arrived, expected, "in order per person");
+    }
+    assert_eq!(
+        track(&h, "solidaris", &sent[0].1).await.decision,
+        Decision::Delivered as i32
+    );
+    assert_eq!(h.network.inbox("cpas-ghent").len(), 20);
+}
+
+#[tokio::test]
+async fn a_delivery_that_keeps_failing_becomes_a_dead_letter_and_is_replayed() {
+    let h = Harness::start(&[("hub.toml", &quick_retries(3, 100))]).await;
+    let niss = fresh_niss(73);
+    integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
+    h.network.stop_institution("cpas-liege").await;
+    let ticket = submit(&h, "solidaris", addressed("dead-1", niss, "cpas-liege", 1))
+        .await
+        .unwrap()
+        .ticket;
+    let mut dead = false;
+    for _ in 0..250 {
+        if track(&h, "solidaris", &ticket).await.decision == Decision::DeadLetter as i32 {
+            dead = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(dead, "three failed attempts make a dead letter");
+    assert_eq!(track(&h, "solidaris", &ticket).await.attempts, 3);
+
+    let mut admin = AdminClient::new(h.channel("hub-operations").await);
+    let listed = admin
+        .list_dead_letters(ListDeadLettersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .dead_letters;
+    assert_eq!(listed.len(), 1);
+    let letter = &listed[0];
+    assert_eq!(
+        (
+            letter.recipient.as_str(),
+            letter.ticket.as_str(),
+            letter.attempts
+        ),
+        ("cpas-liege", ticket.as_str(), 3)
+    );
+    assert!(letter.reason.contains("too many attempts") && letter.payload_bytes > 0);
+    let shown = admin
+        .show_dead_letter(DeadLetterRequest { seq: letter.seq })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shown.delivery_id, letter.delivery_id);
+    // Institutions do not handle dead letters.
+    let status = AdminClient::new(h.channel("cpas-liege").await)
+        .list_dead_letters(ListDeadLettersRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+
+    h.network.start_institution("cpas-liege").await.unwrap();
+    let replayed = admin
+        .replay_dead_letter(DeadLetterRequest { seq: letter.seq })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(replayed.requeued);
+    eventually(Duration::from_secs(10), || {
+        h.network.inbox("cpas-liege").len() == 1
+    })
+    .await;
+    assert_eq!(
+        h.network.inbox("cpas-liege").deliveries()[0].delivery_id,
+        letter.delivery_id,
+        "the replay keeps the delivery id"
+    );
+    assert!(
+        admin
+            .list_dead_letters(ListDeadLettersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .dead_letters
+            .is_empty()
+    );
+    let again = admin
+        .replay_dead_letter(DeadLetterRequest { seq: letter.seq })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.requeued, "a delivered letter is not replayed twice");
+}
