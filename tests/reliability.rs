@@ -209,3 +209,128 @@ async fn a_delivery_that_keeps_failing_becomes_a_dead_letter_and_is_replayed() {
         .into_inner();
     assert!(!again.requeued, "a delivered letter is not replayed twice");
 }
+
+/// A small tmpfs mounted for the test's life (the hub's data folder on a disk that fills up).
+struct SmallDisk {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        std::fs::create_dir_all(&path).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(SmallDisk { path, _dir: dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_submissions_keeps_what_was_accepted_and_recovers() {
+    let Some(disk) = SmallDisk::mount("4m") else {
+        // Mounting needs root (the CI machine and the development machines have it).
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    let data = disk.path.clone();
+    let h = Harness::start_with(&[], |settings| settings.storage.data = data.clone()).await;
+    let niss = fresh_niss(74);
+    integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
+    // Fill the disk, leaving little room for the store to grow.
+    let filler = disk.path.join("filler");
+    let free = fs_free_bytes(&disk.path);
+    std::fs::write(&filler, vec![0u8; free.saturating_sub(96 * 1024) as usize]).unwrap();
+
+    let mut accepted = Vec::new();
+    let mut refusal = None;
+    for i in 0..2000u64 {
+        match submit(
+            &h,
+            "solidaris",
+            addressed(&format!("full-{i}"), niss, "cpas-liege", i),
+        )
+        .await
+        {
+            Ok(reply) => accepted.push(reply.ticket),
+            Err(status) => {
+                refusal = Some(status);
+                break;
+            }
+        }
+    }
+    let status = refusal.expect("the disk filled up");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("cannot record messages"),
+        "{status:?}"
+    );
+    assert!(
+        !accepted.is_empty(),
+        "some were accepted before the disk filled"
+    );
+    // Still full: still refused, and nothing of the refused message is delivered.
+    let status = submit(
+        &h,
+        "solidaris",
+        addressed("full-again", niss, "cpas-liege", 1),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+
+    std::fs::remove_file(&filler).unwrap();
+    let reply = submit(
+        &h,
+        "solidaris",
+        addressed("after-space", niss, "cpas-liege", 2),
+    )
+    .await
+    .expect("accepted again once there is room");
+    accepted.push(reply.ticket);
+    eventually(Duration::from_secs(20), || {
+        h.network.inbox("cpas-liege").len() == accepted.len()
+    })
+    .await;
+    let tickets: Vec<String> = h
+        .network
+        .inbox("cpas-liege")
+        .deliveries()
+        .into_iter()
+        .map(|d| d.ticket)
+        .collect();
+    assert_eq!(
+        tickets, accepted,
+        "every accepted message, in order, nothing else"
+    );
+    assert_eq!(
+        track(&h, "solidaris", &accepted[0]).await.decision,
+        Decision::Delivered as i32
+    );
+}
+
+fn fs_free_bytes(path: &std::path::Path) -> u64 {
+    let output = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap()
+}

@@ -45,6 +45,12 @@ impl Harness {
     /// Starts the hub on the shipped configuration (plus `extra` files), a fresh PKI, and one
     /// reference institution per institution, all on free loopback ports.
     pub async fn start(extra: ExtraFiles<'_>) -> Harness {
+        Harness::start_with(extra, |_| {}).await
+    }
+
+    /// [`Harness::start`], with a last word on the settings (after the harness chose its
+    /// folders).
+    pub async fn start_with(extra: ExtraFiles<'_>, adjust: impl FnOnce(&mut Settings)) -> Harness {
         let pki_dir = tempfile::tempdir().unwrap();
         let mut dirs = Vec::new();
         let config_dir = if extra.is_empty() {
@@ -63,6 +69,7 @@ impl Harness {
         settings.tls.pki = pki_dir.path().to_owned();
         settings.logs.person_key = pki_dir.path().join("person-log.key");
         settings.storage.data = pki_dir.path().join("data");
+        adjust(&mut settings);
         dirs.push(pki_dir);
         let policy = Policy::load(&settings).unwrap();
         let pki = startup::ensure_pki(&settings, &policy).unwrap();
