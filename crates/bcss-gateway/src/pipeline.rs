@@ -127,6 +127,7 @@ impl Hub {
         deliverer: Deliverer,
         mut parts: HubParts,
     ) -> Hub {
+        let recovered = std::mem::take(&mut parts.recovered);
         let policy = Arc::new(ArcSwap::from_pointee(policy));
         let outbox = Arc::new(Outbox::new(
             parts.store.clone(),
@@ -141,22 +142,9 @@ impl Hub {
             directory,
             ledger: Ledger::default(),
             outbox,
-            parts: HubParts {
-                recovered: Recovered::default(),
-                ..std::mem::replace(
-                    &mut parts,
-                    HubParts {
-                        limits: Limits::unlimited(),
-                        person_key: PersonKey::new([0; 32]),
-                        policy_source: None,
-                        store: None,
-                        recovered: Recovered::default(),
-                        retry: RetryPolicy::from_settings(&Default::default()),
-                    },
-                )
-            },
+            parts,
         };
-        hub.resume(parts.recovered);
+        hub.resume(recovered);
         hub
     }
 

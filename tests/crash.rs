@@ -1,0 +1,307 @@
+//! The crash test: the real `bcss-hub serve` binary, under a steady load of submissions from
+//! several clients, is killed with SIGKILL at random moments (20 times by default;
+//! `BCSS_CRASH_KILLS=N` for more) and restarted. At the end every ticket that was answered has
+//! reached each of its recipients exactly once after deduplication by delivery id, in order per
+//! person, and nothing arrived that was not answered.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bcss_domain::Niss;
+use bcss_gateway::pki::Pki;
+use bcss_policy::{Policy, Settings};
+use bcss_proto::hub::v1::gateway_client::GatewayClient;
+use bcss_sim::institution::Network;
+use common::{a052_envelope, fresh_niss};
+use rand::RngExt;
+use tonic::transport::Channel;
+
+const RECIPIENTS: [&str; 2] = ["cpas-liege", "cpas-ghent"];
+const CLIENTS: usize = 4;
+const PERSONS_PER_CLIENT: u16 = 5;
+
+/// What a client saw answered: (message id, person, ticket, delivery ids).
+type Answered = Vec<(String, Niss, String, Vec<String>)>;
+
+fn hub_toml(listen: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "{listen}"
+shutdown_grace_ms = 2000
+[files]
+institutions = "institutions.toml"
+quality_codes = "quality_codes.toml"
+deliberations = "deliberations"
+directory = "directory.csv"
+[tls]
+pki = "../pki"
+hub_name = "hub.bcss.test"
+[delivery]
+timeout_ms = 2000
+reply_wait_ms = 0
+backoff_initial_ms = 20
+backoff_max_ms = 500
+circuit_open_ms = 200
+[limits]
+max_message_bytes = 1048576
+rate_per_second = 100000
+rate_burst = 100000
+[storage]
+data = "../data"
+[logs]
+person_key = "../person-log.key"
+"#
+    )
+}
+
+/// The folder the hub runs from: the shipped policy, a small directory, endpoints pointing at
+/// this test's institution servers.
+fn write_config(root: &Path, listen: &str, persons: &[Niss]) -> Settings {
+    let config = root.join("config");
+    std::fs::create_dir_all(config.join("deliberations")).unwrap();
+    for name in ["institutions.toml", "quality_codes.toml"] {
+        std::fs::copy(common::shipped_config().join(name), config.join(name)).unwrap();
+    }
+    for entry in std::fs::read_dir(common::shipped_config().join("deliberations")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(
+            entry.path(),
+            config.join("deliberations").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    let mut csv = format!("{}\n", bcss_directory::csv::HEADER);
+    for niss in persons {
+        for recipient in RECIPIENTS {
+            csv.push_str(&format!("{},{recipient},001,2024-01-01,\n", niss.digits()));
+        }
+    }
+    std::fs::write(config.join("directory.csv"), csv).unwrap();
+    std::fs::write(config.join("hub.toml"), hub_toml(listen)).unwrap();
+    Settings::load(&config.join("hub.toml")).unwrap()
+}
+
+/// Points institutions.toml's endpoints at the network's servers.
+fn point_at(network: &Network, file: &Path) {
+    let mut table: toml::Table = std::fs::read_to_string(file).unwrap().parse().unwrap();
+    if let Some(toml::Value::Array(institutions)) = table.get_mut("institution") {
+        for institution in institutions {
+            let id = institution["id"].as_str().unwrap().to_owned();
+            institution["endpoint"] = toml::Value::String(network.addresses[&id].to_string());
+        }
+    }
+    std::fs::write(file, toml::to_string(&table).unwrap()).unwrap();
+}
+
+fn spawn_hub(root: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join("hub.log"))
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_bcss-hub"))
+        .args(["serve", "--config"])
+        .arg(root.join("config/hub.toml"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("the bcss-hub binary starts")
+}
+
+async fn connect(address: std::net::SocketAddr, pki: &Pki) -> Option<Channel> {
+    bcss_sim::client::connect(address, pki, "solidaris", "hub.bcss.test")
+        .await
+        .ok()
+}
+
+async fn wait_ready(address: std::net::SocketAddr, pki: &Pki) {
+    let start = Instant::now();
+    while connect(address, pki).await.is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the hub did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One client: sends messages about its persons one after another, retrying each (same
+/// message id) until it is answered, as a real sender does.
+async fn client(
+    number: usize,
+    persons: Vec<Niss>,
+    address: std::net::SocketAddr,
+    pki: Arc<Pki>,
+    stop: Arc<AtomicBool>,
+    attempts: Arc<AtomicUsize>,
+) -> Answered {
+    let mut answered = Answered::new();
+    let mut channel: Option<Channel> = None;
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let niss = persons[n as usize % persons.len()];
+        let id = format!("client{number}-{n}");
+        let envelope = a052_envelope(&id, niss, n);
+        loop {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            if channel.is_none() {
+                channel = connect(address, &pki).await;
+            }
+            let Some(open) = channel.clone() else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            match GatewayClient::new(open).submit(envelope.clone()).await {
+                Ok(reply) => {
+                    let reply = reply.into_inner();
+                    let ids = reply
+                        .recipients
+                        .iter()
+                        .filter(|r| !r.delivery_id.is_empty())
+                        .map(|r| r.delivery_id.clone())
+                        .collect();
+                    answered.push((id, niss, reply.ticket, ids));
+                    break;
+                }
+                Err(_) => {
+                    channel = None;
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                }
+            }
+        }
+        n += 1;
+    }
+    answered
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answered_ticket_is_delivered_exactly_once_in_order_across_sigkills() {
+    let kills: usize = std::env::var("BCSS_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let root = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let persons: Vec<Niss> = (0..CLIENTS as u16 * PERSONS_PER_CLIENT)
+        .map(|i| fresh_niss(100 + i))
+        .collect();
+    let settings = write_config(root.path(), &address.to_string(), &persons);
+    let policy = Policy::load(&settings).unwrap();
+    let pki = Arc::new(bcss_gateway::startup::ensure_pki(&settings, &policy).unwrap());
+    let network = Network::start(&policy, &pki, "hub.bcss.test", true)
+        .await
+        .unwrap();
+    point_at(&network, &root.path().join("config/institutions.toml"));
+
+    let mut hub = spawn_hub(root.path());
+    wait_ready(address, &pki).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let mine =
+                persons[c * PERSONS_PER_CLIENT as usize..][..PERSONS_PER_CLIENT as usize].to_vec();
+            tokio::spawn(client(
+                c,
+                mine,
+                address,
+                pki.clone(),
+                stop.clone(),
+                attempts.clone(),
+            ))
+        })
+        .collect();
+    for _ in 0..kills {
+        let pause = rand::rng().random_range(150..700);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        hub.kill().expect("SIGKILL");
+        hub.wait().unwrap();
+        hub = spawn_hub(root.path());
+        wait_ready(address, &pki).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut answered = Answered::new();
+    for client in clients {
+        answered.extend(client.await.unwrap());
+    }
+
+    let expected: HashSet<String> = answered
+        .iter()
+        .flat_map(|(_, _, _, ids)| ids.iter().cloned())
+        .collect();
+    let arrived = || {
+        RECIPIENTS
+            .iter()
+            .map(|r| network.inbox(r).len())
+            .sum::<usize>()
+    };
+    let waiting = Instant::now();
+    while arrived() < expected.len() && waiting.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let any stray late delivery arrive before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = hub.kill();
+    let _ = hub.wait();
+
+    let mut received = HashSet::new();
+    let mut duplicates = 0;
+    let mut out_of_order = 0;
+    let order: HashMap<&str, usize> = answered
+        .iter()
+        .enumerate()
+        .map(|(i, (_, _, ticket, _))| (ticket.as_str(), i))
+        .collect();
+    for recipient in RECIPIENTS {
+        let inbox = network.inbox(recipient);
+        duplicates += inbox.duplicates();
+        let mut last_per_person: HashMap<String, usize> = HashMap::new();
+        for delivery in inbox.deliveries() {
+            received.insert(delivery.delivery_id.clone());
+            if let Some(position) = order.get(delivery.ticket.as_str()) {
+                let last = last_per_person.entry(delivery.niss.clone()).or_insert(0);
+                if *position < *last {
+                    out_of_order += 1;
+                }
+                *last = (*last).max(*position);
+            }
+        }
+    }
+    let lost = expected.difference(&received).count();
+    let unanswered = received.difference(&expected).count();
+    let ids: HashSet<&str> = answered.iter().map(|(id, ..)| id.as_str()).collect();
+    println!(
+        "crash test: {kills} SIGKILLs, {} calls, {} answered tickets, {} deliveries expected, \
+         {} delivered, {duplicates} duplicates dropped by recipients, {lost} lost, \
+         {unanswered} delivered but never answered, {out_of_order} out of order",
+        attempts.load(Ordering::Relaxed),
+        answered.len(),
+        expected.len(),
+        received.len(),
+    );
+    assert_eq!(ids.len(), answered.len(), "one ticket per message id");
+    assert!(answered.len() > kills, "the load went on across the kills");
+    if lost > 0 {
+        let kept = root.keep();
+        panic!(
+            "{lost} deliveries lost; the hub's folder is kept in {}",
+            kept.display()
+        );
+    }
+    assert_eq!(unanswered, 0, "deliveries of tickets never answered");
+    assert_eq!(out_of_order, 0, "deliveries out of order for a person");
+}
