@@ -255,8 +255,24 @@ async fn every_answered_ticket_is_delivered_exactly_once_in_order_across_sigkill
     }
     // Let any stray late delivery arrive before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = hub.kill();
-    let _ = hub.wait();
+    // The last stop is graceful: SIGTERM, and the hub exits cleanly within its grace period.
+    let terminated = Command::new("kill")
+        .args(["-TERM", &hub.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    let asked = Instant::now();
+    let exit = loop {
+        if let Some(status) = hub.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "the hub did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "a clean exit on SIGTERM: {exit:?}");
 
     let mut received = HashSet::new();
     let mut duplicates = 0;

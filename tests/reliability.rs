@@ -334,3 +334,41 @@ fn fs_free_bytes(path: &std::path::Path) -> u64 {
         .and_then(|l| l.trim().parse().ok())
         .unwrap()
 }
+
+#[tokio::test]
+async fn a_full_outbox_refuses_with_a_retry_hint_and_accepts_again_once_drained() {
+    let h = Harness::start_with(&[("hub.toml", &quick_retries(1000, 5))], |settings| {
+        settings.delivery.max_pending = 3;
+    })
+    .await;
+    let niss = fresh_niss(75);
+    integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
+    h.network.stop_institution("cpas-liege").await;
+    for i in 0..3 {
+        submit(
+            &h,
+            "solidaris",
+            addressed(&format!("bp-{i}"), niss, "cpas-liege", i),
+        )
+        .await
+        .expect("room for three");
+    }
+    let status = submit(&h, "solidaris", addressed("bp-3", niss, "cpas-liege", 3))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("delivery.max_pending = 3"),
+        "{status:?}"
+    );
+    assert!(status.metadata().get("grpc-retry-pushback-ms").is_some());
+    h.network.start_institution("cpas-liege").await.unwrap();
+    eventually(Duration::from_secs(20), || {
+        h.network.inbox("cpas-liege").len() == 3
+    })
+    .await;
+    eventually(Duration::from_secs(5), || h.hub.outbox().pending() == 0).await;
+    submit(&h, "solidaris", addressed("bp-3", niss, "cpas-liege", 3))
+        .await
+        .expect("room again once delivered");
+}

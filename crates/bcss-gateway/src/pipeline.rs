@@ -3,7 +3,6 @@
 //! Each step is a method named after it. The policy snapshot is taken once per submission, so
 //! a reload never changes the rules half-way through a message.
 
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -793,24 +792,41 @@ fn printable_token(text: &str) -> bool {
     (1..=128).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// A fingerprint of everything the sender chose, to recognise a resubmission.
+/// A fingerprint of everything the sender chose, to recognise a resubmission. Stored with the
+/// ticket, so it must not change between runs or versions: a BLAKE3 hash of the fields in a
+/// fixed layout (each prefixed with its length).
 fn fingerprint(envelope: &EnvelopeView) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    envelope.flow.hash(&mut hasher);
-    envelope.niss.hash(&mut hasher);
-    envelope
+    let mut hasher = blake3::Hasher::new();
+    let mut field = |bytes: &[u8]| {
+        hasher.update(&(bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    field(&envelope.flow.to_le_bytes());
+    field(envelope.niss.as_bytes());
+    let (start, end) = envelope
         .period
         .as_ref()
-        .map(|p| (&p.start, &p.end))
-        .hash(&mut hasher);
-    envelope.addressee.hash(&mut hasher);
-    envelope.relay_of.hash(&mut hasher);
-    envelope.contact_file.hash(&mut hasher);
-    match &envelope.payload {
-        Some(Payload::A052(b)) => (1u8, &b[..]).hash(&mut hasher),
-        Some(Payload::Dmfa(b)) => (2u8, &b[..]).hash(&mut hasher),
-        Some(Payload::Dimona(b)) => (3u8, &b[..]).hash(&mut hasher),
-        None => 0u8.hash(&mut hasher),
+        .map_or(("", ""), |p| (p.start.as_str(), p.end.as_str()));
+    field(start.as_bytes());
+    field(end.as_bytes());
+    for optional in [
+        &envelope.addressee,
+        &envelope.relay_of,
+        &envelope.contact_file,
+    ] {
+        match optional {
+            Some(text) => field(format!("+{text}").as_bytes()),
+            None => field(b"-"),
+        }
     }
-    hasher.finish()
+    let (kind, payload): (u8, &[u8]) = match &envelope.payload {
+        Some(Payload::A052(b)) => (1, b),
+        Some(Payload::Dmfa(b)) => (2, b),
+        Some(Payload::Dimona(b)) => (3, b),
+        None => (0, &[]),
+    };
+    field(&[kind]);
+    field(payload);
+    let hash = hasher.finalize();
+    u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
 }
