@@ -273,6 +273,11 @@ async fn a_full_disk_refuses_submissions_keeps_what_was_accepted_and_recovers() 
         }
     }
     let status = refusal.expect("the disk filled up");
+    println!(
+        "full disk: {} accepted before the store ran out of room, then: {}",
+        accepted.len(),
+        status.message()
+    );
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(
         status.message().contains("cannot record messages"),
