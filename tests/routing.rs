@@ -12,7 +12,7 @@ use bcss_proto::hub::v1::{
 use bcss_proto::institution::v1::{Delivery, delivery};
 use bcss_sim::envelope::{FlowMessage, envelope};
 use bcss_sim::payloads;
-use common::{Harness, a052_envelope, fresh_niss, integrate, rng, submit};
+use common::{Harness, a052_envelope, dmfa_envelope, fresh_niss, integrate, rng, submit};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Value};
 use time::macros::date;
@@ -27,17 +27,6 @@ fn outcome<'a>(
         .iter()
         .find(|r| r.institution == institution)
         .unwrap_or_else(|| panic!("{institution} is not a candidate: {reply:#?}"))
-}
-
-fn dmfa_envelope(id: &str, niss: Niss, public: bool) -> Envelope {
-    let message = payloads::dmfa(&mut rng(7), niss, 2025, 2, public);
-    envelope(
-        id,
-        niss,
-        date!(2025 - 04 - 01),
-        Some(date!(2025 - 06 - 30)),
-        FlowMessage::Dmfa(message),
-    )
 }
 
 fn dimona_envelope(id: &str, niss: Niss) -> Envelope {

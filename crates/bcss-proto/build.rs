@@ -16,6 +16,7 @@ const PUBLIC: &[&str] = &[
     "bcss/hub/v1/gateway.proto",
     "bcss/hub/v1/directory.proto",
     "bcss/hub/v1/admin.proto",
+    "bcss/hub/v1/journal.proto",
     "bcss/institution/v1/institution.proto",
 ];
 

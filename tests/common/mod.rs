@@ -276,3 +276,15 @@ pub async fn eventually(limit: std::time::Duration, condition: impl Fn() -> bool
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A DmfA for one quarter of 2025 about `niss`, public-sector blocks when `public`.
+pub fn dmfa_envelope(id: &str, niss: Niss, public: bool) -> Envelope {
+    let message = payloads::dmfa(&mut rng(7), niss, 2025, 2, public);
+    envelope(
+        id,
+        niss,
+        date!(2025 - 04 - 01),
+        Some(date!(2025 - 06 - 30)),
+        FlowMessage::Dmfa(message),
+    )
+}

@@ -6,6 +6,8 @@
 //! - [`service`]: the `Gateway` and `Directory` gRPC services; authentication and conversion.
 //! - [`identity`]: the calling institution or operator, from its client certificate.
 //! - [`error`]: bad input and its gRPC status codes.
+//! - [`journal`]: the `Journal` service (queries, contact files, audit, sample, verify) and
+//!   the retention task.
 //! - [`ledger`]: tickets, outcomes, relay chains, message ids.
 //! - [`limits`]: fan-out and the per-institution rate.
 //! - [`privacy`]: the keyed hash that stands for a person in logs.
@@ -18,6 +20,7 @@
 pub mod delivery;
 pub mod error;
 pub mod identity;
+pub mod journal;
 pub mod ledger;
 pub mod limits;
 pub mod outbox;

@@ -22,7 +22,7 @@ use arc_swap::ArcSwap;
 use bcss_policy::Policy;
 use bcss_policy::settings::DeliverySettings;
 use bcss_proto::hub::view::v1::DeliveryView;
-use bcss_store::{Accepted, Change, DeliveryRow, Store, StoreError, TicketRow};
+use bcss_store::{Accepted, Change, DeliveryRow, JournalEntry, Store, StoreError, TicketRow};
 use bytes::Bytes;
 use dashmap::DashMap;
 use prost::Message;
@@ -154,14 +154,16 @@ impl Outbox {
         self.pending.fetch_sub(count, Ordering::AcqRel);
     }
 
-    /// Records the ticket and its deliveries durably (or, without a store, numbers them).
+    /// Records the ticket, its deliveries and its journal entries durably (or, without a store,
+    /// numbers the deliveries and keeps no journal).
     pub async fn accept(
         &self,
         ticket: TicketRow,
         deliveries: Vec<DeliveryRow>,
+        journal: Vec<JournalEntry>,
     ) -> Result<Accepted, StoreError> {
         match &self.store {
-            Some(store) => store.accept(ticket, deliveries).await,
+            Some(store) => store.accept(ticket, deliveries, journal).await,
             None => Ok(Accepted::New {
                 seqs: deliveries
                     .iter()

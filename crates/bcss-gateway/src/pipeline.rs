@@ -24,7 +24,9 @@ use crate::ledger::{Decision, Ledger, Outcome, Reservation, TicketRecord};
 use crate::limits::Limits;
 use crate::outbox::{Job, Outbox, RetryPolicy};
 use crate::privacy::PersonKey;
-use bcss_store::{Accepted, DeliveryRow, OutcomeRow, Recovered, Store, TicketRow};
+use bcss_store::{
+    Accepted, DeliveryRow, EntryKind, JournalEntry, OutcomeRow, Recovered, Store, TicketRow,
+};
 use prost::Message as _;
 
 /// A validated envelope.
@@ -267,7 +269,7 @@ impl Hub {
         self.parts.limits.admit(sender)?;
         let message = self.validate(policy, sender, envelope)?;
         let ticket: Arc<str> = uuid::Uuid::now_v7().to_string().into();
-        let plans = self.plan(policy, sender, &message, false)?;
+        let plans = self.plan(policy, sender, &message, true)?;
         let record = TicketRecord {
             ticket: ticket.clone(),
             sender: sender.id.clone(),
@@ -289,7 +291,8 @@ impl Hub {
                 return Err(InputError::DuplicateMessageId(message.message_id));
             }
         };
-        let deliveries = self.deliveries(sender, &message, &record, plans);
+        let journal = journal_entries(policy, &message, &record, &plans);
+        let deliveries = self.deliveries(policy, sender, &message, &record, plans);
         if let Err(full) = self.outbox.reserve(deliveries.len()) {
             self.ledger.forget(&record);
             return Err(InputError::OutboxFull {
@@ -298,7 +301,7 @@ impl Hub {
             });
         }
         let rows: Vec<DeliveryRow> = deliveries.iter().map(|(_, row)| row.clone()).collect();
-        let seqs = match self.outbox.accept(ticket_row(&record), rows).await {
+        let seqs = match self.outbox.accept(ticket_row(&record), rows, journal).await {
             Ok(Accepted::New { seqs }) => seqs,
             Ok(Accepted::Existing(row)) => {
                 // Recorded before the last start under the same message id.
@@ -588,6 +591,7 @@ impl Hub {
     /// Step 5: the delivery of every admitted recipient, encoded once, with its outcome slot.
     fn deliveries(
         &self,
+        policy: &Policy,
         sender: &Institution,
         message: &Validated,
         record: &TicketRecord,
@@ -626,12 +630,95 @@ impl Hub {
                         niss: message.niss.as_u64(),
                         accepted_at_ms,
                         request: Bytes::from(view.encode_to_vec()),
+                        sender: sender.id.to_string(),
+                        flow: message_flow_number(message.flow) as u32,
+                        keep_until_ms: keep_until(
+                            policy,
+                            Some(&admitted.deliberation),
+                            accepted_at_ms,
+                        ),
+                        deliberation: admitted.deliberation.to_string(),
+                        a_posteriori: admitted.a_posteriori,
                         ..Default::default()
                     },
                 ))
             })
             .collect()
     }
+}
+
+/// How long the journal keeps entries that no deliberation governs (refusals without one, the
+/// submission itself when nothing was admitted), in years.
+pub const DEFAULT_RETENTION_YEARS: u16 = 10;
+
+/// When an entry under `deliberation` may be removed: its retention after `at_ms`.
+fn keep_until(policy: &Policy, deliberation: Option<&str>, at_ms: i64) -> i64 {
+    // A deliberation without a retention period (0: its recipients may keep nothing) still
+    // leaves the journal of its exchanges for the default period: accountability outlives data.
+    let years = deliberation
+        .and_then(|id| policy.deliberation(id))
+        .map(|d| d.retention_years)
+        .filter(|years| *years > 0)
+        .unwrap_or(DEFAULT_RETENTION_YEARS);
+    at_ms + i64::from(years) * 31_557_600_000
+}
+
+/// The journal entries of an accepted submission: the submission, then one per candidate
+/// (admission or refusal), with the names of the fields filtering removed. Never a value.
+fn journal_entries(
+    policy: &Policy,
+    message: &Validated,
+    record: &TicketRecord,
+    plans: &[Planned],
+) -> Vec<JournalEntry> {
+    let at_ms = (record.accepted_at.unix_timestamp_nanos() / 1_000_000) as i64;
+    let base = JournalEntry {
+        at_ms,
+        ticket: record.ticket.to_string(),
+        relay_of: record.relay_of.as_deref().unwrap_or_default().to_owned(),
+        sender: record.sender.to_string(),
+        flow: message_flow_number(message.flow) as u32,
+        niss: message.niss.as_u64(),
+        message_id: record.message_id.clone(),
+        contact_file: message.contact_file.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    let longest = plans
+        .iter()
+        .filter_map(|p| p.result.as_ref().ok())
+        .map(|a| keep_until(policy, Some(&a.deliberation), at_ms))
+        .max()
+        .unwrap_or_else(|| keep_until(policy, None, at_ms));
+    let mut entries = vec![JournalEntry {
+        kind: EntryKind::Submission as i32,
+        reason: "accepted".into(),
+        keep_until_ms: longest,
+        ..base.clone()
+    }];
+    for plan in plans {
+        entries.push(match &plan.result {
+            Ok(admitted) => JournalEntry {
+                kind: EntryKind::Admission as i32,
+                recipient: plan.institution_id.to_string(),
+                deliberation: admitted.deliberation.to_string(),
+                reason: "admitted".into(),
+                removed_fields: admitted.removed_paths.clone(),
+                a_posteriori: admitted.a_posteriori,
+                delivery_id: delivery_id(&record.ticket, &plan.institution_id),
+                keep_until_ms: keep_until(policy, Some(&admitted.deliberation), at_ms),
+                ..base.clone()
+            },
+            Err((reason, deliberation)) => JournalEntry {
+                kind: EntryKind::Refusal as i32,
+                recipient: plan.institution_id.to_string(),
+                deliberation: deliberation.as_deref().unwrap_or_default().to_owned(),
+                reason: reason.name().to_owned(),
+                keep_until_ms: keep_until(policy, deliberation.as_deref(), at_ms),
+                ..base.clone()
+            },
+        });
+    }
+    entries
 }
 
 /// The stored form of a ticket.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bcss_proto::gateway_view::gateway_server::GatewayServer;
 use bcss_proto::hub::v1::admin_server::AdminServer;
 use bcss_proto::hub::v1::directory_server::DirectoryServer;
+use bcss_proto::hub::v1::journal_server::JournalServer;
 use http_body_util::BodyExt;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -14,6 +15,7 @@ use tonic::codegen::http;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tower::util::MapResponseLayer;
 
+use crate::journal::JournalService;
 use crate::pipeline::Hub;
 use crate::service::{AdminService, DirectoryService, GatewayService};
 
@@ -48,7 +50,8 @@ pub async fn run(
     })
     .max_decoding_message_size(options.max_message_bytes);
     let directory = DirectoryServer::new(DirectoryService { hub: hub.clone() });
-    let admin = AdminServer::new(AdminService { hub });
+    let admin = AdminServer::new(AdminService { hub: hub.clone() });
+    let journal = JournalServer::new(JournalService { hub });
     let tls = ServerTlsConfig::new()
         .identity(options.tls.identity)
         .client_ca_root(options.tls.client_ca);
@@ -64,6 +67,7 @@ pub async fn run(
         .add_service(gateway)
         .add_service(directory)
         .add_service(admin)
+        .add_service(journal)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }

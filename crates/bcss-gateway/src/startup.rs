@@ -158,7 +158,9 @@ pub fn assemble_settings(
     })?;
     let (store, recovered) = if settings.storage.durable {
         let (store, recovered) = Store::open(&settings.storage.data)?;
-        (Some(Arc::new(store)), recovered)
+        let store = Arc::new(store);
+        crate::journal::spawn_retention(store.clone(), Duration::from_secs(60));
+        (Some(store), recovered)
     } else {
         tracing::warn!(
             message = "storage.durable = false: accepted messages are kept in memory only and lost if the hub stops."

@@ -13,6 +13,7 @@
 //! - [`rows`]: the stored records (prost messages).
 //! - this file: [`Store`], the tables, the writer thread.
 
+pub mod journal;
 pub mod rows;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
+pub use journal::{Checkpoint, EntryKind, JournalEntry, Tamper, Verified};
 pub use rows::{DeliveryRow, DeliveryState, OutcomeRow, TicketRow};
 
 /// Ticket → `TicketRow`.
@@ -33,6 +35,23 @@ const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries
 const PENDING: TableDefinition<u64, ()> = TableDefinition::new("pending");
 /// The dead letters (sequence numbers).
 const DEAD: TableDefinition<u64, ()> = TableDefinition::new("dead_letters");
+/// Journal entry number → `JournalEntry` (a stub once retention removed it).
+const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
+/// (NISS, entry) for the citizen's view.
+const JOURNAL_BY_PERSON: TableDefinition<(u64, u64), ()> =
+    TableDefinition::new("journal_by_person");
+/// (ticket, entry).
+const JOURNAL_BY_TICKET: TableDefinition<(&str, u64), ()> =
+    TableDefinition::new("journal_by_ticket");
+/// (institution, time, entry), for the sender and for the recipient.
+const JOURNAL_BY_PARTY: TableDefinition<(&str, i64, u64), ()> =
+    TableDefinition::new("journal_by_party");
+/// (keep until, entry): what retention removes next.
+const JOURNAL_EXPIRY: TableDefinition<(i64, u64), ()> = TableDefinition::new("journal_expiry");
+/// Checkpoint entry number → `Checkpoint`.
+const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("journal_checkpoints");
+/// Contact-file id → the journal entry that registered it.
+const CONTACT_FILES: TableDefinition<&str, u64> = TableDefinition::new("contact_files");
 
 /// Most changes committed together.
 pub const MAX_GROUP: usize = 1024;
@@ -94,6 +113,7 @@ enum Op {
     Accept {
         ticket: Box<TicketRow>,
         deliveries: Vec<DeliveryRow>,
+        journal: Vec<JournalEntry>,
         reply: oneshot::Sender<Result<Accepted, StoreError>>,
     },
     Change {
@@ -109,14 +129,61 @@ enum Op {
         seq: u64,
         reply: oneshot::Sender<Result<Option<DeliveryRow>, StoreError>>,
     },
+    Journal {
+        query: JournalQuery,
+        reply: oneshot::Sender<Result<Vec<JournalEntry>, StoreError>>,
+    },
+    Append {
+        entry: Box<JournalEntry>,
+        reply: oneshot::Sender<Result<Option<DeliveryRow>, StoreError>>,
+    },
+    Expire {
+        now_ms: i64,
+        limit: usize,
+        reply: oneshot::Sender<Result<Option<DeliveryRow>, StoreError>>,
+        removed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    },
+    Verify {
+        reply: oneshot::Sender<Result<Verified, StoreError>>,
+    },
+}
+
+/// Which journal entries to read.
+#[derive(Clone, Debug)]
+pub enum JournalQuery {
+    /// Every entry about a person.
+    Person { niss: u64 },
+    /// Every entry of these tickets.
+    Tickets { tickets: Vec<String> },
+    /// Entries where the institution is sender or recipient, in a time range (ms, inclusive).
+    Party {
+        institution: String,
+        from_ms: i64,
+        to_ms: i64,
+    },
+    /// Every entry in a time range (ms, inclusive), at most `limit`.
+    Range { from_ms: i64, to_ms: i64 },
+    /// The contact-file registration with this id, if any.
+    ContactFile { id: String },
 }
 
 /// The store. Cheap to share behind an `Arc`; dropping the last handle stops the writer after
 /// it committed what it had.
 #[derive(Debug)]
 pub struct Store {
-    ops: mpsc::Sender<Op>,
+    ops: Option<mpsc::Sender<Op>>,
+    writer: Option<std::thread::JoinHandle<()>>,
     path: PathBuf,
+}
+
+impl Drop for Store {
+    /// Lets the writer finish its last group and close the file.
+    fn drop(&mut self) {
+        self.ops.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Op {
@@ -134,17 +201,28 @@ impl Store {
         init_tables(&db).map_err(|e| unavailable(&path, e))?;
         let recovered = recover(&db)?;
         let next_seq = last_seq(&db)? + 1;
+        let journal_key = journal_key(dir)?;
+        let journal_head = journal_head(&db)?;
         let (ops, rx) = mpsc::channel(4 * MAX_GROUP);
         let writer = Writer {
             db: Some(db),
             path: path.clone(),
             next_seq,
+            journal_key,
+            journal_head,
         };
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("bcss-store".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        Ok((Store { ops, path }, recovered))
+        Ok((
+            Store {
+                ops: Some(ops),
+                writer: Some(writer),
+                path,
+            },
+            recovered,
+        ))
     }
 
     /// The database file.
@@ -152,17 +230,19 @@ impl Store {
         &self.path
     }
 
-    /// Records a ticket and its deliveries (their `seq` is assigned here), durably, unless the
-    /// sender already used the message id.
+    /// Records a ticket, its deliveries (their `seq` is assigned here) and its journal entries,
+    /// durably, unless the sender already used the message id.
     pub async fn accept(
         &self,
         ticket: TicketRow,
         deliveries: Vec<DeliveryRow>,
+        journal: Vec<JournalEntry>,
     ) -> Result<Accepted, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.send(Op::Accept {
             ticket: Box::new(ticket),
             deliveries,
+            journal,
             reply,
         })
         .await?;
@@ -199,8 +279,50 @@ impl Store {
         answer.await.map_err(|_| StoreError::Stopped)?
     }
 
+    /// Journal entries matching `query`, in order.
+    pub async fn journal(&self, query: JournalQuery) -> Result<Vec<JournalEntry>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Op::Journal { query, reply }).await?;
+        answer.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Appends one entry (a contact-file registration, say) durably.
+    pub async fn append(&self, entry: JournalEntry) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Op::Append {
+            entry: Box::new(entry),
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| StoreError::Stopped)?.map(|_| ())
+    }
+
+    /// Removes the content of at most `limit` entries whose retention ended before `now_ms`,
+    /// leaving stubs; returns how many.
+    pub async fn expire(&self, now_ms: i64, limit: usize) -> Result<u64, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let removed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        self.send(Op::Expire {
+            now_ms,
+            limit,
+            reply,
+            removed: removed.clone(),
+        })
+        .await?;
+        answer.await.map_err(|_| StoreError::Stopped)??;
+        Ok(removed.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Walks the whole chain and its checkpoints.
+    pub async fn verify(&self) -> Result<Verified, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Op::Verify { reply }).await?;
+        answer.await.map_err(|_| StoreError::Stopped)?
+    }
+
     async fn send(&self, op: Op) -> Result<(), StoreError> {
-        self.ops.send(op).await.map_err(|_| StoreError::Stopped)
+        let ops = self.ops.as_ref().ok_or(StoreError::Stopped)?;
+        ops.send(op).await.map_err(|_| StoreError::Stopped)
     }
 }
 
@@ -215,6 +337,13 @@ fn init_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(DELIVERIES)?;
     txn.open_table(PENDING)?;
     txn.open_table(DEAD)?;
+    txn.open_table(JOURNAL)?;
+    txn.open_table(JOURNAL_BY_PERSON)?;
+    txn.open_table(JOURNAL_BY_TICKET)?;
+    txn.open_table(JOURNAL_BY_PARTY)?;
+    txn.open_table(JOURNAL_EXPIRY)?;
+    txn.open_table(CHECKPOINTS)?;
+    txn.open_table(CONTACT_FILES)?;
     txn.commit()?;
     Ok(())
 }
@@ -268,6 +397,9 @@ struct Writer {
     db: Option<Database>,
     path: PathBuf,
     next_seq: u64,
+    journal_key: [u8; 32],
+    /// The last entry's number and hash.
+    journal_head: (u64, [u8; 32]),
 }
 
 /// What a group's operation answers once the commit is known.
@@ -313,7 +445,9 @@ impl Writer {
         let mut reads = Vec::new();
         for op in group {
             match op {
-                Op::Accept { .. } | Op::Change { .. } => writes.push(op),
+                Op::Accept { .. } | Op::Change { .. } | Op::Append { .. } | Op::Expire { .. } => {
+                    writes.push(op)
+                }
                 _ => reads.push(op),
             }
         }
@@ -327,6 +461,7 @@ impl Writer {
 
     fn write_group(&mut self, writes: Vec<Op>) {
         let seq_before = self.next_seq;
+        let head_before = self.journal_head;
         let outcome = self.database().and_then(|db| {
             db.begin_write()
                 .map_err(|e| StoreError::Unavailable(e.to_string()))
@@ -357,6 +492,7 @@ impl Writer {
                 tracing::error!(message = "Store commit failed; nothing of this group was kept.", %error);
                 self.db = None;
                 self.next_seq = seq_before;
+                self.journal_head = head_before;
                 let error = StoreError::Unavailable(error.to_string());
                 for answer in answers {
                     let reply = match answer {
@@ -375,17 +511,81 @@ impl Writer {
             Op::Accept {
                 ticket,
                 deliveries,
+                journal,
                 reply,
-            } => match self.accept(txn, *ticket, deliveries) {
+            } => match self.accept(txn, *ticket, deliveries, journal) {
                 Ok(accepted) => Pending::Accept(reply, accepted),
                 Err(error) => Pending::Failed(FailedReply::Accept(reply), error),
             },
-            Op::Change { change, reply } => match change_one(txn, change) {
-                Ok(row) => Pending::Change(reply, row),
+            Op::Change { change, reply } => {
+                let kind = match &change {
+                    Change::Delivered { .. } => EntryKind::Delivery,
+                    Change::Attempted { .. } => EntryKind::Attempt,
+                    Change::DeadLetter { .. } => EntryKind::DeadLetter,
+                    Change::Replay { .. } => EntryKind::Replay,
+                };
+                let result = change_one(txn, change).and_then(|row| {
+                    if let Some(row) = &row {
+                        self.append(txn, delivery_entry(row, kind))?;
+                    }
+                    Ok(row)
+                });
+                match result {
+                    Ok(row) => Pending::Change(reply, row),
+                    Err(error) => Pending::Failed(FailedReply::Change(reply), error),
+                }
+            }
+            Op::Append { entry, reply } => match self.append(txn, *entry) {
+                Ok(_) => Pending::Change(reply, None),
+                Err(error) => Pending::Failed(FailedReply::Change(reply), error),
+            },
+            Op::Expire {
+                now_ms,
+                limit,
+                reply,
+                removed,
+            } => match expire(txn, now_ms, limit) {
+                Ok(count) => {
+                    removed.store(count, std::sync::atomic::Ordering::Relaxed);
+                    Pending::Change(reply, None)
+                }
                 Err(error) => Pending::Failed(FailedReply::Change(reply), error),
             },
             _ => unreachable!("reads are not written"),
         }
+    }
+
+    /// Appends one entry to the chain, with its indexes, and seals the head when due.
+    fn append(
+        &mut self,
+        txn: &WriteTransaction,
+        mut entry: JournalEntry,
+    ) -> Result<u64, StoreError> {
+        let fail = |e: redb::Error| StoreError::Unavailable(e.to_string());
+        let (last, prev_hash) = self.journal_head;
+        entry.number = last + 1;
+        entry.prev_hash = prev_hash.to_vec();
+        let hash = entry.compute_hash(&prev_hash);
+        entry.hash = hash.to_vec();
+        txn.open_table(JOURNAL)
+            .map_err(|e| fail(e.into()))?
+            .insert(entry.number, entry.encode_to_vec().as_slice())
+            .map_err(|e| fail(e.into()))?;
+        index(txn, &entry, true)?;
+        if entry.number.is_multiple_of(journal::CHECKPOINT_EVERY) {
+            let checkpoint = Checkpoint {
+                number: entry.number,
+                hash: hash.to_vec(),
+                at_ms: entry.at_ms,
+                seal: journal::seal(&self.journal_key, entry.number, &hash).to_vec(),
+            };
+            txn.open_table(CHECKPOINTS)
+                .map_err(|e| fail(e.into()))?
+                .insert(entry.number, checkpoint.encode_to_vec().as_slice())
+                .map_err(|e| fail(e.into()))?;
+        }
+        self.journal_head = (entry.number, hash);
+        Ok(entry.number)
     }
 
     fn accept(
@@ -393,6 +593,7 @@ impl Writer {
         txn: &WriteTransaction,
         mut ticket: TicketRow,
         mut deliveries: Vec<DeliveryRow>,
+        journal: Vec<JournalEntry>,
     ) -> Result<Accepted, StoreError> {
         let fail = |e: redb::Error| StoreError::Unavailable(e.to_string());
         let key = format!("{}\0{}", ticket.sender, ticket.message_id);
@@ -431,6 +632,10 @@ impl Writer {
         tickets
             .insert(ticket.ticket.as_str(), ticket.encode_to_vec().as_slice())
             .map_err(|e| fail(e.into()))?;
+        drop((ids, tickets, table, pending));
+        for entry in journal {
+            self.append(txn, entry)?;
+        }
         Ok(Accepted::New { seqs })
     }
 
@@ -448,6 +653,13 @@ impl Writer {
             }
             Op::Delivery { seq, reply } => {
                 let _ = reply.send(self.database().and_then(|db| delivery(db, seq)));
+            }
+            Op::Journal { query, reply } => {
+                let _ = reply.send(self.database().and_then(|db| journal_query(db, &query)));
+            }
+            Op::Verify { reply } => {
+                let key = self.journal_key;
+                let _ = reply.send(self.database().and_then(|db| verify_db(db, &key)));
             }
             _ => unreachable!("writes are not read"),
         }
@@ -472,7 +684,9 @@ fn fail_all(writes: Vec<Op>, error: &StoreError) {
         let message = StoreError::Unavailable(error.to_string());
         match op {
             Op::Accept { reply, .. } => FailedReply::Accept(reply).send(message),
-            Op::Change { reply, .. } => FailedReply::Change(reply).send(message),
+            Op::Change { reply, .. } | Op::Append { reply, .. } | Op::Expire { reply, .. } => {
+                FailedReply::Change(reply).send(message)
+            }
             _ => {}
         }
     }
@@ -575,10 +789,280 @@ fn delivery(db: &Database, seq: u64) -> Result<Option<DeliveryRow>, StoreError> 
         .transpose()
 }
 
+/// The journal entry for a change to a delivery.
+fn delivery_entry(row: &DeliveryRow, kind: EntryKind) -> JournalEntry {
+    JournalEntry {
+        at_ms: now_ms(),
+        kind: kind as i32,
+        ticket: row.ticket.clone(),
+        sender: row.sender.clone(),
+        recipient: row.recipient.clone(),
+        flow: row.flow,
+        niss: row.niss,
+        deliberation: row.deliberation.clone(),
+        reason: match kind {
+            EntryKind::Delivery => "delivered".into(),
+            EntryKind::Attempt => row.last_error.clone(),
+            EntryKind::DeadLetter => row.dead_reason.clone(),
+            EntryKind::Replay => "replayed".into(),
+            _ => String::new(),
+        },
+        attempt: row.attempts,
+        a_posteriori: row.a_posteriori,
+        keep_until_ms: row.keep_until_ms,
+        delivery_id: row.delivery_id.clone(),
+        ..Default::default()
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Adds (or, with `add` false, removes) an entry's index rows.
+fn index(txn: &WriteTransaction, entry: &JournalEntry, add: bool) -> Result<(), StoreError> {
+    let fail = |e: redb::Error| StoreError::Unavailable(e.to_string());
+    let mut person = txn
+        .open_table(JOURNAL_BY_PERSON)
+        .map_err(|e| fail(e.into()))?;
+    let mut ticket = txn
+        .open_table(JOURNAL_BY_TICKET)
+        .map_err(|e| fail(e.into()))?;
+    let mut party = txn
+        .open_table(JOURNAL_BY_PARTY)
+        .map_err(|e| fail(e.into()))?;
+    let mut expiry = txn.open_table(JOURNAL_EXPIRY).map_err(|e| fail(e.into()))?;
+    let mut contact = txn.open_table(CONTACT_FILES).map_err(|e| fail(e.into()))?;
+    let n = entry.number;
+    macro_rules! apply {
+        ($table:expr, $key:expr) => {
+            if add {
+                $table.insert($key, ()).map_err(|e| fail(e.into()))?;
+            } else {
+                $table.remove($key).map_err(|e| fail(e.into()))?;
+            }
+        };
+    }
+    if entry.niss != 0 {
+        apply!(person, (entry.niss, n));
+    }
+    if !entry.ticket.is_empty() {
+        apply!(ticket, (entry.ticket.as_str(), n));
+    }
+    for institution in [&entry.sender, &entry.recipient] {
+        if !institution.is_empty() {
+            apply!(party, (institution.as_str(), entry.at_ms, n));
+        }
+    }
+    if entry.keep_until_ms > 0 {
+        apply!(expiry, (entry.keep_until_ms, n));
+    }
+    if entry.kind == EntryKind::ContactFile as i32 && !entry.contact_file.is_empty() {
+        if add {
+            contact
+                .insert(entry.contact_file.as_str(), n)
+                .map_err(|e| fail(e.into()))?;
+        } else {
+            contact
+                .remove(entry.contact_file.as_str())
+                .map_err(|e| fail(e.into()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Replaces the content of entries past their retention by stubs.
+fn expire(txn: &WriteTransaction, now_ms: i64, limit: usize) -> Result<u64, StoreError> {
+    let fail = |e: redb::Error| StoreError::Unavailable(e.to_string());
+    let due: Vec<u64> = {
+        let expiry = txn.open_table(JOURNAL_EXPIRY).map_err(|e| fail(e.into()))?;
+        let mut due = Vec::new();
+        for item in expiry
+            .range((i64::MIN, 0)..=(now_ms, u64::MAX))
+            .map_err(|e| fail(e.into()))?
+        {
+            if due.len() >= limit {
+                break;
+            }
+            due.push(item.map_err(|e| fail(e.into()))?.0.value().1);
+        }
+        due
+    };
+    let mut removed = 0;
+    for number in due {
+        let entry: JournalEntry = {
+            let journal = txn.open_table(JOURNAL).map_err(|e| fail(e.into()))?;
+            let Some(bytes) = journal.get(number).map_err(|e| fail(e.into()))? else {
+                continue;
+            };
+            decode(bytes.value())?
+        };
+        index(txn, &entry, false)?;
+        txn.open_table(JOURNAL)
+            .map_err(|e| fail(e.into()))?
+            .insert(number, entry.stub().encode_to_vec().as_slice())
+            .map_err(|e| fail(e.into()))?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+fn journal_query(db: &Database, query: &JournalQuery) -> Result<Vec<JournalEntry>, StoreError> {
+    let fail = |e: redb::Error| StoreError::Unavailable(e.to_string());
+    let txn = db.begin_read().map_err(|e| fail(e.into()))?;
+    let journal = txn.open_table(JOURNAL).map_err(|e| fail(e.into()))?;
+    let mut numbers: Vec<u64> = Vec::new();
+    match query {
+        JournalQuery::Person { niss } => {
+            let table = txn
+                .open_table(JOURNAL_BY_PERSON)
+                .map_err(|e| fail(e.into()))?;
+            for item in table
+                .range((*niss, 0)..=(*niss, u64::MAX))
+                .map_err(|e| fail(e.into()))?
+            {
+                numbers.push(item.map_err(|e| fail(e.into()))?.0.value().1);
+            }
+        }
+        JournalQuery::Tickets { tickets } => {
+            let table = txn
+                .open_table(JOURNAL_BY_TICKET)
+                .map_err(|e| fail(e.into()))?;
+            for ticket in tickets {
+                for item in table
+                    .range((ticket.as_str(), 0)..=(ticket.as_str(), u64::MAX))
+                    .map_err(|e| fail(e.into()))?
+                {
+                    numbers.push(item.map_err(|e| fail(e.into()))?.0.value().1);
+                }
+            }
+        }
+        JournalQuery::Party {
+            institution,
+            from_ms,
+            to_ms,
+        } => {
+            let table = txn
+                .open_table(JOURNAL_BY_PARTY)
+                .map_err(|e| fail(e.into()))?;
+            for item in table
+                .range(
+                    (institution.as_str(), *from_ms, 0)..=(institution.as_str(), *to_ms, u64::MAX),
+                )
+                .map_err(|e| fail(e.into()))?
+            {
+                numbers.push(item.map_err(|e| fail(e.into()))?.0.value().2);
+            }
+        }
+        JournalQuery::Range { from_ms, to_ms } => {
+            for item in journal.iter().map_err(|e| fail(e.into()))? {
+                let (_, bytes) = item.map_err(|e| fail(e.into()))?;
+                let entry: JournalEntry = decode(bytes.value())?;
+                if !entry.removed && entry.at_ms >= *from_ms && entry.at_ms <= *to_ms {
+                    numbers.push(entry.number);
+                }
+            }
+        }
+        JournalQuery::ContactFile { id } => {
+            let table = txn.open_table(CONTACT_FILES).map_err(|e| fail(e.into()))?;
+            if let Some(number) = table.get(id.as_str()).map_err(|e| fail(e.into()))? {
+                numbers.push(number.value());
+            }
+        }
+    }
+    numbers.sort_unstable();
+    numbers.dedup();
+    let mut entries = Vec::with_capacity(numbers.len());
+    for number in numbers {
+        if let Some(bytes) = journal.get(number).map_err(|e| fail(e.into()))? {
+            entries.push(decode(bytes.value())?);
+        }
+    }
+    Ok(entries)
+}
+
+fn verify_db(db: &Database, key: &[u8; 32]) -> Result<Verified, StoreError> {
+    let fail = |e: redb::Error| StoreError::Unavailable(e.to_string());
+    let txn = db.begin_read().map_err(|e| fail(e.into()))?;
+    let journal = txn.open_table(JOURNAL).map_err(|e| fail(e.into()))?;
+    let mut entries = Vec::new();
+    for item in journal.iter().map_err(|e| fail(e.into()))? {
+        let (number, bytes) = item.map_err(|e| fail(e.into()))?;
+        let entry = JournalEntry::decode(bytes.value()).unwrap_or_else(|_| JournalEntry {
+            // An entry that no longer decodes was changed.
+            number: u64::MAX,
+            ..Default::default()
+        });
+        let entry = if entry.number == u64::MAX {
+            JournalEntry {
+                number: number.value(),
+                hash: vec![0xff],
+                ..Default::default()
+            }
+        } else {
+            entry
+        };
+        entries.push((number.value(), entry));
+    }
+    let table = txn.open_table(CHECKPOINTS).map_err(|e| fail(e.into()))?;
+    let mut checkpoints = Vec::new();
+    for item in table.iter().map_err(|e| fail(e.into()))? {
+        let (_, bytes) = item.map_err(|e| fail(e.into()))?;
+        checkpoints.push(decode(bytes.value())?);
+    }
+    Ok(journal::verify(key, entries, &checkpoints))
+}
+
+/// Verifies the journal of a store that is not open (the hub stopped): `bcss-hub journal
+/// verify --offline`, and tests that tamper with the file.
+pub fn verify_folder(dir: &Path) -> Result<Verified, StoreError> {
+    let path = dir.join("hub.redb");
+    let db = Database::open(&path).map_err(|e| unavailable(&path, e))?;
+    verify_db(&db, &journal_key(dir)?)
+}
+
+/// The key that seals checkpoints: `journal.key` in the data folder, created on first start.
+fn journal_key(dir: &Path) -> Result<[u8; 32], StoreError> {
+    let file = dir.join("journal.key");
+    match std::fs::read(&file) {
+        Ok(bytes) if bytes.len() == 32 => Ok(bytes.try_into().expect("32 bytes")),
+        Ok(_) => Err(StoreError::Damaged(format!(
+            "{} is not a 32-byte key",
+            file.display()
+        ))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let key: [u8; 32] = rand::random();
+            std::fs::write(&file, key).map_err(|e| unavailable(&file, e))?;
+            Ok(key)
+        }
+        Err(error) => Err(unavailable(&file, error)),
+    }
+}
+
+fn journal_head(db: &Database) -> Result<(u64, [u8; 32]), StoreError> {
+    let fail = |e: redb::Error| StoreError::Unavailable(e.to_string());
+    let txn = db.begin_read().map_err(|e| fail(e.into()))?;
+    let journal = txn.open_table(JOURNAL).map_err(|e| fail(e.into()))?;
+    match journal.last().map_err(|e| fail(e.into()))? {
+        None => Ok((0, [0; 32])),
+        Some((number, bytes)) => {
+            let entry: JournalEntry = decode(bytes.value())?;
+            let hash: [u8; 32] = entry
+                .hash
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Damaged("a journal entry without its hash".into()))?;
+            Ok((number.value(), hash))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn ticket(id: &str, message_id: &str, recipients: &[&str]) -> (TicketRow, Vec<DeliveryRow>) {
         let outcomes = recipients
@@ -617,7 +1101,7 @@ mod tests {
             let (store, recovered) = Store::open(dir.path()).unwrap();
             assert!(recovered.pending.is_empty());
             let (t, d) = ticket("t1", "m1", &["a", "b"]);
-            let Accepted::New { seqs } = store.accept(t, d).await.unwrap() else {
+            let Accepted::New { seqs } = store.accept(t, d, Vec::new()).await.unwrap() else {
                 panic!("new")
             };
             assert_eq!(seqs, vec![1, 2]);
@@ -626,8 +1110,6 @@ mod tests {
                 .await
                 .unwrap();
         }
-        // The writer thread ends when the store is dropped; give it a moment to release.
-        tokio::time::sleep(Duration::from_millis(50)).await;
         let (store, recovered) = Store::open(dir.path()).unwrap();
         assert_eq!(recovered.tickets.len(), 1);
         assert_eq!(recovered.tickets[0].outcomes[1].delivery_seq, 2);
@@ -635,13 +1117,13 @@ mod tests {
         assert_eq!(pending, vec![2]);
         // The same message id is answered with the original ticket.
         let (t, d) = ticket("t2", "m1", &["a"]);
-        match store.accept(t, d).await.unwrap() {
+        match store.accept(t, d, Vec::new()).await.unwrap() {
             Accepted::Existing(row) => assert_eq!(row.ticket, "t1"),
             Accepted::New { .. } => panic!("a reused message id must not be recorded"),
         }
         // Sequence numbers continue after the last one.
         let (t, d) = ticket("t3", "m3", &["a"]);
-        let Accepted::New { seqs } = store.accept(t, d).await.unwrap() else {
+        let Accepted::New { seqs } = store.accept(t, d, Vec::new()).await.unwrap() else {
             panic!("new")
         };
         assert_eq!(seqs, vec![3]);
@@ -652,7 +1134,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(dir.path()).unwrap();
         let (t, d) = ticket("t1", "m1", &["a", "b", "c"]);
-        store.accept(t, d).await.unwrap();
+        store.accept(t, d, Vec::new()).await.unwrap();
         for seq in [1, 3] {
             store
                 .change(Change::DeadLetter {
@@ -693,7 +1175,7 @@ mod tests {
                 let store = store.clone();
                 tokio::spawn(async move {
                     let (t, d) = ticket(&format!("t{i}"), &format!("m{i}"), &["a"]);
-                    store.accept(t, d).await.unwrap()
+                    store.accept(t, d, Vec::new()).await.unwrap()
                 })
             })
             .collect();
@@ -705,5 +1187,157 @@ mod tests {
         }
         seqs.sort_unstable();
         assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
+    }
+
+    fn entry(ticket: &str, niss: u64, keep_until_ms: i64) -> JournalEntry {
+        JournalEntry {
+            at_ms: 1_000,
+            kind: EntryKind::Admission as i32,
+            ticket: ticket.into(),
+            sender: "s".into(),
+            recipient: "r".into(),
+            niss,
+            keep_until_ms,
+            ..Default::default()
+        }
+    }
+
+    /// A store with `n` journal entries (closed), and its folder.
+    async fn journal_of(n: u64, keep_until_ms: impl Fn(u64) -> i64) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        for i in 1..=n {
+            store
+                .append(entry(&format!("t{i}"), 1000 + i % 3, keep_until_ms(i)))
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.verify().await.unwrap().first_problem, None);
+        drop(store);
+        dir
+    }
+
+    /// Changes the stored journal directly, as someone with access to the file would.
+    fn tamper(dir: &Path, edit: impl FnOnce(&mut redb::Table<u64, &[u8]>)) {
+        let db = Database::create(dir.join("hub.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut journal = txn.open_table(JOURNAL).unwrap();
+            edit(&mut journal);
+        }
+        txn.commit().unwrap();
+    }
+
+    fn read(journal: &redb::Table<u64, &[u8]>, n: u64) -> JournalEntry {
+        JournalEntry::decode(journal.get(n).unwrap().unwrap().value()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn verify_names_the_entry_that_was_changed_removed_or_reordered() {
+        let n = journal::CHECKPOINT_EVERY + 10;
+        type Edit = Box<dyn FnOnce(&mut redb::Table<u64, &[u8]>)>;
+        let cases: Vec<(&str, Edit, Tamper)> = vec![
+            (
+                "changed",
+                Box::new(|journal| {
+                    let mut e = read(journal, 7);
+                    e.recipient = "someone-else".into();
+                    journal.insert(7, e.encode_to_vec().as_slice()).unwrap();
+                }),
+                Tamper::Changed { number: 7 },
+            ),
+            (
+                "removed",
+                Box::new(|journal| {
+                    journal.remove(9).unwrap();
+                }),
+                Tamper::Removed { after: 8, next: 10 },
+            ),
+            (
+                "reordered",
+                Box::new(|journal| {
+                    let (a, b) = (read(journal, 3), read(journal, 4));
+                    journal.insert(3, b.encode_to_vec().as_slice()).unwrap();
+                    journal.insert(4, a.encode_to_vec().as_slice()).unwrap();
+                }),
+                Tamper::Reordered {
+                    position: 3,
+                    claims: 4,
+                },
+            ),
+            (
+                "rewritten from entry 5 on, hashes recomputed",
+                Box::new(move |journal| {
+                    let mut prev = read(journal, 4).hash;
+                    for number in 5..=n {
+                        let mut e = read(journal, number);
+                        e.sender = "forged".into();
+                        e.prev_hash = prev.clone();
+                        e.hash = e.compute_hash(&prev).to_vec();
+                        prev = e.hash.clone();
+                        journal
+                            .insert(number, e.encode_to_vec().as_slice())
+                            .unwrap();
+                    }
+                }),
+                Tamper::BadSeal {
+                    checkpoint: journal::CHECKPOINT_EVERY,
+                },
+            ),
+            (
+                "the newest entries cut off",
+                Box::new(move |journal| {
+                    for number in journal::CHECKPOINT_EVERY..=n {
+                        journal.remove(number).unwrap();
+                    }
+                }),
+                Tamper::Removed {
+                    after: journal::CHECKPOINT_EVERY - 1,
+                    next: journal::CHECKPOINT_EVERY + 1,
+                },
+            ),
+        ];
+        for (case, edit, expected) in cases {
+            let dir = journal_of(n, |_| 0).await;
+            tamper(dir.path(), edit);
+            let report = verify_folder(dir.path()).unwrap();
+            assert_eq!(report.first_problem, Some(expected), "{case}");
+        }
+    }
+
+    #[tokio::test]
+    async fn retention_leaves_stubs_and_the_chain_still_verifies() {
+        // Odd entries are kept until t=5,000 ms, even ones forever.
+        let dir = journal_of(20, |i| if i % 2 == 1 { 5_000 } else { 0 }).await;
+        let (store, _) = Store::open(dir.path()).unwrap();
+        assert_eq!(store.expire(4_999, 100).await.unwrap(), 0);
+        assert_eq!(store.expire(5_000, 100).await.unwrap(), 10);
+        let report = store.verify().await.unwrap();
+        assert_eq!((report.first_problem, report.stubs), (None, 10));
+        // Expired entries are gone from the queries, the others stay.
+        let person = store
+            .journal(JournalQuery::Person { niss: 1000 })
+            .await
+            .unwrap();
+        assert!(person.iter().all(|e| e.number % 2 == 0 && !e.removed));
+        assert!(!person.is_empty());
+        let gone = store
+            .journal(JournalQuery::Tickets {
+                tickets: vec!["t3".into()],
+            })
+            .await
+            .unwrap();
+        assert!(gone.is_empty());
+        drop(store);
+        // A stub edited afterwards is caught too.
+        tamper(dir.path(), |journal| {
+            let mut stub = read(journal, 3);
+            stub.hash = vec![1; 32];
+            journal.insert(3, stub.encode_to_vec().as_slice()).unwrap();
+        });
+        assert_eq!(
+            verify_folder(dir.path()).unwrap().first_problem,
+            Some(Tamper::Changed { number: 4 })
+        );
     }
 }

@@ -99,4 +99,15 @@ pub struct DeliveryRow {
     /// The encoded `bcss.institution.v1.Delivery`, already filtered; emptied once delivered.
     #[prost(bytes = "bytes", tag = "13")]
     pub request: bytes::Bytes,
+    /// For the journal: who sent it, which flow, under which deliberation, kept how long.
+    #[prost(string, tag = "14")]
+    pub sender: String,
+    #[prost(uint32, tag = "15")]
+    pub flow: u32,
+    #[prost(string, tag = "16")]
+    pub deliberation: String,
+    #[prost(int64, tag = "17")]
+    pub keep_until_ms: i64,
+    #[prost(bool, tag = "18")]
+    pub a_posteriori: bool,
 }

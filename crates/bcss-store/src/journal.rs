@@ -1,0 +1,262 @@
+//! The journal: every decision about every exchange, hash-chained, sealed, queryable, and
+//! removed when its deliberation's retention has passed.
+//!
+//! Entry `n` carries `hash(n) = BLAKE3(hash(n-1) ‖ entry n encoded without its hash)`, so
+//! changing, removing or reordering an entry breaks the chain from there on. Every
+//! [`CHECKPOINT_EVERY`] entries the writer seals the head with a keyed BLAKE3 MAC under the
+//! hub's journal key: someone who rewrites the chain from some point on and recomputes every
+//! hash still cannot produce the seals. Retention removes an entry's content but keeps a
+//! stub (its number, time and hash), so the chain stays verifiable across removals.
+//!
+//! The journal records decisions, never payload values: ticket, parties, flow, NISS (so a citizen
+//! can ask who received data about them), deliberation, decision, reason, the names of removed
+//! fields, timestamps and attempt counts.
+
+use prost::Message;
+
+/// How often the head is sealed.
+pub const CHECKPOINT_EVERY: u64 = 256;
+
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum EntryKind {
+    /// A message was accepted (one entry per ticket).
+    Submission = 0,
+    /// A candidate recipient was refused by policy.
+    Refusal = 1,
+    /// A candidate recipient was admitted: a delivery was decided.
+    Admission = 2,
+    /// A delivery attempt failed.
+    Attempt = 3,
+    /// A delivery was acknowledged by its recipient.
+    Delivery = 4,
+    /// A delivery was given up: a dead letter.
+    DeadLetter = 5,
+    /// A dead letter was put back in its queue.
+    Replay = 6,
+    /// A contact centre registered a contact file (16/046).
+    ContactFile = 7,
+}
+
+/// One journal entry.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct JournalEntry {
+    #[prost(uint64, tag = "1")]
+    pub number: u64,
+    /// Milliseconds since the Unix epoch.
+    #[prost(int64, tag = "2")]
+    pub at_ms: i64,
+    #[prost(enumeration = "EntryKind", tag = "3")]
+    pub kind: i32,
+    #[prost(string, tag = "4")]
+    pub ticket: String,
+    #[prost(string, tag = "5")]
+    pub relay_of: String,
+    #[prost(string, tag = "6")]
+    pub sender: String,
+    #[prost(string, tag = "7")]
+    pub recipient: String,
+    /// 1 A052, 2 DmfA, 3 Dimona (0 for contact files).
+    #[prost(uint32, tag = "8")]
+    pub flow: u32,
+    #[prost(uint64, tag = "9")]
+    pub niss: u64,
+    #[prost(string, tag = "10")]
+    pub deliberation: String,
+    /// The decision's or reason's stable name (e.g. `delivered`, `not_integrated`).
+    #[prost(string, tag = "11")]
+    pub reason: String,
+    /// Field paths removed by filtering (names, never values).
+    #[prost(string, repeated, tag = "12")]
+    pub removed_fields: Vec<String>,
+    #[prost(uint32, tag = "13")]
+    pub attempt: u32,
+    /// The contact file cited (16/046), or registered.
+    #[prost(string, tag = "14")]
+    pub contact_file: String,
+    #[prost(bool, tag = "15")]
+    pub a_posteriori: bool,
+    /// When this entry may be removed (the deliberation's retention), ms since the epoch; 0:
+    /// never.
+    #[prost(int64, tag = "16")]
+    pub keep_until_ms: i64,
+    /// The message id the sender chose.
+    #[prost(string, tag = "17")]
+    pub message_id: String,
+    /// For a contact file: when it was opened, ms since the epoch.
+    #[prost(int64, tag = "18")]
+    pub opened_at_ms: i64,
+    /// The delivery's id, for attempts, deliveries and dead letters.
+    #[prost(string, tag = "19")]
+    pub delivery_id: String,
+    #[prost(bytes = "vec", tag = "30")]
+    pub prev_hash: Vec<u8>,
+    #[prost(bytes = "vec", tag = "31")]
+    pub hash: Vec<u8>,
+    /// True once retention removed the content: only number, time and hashes remain.
+    #[prost(bool, tag = "32")]
+    pub removed: bool,
+}
+
+impl JournalEntry {
+    /// The hash this entry must carry, given the previous entry's.
+    pub fn compute_hash(&self, prev_hash: &[u8]) -> [u8; 32] {
+        let mut unsealed = self.clone();
+        unsealed.hash.clear();
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(prev_hash);
+        hasher.update(&unsealed.encode_to_vec());
+        *hasher.finalize().as_bytes()
+    }
+
+    /// The stub retention leaves: number, time, hashes.
+    pub fn stub(&self) -> JournalEntry {
+        JournalEntry {
+            number: self.number,
+            at_ms: self.at_ms,
+            kind: self.kind,
+            prev_hash: self.prev_hash.clone(),
+            hash: self.hash.clone(),
+            removed: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// A sealed head of the chain.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Checkpoint {
+    #[prost(uint64, tag = "1")]
+    pub number: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub hash: Vec<u8>,
+    #[prost(int64, tag = "3")]
+    pub at_ms: i64,
+    /// Keyed BLAKE3 of (number, hash) under the journal key.
+    #[prost(bytes = "vec", tag = "4")]
+    pub seal: Vec<u8>,
+}
+
+/// The seal of a checkpoint.
+pub fn seal(key: &[u8; 32], number: u64, hash: &[u8]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_keyed(key);
+    hasher.update(&number.to_le_bytes());
+    hasher.update(hash);
+    *hasher.finalize().as_bytes()
+}
+
+/// The first problem `verify` found, naming the entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tamper {
+    /// The entry's content does not match its hash, or its hash does not follow the previous.
+    Changed { number: u64 },
+    /// Entries are missing before this one (and no stub stands for them).
+    Removed { after: u64, next: u64 },
+    /// The entry stored under `position` says it is entry `claims`.
+    Reordered { position: u64, claims: u64 },
+    /// A checkpoint's seal does not match, or the entry it seals has another hash.
+    BadSeal { checkpoint: u64 },
+}
+
+impl std::fmt::Display for Tamper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tamper::Changed { number } => write!(f, "entry {number} was changed"),
+            Tamper::Removed { after, next } if *next == after + 2 => {
+                write!(f, "entry {} was removed", after + 1)
+            }
+            Tamper::Removed { after, next } => {
+                write!(f, "entries {} to {} were removed", after + 1, next - 1)
+            }
+            Tamper::Reordered { position, claims } => write!(
+                f,
+                "entries were reordered: position {position} holds entry {claims}"
+            ),
+            Tamper::BadSeal { checkpoint } => {
+                write!(f, "the checkpoint at entry {checkpoint} does not match")
+            }
+        }
+    }
+}
+
+/// What `verify` found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub entries: u64,
+    pub stubs: u64,
+    pub checkpoints: u64,
+    pub first_problem: Option<Tamper>,
+}
+
+/// Walks `entries` (in key order, with their keys) and `checkpoints`, and reports the first
+/// problem.
+pub fn verify(
+    key: &[u8; 32],
+    entries: impl IntoIterator<Item = (u64, JournalEntry)>,
+    checkpoints: &[Checkpoint],
+) -> Verified {
+    let mut report = Verified {
+        entries: 0,
+        stubs: 0,
+        checkpoints: checkpoints.len() as u64,
+        first_problem: None,
+    };
+    // Entry 1 follows the genesis hash (32 zero bytes).
+    let mut previous: (u64, Vec<u8>) = (0, vec![0; 32]);
+    let mut hashes = std::collections::HashMap::new();
+    for (position, entry) in entries {
+        report.entries += 1;
+        let problem = (|| {
+            if entry.number != position {
+                return Some(Tamper::Reordered {
+                    position,
+                    claims: entry.number,
+                });
+            }
+            if position != previous.0 + 1 {
+                return Some(Tamper::Removed {
+                    after: previous.0,
+                    next: position,
+                });
+            }
+            let prev_hash = previous.1.clone();
+            if entry.prev_hash != prev_hash {
+                return Some(Tamper::Changed { number: position });
+            }
+            if entry.removed {
+                report.stubs += 1;
+            } else if entry.compute_hash(&prev_hash)[..] != entry.hash[..] {
+                return Some(Tamper::Changed { number: position });
+            }
+            None
+        })();
+        if let Some(problem) = problem {
+            report.first_problem = Some(problem);
+            return report;
+        }
+        hashes.insert(position, entry.hash.clone());
+        previous = (position, entry.hash);
+    }
+    let last = previous.0;
+    for checkpoint in checkpoints {
+        if checkpoint.number > last {
+            report.first_problem = Some(Tamper::Removed {
+                after: last,
+                next: checkpoint.number + 1,
+            });
+            return report;
+        }
+        let sealed = seal(key, checkpoint.number, &checkpoint.hash);
+        let matches_entry = hashes
+            .get(&checkpoint.number)
+            .is_some_and(|hash| *hash == checkpoint.hash);
+        if sealed[..] != checkpoint.seal[..] || !matches_entry {
+            report.first_problem = Some(Tamper::BadSeal {
+                checkpoint: checkpoint.number,
+            });
+            return report;
+        }
+    }
+    report
+}
