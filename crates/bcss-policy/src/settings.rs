@@ -141,6 +141,9 @@ pub struct StorageSettings {
     /// for service (an accepted message would be lost with the process).
     #[serde(default = "default_durable")]
     pub durable: bool,
+    /// `false` keeps no journal: only to measure what the journal costs, never for service.
+    #[serde(default = "default_durable")]
+    pub journal: bool,
 }
 
 fn default_durable() -> bool {
@@ -152,6 +155,7 @@ impl Default for StorageSettings {
         StorageSettings {
             data: PathBuf::from("../var/data"),
             durable: true,
+            journal: true,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The `bcss-hub` command line: serve, check-config, demo, certs, generate-directory,
-//! institution, deadletters.
+//! institution, deadletters, journal.
 
 use std::path::PathBuf;
 
@@ -72,6 +72,21 @@ pub enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// Reads and audits the journal of the running hub, with an auditor's certificate (or an
+    /// institution's, for its own exchanges).
+    Journal {
+        #[arg(long, default_value = "config/hub.toml")]
+        config: PathBuf,
+        /// Whose certificate to present: an `[[operator]]` with the auditor role, or an
+        /// institution.
+        #[arg(long = "as", default_value = "security-adviser")]
+        party: String,
+        /// The hub's address; `server.listen` of the configuration when absent.
+        #[arg(long)]
+        hub: Option<std::net::SocketAddr>,
+        #[command(subcommand)]
+        action: JournalAction,
+    },
     /// Runs one reference institution server and prints every delivery it receives.
     Institution {
         #[arg(long, default_value = "config/hub.toml")]
@@ -97,6 +112,48 @@ pub enum DeadLetterAction {
     Show { seq: u64 },
     /// Puts a dead letter back in its recipient's queue.
     Replay { seq: u64 },
+}
+
+/// What to read from the journal.
+#[derive(Debug, Subcommand)]
+pub enum JournalAction {
+    /// Entries by person (`--niss`), by ticket (`--ticket`, the whole chain), or by institution
+    /// and time range (`--institution`, `--from`, `--to`).
+    Query {
+        #[arg(long)]
+        niss: Option<String>,
+        #[arg(long)]
+        ticket: Option<String>,
+        #[arg(long)]
+        institution: Option<String>,
+        /// YYYY-MM-DD or RFC 3339.
+        #[arg(long, default_value = "")]
+        from: String,
+        #[arg(long, default_value = "")]
+        to: String,
+    },
+    /// Walks the hash chain and the sealed checkpoints; names the first entry changed, removed
+    /// or reordered.
+    Verify,
+    /// Consultations without a prior integration check whose contact file does not justify
+    /// them (16/046).
+    AuditPosteriori {
+        #[arg(long, default_value = "")]
+        from: String,
+        #[arg(long, default_value = "")]
+        to: String,
+    },
+    /// A reproducible random sample of deliveries per receiving institution.
+    Sample {
+        #[arg(long, default_value_t = 5)]
+        per_institution: u32,
+        #[arg(long, default_value = "")]
+        from: String,
+        #[arg(long, default_value = "")]
+        to: String,
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+    },
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -265,6 +322,15 @@ pub async fn main() -> Result<(), Error> {
             init_logs("warn");
             dead_letters(&config, &operator, hub, action).await?;
         }
+        Command::Journal {
+            config,
+            party,
+            hub,
+            action,
+        } => {
+            init_logs("warn");
+            journal(&config, &party, hub, action).await?;
+        }
         Command::Institution { config, id } => {
             init_logs("info");
             let settings = Settings::load(&config)?;
@@ -391,6 +457,131 @@ async fn dead_letters(
                     "Not a dead letter any more: nothing to replay."
                 }
             );
+        }
+    }
+    Ok(())
+}
+
+async fn journal(
+    config: &std::path::Path,
+    party: &str,
+    hub: Option<std::net::SocketAddr>,
+    action: JournalAction,
+) -> Result<(), Error> {
+    use bcss_proto::hub::v1::journal_client::JournalClient;
+    use bcss_proto::hub::v1::{
+        AuditPosterioriRequest, ByInstitutionRequest, ByPersonRequest, ByTicketRequest,
+        JournalRecord, SampleRequest, VerifyRequest,
+    };
+    let settings = Settings::load(config)?;
+    let pki = bcss_gateway::pki::Pki::new(&settings.tls.pki);
+    let address = hub.unwrap_or(settings.server.listen);
+    let channel = crate::client::connect(address, &pki, party, &settings.tls.hub_name).await?;
+    let mut journal = JournalClient::new(channel);
+    let print = |records: &[JournalRecord]| {
+        let mut table = comfy_table::Table::new();
+        table.set_header([
+            "#", "at", "kind", "ticket", "sender", "recipient", "deliberation", "reason",
+        ]);
+        for r in records {
+            table.add_row([
+                r.number.to_string(),
+                r.at.clone(),
+                r.kind.clone(),
+                r.ticket.clone(),
+                r.sender.clone(),
+                r.recipient.clone(),
+                r.deliberation.clone(),
+                r.reason.clone(),
+            ]);
+        }
+        println!("{table}");
+        println!("{} entries", records.len());
+    };
+    match action {
+        JournalAction::Query {
+            niss,
+            ticket,
+            institution,
+            from,
+            to,
+        } => {
+            let records = match (niss, ticket, institution) {
+                (Some(niss), None, None) => {
+                    journal.by_person(ByPersonRequest { niss }).await?.into_inner().records
+                }
+                (None, Some(ticket), None) => {
+                    journal.by_ticket(ByTicketRequest { ticket }).await?.into_inner().records
+                }
+                (None, None, Some(institution)) => {
+                    journal
+                        .by_institution(ByInstitutionRequest {
+                            institution,
+                            from,
+                            to,
+                        })
+                        .await?
+                        .into_inner()
+                        .records
+                }
+                _ => return Err("give exactly one of --niss, --ticket, --institution".into()),
+            };
+            print(&records);
+        }
+        JournalAction::Verify => {
+            let report = journal.verify(VerifyRequest {}).await?.into_inner();
+            println!(
+                "{} entries ({} removed by retention, hashes kept), {} sealed checkpoints",
+                report.entries, report.removed_by_retention, report.checkpoints
+            );
+            if report.intact {
+                println!("The chain is intact.");
+            } else {
+                return Err(format!("The chain is broken: {}", report.problem).into());
+            }
+        }
+        JournalAction::AuditPosteriori { from, to } => {
+            let audit = journal
+                .audit_posteriori(AuditPosterioriRequest { from, to })
+                .await?
+                .into_inner();
+            let mut table = comfy_table::Table::new();
+            table.set_header(["#", "at", "ticket", "consulted by", "contact file", "problem"]);
+            for finding in &audit.findings {
+                let c = finding.consultation.clone().unwrap_or_default();
+                table.add_row([
+                    c.number.to_string(),
+                    c.at,
+                    c.ticket,
+                    c.recipient,
+                    c.contact_file,
+                    finding.problem.clone(),
+                ]);
+            }
+            println!("{table}");
+            println!(
+                "{} consultations without a prior check examined, {} unjustified",
+                audit.examined,
+                audit.findings.len()
+            );
+        }
+        JournalAction::Sample {
+            per_institution,
+            from,
+            to,
+            seed,
+        } => {
+            let records = journal
+                .sample(SampleRequest {
+                    per_institution,
+                    from,
+                    to,
+                    seed,
+                })
+                .await?
+                .into_inner()
+                .records;
+            print(&records);
         }
     }
     Ok(())
