@@ -269,7 +269,9 @@ impl Hub {
         self.parts.limits.admit(sender)?;
         let message = self.validate(policy, sender, envelope)?;
         let ticket: Arc<str> = uuid::Uuid::now_v7().to_string().into();
-        let plans = self.plan(policy, sender, &message, true)?;
+        // The journal names the fields filtering removed; without a journal, nobody needs them.
+        let name_removed = self.outbox.store().is_some_and(|store| store.journals());
+        let plans = self.plan(policy, sender, &message, name_removed)?;
         let record = TicketRecord {
             ticket: ticket.clone(),
             sender: sender.id.clone(),
@@ -498,7 +500,7 @@ impl Hub {
         policy: &Policy,
         sender: &Institution,
         message: &Validated,
-        explain: bool,
+        name_removed: bool,
     ) -> Result<Vec<Planned>, InputError> {
         let integrations = self.directory.integrations(message.niss);
         let candidates = self.route(policy, sender, message, &integrations);
@@ -529,7 +531,7 @@ impl Hub {
                             flow: message.flow,
                             error,
                         })?;
-                    let removed_paths = if explain {
+                    let removed_paths = if name_removed {
                         policy
                             .schema()
                             .removed_fields(message.flow, &grant.paths, &message.payload)

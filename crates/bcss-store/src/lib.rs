@@ -171,6 +171,7 @@ pub enum JournalQuery {
 /// it committed what it had.
 #[derive(Debug)]
 pub struct Store {
+    journal: bool,
     ops: Option<mpsc::Sender<Op>>,
     writer: Option<std::thread::JoinHandle<()>>,
     path: PathBuf,
@@ -223,12 +224,18 @@ impl Store {
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok((
             Store {
+                journal,
                 ops: Some(ops),
                 writer: Some(writer),
                 path,
             },
             recovered,
         ))
+    }
+
+    /// Whether exchanges are journalled.
+    pub fn journals(&self) -> bool {
+        self.journal
     }
 
     /// The database file.
