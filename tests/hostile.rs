@@ -95,6 +95,19 @@ async fn hostile_messages_get_their_specific_status_and_deliver_nothing() {
     spoofed.extend(field_key(15, WireType::LengthDelimited));
     encode_varint(9, &mut spoofed);
     spoofed.extend_from_slice(b"solidaris");
+    let payload_twice = {
+        let mut envelope = a052_envelope("twice", niss, 5);
+        envelope.addressee = Some("cpas-liege".into());
+        let mut bytes = envelope.encode_to_vec();
+        let mut second = a052_envelope("twice", niss, 6);
+        second.addressee = Some("cpas-liege".into());
+        let encoded = second.encode_to_vec();
+        // prost writes fields in number order, the payload (field 10) last: what follows the
+        // rest of the envelope is the payload field, appended here as a second copy.
+        second.payload = None;
+        bytes.extend_from_slice(&encoded[second.encoded_len()..]);
+        bytes
+    };
     let unreachable = {
         let mut envelope = a052_envelope("unreachable", niss, 4);
         envelope.addressee = Some("onva-inspection".into());
@@ -154,8 +167,15 @@ async fn hostile_messages_get_their_specific_status_and_deliver_nothing() {
             "sender spoofed in the message",
             "cpas-liege",
             spoofed,
-            Code::PermissionDenied,
-            "\"cpas-liege\" may not send flow A052",
+            Code::InvalidArgument,
+            "a field the contract does not define",
+        ),
+        (
+            "the payload field twice (a second copy the hub would not check)",
+            "solidaris",
+            payload_twice,
+            Code::InvalidArgument,
+            "repeats a field",
         ),
         (
             "addressee the sender may not reach",

@@ -157,9 +157,13 @@ pub fn assemble_settings(
         }
     })?;
     let (store, recovered) = if settings.storage.durable {
-        let (store, recovered) = Store::open_with(&settings.storage.data, settings.storage.journal)?;
+        let (store, recovered) =
+            Store::open_with(&settings.storage.data, settings.storage.journal)?;
         if !settings.storage.journal {
-            tracing::warn!(message = "storage.journal = false: exchanges are not journalled (benchmarks only).");
+            tracing::warn!(
+                message =
+                    "storage.journal = false: exchanges are not journalled (benchmarks only)."
+            );
         }
         let store = Arc::new(store);
         crate::journal::spawn_retention(store.clone(), Duration::from_secs(60));

@@ -46,11 +46,24 @@ impl<U: Message + Default> Decoder for RequestDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        use bytes::Buf;
+        let received = buf.remaining();
         // prost's message names the field path and the wire problem, never a value.
-        U::decode(buf).map(Some).map_err(|error| {
+        let message = U::decode(buf).map_err(|error| {
             Status::invalid_argument(format!(
                 "the request is not a well-formed protobuf message of the contract ({error})"
             ))
-        })
+        })?;
+        // Decoding keeps the last of a repeated field and drops fields it does not know: what
+        // the hub would act on is then not all the sender wrote. A request must re-encode to
+        // its own length (each field once, only the contract's fields, as proto3 encoders
+        // write them).
+        if message.encoded_len() != received {
+            return Err(Status::invalid_argument(
+                "the request repeats a field or carries a field the contract does not define: \
+                 send each field once, as the contract defines it",
+            ));
+        }
+        Ok(Some(message))
     }
 }

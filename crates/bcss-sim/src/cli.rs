@@ -481,7 +481,14 @@ async fn journal(
     let print = |records: &[JournalRecord]| {
         let mut table = comfy_table::Table::new();
         table.set_header([
-            "#", "at", "kind", "ticket", "sender", "recipient", "deliberation", "reason",
+            "#",
+            "at",
+            "kind",
+            "ticket",
+            "sender",
+            "recipient",
+            "deliberation",
+            "reason",
         ]);
         for r in records {
             table.add_row([
@@ -508,10 +515,18 @@ async fn journal(
         } => {
             let records = match (niss, ticket, institution) {
                 (Some(niss), None, None) => {
-                    journal.by_person(ByPersonRequest { niss }).await?.into_inner().records
+                    journal
+                        .by_person(ByPersonRequest { niss })
+                        .await?
+                        .into_inner()
+                        .records
                 }
                 (None, Some(ticket), None) => {
-                    journal.by_ticket(ByTicketRequest { ticket }).await?.into_inner().records
+                    journal
+                        .by_ticket(ByTicketRequest { ticket })
+                        .await?
+                        .into_inner()
+                        .records
                 }
                 (None, None, Some(institution)) => {
                     journal
@@ -546,7 +561,14 @@ async fn journal(
                 .await?
                 .into_inner();
             let mut table = comfy_table::Table::new();
-            table.set_header(["#", "at", "ticket", "consulted by", "contact file", "problem"]);
+            table.set_header([
+                "#",
+                "at",
+                "ticket",
+                "consulted by",
+                "contact file",
+                "problem",
+            ]);
             for finding in &audit.findings {
                 let c = finding.consultation.clone().unwrap_or_default();
                 table.add_row([
