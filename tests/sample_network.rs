@@ -35,6 +35,7 @@ async fn the_demo_delivers_what_it_reports_and_refuses_some() {
         keep_running: false,
         ephemeral_ports: true,
         progress: false,
+        metrics: false,
     };
     let report = run_with(settings.clone(), options.clone()).await.unwrap();
     assert!(report.submitted >= 150);

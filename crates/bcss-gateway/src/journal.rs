@@ -422,7 +422,7 @@ pub fn spawn_retention(store: Arc<Store>, every: std::time::Duration) {
             match store.expire(bcss_store::now_ms(), 10_000).await {
                 Ok(0) => {}
                 Ok(removed) => {
-                    metrics::counter!("bcss_journal_entries_removed_total").increment(removed);
+                    metrics::counter!(crate::telemetry::JOURNAL_REMOVED).increment(removed);
                     tracing::info!(
                         message = "Journal entries past their retention removed.",
                         removed

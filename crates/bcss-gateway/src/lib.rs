@@ -16,6 +16,7 @@
 //! - [`pki`]: the development CA and certificates.
 //! - [`server`]: `run(hub, listener, options, shutdown)`.
 //! - [`startup`]: from `hub.toml` to a running hub.
+//! - [`telemetry`]: the Prometheus metrics and their exporter.
 
 pub mod delivery;
 pub mod error;
@@ -30,5 +31,6 @@ pub mod privacy;
 pub mod server;
 pub mod service;
 pub mod startup;
+pub mod telemetry;
 
 pub use pipeline::Hub;

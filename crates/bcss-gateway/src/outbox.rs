@@ -32,6 +32,7 @@ use tokio::task::JoinSet;
 
 use crate::delivery::Deliverer;
 use crate::ledger::{Decision, TicketRecord};
+use crate::telemetry;
 
 /// How deliveries are retried and bounded (`[delivery]` in `hub.toml`).
 #[derive(Clone, Debug)]
@@ -304,6 +305,15 @@ async fn worker(outbox: Arc<Outbox>, recipient: Arc<str>, mut rx: mpsc::Unbounde
                 }
             });
         let sleep = wake.map(|due| Duration::from_millis((due - now).max(1) as u64));
+        let waiting: usize = lanes.iter().map(VecDeque::len).sum::<usize>() + in_flight.len();
+        let oldest = lanes
+            .iter()
+            .filter_map(|lane| lane.front().map(|j| j.accepted_at_ms))
+            .min()
+            .map_or(0.0, |at| (now - at).max(0) as f64 / 1000.0);
+        metrics::gauge!(telemetry::QUEUE_DEPTH, "recipient" => recipient.to_string())
+            .set(waiting as f64);
+        metrics::gauge!(telemetry::QUEUE_OLDEST, "recipient" => recipient.to_string()).set(oldest);
         tokio::select! {
             job = rx.recv() => match job {
                 Some(job) => {
@@ -339,6 +349,7 @@ async fn worker(outbox: Arc<Outbox>, recipient: Arc<str>, mut rx: mpsc::Unbounde
 }
 
 async fn attempt(outbox: Arc<Outbox>, lane: usize, job: Job) -> (usize, Job, Result<(), String>) {
+    let started = std::time::Instant::now();
     let result = async {
         let policy = outbox.policy.load();
         let institution = policy
@@ -354,11 +365,15 @@ async fn attempt(outbox: Arc<Outbox>, lane: usize, job: Job) -> (usize, Job, Res
             .map(|_| ())
     }
     .await;
+    metrics::histogram!(telemetry::STAGE_SECONDS, "stage" => "deliver")
+        .record(started.elapsed().as_secs_f64());
     (lane, job, result)
 }
 
 async fn delivered(outbox: &Outbox, mut job: Job, now: i64) {
     job.attempts += 1;
+    metrics::counter!(telemetry::DELIVERIES, "recipient" => job.recipient.to_string(), "outcome" => "delivered")
+        .increment(1);
     update_outcome(&job, Decision::Delivered, None);
     outbox.pending.fetch_sub(1, Ordering::AcqRel);
     if let Some(notify) = job.notify.take() {
@@ -381,6 +396,8 @@ async fn failed(
     now: i64,
 ) -> Option<Job> {
     job.attempts += 1;
+    metrics::counter!(telemetry::DELIVERIES, "recipient" => recipient.to_owned(), "outcome" => "failed")
+        .increment(1);
     if let Some(notify) = job.notify.take() {
         let _ = notify.send(());
     }
@@ -396,6 +413,8 @@ async fn failed(
             job.attempts
         );
         tracing::warn!(message = "Delivery became a dead letter.", recipient, seq = job.seq, attempts = job.attempts, %error);
+        metrics::counter!(telemetry::DEAD_LETTERS, "recipient" => recipient.to_owned())
+            .increment(1);
         update_outcome(&job, Decision::DeadLetter, Some(reason.clone()));
         outbox.pending.fetch_sub(1, Ordering::AcqRel);
         outbox
@@ -408,6 +427,8 @@ async fn failed(
             .await;
         return None;
     }
+    metrics::counter!(telemetry::DELIVERY_RETRIES, "recipient" => recipient.to_owned())
+        .increment(1);
     job.next_attempt_ms = now + outbox.backoff(job.attempts).as_millis() as i64;
     tracing::info!(message = "Delivery attempt failed; will retry.", recipient, seq = job.seq, attempts = job.attempts, %error);
     update_outcome(&job, Decision::DeliveryFailed, Some(error.clone()));

@@ -24,6 +24,7 @@ use crate::ledger::{Decision, Ledger, Outcome, Reservation, TicketRecord};
 use crate::limits::Limits;
 use crate::outbox::{Job, Outbox, RetryPolicy};
 use crate::privacy::PersonKey;
+use crate::telemetry;
 use bcss_store::{
     Accepted, DeliveryRow, EntryKind, JournalEntry, OutcomeRow, Recovered, Store, TicketRow,
 };
@@ -266,12 +267,39 @@ impl Hub {
         sender: &Institution,
         envelope: EnvelopeView,
     ) -> Result<Arc<TicketRecord>, InputError> {
+        let started = std::time::Instant::now();
+        let flow = flow_label(envelope.flow);
+        let result = self.submit_inner(policy, sender, envelope).await;
+        let outcome = match &result {
+            Ok((_, true)) => "accepted",
+            Ok((_, false)) => "resubmitted",
+            Err(_) => "rejected",
+        };
+        metrics::counter!(telemetry::SUBMISSIONS, "flow" => flow, "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!(telemetry::SUBMIT_SECONDS, "flow" => flow)
+            .record(started.elapsed().as_secs_f64());
+        result.map(|(record, _)| record)
+    }
+
+    /// [`Hub::submit`]; the flag says whether the record is new (false: a resubmission).
+    async fn submit_inner(
+        &self,
+        policy: &Policy,
+        sender: &Institution,
+        envelope: EnvelopeView,
+    ) -> Result<(Arc<TicketRecord>, bool), InputError> {
         self.parts.limits.admit(sender)?;
+        let stage = std::time::Instant::now();
         let message = self.validate(policy, sender, envelope)?;
+        stage_done("validate", stage);
         let ticket: Arc<str> = uuid::Uuid::now_v7().to_string().into();
         // The journal names the fields filtering removed; without a journal, nobody needs them.
         let name_removed = self.outbox.store().is_some_and(|store| store.journals());
+        let stage = std::time::Instant::now();
         let plans = self.plan(policy, sender, &message, name_removed)?;
+        stage_done("plan", stage);
+        count_plans(&message, &plans);
         let record = TicketRecord {
             ticket: ticket.clone(),
             sender: sender.id.clone(),
@@ -288,7 +316,7 @@ impl Hub {
         };
         let record = match self.ledger.insert(record) {
             (Reservation::New, record) => record,
-            (Reservation::Resubmitted(original), _) => return Ok(original),
+            (Reservation::Resubmitted(original), _) => return Ok((original, false)),
             (Reservation::Conflict, _) => {
                 return Err(InputError::DuplicateMessageId(message.message_id));
             }
@@ -303,7 +331,10 @@ impl Hub {
             });
         }
         let rows: Vec<DeliveryRow> = deliveries.iter().map(|(_, row)| row.clone()).collect();
-        let seqs = match self.outbox.accept(ticket_row(&record), rows, journal).await {
+        let stage = std::time::Instant::now();
+        let stored = self.outbox.accept(ticket_row(&record), rows, journal).await;
+        stage_done("persist", stage);
+        let seqs = match stored {
             Ok(Accepted::New { seqs }) => seqs,
             Ok(Accepted::Existing(row)) => {
                 // Recorded before the last start under the same message id.
@@ -314,7 +345,7 @@ impl Hub {
                 }
                 let empty = Default::default();
                 return restore_record(policy, row, &empty, &Default::default())
-                    .map(|r| self.ledger.insert(r).1)
+                    .map(|r| (self.ledger.insert(r).1, false))
                     .ok_or(InputError::StoreUnavailable);
             }
             Err(error) => {
@@ -360,7 +391,7 @@ impl Hub {
             let _ =
                 tokio::time::timeout(wait, futures_util::future::join_all(first_attempts)).await;
         }
-        Ok(record)
+        Ok((record, true))
     }
 
     /// The decision `submit` would take, without recording or delivering.
@@ -646,6 +677,44 @@ impl Hub {
                 ))
             })
             .collect()
+    }
+}
+
+fn flow_label(flow: i32) -> &'static str {
+    match flow {
+        1 => "A052",
+        2 => "DMFA",
+        3 => "DIMONA",
+        _ => "unknown",
+    }
+}
+
+fn stage_done(stage: &'static str, started: std::time::Instant) {
+    metrics::histogram!(telemetry::STAGE_SECONDS, "stage" => stage)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Integration checks, refusals, bytes and removed fields of one planned submission.
+fn count_plans(message: &Validated, plans: &[Planned]) {
+    let flow = flow_label(message_flow_number(message.flow));
+    metrics::counter!(telemetry::BYTES_IN, "flow" => flow).increment(message.payload.len() as u64);
+    for plan in plans {
+        match &plan.result {
+            Ok(admitted) => {
+                metrics::counter!(telemetry::INTEGRATION_CHECKS, "result" => "admitted")
+                    .increment(1);
+                metrics::counter!(telemetry::BYTES_OUT, "flow" => flow)
+                    .increment(admitted.payload.len() as u64);
+                metrics::counter!(telemetry::FIELDS_REMOVED, "deliberation" => admitted.deliberation.to_string())
+                    .increment(u64::from(admitted.removed_fields));
+            }
+            Err((reason, _)) => {
+                metrics::counter!(telemetry::INTEGRATION_CHECKS, "result" => "refused")
+                    .increment(1);
+                metrics::counter!(telemetry::REFUSALS, "flow" => flow, "reason" => reason.name())
+                    .increment(1);
+            }
+        }
     }
 }
 

@@ -20,6 +20,17 @@ pub struct Settings {
     pub storage: StorageSettings,
     #[serde(default)]
     pub logs: LogSettings,
+    #[serde(default)]
+    pub metrics: MetricsSettings,
+}
+
+/// The Prometheus endpoint.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Where `/metrics` is served (plain HTTP, for the scraper on the operators' network);
+    /// absent: no endpoint.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -218,6 +218,9 @@ pub async fn main() -> Result<(), Error> {
             let listener = tokio::net::TcpListener::bind(assembled.settings.server.listen).await?;
             tracing::info!(message = "Hub listening.", address = %listener.local_addr()?);
             reload_on_sighup(assembled.hub.clone());
+            if let Some(listen) = assembled.settings.metrics.listen {
+                bcss_gateway::telemetry::serve(listen, assembled.hub.clone())?;
+            }
             let hub = assembled.hub.clone();
             let grace =
                 std::time::Duration::from_millis(assembled.settings.server.shutdown_grace_ms);
@@ -293,6 +296,7 @@ pub async fn main() -> Result<(), Error> {
                 keep_running,
                 ephemeral_ports: false,
                 progress: true,
+                metrics: true,
             };
             crate::demo::run(&config, options).await?;
         }

@@ -37,6 +37,9 @@ pub struct DemoOptions {
     pub ephemeral_ports: bool,
     /// Show a progress bar.
     pub progress: bool,
+    /// Serve Prometheus metrics on `metrics.listen` while it runs (the command line; not tests,
+    /// which cannot install a process-wide recorder twice).
+    pub metrics: bool,
 }
 
 /// The outcome of one submission, for the report.
@@ -135,6 +138,12 @@ pub async fn run_with(
         },
     };
     let hub_addr = listener.local_addr()?;
+    if options.metrics
+        && let Some(listen) = settings.metrics.listen
+        && let Err(error) = bcss_gateway::telemetry::serve(listen, assembled.hub.clone())
+    {
+        tracing::warn!(message = "No metrics endpoint for this demo.", %error);
+    }
     let (stop_hub, hub_stopped) = tokio::sync::oneshot::channel::<()>();
     let hub = assembled.hub.clone();
     let server = tokio::spawn(bcss_gateway::server::run(

@@ -1,0 +1,139 @@
+//! The hub's Prometheus metrics: their names in one place, the exporter, and the periodic
+//! gauges. Labels are flows, reasons, stages, outcomes, deliberation ids and institution ids —
+//! all bounded by the policy — never a NISS, a ticket or anything a sender chooses freely.
+//! Each metric is described in docs/METRICS.md.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+use crate::pipeline::Hub;
+
+pub const SUBMISSIONS: &str = "bcss_submissions_total";
+pub const REFUSALS: &str = "bcss_refusals_total";
+pub const INTEGRATION_CHECKS: &str = "bcss_integration_checks_total";
+pub const DELIVERIES: &str = "bcss_deliveries_total";
+pub const DELIVERY_RETRIES: &str = "bcss_delivery_retries_total";
+pub const DEAD_LETTERS: &str = "bcss_dead_letters_total";
+pub const OUTBOX_PENDING: &str = "bcss_outbox_pending";
+pub const QUEUE_DEPTH: &str = "bcss_delivery_queue_depth";
+pub const QUEUE_OLDEST: &str = "bcss_delivery_queue_oldest_seconds";
+pub const STAGE_SECONDS: &str = "bcss_stage_seconds";
+pub const SUBMIT_SECONDS: &str = "bcss_submit_seconds";
+pub const BYTES_IN: &str = "bcss_payload_bytes_in_total";
+pub const BYTES_OUT: &str = "bcss_payload_bytes_out_total";
+pub const FIELDS_REMOVED: &str = "bcss_fields_removed_total";
+pub const DIRECTORY_PERSONS: &str = "bcss_directory_persons";
+pub const DIRECTORY_INTEGRATIONS: &str = "bcss_directory_integrations";
+pub const POLICY_GENERATION: &str = "bcss_policy_generation";
+pub const POLICY_RELOADS: &str = "bcss_policy_reloads_total";
+pub const JOURNAL_REMOVED: &str = "bcss_journal_entries_removed_total";
+
+/// Installs the Prometheus exporter, serving `/metrics` on `listen`, and the task that keeps
+/// the gauges current. Call once per process, inside the runtime.
+pub fn serve(listen: SocketAddr, hub: Arc<Hub>) -> Result<(), String> {
+    let buckets = [
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+        0.5, 1.0, 2.5, 5.0,
+    ];
+    PrometheusBuilder::new()
+        .with_http_listener(listen)
+        .set_buckets(&buckets)
+        .map_err(|e| e.to_string())?
+        .install()
+        .map_err(|e| format!("metrics on {listen}: {e}"))?;
+    describe();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            ticker.tick().await;
+            gauges(&hub);
+        }
+    });
+    tracing::info!(message = "Metrics served.", address = %listen, path = "/metrics");
+    Ok(())
+}
+
+fn gauges(hub: &Hub) {
+    metrics::gauge!(DIRECTORY_PERSONS).set(hub.directory().persons() as f64);
+    metrics::gauge!(DIRECTORY_INTEGRATIONS).set(hub.directory().integration_count() as f64);
+    metrics::gauge!(POLICY_GENERATION).set(hub.generation() as f64);
+    metrics::gauge!(OUTBOX_PENDING).set(hub.outbox().pending() as f64);
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        SUBMISSIONS,
+        "Submissions by flow and outcome (accepted, resubmitted, rejected)."
+    );
+    describe_counter!(
+        REFUSALS,
+        "Candidate recipients refused by policy, by flow and reason."
+    );
+    describe_counter!(
+        INTEGRATION_CHECKS,
+        "Integration checks by result (admitted, refused)."
+    );
+    describe_counter!(
+        DELIVERIES,
+        "Delivery attempts by recipient institution and outcome."
+    );
+    describe_counter!(
+        DELIVERY_RETRIES,
+        "Failed delivery attempts that will be retried, by recipient."
+    );
+    describe_counter!(
+        DEAD_LETTERS,
+        "Deliveries given up (dead letters), by recipient."
+    );
+    describe_gauge!(
+        OUTBOX_PENDING,
+        "Deliveries accepted and not yet delivered or dead."
+    );
+    describe_gauge!(QUEUE_DEPTH, "Deliveries waiting per recipient institution.");
+    describe_gauge!(
+        QUEUE_OLDEST,
+        "Age of the oldest waiting delivery per recipient, in seconds."
+    );
+    describe_histogram!(
+        STAGE_SECONDS,
+        metrics::Unit::Seconds,
+        "Time per submission stage (validate, plan, persist, deliver)."
+    );
+    describe_histogram!(
+        SUBMIT_SECONDS,
+        metrics::Unit::Seconds,
+        "Submit, end to end, by flow."
+    );
+    describe_counter!(
+        BYTES_IN,
+        metrics::Unit::Bytes,
+        "Payload bytes received, by flow."
+    );
+    describe_counter!(
+        BYTES_OUT,
+        metrics::Unit::Bytes,
+        "Filtered payload bytes accepted for delivery, by flow."
+    );
+    describe_counter!(
+        FIELDS_REMOVED,
+        "Field occurrences removed by filtering, by deliberation."
+    );
+    describe_gauge!(DIRECTORY_PERSONS, "Persons in the reference directory.");
+    describe_gauge!(
+        DIRECTORY_INTEGRATIONS,
+        "Integrations in the reference directory."
+    );
+    describe_gauge!(
+        POLICY_GENERATION,
+        "The policy generation in force (1 at start, +1 per reload)."
+    );
+    describe_counter!(POLICY_RELOADS, "Policy reloads by result (ok, refused).");
+    describe_counter!(
+        JOURNAL_REMOVED,
+        "Journal entries whose retention ended (content removed, hash kept)."
+    );
+}
