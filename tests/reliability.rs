@@ -10,6 +10,9 @@ use bcss_proto::hub::v1::admin_client::AdminClient;
 use bcss_proto::hub::v1::{DeadLetterRequest, Decision, ListDeadLettersRequest, TrackRequest};
 use common::{Harness, a052_envelope, eventually, fresh_niss, integrate, submit};
 use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 /// The shipped hub.toml with quick retries, for tests that wait for them.
 fn quick_retries(max_attempts: u32, circuit_failures: u32) -> String {
@@ -287,6 +290,30 @@ async fn a_full_disk_refuses_submissions_keeps_what_was_accepted_and_recovers() 
         !accepted.is_empty(),
         "some were accepted before the disk filled"
     );
+    // Health tells load balancers the Gateway cannot take messages now.
+    let mut health = HealthClient::new(h.channel("cpas-liege").await);
+    let gateway_status = |health: &mut HealthClient<tonic::transport::Channel>| {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(HealthCheckRequest {
+                    service: "bcss.hub.v1.Gateway".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status()
+        }
+    };
+    let mut serving = ServingStatus::Unknown;
+    for _ in 0..100 {
+        serving = gateway_status(&mut health).await;
+        if serving == ServingStatus::NotServing {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(serving, ServingStatus::NotServing, "unwritable store");
     // Still full: still refused, and nothing of the refused message is delivered.
     let status = submit(
         &h,
@@ -306,6 +333,14 @@ async fn a_full_disk_refuses_submissions_keeps_what_was_accepted_and_recovers() 
     .await
     .expect("accepted again once there is room");
     accepted.push(reply.ticket);
+    for _ in 0..100 {
+        serving = gateway_status(&mut health).await;
+        if serving == ServingStatus::Serving {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(serving, ServingStatus::Serving, "writable again");
     eventually(Duration::from_secs(20), || {
         h.network.inbox("cpas-liege").len() == accepted.len()
     })

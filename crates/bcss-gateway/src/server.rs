@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codegen::http;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
 use tower::util::MapResponseLayer;
 
 use crate::journal::JournalService;
@@ -50,12 +51,30 @@ pub async fn run(
     })
     .max_decoding_message_size(options.max_message_bytes);
     let directory = DirectoryServer::new(DirectoryService { hub: hub.clone() });
+    let store_watch = hub.outbox().store().cloned();
     let admin = AdminServer::new(AdminService { hub: hub.clone() });
     let journal = JournalServer::new(JournalService { hub });
     let tls = ServerTlsConfig::new()
         .identity(options.tls.identity)
         .client_ca_root(options.tls.client_ca);
     let limit = options.max_message_bytes;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    for service in SERVICES {
+        health_reporter
+            .set_service_status(service, ServingStatus::NotServing)
+            .await;
+    }
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn(report_health(
+        health_reporter,
+        store_watch,
+        draining.clone(),
+    ));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(bcss_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the descriptor sets compiled into the binary are valid");
     Server::builder()
         .tls_config(tls)?
         .tcp_nodelay(true)
@@ -68,8 +87,46 @@ pub async fn run(
         .add_service(directory)
         .add_service(admin)
         .add_service(journal)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .add_service(health)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        })
         .await
+}
+
+/// The services health reports on; "" is the server as a whole.
+pub const SERVICES: [&str; 5] = [
+    "",
+    "bcss.hub.v1.Gateway",
+    "bcss.hub.v1.Directory",
+    "bcss.hub.v1.Admin",
+    "bcss.hub.v1.Journal",
+];
+
+/// SERVING once started, NOT_SERVING while the store refuses writes (the Gateway and the
+/// Journal, which record) or when draining (all).
+async fn report_health(
+    reporter: tonic_health::server::HealthReporter,
+    store: Option<Arc<bcss_store::Store>>,
+    draining: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut ticker = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        ticker.tick().await;
+        let stopping = draining.load(std::sync::atomic::Ordering::Relaxed);
+        let writable = store.as_ref().is_none_or(|s| s.writable());
+        for service in SERVICES {
+            let records = matches!(service, "" | "bcss.hub.v1.Gateway" | "bcss.hub.v1.Journal");
+            let status = if stopping || (records && !writable) {
+                ServingStatus::NotServing
+            } else {
+                ServingStatus::Serving
+            };
+            reporter.set_service_status(service, status).await;
+        }
+    }
 }
 
 /// tonic answers a message over the decoding limit with `OUT_OF_RANGE` and its own wording; the

@@ -172,6 +172,8 @@ pub enum JournalQuery {
 #[derive(Debug)]
 pub struct Store {
     journal: bool,
+    /// False from a failed commit until the next successful one (health reports it).
+    writable: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ops: Option<mpsc::Sender<Op>>,
     writer: Option<std::thread::JoinHandle<()>>,
     path: PathBuf,
@@ -210,7 +212,9 @@ impl Store {
         let journal_key = journal_key(dir)?;
         let journal_head = journal_head(&db)?;
         let (ops, rx) = mpsc::channel(4 * MAX_GROUP);
+        let writable = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let writer = Writer {
+            writable: writable.clone(),
             db: Some(db),
             path: path.clone(),
             next_seq,
@@ -225,12 +229,18 @@ impl Store {
         Ok((
             Store {
                 journal,
+                writable,
                 ops: Some(ops),
                 writer: Some(writer),
                 path,
             },
             recovered,
         ))
+    }
+
+    /// False when the last commit failed (disk full, read-only): nothing can be accepted.
+    pub fn writable(&self) -> bool {
+        self.writable.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether exchanges are journalled.
@@ -406,6 +416,7 @@ fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, StoreError> {
 
 /// The one thread that writes.
 struct Writer {
+    writable: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// `None` after a failed commit: reopened before the next group.
     db: Option<Database>,
     path: PathBuf,
@@ -482,13 +493,20 @@ impl Writer {
         });
         let txn = match outcome {
             Ok(txn) => txn,
-            Err(error) => return fail_all(writes, &error),
+            Err(error) => {
+                self.writable
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                return fail_all(writes, &error);
+            }
         };
         let mut answers = Vec::with_capacity(writes.len());
         for op in writes {
             answers.push(self.write_one(&txn, op));
         }
-        match txn.commit() {
+        let committed = txn.commit();
+        self.writable
+            .store(committed.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        match committed {
             Ok(()) => {
                 for answer in answers {
                     match answer {
