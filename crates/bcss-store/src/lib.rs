@@ -349,6 +349,17 @@ impl Store {
     }
 }
 
+/// redb's errors, as the store reports them: the data folder cannot be used right now.
+trait OrUnavailable<T> {
+    fn or_unavailable(self) -> Result<T, StoreError>;
+}
+
+impl<T, E: Into<redb::Error>> OrUnavailable<T> for Result<T, E> {
+    fn or_unavailable(self) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError::Unavailable(e.into().to_string()))
+    }
+}
+
 fn unavailable(path: &Path, error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("{}: {error}", path.display()))
 }
@@ -372,28 +383,27 @@ fn init_tables(db: &Database) -> Result<(), redb::Error> {
 }
 
 fn recover(db: &Database) -> Result<Recovered, StoreError> {
-    let read = |e: redb::Error| StoreError::Unavailable(e.to_string());
-    let txn = db.begin_read().map_err(|e| read(e.into()))?;
-    let tickets_table = txn.open_table(TICKETS).map_err(|e| read(e.into()))?;
+    let txn = db.begin_read().or_unavailable()?;
+    let tickets_table = txn.open_table(TICKETS).or_unavailable()?;
     let mut tickets = Vec::new();
-    for entry in tickets_table.iter().map_err(|e| read(e.into()))? {
-        let (_, value) = entry.map_err(|e| read(e.into()))?;
+    for entry in tickets_table.iter().or_unavailable()? {
+        let (_, value) = entry.or_unavailable()?;
         tickets.push(decode::<TicketRow>(value.value())?);
     }
     tickets.sort_by_key(|t| t.accepted_at_ms);
-    let pending_table = txn.open_table(PENDING).map_err(|e| read(e.into()))?;
-    let deliveries = txn.open_table(DELIVERIES).map_err(|e| read(e.into()))?;
+    let pending_table = txn.open_table(PENDING).or_unavailable()?;
+    let deliveries = txn.open_table(DELIVERIES).or_unavailable()?;
     let mut pending = Vec::new();
-    for entry in pending_table.iter().map_err(|e| read(e.into()))? {
-        let (seq, _) = entry.map_err(|e| read(e.into()))?;
-        if let Some(row) = deliveries.get(seq.value()).map_err(|e| read(e.into()))? {
+    for entry in pending_table.iter().or_unavailable()? {
+        let (seq, _) = entry.or_unavailable()?;
+        if let Some(row) = deliveries.get(seq.value()).or_unavailable()? {
             pending.push(decode::<DeliveryRow>(row.value())?);
         }
     }
-    let dead_table = txn.open_table(DEAD).map_err(|e| read(e.into()))?;
+    let dead_table = txn.open_table(DEAD).or_unavailable()?;
     let mut dead = Vec::new();
-    for entry in dead_table.iter().map_err(|e| read(e.into()))? {
-        dead.push(entry.map_err(|e| read(e.into()))?.0.value());
+    for entry in dead_table.iter().or_unavailable()? {
+        dead.push(entry.or_unavailable()?.0.value());
     }
     Ok(Recovered {
         tickets,
@@ -403,10 +413,9 @@ fn recover(db: &Database) -> Result<Recovered, StoreError> {
 }
 
 fn last_seq(db: &Database) -> Result<u64, StoreError> {
-    let read = |e: redb::Error| StoreError::Unavailable(e.to_string());
-    let txn = db.begin_read().map_err(|e| read(e.into()))?;
-    let deliveries = txn.open_table(DELIVERIES).map_err(|e| read(e.into()))?;
-    let last = deliveries.last().map_err(|e| read(e.into()))?;
+    let txn = db.begin_read().or_unavailable()?;
+    let deliveries = txn.open_table(DELIVERIES).or_unavailable()?;
+    let last = deliveries.last().or_unavailable()?;
     Ok(last.map_or(0, |(seq, _)| seq.value()))
 }
 
@@ -596,16 +605,15 @@ impl Writer {
         if !self.journal {
             return Ok(0);
         }
-        let fail = |e: redb::Error| StoreError::Unavailable(e.to_string());
         let (last, prev_hash) = self.journal_head;
         entry.number = last + 1;
         entry.prev_hash = prev_hash.to_vec();
         let hash = entry.compute_hash(&prev_hash);
         entry.hash = hash.to_vec();
         txn.open_table(JOURNAL)
-            .map_err(|e| fail(e.into()))?
+            .or_unavailable()?
             .insert(entry.number, entry.encode_to_vec().as_slice())
-            .map_err(|e| fail(e.into()))?;
+            .or_unavailable()?;
         index(txn, &entry, true)?;
         if entry.number.is_multiple_of(journal::CHECKPOINT_EVERY) {
             let checkpoint = Checkpoint {
@@ -615,9 +623,9 @@ impl Writer {
                 seal: journal::seal(&self.journal_key, entry.number, &hash).to_vec(),
             };
             txn.open_table(CHECKPOINTS)
-                .map_err(|e| fail(e.into()))?
+                .or_unavailable()?
                 .insert(entry.number, checkpoint.encode_to_vec().as_slice())
-                .map_err(|e| fail(e.into()))?;
+                .or_unavailable()?;
         }
         self.journal_head = (entry.number, hash);
         Ok(entry.number)
@@ -630,19 +638,18 @@ impl Writer {
         mut deliveries: Vec<DeliveryRow>,
         journal: Vec<JournalEntry>,
     ) -> Result<Accepted, StoreError> {
-        let fail = |e: redb::Error| StoreError::Unavailable(e.to_string());
         let key = format!("{}\0{}", ticket.sender, ticket.message_id);
-        let mut ids = txn.open_table(MESSAGE_IDS).map_err(|e| fail(e.into()))?;
-        let mut tickets = txn.open_table(TICKETS).map_err(|e| fail(e.into()))?;
-        if let Some(existing) = ids.get(key.as_str()).map_err(|e| fail(e.into()))? {
+        let mut ids = txn.open_table(MESSAGE_IDS).or_unavailable()?;
+        let mut tickets = txn.open_table(TICKETS).or_unavailable()?;
+        if let Some(existing) = ids.get(key.as_str()).or_unavailable()? {
             let row = tickets
                 .get(existing.value())
-                .map_err(|e| fail(e.into()))?
+                .or_unavailable()?
                 .ok_or_else(|| StoreError::Damaged("a message id without its ticket".into()))?;
             return Ok(Accepted::Existing(decode(row.value())?));
         }
-        let mut table = txn.open_table(DELIVERIES).map_err(|e| fail(e.into()))?;
-        let mut pending = txn.open_table(PENDING).map_err(|e| fail(e.into()))?;
+        let mut table = txn.open_table(DELIVERIES).or_unavailable()?;
+        let mut pending = txn.open_table(PENDING).or_unavailable()?;
         let mut seqs = Vec::with_capacity(deliveries.len());
         for delivery in &mut deliveries {
             delivery.seq = self.next_seq;
@@ -657,16 +664,14 @@ impl Writer {
             }
             table
                 .insert(delivery.seq, delivery.encode_to_vec().as_slice())
-                .map_err(|e| fail(e.into()))?;
-            pending
-                .insert(delivery.seq, ())
-                .map_err(|e| fail(e.into()))?;
+                .or_unavailable()?;
+            pending.insert(delivery.seq, ()).or_unavailable()?;
         }
         ids.insert(key.as_str(), ticket.ticket.as_str())
-            .map_err(|e| fail(e.into()))?;
+            .or_unavailable()?;
         tickets
             .insert(ticket.ticket.as_str(), ticket.encode_to_vec().as_slice())
-            .map_err(|e| fail(e.into()))?;
+            .or_unavailable()?;
         drop((ids, tickets, table, pending));
         for entry in journal {
             self.append(txn, entry)?;
@@ -728,28 +733,27 @@ fn fail_all(writes: Vec<Op>, error: &StoreError) {
 }
 
 fn change_one(txn: &WriteTransaction, change: Change) -> Result<Option<DeliveryRow>, StoreError> {
-    let fail = |e: redb::Error| StoreError::Unavailable(e.to_string());
     let seq = match &change {
         Change::Delivered { seq, .. }
         | Change::Attempted { seq, .. }
         | Change::DeadLetter { seq, .. }
         | Change::Replay { seq } => *seq,
     };
-    let mut table = txn.open_table(DELIVERIES).map_err(|e| fail(e.into()))?;
-    let Some(current) = table.get(seq).map_err(|e| fail(e.into()))? else {
+    let mut table = txn.open_table(DELIVERIES).or_unavailable()?;
+    let Some(current) = table.get(seq).or_unavailable()? else {
         return Ok(None);
     };
     let mut row: DeliveryRow = decode(current.value())?;
     drop(current);
-    let mut pending = txn.open_table(PENDING).map_err(|e| fail(e.into()))?;
-    let mut dead = txn.open_table(DEAD).map_err(|e| fail(e.into()))?;
+    let mut pending = txn.open_table(PENDING).or_unavailable()?;
+    let mut dead = txn.open_table(DEAD).or_unavailable()?;
     match change {
         Change::Delivered { at_ms, .. } => {
             row.state = DeliveryState::Delivered as i32;
             row.delivered_at_ms = at_ms;
             row.request = bytes::Bytes::new();
             row.attempts += 1;
-            pending.remove(seq).map_err(|e| fail(e.into()))?;
+            pending.remove(seq).or_unavailable()?;
         }
         Change::Attempted {
             attempts,
@@ -771,8 +775,8 @@ fn change_one(txn: &WriteTransaction, change: Change) -> Result<Option<DeliveryR
             row.attempts = attempts;
             row.last_error = last_error;
             row.dead_reason = reason;
-            pending.remove(seq).map_err(|e| fail(e.into()))?;
-            dead.insert(seq, ()).map_err(|e| fail(e.into()))?;
+            pending.remove(seq).or_unavailable()?;
+            dead.insert(seq, ()).or_unavailable()?;
         }
         Change::Replay { .. } => {
             if row.state() != DeliveryState::DeadLetter {
@@ -782,31 +786,27 @@ fn change_one(txn: &WriteTransaction, change: Change) -> Result<Option<DeliveryR
             row.attempts = 0;
             row.next_attempt_ms = 0;
             row.dead_reason.clear();
-            dead.remove(seq).map_err(|e| fail(e.into()))?;
-            pending.insert(seq, ()).map_err(|e| fail(e.into()))?;
+            dead.remove(seq).or_unavailable()?;
+            pending.insert(seq, ()).or_unavailable()?;
         }
     }
     table
         .insert(seq, row.encode_to_vec().as_slice())
-        .map_err(|e| fail(e.into()))?;
+        .or_unavailable()?;
     Ok(Some(row))
 }
 
 fn dead_letters(db: &Database, after: u64, limit: usize) -> Result<Vec<DeliveryRow>, StoreError> {
-    let fail = |e: redb::Error| StoreError::Unavailable(e.to_string());
-    let txn = db.begin_read().map_err(|e| fail(e.into()))?;
-    let dead = txn.open_table(DEAD).map_err(|e| fail(e.into()))?;
-    let deliveries = txn.open_table(DELIVERIES).map_err(|e| fail(e.into()))?;
+    let txn = db.begin_read().or_unavailable()?;
+    let dead = txn.open_table(DEAD).or_unavailable()?;
+    let deliveries = txn.open_table(DELIVERIES).or_unavailable()?;
     let mut rows = Vec::new();
-    for entry in dead
-        .range(after.saturating_add(1)..)
-        .map_err(|e| fail(e.into()))?
-    {
+    for entry in dead.range(after.saturating_add(1)..).or_unavailable()? {
         if rows.len() >= limit {
             break;
         }
-        let (seq, _) = entry.map_err(|e| fail(e.into()))?;
-        if let Some(row) = deliveries.get(seq.value()).map_err(|e| fail(e.into()))? {
+        let (seq, _) = entry.or_unavailable()?;
+        if let Some(row) = deliveries.get(seq.value()).or_unavailable()? {
             rows.push(decode(row.value())?);
         }
     }
@@ -814,12 +814,11 @@ fn dead_letters(db: &Database, after: u64, limit: usize) -> Result<Vec<DeliveryR
 }
 
 fn delivery(db: &Database, seq: u64) -> Result<Option<DeliveryRow>, StoreError> {
-    let fail = |e: redb::Error| StoreError::Unavailable(e.to_string());
-    let txn = db.begin_read().map_err(|e| fail(e.into()))?;
-    let deliveries = txn.open_table(DELIVERIES).map_err(|e| fail(e.into()))?;
+    let txn = db.begin_read().or_unavailable()?;
+    let deliveries = txn.open_table(DELIVERIES).or_unavailable()?;
     deliveries
         .get(seq)
-        .map_err(|e| fail(e.into()))?
+        .or_unavailable()?
         .map(|row| decode(row.value()))
         .transpose()
 }
@@ -859,25 +858,18 @@ pub fn now_ms() -> i64 {
 
 /// Adds (or, with `add` false, removes) an entry's index rows.
 fn index(txn: &WriteTransaction, entry: &JournalEntry, add: bool) -> Result<(), StoreError> {
-    let fail = |e: redb::Error| StoreError::Unavailable(e.to_string());
-    let mut person = txn
-        .open_table(JOURNAL_BY_PERSON)
-        .map_err(|e| fail(e.into()))?;
-    let mut ticket = txn
-        .open_table(JOURNAL_BY_TICKET)
-        .map_err(|e| fail(e.into()))?;
-    let mut party = txn
-        .open_table(JOURNAL_BY_PARTY)
-        .map_err(|e| fail(e.into()))?;
-    let mut expiry = txn.open_table(JOURNAL_EXPIRY).map_err(|e| fail(e.into()))?;
-    let mut contact = txn.open_table(CONTACT_FILES).map_err(|e| fail(e.into()))?;
+    let mut person = txn.open_table(JOURNAL_BY_PERSON).or_unavailable()?;
+    let mut ticket = txn.open_table(JOURNAL_BY_TICKET).or_unavailable()?;
+    let mut party = txn.open_table(JOURNAL_BY_PARTY).or_unavailable()?;
+    let mut expiry = txn.open_table(JOURNAL_EXPIRY).or_unavailable()?;
+    let mut contact = txn.open_table(CONTACT_FILES).or_unavailable()?;
     let n = entry.number;
     macro_rules! apply {
         ($table:expr, $key:expr) => {
             if add {
-                $table.insert($key, ()).map_err(|e| fail(e.into()))?;
+                $table.insert($key, ()).or_unavailable()?;
             } else {
-                $table.remove($key).map_err(|e| fail(e.into()))?;
+                $table.remove($key).or_unavailable()?;
             }
         };
     }
@@ -899,11 +891,11 @@ fn index(txn: &WriteTransaction, entry: &JournalEntry, add: bool) -> Result<(), 
         if add {
             contact
                 .insert(entry.contact_file.as_str(), n)
-                .map_err(|e| fail(e.into()))?;
+                .or_unavailable()?;
         } else {
             contact
                 .remove(entry.contact_file.as_str())
-                .map_err(|e| fail(e.into()))?;
+                .or_unavailable()?;
         }
     }
     Ok(())
@@ -911,67 +903,61 @@ fn index(txn: &WriteTransaction, entry: &JournalEntry, add: bool) -> Result<(), 
 
 /// Replaces the content of entries past their retention by stubs.
 fn expire(txn: &WriteTransaction, now_ms: i64, limit: usize) -> Result<u64, StoreError> {
-    let fail = |e: redb::Error| StoreError::Unavailable(e.to_string());
     let due: Vec<u64> = {
-        let expiry = txn.open_table(JOURNAL_EXPIRY).map_err(|e| fail(e.into()))?;
+        let expiry = txn.open_table(JOURNAL_EXPIRY).or_unavailable()?;
         let mut due = Vec::new();
         for item in expiry
             .range((i64::MIN, 0)..=(now_ms, u64::MAX))
-            .map_err(|e| fail(e.into()))?
+            .or_unavailable()?
         {
             if due.len() >= limit {
                 break;
             }
-            due.push(item.map_err(|e| fail(e.into()))?.0.value().1);
+            due.push(item.or_unavailable()?.0.value().1);
         }
         due
     };
     let mut removed = 0;
     for number in due {
         let entry: JournalEntry = {
-            let journal = txn.open_table(JOURNAL).map_err(|e| fail(e.into()))?;
-            let Some(bytes) = journal.get(number).map_err(|e| fail(e.into()))? else {
+            let journal = txn.open_table(JOURNAL).or_unavailable()?;
+            let Some(bytes) = journal.get(number).or_unavailable()? else {
                 continue;
             };
             decode(bytes.value())?
         };
         index(txn, &entry, false)?;
         txn.open_table(JOURNAL)
-            .map_err(|e| fail(e.into()))?
+            .or_unavailable()?
             .insert(number, entry.stub().encode_to_vec().as_slice())
-            .map_err(|e| fail(e.into()))?;
+            .or_unavailable()?;
         removed += 1;
     }
     Ok(removed)
 }
 
 fn journal_query(db: &Database, query: &JournalQuery) -> Result<Vec<JournalEntry>, StoreError> {
-    let fail = |e: redb::Error| StoreError::Unavailable(e.to_string());
-    let txn = db.begin_read().map_err(|e| fail(e.into()))?;
-    let journal = txn.open_table(JOURNAL).map_err(|e| fail(e.into()))?;
+    let txn = db.begin_read().or_unavailable()?;
+    let journal = txn.open_table(JOURNAL).or_unavailable()?;
     let mut numbers: Vec<u64> = Vec::new();
     match query {
         JournalQuery::Person { niss } => {
-            let table = txn
-                .open_table(JOURNAL_BY_PERSON)
-                .map_err(|e| fail(e.into()))?;
+            let table = txn.open_table(JOURNAL_BY_PERSON).or_unavailable()?;
             for item in table
                 .range((*niss, 0)..=(*niss, u64::MAX))
-                .map_err(|e| fail(e.into()))?
+                .or_unavailable()?
             {
-                numbers.push(item.map_err(|e| fail(e.into()))?.0.value().1);
+                numbers.push(item.or_unavailable()?.0.value().1);
             }
         }
         JournalQuery::Tickets { tickets } => {
-            let table = txn
-                .open_table(JOURNAL_BY_TICKET)
-                .map_err(|e| fail(e.into()))?;
+            let table = txn.open_table(JOURNAL_BY_TICKET).or_unavailable()?;
             for ticket in tickets {
                 for item in table
                     .range((ticket.as_str(), 0)..=(ticket.as_str(), u64::MAX))
-                    .map_err(|e| fail(e.into()))?
+                    .or_unavailable()?
                 {
-                    numbers.push(item.map_err(|e| fail(e.into()))?.0.value().1);
+                    numbers.push(item.or_unavailable()?.0.value().1);
                 }
             }
         }
@@ -980,21 +966,19 @@ fn journal_query(db: &Database, query: &JournalQuery) -> Result<Vec<JournalEntry
             from_ms,
             to_ms,
         } => {
-            let table = txn
-                .open_table(JOURNAL_BY_PARTY)
-                .map_err(|e| fail(e.into()))?;
+            let table = txn.open_table(JOURNAL_BY_PARTY).or_unavailable()?;
             for item in table
                 .range(
                     (institution.as_str(), *from_ms, 0)..=(institution.as_str(), *to_ms, u64::MAX),
                 )
-                .map_err(|e| fail(e.into()))?
+                .or_unavailable()?
             {
-                numbers.push(item.map_err(|e| fail(e.into()))?.0.value().2);
+                numbers.push(item.or_unavailable()?.0.value().2);
             }
         }
         JournalQuery::Range { from_ms, to_ms } => {
-            for item in journal.iter().map_err(|e| fail(e.into()))? {
-                let (_, bytes) = item.map_err(|e| fail(e.into()))?;
+            for item in journal.iter().or_unavailable()? {
+                let (_, bytes) = item.or_unavailable()?;
                 let entry: JournalEntry = decode(bytes.value())?;
                 if !entry.removed && entry.at_ms >= *from_ms && entry.at_ms <= *to_ms {
                     numbers.push(entry.number);
@@ -1002,8 +986,8 @@ fn journal_query(db: &Database, query: &JournalQuery) -> Result<Vec<JournalEntry
             }
         }
         JournalQuery::ContactFile { id } => {
-            let table = txn.open_table(CONTACT_FILES).map_err(|e| fail(e.into()))?;
-            if let Some(number) = table.get(id.as_str()).map_err(|e| fail(e.into()))? {
+            let table = txn.open_table(CONTACT_FILES).or_unavailable()?;
+            if let Some(number) = table.get(id.as_str()).or_unavailable()? {
                 numbers.push(number.value());
             }
         }
@@ -1012,7 +996,7 @@ fn journal_query(db: &Database, query: &JournalQuery) -> Result<Vec<JournalEntry
     numbers.dedup();
     let mut entries = Vec::with_capacity(numbers.len());
     for number in numbers {
-        if let Some(bytes) = journal.get(number).map_err(|e| fail(e.into()))? {
+        if let Some(bytes) = journal.get(number).or_unavailable()? {
             entries.push(decode(bytes.value())?);
         }
     }
@@ -1020,12 +1004,11 @@ fn journal_query(db: &Database, query: &JournalQuery) -> Result<Vec<JournalEntry
 }
 
 fn verify_db(db: &Database, key: &[u8; 32]) -> Result<Verified, StoreError> {
-    let fail = |e: redb::Error| StoreError::Unavailable(e.to_string());
-    let txn = db.begin_read().map_err(|e| fail(e.into()))?;
-    let journal = txn.open_table(JOURNAL).map_err(|e| fail(e.into()))?;
+    let txn = db.begin_read().or_unavailable()?;
+    let journal = txn.open_table(JOURNAL).or_unavailable()?;
     let mut entries = Vec::new();
-    for item in journal.iter().map_err(|e| fail(e.into()))? {
-        let (number, bytes) = item.map_err(|e| fail(e.into()))?;
+    for item in journal.iter().or_unavailable()? {
+        let (number, bytes) = item.or_unavailable()?;
         let entry = JournalEntry::decode(bytes.value()).unwrap_or_else(|_| JournalEntry {
             // An entry that no longer decodes was changed.
             number: u64::MAX,
@@ -1042,10 +1025,10 @@ fn verify_db(db: &Database, key: &[u8; 32]) -> Result<Verified, StoreError> {
         };
         entries.push((number.value(), entry));
     }
-    let table = txn.open_table(CHECKPOINTS).map_err(|e| fail(e.into()))?;
+    let table = txn.open_table(CHECKPOINTS).or_unavailable()?;
     let mut checkpoints = Vec::new();
-    for item in table.iter().map_err(|e| fail(e.into()))? {
-        let (_, bytes) = item.map_err(|e| fail(e.into()))?;
+    for item in table.iter().or_unavailable()? {
+        let (_, bytes) = item.or_unavailable()?;
         checkpoints.push(decode(bytes.value())?);
     }
     Ok(journal::verify(key, entries, &checkpoints))
@@ -1078,10 +1061,9 @@ fn journal_key(dir: &Path) -> Result<[u8; 32], StoreError> {
 }
 
 fn journal_head(db: &Database) -> Result<(u64, [u8; 32]), StoreError> {
-    let fail = |e: redb::Error| StoreError::Unavailable(e.to_string());
-    let txn = db.begin_read().map_err(|e| fail(e.into()))?;
-    let journal = txn.open_table(JOURNAL).map_err(|e| fail(e.into()))?;
-    match journal.last().map_err(|e| fail(e.into()))? {
+    let txn = db.begin_read().or_unavailable()?;
+    let journal = txn.open_table(JOURNAL).or_unavailable()?;
+    match journal.last().or_unavailable()? {
         None => Ok((0, [0; 32])),
         Some((number, bytes)) => {
             let entry: JournalEntry = decode(bytes.value())?;
