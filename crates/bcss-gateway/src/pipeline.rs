@@ -269,7 +269,16 @@ impl Hub {
     ) -> Result<Arc<TicketRecord>, InputError> {
         let started = std::time::Instant::now();
         let flow = flow_label(envelope.flow);
-        let result = self.submit_inner(policy, sender, envelope).await;
+        // One span per submission; it carries the ticket once there is one, never the person.
+        let span = tracing::info_span!(
+            "submit",
+            sender = %sender.id,
+            flow,
+            ticket = tracing::field::Empty
+        );
+        let result =
+            tracing::Instrument::instrument(self.submit_inner(policy, sender, envelope), span)
+                .await;
         let outcome = match &result {
             Ok((_, true)) => "accepted",
             Ok((_, false)) => "resubmitted",
@@ -294,6 +303,7 @@ impl Hub {
         let message = self.validate(policy, sender, envelope)?;
         stage_done("validate", stage);
         let ticket: Arc<str> = uuid::Uuid::now_v7().to_string().into();
+        tracing::Span::current().record("ticket", tracing::field::display(&ticket));
         // The journal names the fields filtering removed; without a journal, nobody needs them.
         let name_removed = self.outbox.store().is_some_and(|store| store.journals());
         let stage = std::time::Instant::now();

@@ -14,8 +14,19 @@ use clap::{Parser, Subcommand};
     about = "A message-routing gateway playing the Crossroads Bank for Social Security."
 )]
 pub struct Cli {
+    /// Log lines as text for people (the default) or as one JSON object per line for
+    /// collectors. Levels come from RUST_LOG (e.g. `RUST_LOG=bcss_gateway=debug`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,13 +169,16 @@ pub enum JournalAction {
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-fn init_logs(default: &str) {
+fn init_logs(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+    };
 }
 
 /// Ctrl-C or SIGTERM.
@@ -213,7 +227,7 @@ pub async fn main() -> Result<(), Error> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => {
-            init_logs("info");
+            init_logs("info", cli.log_format);
             let assembled = startup::assemble(&config, |_| {})?;
             let listener = tokio::net::TcpListener::bind(assembled.settings.server.listen).await?;
             tracing::info!(message = "Hub listening.", address = %listener.local_addr()?);
@@ -247,7 +261,7 @@ pub async fn main() -> Result<(), Error> {
             );
         }
         Command::CheckConfig { config } => {
-            init_logs("warn");
+            init_logs("warn", cli.log_format);
             let settings = Settings::load(&config)?;
             let policy = Policy::load(&settings)?;
             let directory = startup::load_directory(&settings.files.directory, &policy)?;
@@ -289,7 +303,7 @@ pub async fn main() -> Result<(), Error> {
             seed,
             keep_running,
         } => {
-            init_logs("warn");
+            init_logs("warn", cli.log_format);
             let options = crate::demo::DemoOptions {
                 messages,
                 seed,
@@ -301,7 +315,7 @@ pub async fn main() -> Result<(), Error> {
             crate::demo::run(&config, options).await?;
         }
         Command::Certs { config } => {
-            init_logs("info");
+            init_logs("info", cli.log_format);
             let settings = Settings::load(&config)?;
             let policy = Policy::load(&settings)?;
             startup::ensure_pki(&settings, &policy)?;
@@ -323,7 +337,7 @@ pub async fn main() -> Result<(), Error> {
             hub,
             action,
         } => {
-            init_logs("warn");
+            init_logs("warn", cli.log_format);
             dead_letters(&config, &operator, hub, action).await?;
         }
         Command::Journal {
@@ -332,11 +346,11 @@ pub async fn main() -> Result<(), Error> {
             hub,
             action,
         } => {
-            init_logs("warn");
+            init_logs("warn", cli.log_format);
             journal(&config, &party, hub, action).await?;
         }
         Command::Institution { config, id } => {
-            init_logs("info");
+            init_logs("info", cli.log_format);
             let settings = Settings::load(&config)?;
             let policy = Policy::load(&settings)?;
             let pki = startup::ensure_pki(&settings, &policy)?;
