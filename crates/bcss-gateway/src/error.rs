@@ -109,6 +109,13 @@ impl InputError {
     }
 }
 
+/// The store failed: logged with its cause here, answered `UNAVAILABLE` without it (a cause
+/// names files of the hub's machine).
+pub fn store_status(error: bcss_store::StoreError) -> Status {
+    tracing::error!(message = "Store operation failed.", %error);
+    Status::unavailable("the hub's data folder cannot be read or written right now; retry later")
+}
+
 impl From<InputError> for Status {
     fn from(error: InputError) -> Status {
         let mut status = Status::new(error.code(), error.to_string());

@@ -11,13 +11,14 @@ use bcss_domain::Niss;
 use bcss_domain::deliberation::CheckMode;
 use bcss_policy::{Policy, Role};
 use bcss_proto::hub::v1 as pb;
-use bcss_store::{EntryKind, JournalEntry, JournalQuery, Store, StoreError};
+use bcss_store::{EntryKind, JournalEntry, JournalQuery, Store};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tonic::{Request, Response, Status};
 
+use crate::error::store_status;
 use crate::identity::{Caller, caller};
 use crate::pipeline::Hub;
 
@@ -309,11 +310,6 @@ impl pb::journal_server::Journal for JournalService {
     }
 }
 
-fn store_status(error: StoreError) -> Status {
-    tracing::error!(message = "Journal operation failed.", %error);
-    Status::unavailable("the hub's journal cannot be read or written right now; retry later")
-}
-
 fn reply<'a>(
     policy: &Policy,
     entries: impl Iterator<Item = &'a JournalEntry>,
@@ -337,7 +333,8 @@ fn kind_name(kind: i32) -> &'static str {
     }
 }
 
-fn rfc3339(ms: i64) -> String {
+/// A store time (ms since the Unix epoch) as RFC 3339; empty if out of range.
+pub(crate) fn rfc3339(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())

@@ -60,6 +60,11 @@ pub struct TicketRecord {
 }
 
 impl TicketRecord {
+    /// When it was accepted, in milliseconds since the Unix epoch (as the store keeps times).
+    pub fn accepted_at_ms(&self) -> i64 {
+        (self.accepted_at.unix_timestamp_nanos() / 1_000_000) as i64
+    }
+
     pub fn outcomes(&self) -> Vec<Outcome> {
         self.outcomes.lock().expect("outcomes lock").clone()
     }

@@ -22,7 +22,9 @@ use arc_swap::ArcSwap;
 use bcss_policy::Policy;
 use bcss_policy::settings::DeliverySettings;
 use bcss_proto::hub::view::v1::DeliveryView;
-use bcss_store::{Accepted, Change, DeliveryRow, JournalEntry, Store, StoreError, TicketRow};
+use bcss_store::{
+    Accepted, Change, DeliveryRow, JournalEntry, Store, StoreError, TicketRow, now_ms,
+};
 use bytes::Bytes;
 use dashmap::DashMap;
 use prost::Message;
@@ -232,10 +234,6 @@ impl Outbox {
             .min(self.retry.backoff_max);
         full.mul_f64(rand::rng().random_range(0.5..=1.0))
     }
-}
-
-pub fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 /// Whether a recipient is being left alone.

@@ -640,7 +640,7 @@ impl Hub {
         record: &TicketRecord,
         plans: Vec<Planned>,
     ) -> Vec<(usize, DeliveryRow)> {
-        let accepted_at_ms = (record.accepted_at.unix_timestamp_nanos() / 1_000_000) as i64;
+        let accepted_at_ms = record.accepted_at_ms();
         plans
             .into_iter()
             .enumerate()
@@ -752,7 +752,7 @@ fn journal_entries(
     record: &TicketRecord,
     plans: &[Planned],
 ) -> Vec<JournalEntry> {
-    let at_ms = (record.accepted_at.unix_timestamp_nanos() / 1_000_000) as i64;
+    let at_ms = record.accepted_at_ms();
     let base = JournalEntry {
         at_ms,
         ticket: record.ticket.to_string(),
@@ -812,7 +812,7 @@ fn ticket_row(record: &TicketRecord) -> TicketRow {
         niss: record.niss.as_u64(),
         relay_of: record.relay_of.as_deref().map(str::to_owned),
         contact_file: record.contact_file.clone(),
-        accepted_at_ms: (record.accepted_at.unix_timestamp_nanos() / 1_000_000) as i64,
+        accepted_at_ms: record.accepted_at_ms(),
         fingerprint: record.fingerprint,
         outcomes: record
             .outcomes()

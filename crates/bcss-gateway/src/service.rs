@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use bcss_policy::Role;
 
+use crate::error::store_status;
 use crate::identity::{Caller, caller, institution, operator};
 use crate::ledger::{Decision, Outcome, TicketRecord};
 use crate::pipeline::{Hub, Planned};
@@ -496,17 +497,8 @@ impl AdminService {
     }
 }
 
-fn store_status(error: bcss_store::StoreError) -> Status {
-    tracing::error!(message = "Store operation failed.", %error);
-    Status::unavailable("the hub's store cannot be read or written right now; retry later")
-}
-
 fn dead_letter(row: &bcss_store::DeliveryRow) -> pb::DeadLetter {
-    let accepted_at =
-        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(row.accepted_at_ms) * 1_000_000)
-            .ok()
-            .and_then(|t| t.format(&Rfc3339).ok())
-            .unwrap_or_default();
+    let accepted_at = crate::journal::rfc3339(row.accepted_at_ms);
     pb::DeadLetter {
         seq: row.seq,
         delivery_id: row.delivery_id.clone(),
