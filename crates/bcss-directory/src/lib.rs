@@ -12,8 +12,9 @@
 //! - [`csv`]: the text form of the persons directory (`config/directory.csv`).
 
 pub mod csv;
+pub mod snapshot;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bcss_domain::{InstitutionIndex, Integration, Niss, QualityCode};
 use dashmap::DashMap;
@@ -21,10 +22,15 @@ use dashmap::DashMap;
 pub use bcss_domain::Integration as Row;
 
 /// The persons directory.
+///
+/// Keys are hashed with foldhash (seeded per process): NISS are chosen by senders, so the hash
+/// must not be predictable, and SipHash would cost a third of a lookup.
 #[derive(Debug, Default)]
 pub struct Directory {
-    persons: DashMap<u64, Box<[Integration]>>,
+    persons: DashMap<u64, Box<[Integration]>, foldhash::fast::RandomState>,
     integrations: AtomicUsize,
+    /// Run-time changes so far (integrations added, removals), to know when to snapshot.
+    changes: AtomicU64,
 }
 
 impl Directory {
@@ -35,8 +41,9 @@ impl Directory {
     /// A directory sized for `persons` persons up front (loading a national snapshot).
     pub fn with_capacity(persons: usize) -> Directory {
         Directory {
-            persons: DashMap::with_capacity(persons),
+            persons: DashMap::with_capacity_and_hasher(persons, Default::default()),
             integrations: AtomicUsize::new(0),
+            changes: AtomicU64::new(0),
         }
     }
 
@@ -77,6 +84,7 @@ impl Directory {
             });
         if created {
             self.integrations.fetch_add(1, Ordering::Relaxed);
+            self.changes.fetch_add(1, Ordering::Relaxed);
         }
         created
     }
@@ -107,7 +115,10 @@ impl Directory {
             self.persons
                 .remove_if(&niss.as_u64(), |_, rows| rows.is_empty());
         }
-        self.integrations.fetch_sub(removed, Ordering::Relaxed);
+        if removed > 0 {
+            self.integrations.fetch_sub(removed, Ordering::Relaxed);
+            self.changes.fetch_add(1, Ordering::Relaxed);
+        }
         removed
     }
 
@@ -145,6 +156,45 @@ impl Directory {
         let more = found.len() > skip + limit;
         let page = found.into_iter().skip(skip).take(limit).collect();
         (page, more)
+    }
+
+    /// Sets a person's integrations at load time, merging with any already there (a file that
+    /// lists the person twice). Rows are deduplicated.
+    pub fn insert_person(&self, niss: Niss, rows: &[Integration]) {
+        let mut unique: Vec<Integration> = Vec::with_capacity(rows.len());
+        for row in rows {
+            if !unique.contains(row) {
+                unique.push(*row);
+            }
+        }
+        if unique.is_empty() {
+            return;
+        }
+        match self.persons.entry(niss.as_u64()) {
+            dashmap::Entry::Vacant(entry) => {
+                self.integrations.fetch_add(unique.len(), Ordering::Relaxed);
+                entry.insert(unique.into_boxed_slice());
+            }
+            dashmap::Entry::Occupied(_) => {
+                for row in unique {
+                    self.integrate(niss, row);
+                }
+            }
+        }
+    }
+
+    /// Calls `f` on every person (as the NISS's number) and their integrations, in no
+    /// particular order. Holds one shard's read lock at a time: changes to that shard wait.
+    pub fn for_each_person(&self, mut f: impl FnMut(u64, &[Integration])) {
+        for entry in self.persons.iter() {
+            f(*entry.key(), entry.value());
+        }
+    }
+
+    /// How many changes (integrations created, removals) the directory has seen: a snapshot
+    /// taken at `n` is current while this is still `n`.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
     }
 
     /// Number of persons with at least one integration.

@@ -15,6 +15,7 @@
 //! - [`delivery`]: calls to institutions' `Deliver`, over pooled, verified TLS connections.
 //! - [`pki`]: the development CA and certificates.
 //! - [`server`]: `run(hub, listener, options, shutdown)`.
+//! - [`snapshot`]: the directory's snapshots in the data folder (shutdown, periodic, start).
 //! - [`startup`]: from `hub.toml` to a running hub.
 //! - [`telemetry`]: the Prometheus metrics and their exporter.
 
@@ -30,6 +31,7 @@ pub mod pki;
 pub mod privacy;
 pub mod server;
 pub mod service;
+pub mod snapshot;
 pub mod startup;
 pub mod telemetry;
 

@@ -45,6 +45,8 @@ pub enum DirectoryFileError {
     Read(#[from] std::io::Error),
     #[error(transparent)]
     Line(#[from] bcss_directory::csv::LineError),
+    #[error(transparent)]
+    Snapshot(#[from] bcss_directory::snapshot::SnapshotError),
 }
 
 /// Resolves directory rows against a policy.
@@ -107,6 +109,9 @@ pub struct Assembled {
     pub hub: Arc<crate::Hub>,
     pub options: ServeOptions,
     pub pki: Pki,
+    /// The directory's snapshots in the data folder (`None` when `storage.durable` is off).
+    /// `serve` writes one on shutdown.
+    pub snapshots: Option<Arc<crate::snapshot::Snapshots>>,
 }
 
 /// Loads the configuration, the directory and the PKI, and builds the hub. `adjust` may change
@@ -131,7 +136,19 @@ pub fn assemble_settings(
         Ok(policy)
     });
     let policy = policy_source()?;
-    let directory = load_directory(&settings.files.directory, &policy)?;
+    let snapshot_file = crate::snapshot::file(&settings.storage.data);
+    let directory = if settings.storage.durable && snapshot_file.exists() {
+        let started = std::time::Instant::now();
+        let directory = crate::snapshot::load(&snapshot_file, &policy)?;
+        tracing::info!(
+            message = "Directory loaded from the data folder's snapshot.",
+            file = %snapshot_file.display(),
+            ms = started.elapsed().as_millis() as u64,
+        );
+        directory
+    } else {
+        load_directory(&settings.files.directory, &policy)?
+    };
     let pki = ensure_pki(&settings, &policy)?;
     let hub_pair = pki.hub()?;
     let ca = Certificate::from_pem(pki.ca_cert()?);
@@ -188,6 +205,11 @@ pub fn assemble_settings(
         deliverer,
         parts,
     ));
+    let snapshots = hub.outbox().store().is_some().then(|| {
+        let snapshots = Arc::new(crate::snapshot::Snapshots::new(hub.clone(), snapshot_file));
+        snapshots.spawn_periodic(Duration::from_secs(settings.storage.directory_snapshot_s));
+        snapshots
+    });
     let options = ServeOptions {
         tls: ServerTls {
             identity,
@@ -201,5 +223,6 @@ pub fn assemble_settings(
         hub,
         options,
         pki,
+        snapshots,
     })
 }

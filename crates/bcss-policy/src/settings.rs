@@ -155,6 +155,15 @@ pub struct StorageSettings {
     /// `false` keeps no journal: only to measure what the journal costs, never for service.
     #[serde(default = "default_durable")]
     pub journal: bool,
+    /// Seconds between snapshots of the persons directory (`directory.snapshot` in the data
+    /// folder) while it changes; one is always written on shutdown, and loaded at start instead
+    /// of `files.directory` when present. 0: on shutdown only.
+    #[serde(default = "default_snapshot_interval")]
+    pub directory_snapshot_s: u64,
+}
+
+fn default_snapshot_interval() -> u64 {
+    60
 }
 
 fn default_durable() -> bool {
@@ -167,6 +176,7 @@ impl Default for StorageSettings {
             data: PathBuf::from("../var/data"),
             durable: true,
             journal: true,
+            directory_snapshot_s: default_snapshot_interval(),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The `bcss-hub` command line: serve, check-config, demo, certs, generate-directory,
-//! institution, deadletters, journal.
+//! directory, institution, deadletters, journal.
 
 use std::path::PathBuf;
 
@@ -68,6 +68,12 @@ pub enum Command {
         persons: usize,
         #[arg(long, default_value_t = 2026)]
         seed: u64,
+    },
+    /// Exports or imports the hub's persons directory (its snapshot in the data folder);
+    /// generates and measures national-scale snapshots.
+    Directory {
+        #[command(subcommand)]
+        action: crate::directory_tool::DirectoryAction,
     },
     /// Lists, shows or replays the dead letters of the running hub, with an operator's
     /// certificate.
@@ -255,6 +261,16 @@ pub async fn main() -> Result<(), Error> {
                     tracing::warn!(message = "Grace period over; stopping with calls still in flight (nothing they were answered is lost).");
                 }
             }
+            if let Some(snapshots) = assembled.snapshots {
+                match tokio::task::spawn_blocking(move || snapshots.save_if_changed()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => tracing::error!(
+                        message = "The directory snapshot could not be written: run-time changes since the last one are lost.",
+                        %error
+                    ),
+                    Err(_) => tracing::error!(message = "The directory snapshot task failed."),
+                }
+            }
             tracing::info!(
                 message = "Hub stopped.",
                 pending_deliveries = hub.outbox().pending(),
@@ -330,6 +346,10 @@ pub async fn main() -> Result<(), Error> {
             let policy = Policy::load(&settings)?;
             let rows = crate::network::generate(&policy, persons, seed);
             print!("{}", crate::network::to_csv(&rows, persons, seed));
+        }
+        Command::Directory { action } => {
+            init_logs("warn", cli.log_format);
+            crate::directory_tool::run(action)?;
         }
         Command::Deadletters {
             config,

@@ -8,11 +8,13 @@
 //! - [`payloads`]: realistic A052, DmfA and Dimona messages.
 //! - [`network`]: the reproducible persons directory of the sample network.
 //! - [`demo`]: `bcss-hub demo`.
+//! - [`directory_tool`]: `bcss-hub directory export|import|generate|measure`.
 //! - [`cli`]: the command line.
 
 pub mod cli;
 pub mod client;
 pub mod demo;
+pub mod directory_tool;
 pub mod envelope;
 pub mod institution;
 pub mod network;

@@ -66,6 +66,30 @@ pub enum StoreError {
     Stopped,
     #[error("stored record is damaged: {0}")]
     Damaged(String),
+    #[error(
+        "the data folder {0} is in use by another hub process (its hub.lock is held); stop that \
+         hub first"
+    )]
+    InUse(PathBuf),
+}
+
+/// Takes the data folder's `hub.lock` (an exclusive advisory lock, released when the file is
+/// closed or the process dies): one hub per data folder, and no offline change
+/// (`bcss-hub directory import`) while a hub runs on it. Creates the folder if needed.
+pub fn lock_data_folder(dir: &Path) -> Result<std::fs::File, StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| unavailable(dir, e))?;
+    let path = dir.join("hub.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| unavailable(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse(dir.to_owned())),
+        Err(std::fs::TryLockError::Error(e)) => Err(unavailable(&path, e)),
+    }
 }
 
 /// The answer to [`Store::accept`].
@@ -177,6 +201,8 @@ pub struct Store {
     ops: Option<mpsc::Sender<Op>>,
     writer: Option<std::thread::JoinHandle<()>>,
     path: PathBuf,
+    /// Held for the store's life: see [`lock_data_folder`].
+    _lock: std::fs::File,
 }
 
 impl Drop for Store {
@@ -203,7 +229,7 @@ impl Store {
 
     /// [`Store::open`]; with `journal` false nothing is journalled (benchmarks of its cost).
     pub fn open_with(dir: &Path, journal: bool) -> Result<(Store, Recovered), StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| unavailable(dir, e))?;
+        let lock = lock_data_folder(dir)?;
         let path = dir.join("hub.redb");
         let db = Database::create(&path).map_err(|e| unavailable(&path, e))?;
         init_tables(&db).map_err(|e| unavailable(&path, e))?;
@@ -233,6 +259,7 @@ impl Store {
                 ops: Some(ops),
                 writer: Some(writer),
                 path,
+                _lock: lock,
             },
             recovered,
         ))
