@@ -1,4 +1,5 @@
-//! Operability: gRPC health per service and server reflection, as standard tools use them.
+//! Operability: gRPC health per service, server reflection, and the Prometheus metrics, as
+//! standard tools use them.
 
 mod common;
 
@@ -72,4 +73,122 @@ async fn health_reports_each_service_and_reflection_lists_them() {
             "{expected} in {names:?}"
         );
     }
+}
+
+/// `GET /metrics` over plain HTTP/1.0 (no chunking), the body only.
+async fn scrape(address: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+/// The value of one series, named as the exposition prints it (`name` or `name{labels}`).
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().unwrap())
+    })
+}
+
+#[tokio::test]
+async fn metrics_cover_every_stage_the_last_reload_and_the_journal() {
+    // A copy of the configuration, so that a broken deliberation can be dropped in.
+    let shipped = std::fs::read_to_string(common::shipped_config().join("hub.toml")).unwrap();
+    let h = Harness::start(&[("hub.toml", &shipped)]).await;
+    let metrics = {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        free.local_addr().unwrap()
+    };
+    bcss_gateway::telemetry::serve(metrics, h.hub.clone()).unwrap();
+
+    // Traffic: one message admitted and delivered, one refused (the person is not integrated).
+    let integrated = common::fresh_niss(60);
+    let stranger = common::fresh_niss(61);
+    common::integrate(&h, "cpas-liege", integrated, 1, "2024-01-01", "").await;
+    for (id, niss) in [("metrics-1", integrated), ("metrics-2", stranger)] {
+        let mut envelope = common::a052_envelope(id, niss, 1);
+        envelope.addressee = Some("cpas-liege".into());
+        common::submit(&h, "solidaris", envelope).await.unwrap();
+    }
+    common::eventually(Duration::from_secs(10), || h.received() >= 1).await;
+
+    // The start counts as a good load.
+    let text = scrape(metrics).await;
+    assert_eq!(sample(&text, "bcss_policy_last_reload_success"), Some(1.0));
+    let started = sample(&text, "bcss_policy_last_reload_timestamp_seconds").unwrap();
+    assert!(started > 1.7e9, "a Unix time: {started}");
+
+    let broken = h.config_dir.join("deliberations/zz-broken.toml");
+    std::fs::write(
+        &broken,
+        "id = \"99/999\"\ntitle = \"missing everything else\"\n",
+    )
+    .unwrap();
+    h.hub.reload().await.unwrap_err();
+    let text = scrape(metrics).await;
+    assert_eq!(sample(&text, "bcss_policy_last_reload_success"), Some(0.0));
+    assert_eq!(
+        sample(&text, "bcss_policy_reloads_total{result=\"refused\"}"),
+        Some(1.0)
+    );
+    assert!(sample(&text, "bcss_policy_last_reload_timestamp_seconds").unwrap() >= started);
+    assert_eq!(sample(&text, "bcss_policy_generation"), Some(1.0));
+
+    std::fs::remove_file(&broken).unwrap();
+    h.hub.reload().await.unwrap();
+    let text = scrape(metrics).await;
+    assert_eq!(sample(&text, "bcss_policy_last_reload_success"), Some(1.0));
+    assert_eq!(
+        sample(&text, "bcss_policy_reloads_total{result=\"ok\"}"),
+        Some(1.0)
+    );
+
+    // Every stage has a histogram with observations.
+    for stage in ["validate", "route", "check", "filter", "persist", "deliver"] {
+        let count = sample(
+            &text,
+            &format!("bcss_stage_seconds_count{{stage=\"{stage}\"}}"),
+        );
+        assert!(count.is_some_and(|c| c >= 1.0), "stage {stage}: {count:?}");
+        let le = format!("bcss_stage_seconds_bucket{{stage=\"{stage}\",le=\"+Inf\"}}");
+        assert_eq!(sample(&text, &le), count, "stage {stage}");
+    }
+    assert!(!text.contains("stage=\"plan\""), "plan is split in three");
+
+    // The journal's size is refreshed every 5 s, like the outbox gauge.
+    let mut text = text;
+    for _ in 0..150 {
+        if sample(&text, "bcss_journal_entries").is_some_and(|n| n >= 2.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        text = scrape(metrics).await;
+    }
+    let entries = sample(&text, "bcss_journal_entries").unwrap();
+    assert!(
+        entries >= 2.0,
+        "a submission and a delivery at least: {entries}"
+    );
+    let data = h
+        .hub
+        .outbox()
+        .store()
+        .unwrap()
+        .path()
+        .metadata()
+        .unwrap()
+        .len();
+    let bytes = sample(&text, "bcss_store_file_bytes").unwrap();
+    assert!(bytes > 0.0 && bytes <= data as f64, "{bytes} of {data}");
 }

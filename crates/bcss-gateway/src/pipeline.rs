@@ -200,6 +200,12 @@ impl Hub {
     /// Re-reads the policy, validates it in full and swaps it in. Submissions in flight keep
     /// the snapshot they took; an invalid policy changes nothing.
     pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let result = self.reload_policy().await;
+        telemetry::reloaded(result.is_ok());
+        result
+    }
+
+    async fn reload_policy(&self) -> Result<Reloaded, ReloadError> {
         let source = self
             .parts
             .policy_source
@@ -306,9 +312,9 @@ impl Hub {
         tracing::Span::current().record("ticket", tracing::field::display(&ticket));
         // The journal names the fields filtering removed; without a journal, nobody needs them.
         let name_removed = self.outbox.store().is_some_and(|store| store.journals());
-        let stage = std::time::Instant::now();
-        let plans = self.plan(policy, sender, &message, name_removed)?;
-        stage_done("plan", stage);
+        let mut times = PlanTimes::default();
+        let plans = self.plan(policy, sender, &message, name_removed, &mut times)?;
+        times.record();
         count_plans(&message, &plans);
         let record = TicketRecord {
             ticket: ticket.clone(),
@@ -413,7 +419,7 @@ impl Hub {
     ) -> Result<Vec<Planned>, InputError> {
         self.parts.limits.admit(sender)?;
         let message = self.validate(policy, sender, envelope)?;
-        self.plan(policy, sender, &message, true)
+        self.plan(policy, sender, &message, true, &mut PlanTimes::default())
     }
 
     /// Step 1: everything about the envelope that does not depend on the recipients.
@@ -535,17 +541,21 @@ impl Hub {
         })
     }
 
-    /// Steps 2-4: route (who are the candidates), check each one's integration, filter.
+    /// Steps 2-4: route (who are the candidates), check each one's integration, filter; the
+    /// time each step took, over all candidates, is added to `times`.
     pub fn plan(
         &self,
         policy: &Policy,
         sender: &Institution,
         message: &Validated,
         name_removed: bool,
+        times: &mut PlanTimes,
     ) -> Result<Vec<Planned>, InputError> {
+        let mut mark = std::time::Instant::now();
         let integrations = self.directory.integrations(message.niss);
         let candidates = self.route(policy, sender, message, &integrations);
         self.parts.limits.check_fan_out(candidates.len())?;
+        lap(&mut mark, &mut times.route);
         let facts = Message {
             sender: sender.party(),
             flow: message.flow,
@@ -562,6 +572,7 @@ impl Hub {
                 policy.deliberations_reaching(recipient.index, message.flow),
                 &integrations,
             );
+            lap(&mut mark, &mut times.check);
             let result = match decision {
                 Ok(admission) => {
                     let grant = policy
@@ -590,6 +601,7 @@ impl Hub {
                 }
                 Err(refusal) => Err((refusal.reason, refusal.deliberation.map(|d| d.id.clone()))),
             };
+            lap(&mut mark, &mut times.filter);
             plans.push(Planned {
                 institution: recipient.index,
                 institution_id: recipient.id.clone(),
@@ -697,6 +709,35 @@ fn flow_label(flow: i32) -> &'static str {
         3 => "DIMONA",
         _ => "unknown",
     }
+}
+
+/// Time spent in route, check and filter for one message (check and filter summed over its
+/// candidate recipients).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlanTimes {
+    pub route: std::time::Duration,
+    pub check: std::time::Duration,
+    pub filter: std::time::Duration,
+}
+
+impl PlanTimes {
+    fn record(&self) {
+        for (stage, time) in [
+            ("route", self.route),
+            ("check", self.check),
+            ("filter", self.filter),
+        ] {
+            metrics::histogram!(telemetry::STAGE_SECONDS, "stage" => stage)
+                .record(time.as_secs_f64());
+        }
+    }
+}
+
+/// Adds the time since `mark` to `into` and moves `mark` to now: one clock read per boundary.
+fn lap(mark: &mut std::time::Instant, into: &mut std::time::Duration) {
+    let now = std::time::Instant::now();
+    *into += now - *mark;
+    *mark = now;
 }
 
 fn stage_done(stage: &'static str, started: std::time::Instant) {

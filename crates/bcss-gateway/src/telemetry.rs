@@ -29,6 +29,10 @@ pub const DIRECTORY_PERSONS: &str = "bcss_directory_persons";
 pub const DIRECTORY_INTEGRATIONS: &str = "bcss_directory_integrations";
 pub const POLICY_GENERATION: &str = "bcss_policy_generation";
 pub const POLICY_RELOADS: &str = "bcss_policy_reloads_total";
+pub const POLICY_LAST_RELOAD_SUCCESS: &str = "bcss_policy_last_reload_success";
+pub const POLICY_LAST_RELOAD_TIME: &str = "bcss_policy_last_reload_timestamp_seconds";
+pub const JOURNAL_ENTRIES: &str = "bcss_journal_entries";
+pub const STORE_FILE_BYTES: &str = "bcss_store_file_bytes";
 pub const JOURNAL_REMOVED: &str = "bcss_journal_entries_removed_total";
 
 /// Installs the Prometheus exporter, serving `/metrics` on `listen`, and the task that keeps
@@ -45,11 +49,15 @@ pub fn serve(listen: SocketAddr, hub: Arc<Hub>) -> Result<(), String> {
         .install()
         .map_err(|e| format!("metrics on {listen}: {e}"))?;
     describe();
+    // The policy loaded at start counts as the first successful load.
+    metrics::gauge!(POLICY_LAST_RELOAD_SUCCESS).set(1.0);
+    metrics::gauge!(POLICY_LAST_RELOAD_TIME).set(unix_seconds());
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(Duration::from_secs(5));
         loop {
             ticker.tick().await;
             gauges(&hub);
+            store_gauges(&hub).await;
         }
     });
     tracing::info!(message = "Metrics served.", address = %listen, path = "/metrics");
@@ -61,6 +69,35 @@ fn gauges(hub: &Hub) {
     metrics::gauge!(DIRECTORY_INTEGRATIONS).set(hub.directory().integration_count() as f64);
     metrics::gauge!(POLICY_GENERATION).set(hub.generation() as f64);
     metrics::gauge!(OUTBOX_PENDING).set(hub.outbox().pending() as f64);
+}
+
+/// The journal's size and the data file's, asked of the store's writer (a table length and a
+/// file's metadata: nothing is scanned). Left as they were when the store cannot answer.
+async fn store_gauges(hub: &Hub) {
+    let Some(store) = hub.outbox().store() else {
+        return;
+    };
+    match store.size().await {
+        Ok(size) => {
+            metrics::gauge!(JOURNAL_ENTRIES).set(size.journal_entries as f64);
+            metrics::gauge!(STORE_FILE_BYTES).set(size.file_bytes as f64);
+        }
+        Err(error) => tracing::debug!(message = "Store size not read.", %error),
+    }
+}
+
+/// Records a reload's result: the counter by result, the last result (1 ok, 0 refused) and
+/// when it happened.
+pub fn reloaded(ok: bool) {
+    metrics::counter!(POLICY_RELOADS, "result" => if ok { "ok" } else { "refused" }).increment(1);
+    metrics::gauge!(POLICY_LAST_RELOAD_SUCCESS).set(if ok { 1.0 } else { 0.0 });
+    metrics::gauge!(POLICY_LAST_RELOAD_TIME).set(unix_seconds());
+}
+
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn describe() {
@@ -101,7 +138,7 @@ fn describe() {
     describe_histogram!(
         STAGE_SECONDS,
         metrics::Unit::Seconds,
-        "Time per submission stage (validate, plan, persist, deliver)."
+        "Time per submission stage (validate, route, check, filter, persist, deliver)."
     );
     describe_histogram!(
         SUBMIT_SECONDS,
@@ -132,6 +169,24 @@ fn describe() {
         "The policy generation in force (1 at start, +1 per reload)."
     );
     describe_counter!(POLICY_RELOADS, "Policy reloads by result (ok, refused).");
+    describe_gauge!(
+        POLICY_LAST_RELOAD_SUCCESS,
+        "1 if the last policy load (start or reload) succeeded, 0 if it was refused."
+    );
+    describe_gauge!(
+        POLICY_LAST_RELOAD_TIME,
+        metrics::Unit::Seconds,
+        "When the last policy load (start or reload) was attempted, in Unix seconds."
+    );
+    describe_gauge!(
+        JOURNAL_ENTRIES,
+        "Journal entries held in the store, stubs of expired entries included."
+    );
+    describe_gauge!(
+        STORE_FILE_BYTES,
+        metrics::Unit::Bytes,
+        "Size of the data file hub.redb (outbox, tickets, journal), in bytes."
+    );
     describe_counter!(
         JOURNAL_REMOVED,
         "Journal entries whose retention ended (content removed, hash kept)."

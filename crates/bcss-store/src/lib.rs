@@ -19,7 +19,10 @@ pub mod rows;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
 use tokio::sync::{mpsc, oneshot};
 
 pub use journal::{Checkpoint, EntryKind, JournalEntry, Tamper, Verified};
@@ -110,6 +113,15 @@ pub struct Recovered {
     pub dead: Vec<u64>,
 }
 
+/// How big the store is, for the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Size {
+    /// Journal entries held, stubs of expired entries included.
+    pub journal_entries: u64,
+    /// The size of `hub.redb` on disk, in bytes.
+    pub file_bytes: u64,
+}
+
 /// A change to a delivery.
 #[derive(Debug)]
 pub enum Change {
@@ -169,6 +181,9 @@ enum Op {
     },
     Verify {
         reply: oneshot::Sender<Result<Verified, StoreError>>,
+    },
+    Size {
+        reply: oneshot::Sender<Result<Size, StoreError>>,
     },
 }
 
@@ -370,6 +385,13 @@ impl Store {
         answer.await.map_err(|_| StoreError::Stopped)?
     }
 
+    /// The journal's entry count (a table length: no scan) and the file's size.
+    pub async fn size(&self) -> Result<Size, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Op::Size { reply }).await?;
+        answer.await.map_err(|_| StoreError::Stopped)?
+    }
+
     async fn send(&self, op: Op) -> Result<(), StoreError> {
         let ops = self.ops.as_ref().ok_or(StoreError::Stopped)?;
         ops.send(op).await.map_err(|_| StoreError::Stopped)
@@ -436,6 +458,22 @@ fn recover(db: &Database) -> Result<Recovered, StoreError> {
         tickets,
         pending,
         dead,
+    })
+}
+
+fn size(db: &Database, path: &Path) -> Result<Size, StoreError> {
+    let txn = db.begin_read().or_unavailable()?;
+    let journal_entries = txn
+        .open_table(JOURNAL)
+        .or_unavailable()?
+        .len()
+        .or_unavailable()?;
+    let file_bytes = std::fs::metadata(path)
+        .map_err(|e| unavailable(path, e))?
+        .len();
+    Ok(Size {
+        journal_entries,
+        file_bytes,
     })
 }
 
@@ -727,6 +765,10 @@ impl Writer {
             Op::Verify { reply } => {
                 let key = self.journal_key;
                 let _ = reply.send(self.database().and_then(|db| verify_db(db, &key)));
+            }
+            Op::Size { reply } => {
+                let path = self.path.clone();
+                let _ = reply.send(self.database().and_then(|db| size(db, &path)));
             }
             _ => unreachable!("writes are not read"),
         }
@@ -1171,6 +1213,39 @@ mod tests {
             panic!("new")
         };
         assert_eq!(seqs, vec![3]);
+    }
+
+    #[tokio::test]
+    async fn size_counts_journal_entries_and_file_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let empty = store.size().await.unwrap();
+        assert_eq!(empty.journal_entries, 0);
+        assert_eq!(
+            empty.file_bytes,
+            std::fs::metadata(dir.path().join("hub.redb"))
+                .unwrap()
+                .len()
+        );
+        let (t, d) = ticket("t1", "m1", &["a", "b"]);
+        store.accept(t, d, Vec::new()).await.unwrap();
+        store
+            .change(Change::Delivered { seq: 1, at_ms: 5 })
+            .await
+            .unwrap();
+        assert_eq!(store.size().await.unwrap().journal_entries, 1);
+        store
+            .change(Change::DeadLetter {
+                seq: 2,
+                attempts: 3,
+                last_error: "no answer".into(),
+                reason: "too many attempts".into(),
+            })
+            .await
+            .unwrap();
+        let size = store.size().await.unwrap();
+        assert_eq!(size.journal_entries, 2);
+        assert!(size.file_bytes > 0);
     }
 
     #[tokio::test]
