@@ -16,7 +16,7 @@ use bcss_gateway::Hub;
 use bcss_gateway::delivery::Deliverer;
 use bcss_gateway::limits::Limits;
 use bcss_gateway::outbox::RetryPolicy;
-use bcss_gateway::pipeline::HubParts;
+use bcss_gateway::pipeline::{HubParts, PlanTimes};
 use bcss_gateway::privacy::PersonKey;
 use bcss_policy::{Policy, Settings};
 use bcss_proto::hub::view::v1::EnvelopeView;
@@ -181,7 +181,12 @@ fn routing(c: &mut Criterion) {
             b.iter(|| {
                 let view = EnvelopeView::decode(bytes.clone()).unwrap();
                 let validated = hub.validate(&policy, sender, view).unwrap();
-                black_box(hub.plan(&policy, sender, &validated, false).unwrap().len())
+                let mut times = PlanTimes::default();
+                black_box(
+                    hub.plan(&policy, sender, &validated, false, &mut times)
+                        .unwrap()
+                        .len(),
+                )
             })
         });
     }

@@ -85,7 +85,7 @@ impl Site {
     }
 
     async fn directory(&self) -> Option<DirectoryClient<tonic::transport::Channel>> {
-        let pki = Pki::new(&self.root.path().join("pki"));
+        let pki = Pki::new(self.root.path().join("pki"));
         bcss_sim::client::connect(self.address, &pki, "cpas-liege", "hub.bcss.test")
             .await
             .ok()

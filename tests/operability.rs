@@ -192,3 +192,77 @@ async fn metrics_cover_every_stage_the_last_reload_and_the_journal() {
     let bytes = sample(&text, "bcss_store_file_bytes").unwrap();
     assert!(bytes > 0.0 && bytes <= data as f64, "{bytes} of {data}");
 }
+
+/// A live reload under load: four clients submit without pause while an operator reloads the
+/// policy by RPC again and again, with a broken configuration refused in between. No
+/// submission fails or is decided differently because of it, and the generation counts only
+/// the reloads that took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloading_under_load_fails_no_submission() {
+    use bcss_proto::hub::v1::ReloadPolicyRequest;
+    use bcss_proto::hub::v1::admin_client::AdminClient;
+
+    const CLIENTS: u16 = 4;
+    const MESSAGES: usize = 60;
+    let shipped = std::fs::read_to_string(common::shipped_config().join("hub.toml")).unwrap();
+    let h = std::sync::Arc::new(Harness::start(&[("hub.toml", &shipped)]).await);
+    let persons: Vec<_> = (0..CLIENTS).map(|i| common::fresh_niss(70 + i)).collect();
+    for person in &persons {
+        common::integrate(&h, "cpas-liege", *person, 1, "2024-01-01", "").await;
+    }
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(CLIENTS as usize));
+    let mut clients = Vec::new();
+    for (number, person) in persons.iter().copied().enumerate() {
+        let (h, running) = (h.clone(), running.clone());
+        clients.push(tokio::spawn(async move {
+            let mut gateway = h.gateway("solidaris").await;
+            let mut answers = Vec::new();
+            for n in 0..MESSAGES {
+                let envelope = common::a052_envelope(&format!("reload-{number}-{n}"), person, 1);
+                answers.push(gateway.submit(envelope).await.map(|r| r.into_inner()));
+            }
+            running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            answers
+        }));
+    }
+    let mut admin = AdminClient::new(h.channel("hub-operations").await);
+    let broken = h.config_dir.join("deliberations/zz-broken.toml");
+    let (mut taken, mut refused) = (0u64, 0u64);
+    while running.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+        if (taken + refused) % 3 == 2 {
+            std::fs::write(&broken, "id = \"99/999\"\n").unwrap();
+            let status = admin
+                .reload_policy(ReloadPolicyRequest {})
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+            std::fs::remove_file(&broken).unwrap();
+            refused += 1;
+        } else {
+            admin.reload_policy(ReloadPolicyRequest {}).await.unwrap();
+            taken += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut delivered = 0;
+    for client in clients {
+        for answer in client.await.unwrap() {
+            let reply = answer.expect("no submission fails during reloads");
+            let admitted: Vec<_> = reply
+                .recipients
+                .iter()
+                .filter(|r| !r.delivery_id.is_empty())
+                .collect();
+            assert_eq!(admitted.len(), 1, "decided as before: {reply:?}");
+            assert_eq!(admitted[0].institution, "cpas-liege");
+            delivered += 1;
+        }
+    }
+    assert!(
+        taken >= 3 && refused >= 1,
+        "{taken} reloads taken, {refused} refused"
+    );
+    assert_eq!(h.hub.generation(), 1 + taken, "only the valid reloads took");
+    common::eventually(Duration::from_secs(30), || h.received() >= delivered).await;
+    assert_eq!(h.received(), delivered);
+}

@@ -536,11 +536,8 @@ mod tests {
     #[test]
     fn large_directories_cross_chunk_boundaries() {
         let directory = Directory::new();
-        let mut n = 0u64;
-        for (day, serial) in (0..100u32).flat_map(|d| (1..=997u16).map(move |s| (d, s))) {
-            if n == 100_000 {
-                break;
-            }
+        let persons = (0..100u32).flat_map(|d| (1..=997u16).map(move |s| (d, s)));
+        for (n, (day, serial)) in persons.take(100_000).enumerate() {
             let yymmdd = 800_101 + (day / 28) * 100 + day % 28;
             let niss = Niss::compose(yymmdd, serial, false).unwrap();
             for i in 0..(n % 7 + 1) as u16 {
@@ -556,7 +553,6 @@ mod tests {
                     },
                 );
             }
-            n += 1;
         }
         let bytes = snapshot(&directory);
         assert!(bytes.len() > 2 * CHUNK);
