@@ -317,6 +317,23 @@ fn check_case(policy: &Policy) -> Result<CheckCase, Error> {
     Err("the policy has no prior-integration deliberation to measure".into())
 }
 
+/// p50 and p99 of per-item times measured as the means of batches of 64 (nanoseconds).
+fn batch_percentiles<T>(items: &[T], mut one: impl FnMut(&T) -> usize) -> (f64, f64, usize) {
+    const BATCH: usize = 64;
+    let mut means = Vec::with_capacity(items.len() / BATCH + 1);
+    let mut total = 0;
+    for batch in items.chunks(BATCH) {
+        let started = Instant::now();
+        for item in batch {
+            total += std::hint::black_box(one(item));
+        }
+        means.push(started.elapsed().as_nanos() as f64 / batch.len() as f64);
+    }
+    means.sort_by(f64::total_cmp);
+    let at = |q: f64| means[((means.len() - 1) as f64 * q) as usize];
+    (at(0.5), at(0.99), total)
+}
+
 /// Latency of checks over `niss` (in batches of 64, the batch mean as each check's time):
 /// (p50, p99) in nanoseconds, and how many were admitted.
 fn time_checks(
@@ -325,28 +342,19 @@ fn time_checks(
     case: &CheckCase,
     niss: &[Niss],
 ) -> (f64, f64, usize) {
-    const BATCH: usize = 64;
-    let mut means = Vec::with_capacity(niss.len() / BATCH + 1);
-    let mut admitted = 0;
-    for batch in niss.chunks(BATCH) {
-        let started = Instant::now();
-        for person in batch {
-            let decision = directory.with_integrations(*person, |rows| {
+    batch_percentiles(niss, |person| {
+        directory.with_integrations(*person, |rows| {
+            usize::from(
                 check_recipient(
                     &case.facts,
                     case.recipient,
                     policy.deliberations_reaching(case.recipient.institution, case.flow),
                     rows,
                 )
-                .is_ok()
-            });
-            admitted += usize::from(std::hint::black_box(decision));
-        }
-        means.push(started.elapsed().as_nanos() as f64 / batch.len() as f64);
-    }
-    means.sort_by(f64::total_cmp);
-    let at = |q: f64| means[((means.len() - 1) as f64 * q) as usize];
-    (at(0.5), at(0.99), admitted)
+                .is_ok(),
+            )
+        })
+    })
 }
 
 fn measure(
@@ -388,6 +396,10 @@ fn measure(
             }
         })
         .collect();
+    let (p50, p99, found) = batch_percentiles(&sample, |person| {
+        directory.with_integrations(*person, |rows| rows.len())
+    });
+    println!("lookup only (the person's rows): p50 {p50:.0} ns, p99 {p99:.0} ns ({found} rows)");
     let (p50, p99, admitted) = time_checks(&directory, &policy, &case, &sample);
     println!(
         "integration check, quiet: p50 {p50:.0} ns, p99 {p99:.0} ns ({admitted} of {checks} admitted)"
