@@ -44,8 +44,16 @@ async fn the_demo_delivers_what_it_reports_and_refuses_some() {
     assert!(report.rejected > 0, "{report:?}");
     assert_eq!(report.received, report.delivered);
     // Consultations of both kinds, answered and refused.
-    assert!(report.answered > 0 && report.consultations_refused > 0, "{report:?}");
-    for needle in ["answered under 19/010", "answered under 16/046", "agent_not_allowed", "contact_file_missing"] {
+    assert!(
+        report.answered > 0 && report.consultations_refused > 0,
+        "{report:?}"
+    );
+    for needle in [
+        "answered under 19/010",
+        "answered under 16/046",
+        "agent_not_allowed",
+        "contact_file_missing",
+    ] {
         assert!(
             report.consult_table.contains(needle),
             "{needle} missing from the consultations:\n{}",

@@ -104,6 +104,13 @@ pub async fn serve(
             "unavailable"
         }
     };
+    static DESCRIBED: std::sync::Once = std::sync::Once::new();
+    DESCRIBED.call_once(|| {
+        metrics::describe_counter!(
+            CONSULTATIONS,
+            "Consultations (Gateway.Consult) by flow and outcome."
+        );
+    });
     metrics::counter!(CONSULTATIONS, "flow" => flow, "outcome" => outcome).increment(1);
     let reply = result?;
     let view_only = reply.view_only;

@@ -83,7 +83,7 @@ impl ReferenceInstitution {
         }
     }
 
-    fn from_hub<T>(&self, request: &Request<T>) -> Result<(), Status> {
+    fn check_caller_is_hub<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let from_hub = request
             .peer_certs()
             .and_then(|certs| {
@@ -221,7 +221,7 @@ impl Source {
 #[tonic::async_trait]
 impl Institution for ReferenceInstitution {
     async fn deliver(&self, request: Request<Delivery>) -> Result<Response<DeliveryAck>, Status> {
-        self.from_hub(&request)?;
+        self.check_caller_is_hub(&request)?;
         let fresh = self.inbox.record(request.into_inner());
         Ok(Response::new(DeliveryAck { duplicate: !fresh }))
     }
@@ -230,7 +230,7 @@ impl Institution for ReferenceInstitution {
         &self,
         request: Request<AnswerRequest>,
     ) -> Result<Response<AnswerReply>, Status> {
-        self.from_hub(&request)?;
+        self.check_caller_is_hub(&request)?;
         let delay = self
             .source
             .inner
