@@ -1,14 +1,16 @@
 //! No personal data in logs or errors: an end-to-end run with known personal values (a NISS, a
 //! name, an amount) captures every log line of every component at TRACE level and every error
-//! message returned, and fails if any of those values appears. The person appears in logs only
-//! as the keyed hash.
+//! message returned (of submissions, the directory and consultations), and fails if any of
+//! those values appears. The person appears in logs only as the keyed hash.
 
 mod common;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use bcss_proto::hub::v1::{Envelope, IntegrateRequest, ListRequest, TrackRequest};
+use bcss_proto::hub::v1::{
+    ConsultRequest, Envelope, Flow, IntegrateRequest, ListRequest, TrackRequest,
+};
 use bcss_sim::envelope::{FlowMessage, envelope};
 use common::{Harness, a052_envelope, fresh_niss, integrate, rng, submit};
 use time::macros::date;
@@ -135,6 +137,49 @@ async fn an_end_to_end_run_logs_no_personal_data() {
         .await
         .unwrap();
 
+    // Consultations: answered, refused (an unnamed agent, no contact file), bad input.
+    let consult = |agent: &str, contact_file: Option<&str>, niss: String| ConsultRequest {
+        flow: Flow::Dmfa as i32,
+        niss,
+        period: Some(bcss_proto::flows::v1::Period {
+            start: "2025-04-01".into(),
+            end: "2025-06-30".into(),
+        }),
+        purpose: "holiday-pay-control".into(),
+        agent_id: agent.into(),
+        contact_file: contact_file.map(str::to_owned),
+    };
+    let mut onva = h.gateway("onva-inspection").await;
+    onva.consult(consult("onva-insp-01", None, niss.digits()))
+        .await
+        .unwrap();
+    for (party, request) in [
+        (
+            "onva-inspection",
+            consult("onva-insp-13", None, niss.digits()),
+        ),
+        (
+            "onva-inspection",
+            consult("onva-insp-01", None, other.digits()),
+        ),
+        (
+            "onva-inspection",
+            consult("onva-insp-01", None, format!("{}00", &niss.digits()[..9])),
+        ),
+        (
+            "mycareer-contact-centre",
+            consult("agent-9", None, niss.digits()),
+        ),
+    ] {
+        let status = h
+            .gateway(party)
+            .await
+            .consult(request)
+            .await
+            .expect_err(party);
+        errors.push(status.message().to_owned());
+    }
+
     let person = h.hub.person_key().person(niss).to_string();
     // Let the last log lines land.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -143,6 +188,10 @@ async fn an_end_to_end_run_logs_no_personal_data() {
     assert!(
         logs.contains("Message accepted.") && logs.contains(&reply.ticket),
         "the capture works: the acceptance was logged"
+    );
+    assert!(
+        logs.contains("Consultation answered.") && logs.contains("Consultation refused."),
+        "the consultations were logged"
     );
     assert!(
         logs.contains(&format!("person={person}")),

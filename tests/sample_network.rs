@@ -43,6 +43,23 @@ async fn the_demo_delivers_what_it_reports_and_refuses_some() {
     assert!(report.refused > 0, "{report:?}");
     assert!(report.rejected > 0, "{report:?}");
     assert_eq!(report.received, report.delivered);
+    // Consultations of both kinds, answered and refused.
+    assert!(
+        report.answered > 0 && report.consultations_refused > 0,
+        "{report:?}"
+    );
+    for needle in [
+        "answered under 19/010",
+        "answered under 16/046",
+        "agent_not_allowed",
+        "contact_file_missing",
+    ] {
+        assert!(
+            report.consult_table.contains(needle),
+            "{needle} missing from the consultations:\n{}",
+            report.consult_table
+        );
+    }
     // The same seed gives the same run.
     let again = run_with(settings, options).await.unwrap();
     assert_eq!(
@@ -50,13 +67,19 @@ async fn the_demo_delivers_what_it_reports_and_refuses_some() {
             again.submitted,
             again.delivered,
             again.refused,
-            again.rejected
+            again.rejected,
+            again.consultations,
+            again.answered,
+            again.consultations_refused
         ),
         (
             report.submitted,
             report.delivered,
             report.refused,
-            report.rejected
+            report.rejected,
+            report.consultations,
+            report.answered,
+            report.consultations_refused
         )
     );
     for deliberation in ["20/130", "10/059", "19/010", "16/046"] {

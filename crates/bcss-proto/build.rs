@@ -13,6 +13,7 @@ const PUBLIC: &[&str] = &[
     "bcss/flows/v1/dmfa.proto",
     "bcss/flows/v1/dimona.proto",
     "bcss/hub/v1/envelope.proto",
+    "bcss/hub/v1/consult.proto",
     "bcss/hub/v1/gateway.proto",
     "bcss/hub/v1/directory.proto",
     "bcss/hub/v1/admin.proto",
@@ -87,6 +88,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "crate::hub::v1::TrackRequest",
             "crate::hub::v1::TrackReply",
         ))
+        .method(unary(
+            "consult",
+            "Consult",
+            "crate::hub::v1::ConsultRequest",
+            "crate::hub::view::v1::ConsultReplyView",
+        ))
         .build();
     let institution = Service::builder()
         .name("Institution")
@@ -97,6 +104,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "Deliver",
             "crate::hub::view::v1::DeliveryView",
             "crate::institution::v1::DeliveryAck",
+        ))
+        .method(unary(
+            "answer",
+            "Answer",
+            "crate::institution::v1::AnswerRequest",
+            "crate::hub::view::v1::AnswerReplyView",
         ))
         .build();
     Builder::new()

@@ -56,10 +56,13 @@ pub enum RefusalReason {
     QualityCodeNotAccepted,
     /// The accepted integrations do not overlap the period the message is about.
     PeriodOutsideIntegration,
+    /// A consultation by an agent the deliberation does not name (003 §36).
+    AgentNotAllowed,
 }
 
 impl RefusalReason {
-    pub const ALL: [RefusalReason; 8] = [
+    /// Every reason, in the order of their numbers in the contracts (1-based).
+    pub const ALL: [RefusalReason; 9] = [
         RefusalReason::NoDeliberation,
         RefusalReason::DeliberationNotYetValid,
         RefusalReason::DeliberationExpired,
@@ -68,6 +71,7 @@ impl RefusalReason {
         RefusalReason::NotIntegrated,
         RefusalReason::QualityCodeNotAccepted,
         RefusalReason::PeriodOutsideIntegration,
+        RefusalReason::AgentNotAllowed,
     ];
 
     /// A stable snake-case name, for metrics labels and reports.
@@ -81,6 +85,7 @@ impl RefusalReason {
             RefusalReason::NotIntegrated => "not_integrated",
             RefusalReason::QualityCodeNotAccepted => "quality_code_not_accepted",
             RefusalReason::PeriodOutsideIntegration => "period_outside_integration",
+            RefusalReason::AgentNotAllowed => "agent_not_allowed",
         }
     }
 }
@@ -96,6 +101,7 @@ impl fmt::Display for RefusalReason {
             RefusalReason::NotIntegrated => "the recipient has not integrated this person",
             RefusalReason::QualityCodeNotAccepted => "the recipient's integrations for this person are under quality codes the deliberation does not accept",
             RefusalReason::PeriodOutsideIntegration => "the recipient's accepted integrations do not cover the message's period",
+            RefusalReason::AgentNotAllowed => "the agent is not one of those the deliberation names",
         })
     }
 }
@@ -260,6 +266,7 @@ mod tests {
             check,
             flows: vec![Flow::A052],
             max_agents: None,
+            consultation: None,
         }
     }
 

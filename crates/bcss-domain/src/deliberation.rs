@@ -35,6 +35,40 @@ pub struct Deliberation {
     pub flows: Vec<Flow>,
     /// A cap on the number of named agents who may consult under it (003 §36), if any.
     pub max_agents: Option<u16>,
+    /// What it allows of consultations through the hub (`Gateway.Consult`), if it allows them.
+    pub consultation: Option<Consultation>,
+}
+
+/// How a deliberation lets its routes' recipients *consult* data its routes' senders hold: the
+/// recipient asks the hub, the hub asks the source and returns the answer filtered down to the
+/// deliberation's fields (003 §3, 000 §9).
+#[derive(Clone, Debug, Default)]
+pub struct Consultation {
+    /// The institution that holds each consultable flow's data: the source the hub asks.
+    pub sources: Vec<(Flow, InstitutionIndex)>,
+    /// The agents who may consult, when the deliberation limits them (003 §36: at most 12,
+    /// named by the consulting institution). `None`: any agent of an authorised institution,
+    /// each identified in the journal.
+    pub agents: Option<Vec<String>>,
+    /// The answer is for viewing only: the consulting institution may not store it (003 §37).
+    pub view_only: bool,
+}
+
+impl Consultation {
+    /// The source of `flow`'s data, if the flow may be consulted.
+    pub fn source(&self, flow: Flow) -> Option<InstitutionIndex> {
+        self.sources
+            .iter()
+            .find(|(f, _)| *f == flow)
+            .map(|(_, source)| *source)
+    }
+
+    /// True when `agent` may consult: any agent when none are named, otherwise a named one.
+    pub fn allows_agent(&self, agent: &str) -> bool {
+        self.agents
+            .as_ref()
+            .is_none_or(|named| named.iter().any(|a| a == agent))
+    }
 }
 
 /// One leg authorised by a deliberation: these senders to these recipients.

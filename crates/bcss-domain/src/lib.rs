@@ -8,9 +8,11 @@
 //! - [`flow`]: the flow messages the hub carries.
 //! - [`deliberation`]: authorisations of the Information Security Committee.
 //! - [`decision`]: the integration check and the routing decision for one recipient.
+//! - [`consultation`]: the decision for a consultation (who may consult which source's data).
 //!
 //! Nothing here does I/O, knows protobuf, or is async: the edge converts into these types.
 
+pub mod consultation;
 pub mod decision;
 pub mod deliberation;
 pub mod flow;
@@ -18,8 +20,9 @@ pub mod niss;
 pub mod party;
 pub mod period;
 
+pub use consultation::{Consult, ConsultAdmission, check_consultation};
 pub use decision::{Admission, Integration, Refusal, RefusalReason, check_recipient};
-pub use deliberation::{CheckMode, Deliberation, DeliberationId, PartySet, Route};
+pub use deliberation::{CheckMode, Consultation, Deliberation, DeliberationId, PartySet, Route};
 pub use flow::Flow;
 pub use niss::{Niss, NissError, NissKind};
 pub use party::{InstitutionIndex, Party, QualityCode, SectorIndex, SectorQuality};

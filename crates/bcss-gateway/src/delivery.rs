@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bcss_policy::Institution;
-use bcss_proto::hub::view::v1::DeliveryView;
-use bcss_proto::institution::v1::DeliveryAck;
+use bcss_proto::hub::view::v1::{AnswerReplyView, DeliveryView};
+use bcss_proto::institution::v1::{AnswerRequest, DeliveryAck};
 use bcss_proto::institution_view::institution_client::InstitutionClient;
 use dashmap::DashMap;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -27,6 +27,8 @@ pub struct ClientTls {
 pub struct Deliverer {
     tls: Option<ClientTls>,
     timeout: Duration,
+    /// How long a source may take to answer a consultation (`delivery.consult_timeout_ms`).
+    consult_timeout: Duration,
     /// Per institution id: the endpoint the channel was made for, and the channel.
     channels: DashMap<Arc<str>, (String, Channel)>,
 }
@@ -36,7 +38,45 @@ impl Deliverer {
         Deliverer {
             tls,
             timeout,
+            consult_timeout: timeout,
             channels: DashMap::new(),
+        }
+    }
+
+    /// The same, with `timeout` as the deadline of a source's answer to a consultation.
+    pub fn with_consult_timeout(mut self, timeout: Duration) -> Deliverer {
+        self.consult_timeout = timeout;
+        self
+    }
+
+    /// The deadline of a source's answer to a consultation.
+    pub fn consult_timeout(&self) -> Duration {
+        self.consult_timeout
+    }
+
+    /// Asks `source` for its data (`Institution.Answer`), over the same channel deliveries
+    /// use, within the consultation deadline. The answer's payload stays bytes: the caller
+    /// filters it. The error says whether the deadline passed; it carries no personal data.
+    pub async fn answer(
+        &self,
+        source: &Institution,
+        question: AnswerRequest,
+    ) -> Result<AnswerReplyView, AnswerError> {
+        let channel = self.channel(source).map_err(AnswerError::Unreachable)?;
+        let mut client = InstitutionClient::new(channel);
+        let mut request = tonic::Request::new(question);
+        request.set_timeout(self.consult_timeout);
+        match tokio::time::timeout(self.consult_timeout, client.answer(request)).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
+                Err(AnswerError::Deadline(self.consult_timeout))
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::NotFound => Err(AnswerError::NotFound),
+            Ok(Err(status)) => Err(AnswerError::Unreachable(format!(
+                "the source answered {:?}",
+                status.code()
+            ))),
+            Err(_) => Err(AnswerError::Deadline(self.consult_timeout)),
         }
     }
 
@@ -89,4 +129,15 @@ impl Deliverer {
         );
         Ok(channel)
     }
+}
+
+/// Why a source gave no answer to a consultation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AnswerError {
+    /// No answer within the consultation deadline.
+    Deadline(Duration),
+    /// The source holds no data about the person for the period.
+    NotFound,
+    /// The source could not be reached, or failed; a sentence without personal data.
+    Unreachable(String),
 }

@@ -3,7 +3,7 @@
 //! Messages tell the sender what to fix and never carry a person's data: a NISS, a name or an
 //! amount is never echoed back, only which field was wrong.
 
-use bcss_domain::{Flow, NissError, PeriodError};
+use bcss_domain::{Flow, NissError, PeriodError, RefusalReason};
 use bcss_wire::WireError;
 use tonic::{Code, Status};
 
@@ -46,6 +46,14 @@ pub enum InputError {
     RelayMismatch(String),
     #[error("contact_file must be 1-128 printable ASCII characters without spaces")]
     BadContactFile,
+    #[error(
+        "purpose is required: 1-128 printable ASCII characters without spaces saying why the agent consults (e.g. holiday-pay-control)"
+    )]
+    BadPurpose,
+    #[error(
+        "agent_id is required: 1-64 printable ASCII characters without spaces identifying the agent who consults"
+    )]
+    BadAgentId,
     #[error(
         "institution \"{sender}\" may not send flow {flow}: no deliberation names it as a sender"
     )]
@@ -130,5 +138,97 @@ impl From<InputError> for Status {
             }
         }
         status
+    }
+}
+
+/// Why a consultation (`Gateway.Consult`) got no answer. Messages name institutions, flows,
+/// deliberations and fields, never the person.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsultError {
+    /// Bad input: nothing was asked or journalled.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// Refused by policy (journalled).
+    #[error("consultation refused ({}): {}", reason.name(), consult_refusal(*reason, consulter, deliberation.as_deref()))]
+    Refused {
+        reason: RefusalReason,
+        consulter: String,
+        deliberation: Option<String>,
+    },
+    /// The source did not answer within `delivery.consult_timeout_ms`.
+    #[error(
+        "the source \"{source_id}\" did not answer within delivery.consult_timeout_ms = {ms} ms; nothing was returned: retry later"
+    )]
+    SourceDeadline { source_id: String, ms: u128 },
+    /// The source could not be reached, failed, or answered something the hub does not pass on.
+    #[error(
+        "the source \"{source_id}\" could not answer ({why}); nothing was returned: retry later"
+    )]
+    SourceUnavailable { source_id: String, why: String },
+    /// The source holds no data about the person for the period.
+    #[error("the source \"{source_id}\" holds no {flow} data about this person for this period")]
+    NotFound { source_id: String, flow: Flow },
+    /// The consultation could not be journalled, so it was not made.
+    #[error(
+        "the hub cannot journal consultations right now (its data folder refuses writes): nothing was asked or returned; retry later"
+    )]
+    JournalUnavailable,
+}
+
+/// What a consulting institution can do about a refusal, in a sentence.
+fn consult_refusal(reason: RefusalReason, consulter: &str, deliberation: Option<&str>) -> String {
+    let under = deliberation.map_or(String::new(), |d| format!(" under deliberation {d}"));
+    match reason {
+        RefusalReason::NoDeliberation => {
+            format!("no deliberation lets institution \"{consulter}\" consult this flow")
+        }
+        RefusalReason::NotIntegrated => format!(
+            "institution \"{consulter}\" has not integrated this person in the reference directory; integrate them first (Directory.Integrate){under}"
+        ),
+        RefusalReason::QualityCodeNotAccepted => format!(
+            "institution \"{consulter}\" integrated this person under no quality code the deliberation accepts{under} (19/010: manual worker or artist only)"
+        ),
+        RefusalReason::PeriodOutsideIntegration => format!(
+            "institution \"{consulter}\"'s accepted integrations of this person do not cover the period asked{under}"
+        ),
+        RefusalReason::AgentNotAllowed => format!(
+            "the agent is not one of those the deliberation names{under}; only the named agents may consult"
+        ),
+        RefusalReason::ContactFileMissing => format!(
+            "consultations{under} have no prior integration check and must cite the contact file that justifies them: set contact_file"
+        ),
+        other => format!("{other}{under}"),
+    }
+}
+
+impl ConsultError {
+    pub fn code(&self) -> Code {
+        match self {
+            ConsultError::Input(error) => error.code(),
+            ConsultError::Refused { .. } => Code::PermissionDenied,
+            ConsultError::SourceDeadline { .. } => Code::DeadlineExceeded,
+            ConsultError::SourceUnavailable { .. } | ConsultError::JournalUnavailable => {
+                Code::Unavailable
+            }
+            ConsultError::NotFound { .. } => Code::NotFound,
+        }
+    }
+}
+
+impl From<ConsultError> for Status {
+    fn from(error: ConsultError) -> Status {
+        let (code, message) = (error.code(), error.to_string());
+        match error {
+            ConsultError::Input(input) => input.into(),
+            ConsultError::Refused { reason, .. } => {
+                let mut status = Status::new(code, message);
+                // The reason's stable name, for programs: `bcss-refusal-reason: not_integrated`.
+                if let Ok(value) = reason.name().parse() {
+                    status.metadata_mut().insert("bcss-refusal-reason", value);
+                }
+                status
+            }
+            _ => Status::new(code, message),
+        }
     }
 }

@@ -372,6 +372,9 @@ fn record(policy: &Policy, entry: &JournalEntry) -> pb::JournalRecord {
         } else {
             String::new()
         },
+        agent_id: entry.agent_id.clone(),
+        consultation_purpose: entry.purpose.clone(),
+        consultation: entry.consultation,
     }
 }
 

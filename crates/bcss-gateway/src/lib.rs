@@ -4,6 +4,8 @@
 //!
 //! - [`pipeline`]: [`Hub`] and the data path: validate → route → check → filter → record → deliver.
 //! - [`service`]: the `Gateway` and `Directory` gRPC services; authentication and conversion.
+//! - [`consult`]: consultations (`Gateway.Consult`): decide, journal, ask the source
+//!   (`Institution.Answer`), filter its answer, reply.
 //! - [`identity`]: the calling institution or operator, from its client certificate.
 //! - [`error`]: bad input and its gRPC status codes.
 //! - [`journal`]: the `Journal` service (queries, contact files, audit, sample, verify) and
@@ -19,6 +21,7 @@
 //! - [`startup`]: from `hub.toml` to a running hub.
 //! - [`telemetry`]: the Prometheus metrics and their exporter.
 
+pub mod consult;
 pub mod delivery;
 pub mod error;
 pub mod identity;

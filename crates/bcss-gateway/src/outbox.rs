@@ -131,6 +131,11 @@ impl Outbox {
         self.store.as_ref()
     }
 
+    /// The channels to institutions (consultations ask sources over them).
+    pub fn deliverer(&self) -> &Deliverer {
+        &self.deliverer
+    }
+
     /// Deliveries accepted and not yet delivered or dead.
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::Relaxed)

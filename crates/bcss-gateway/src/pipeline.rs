@@ -246,6 +246,11 @@ impl Hub {
         self.parts.limits.open_stream(request.remote_addr())
     }
 
+    /// What one caller may ask (the rate per institution, fan-out, calls per connection).
+    pub fn limits(&self) -> &Limits {
+        &self.parts.limits
+    }
+
     /// The keyed hash that stands for a person in logs.
     pub fn person_key(&self) -> &PersonKey {
         &self.parts.person_key

@@ -149,6 +149,13 @@ impl Gateway for GatewayService {
             .collect();
         Ok(Response::new(pb::TrackReply { hops }))
     }
+
+    async fn consult(
+        &self,
+        request: Request<pb::ConsultRequest>,
+    ) -> Result<Response<bcss_proto::hub::view::v1::ConsultReplyView>, Status> {
+        crate::consult::serve(&self.hub, request).await
+    }
 }
 
 pub(crate) fn submit_reply(record: &TicketRecord) -> pb::SubmitReply {
@@ -227,6 +234,7 @@ pub fn refusal_reason(reason: RefusalReason) -> pb::RefusalReason {
         RefusalReason::NotIntegrated => pb::RefusalReason::NotIntegrated,
         RefusalReason::QualityCodeNotAccepted => pb::RefusalReason::QualityCodeNotAccepted,
         RefusalReason::PeriodOutsideIntegration => pb::RefusalReason::PeriodOutsideIntegration,
+        RefusalReason::AgentNotAllowed => pb::RefusalReason::AgentNotAllowed,
     }
 }
 

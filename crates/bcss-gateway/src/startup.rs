@@ -159,7 +159,8 @@ pub fn assemble_settings(
             identity: identity.clone(),
         }),
         Duration::from_millis(settings.delivery.timeout_ms),
-    );
+    )
+    .with_consult_timeout(Duration::from_millis(settings.delivery.consult_timeout_ms));
     tracing::info!(
         message = "Configuration loaded.",
         institutions = policy.institutions().len(),

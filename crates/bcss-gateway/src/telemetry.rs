@@ -34,6 +34,7 @@ pub const POLICY_LAST_RELOAD_TIME: &str = "bcss_policy_last_reload_timestamp_sec
 pub const JOURNAL_ENTRIES: &str = "bcss_journal_entries";
 pub const STORE_FILE_BYTES: &str = "bcss_store_file_bytes";
 pub const JOURNAL_REMOVED: &str = "bcss_journal_entries_removed_total";
+pub const CONSULTATIONS: &str = "bcss_consultations_total";
 
 /// Installs the Prometheus exporter, serving `/metrics` on `listen`, and the task that keeps
 /// the gauges current. Call once per process, inside the runtime.
@@ -190,5 +191,9 @@ fn describe() {
     describe_counter!(
         JOURNAL_REMOVED,
         "Journal entries whose retention ended (content removed, hash kept)."
+    );
+    describe_counter!(
+        CONSULTATIONS,
+        "Consultations by flow and outcome (answered, refused, rejected, deadline_exceeded, unavailable, not_found)."
     );
 }

@@ -81,7 +81,11 @@ pub struct DeliberationFile {
     pub valid_from: Datetime,
     pub valid_until: Option<Datetime>,
     pub retention_years: u16,
+    /// At most this many named agents may consult under it (003 §36); needs
+    /// `[consultation] agents`.
     pub max_agents: Option<u16>,
+    /// Present when the deliberation allows consultations through `Gateway.Consult`.
+    pub consultation: Option<ConsultationEntry>,
     #[serde(rename = "route")]
     pub routes: Vec<RouteEntry>,
     pub check: CheckEntry,
@@ -115,4 +119,19 @@ pub struct FlowEntry {
     pub flow: String,
     /// Dot-separated field paths relative to the flow message.
     pub fields: Vec<String>,
+}
+
+/// `[consultation]` of a deliberation: its routes' recipients may consult data its routes'
+/// senders hold.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsultationEntry {
+    /// Per flow name (`DMFA`, `DIMONA`), the id of the institution that holds the data: the
+    /// source the hub asks (`Institution.Answer`).
+    pub sources: std::collections::BTreeMap<String, String>,
+    /// The agents who may consult (at most `max_agents`); absent: any agent, each journalled.
+    pub agents: Option<Vec<String>>,
+    /// The answer may be viewed but not stored by the consulting institution.
+    #[serde(default)]
+    pub view_only: bool,
 }

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bcss_domain::deliberation::{CheckMode, Deliberation, PartySet, Route};
+use bcss_domain::deliberation::{CheckMode, Consultation, Deliberation, PartySet, Route};
 use bcss_domain::{Flow, InstitutionIndex, Party, QualityCode, SectorIndex, SectorQuality};
 use bcss_wire::FieldTree;
 use time::Date;
@@ -476,6 +476,7 @@ impl Policy {
             }
             flows.push(flow);
         }
+        let consultation = self.consultation(file, &id, &parsed, &routes, &flows, problems);
         if problems.0.len() > start {
             return;
         }
@@ -505,9 +506,114 @@ impl Policy {
             check,
             flows,
             max_agents: parsed.max_agents,
+            consultation,
         });
         self.grants.push(grants);
         self.sources.push(file.to_owned());
+    }
+
+    /// `[consultation]` of a deliberation: each source an institution its routes send from, for
+    /// a flow it covers; named agents valid, distinct, and no more than `max_agents`.
+    fn consultation(
+        &self,
+        file: &Path,
+        id: &str,
+        parsed: &DeliberationFile,
+        routes: &[Route],
+        flows: &[Flow],
+        problems: &mut Problems,
+    ) -> Option<Consultation> {
+        let what = format!("{id}, consultation");
+        let Some(entry) = &parsed.consultation else {
+            if parsed.max_agents.is_some() {
+                problems.add(
+                    file,
+                    id,
+                    "max_agents limits who consults: add a [consultation] section naming the agents",
+                );
+            }
+            return None;
+        };
+        let mut sources = Vec::new();
+        for (flow_name, source) in &entry.sources {
+            let Ok(flow) = flow_name.parse::<Flow>() else {
+                problems.add(
+                    file,
+                    &what,
+                    format!("sources: unknown flow \"{flow_name}\": expected A052, DMFA or DIMONA"),
+                );
+                continue;
+            };
+            if !flows.contains(&flow) {
+                problems.add(file, &what, format!("sources: flow {flow} has no [[flow]] entry (no field list) in this deliberation"));
+                continue;
+            }
+            let Some(institution) = self.institution_by_id(source) else {
+                problems.add(
+                    file,
+                    &what,
+                    format!("sources: unknown institution \"{source}\""),
+                );
+                continue;
+            };
+            if !routes
+                .iter()
+                .any(|r| r.senders.contains(institution.party()))
+            {
+                problems.add(file, &what, format!("sources: \"{source}\" is not among the senders of any route, so it may not provide {flow} data under this deliberation"));
+                continue;
+            }
+            sources.push((flow, institution.index));
+        }
+        if entry.sources.is_empty() {
+            problems.add(
+                file,
+                &what,
+                "sources: empty: name the institution that holds each consultable flow's data",
+            );
+        }
+        let agents = match &entry.agents {
+            None if parsed.max_agents.is_some() => {
+                problems.add(
+                    file,
+                    &what,
+                    "max_agents is set: list the named agents in agents",
+                );
+                None
+            }
+            None => None,
+            Some(agents) => {
+                let mut seen = HashSet::new();
+                for agent in agents {
+                    if !valid_agent_id(agent) {
+                        problems.add(file, &what, format!("agent \"{agent}\": an agent id is 1-64 printable ASCII characters without spaces"));
+                    } else if !seen.insert(agent) {
+                        problems.add(file, &what, format!("agent \"{agent}\" is listed twice"));
+                    }
+                }
+                if agents.is_empty() {
+                    problems.add(file, &what, "agents: empty: name at least one agent, or remove the list to allow any agent");
+                }
+                if let Some(max) = parsed.max_agents
+                    && agents.len() > usize::from(max)
+                {
+                    problems.add(
+                        file,
+                        &what,
+                        format!(
+                            "names {} agents but max_agents = {max}: the deliberation lets at most {max} agents consult",
+                            agents.len()
+                        ),
+                    );
+                }
+                Some(agents.clone())
+            }
+        };
+        Some(Consultation {
+            sources,
+            agents,
+            view_only: entry.view_only,
+        })
     }
 
     /// Two deliberations may not both govern the same sender, recipient and flow on the same day:
@@ -737,6 +843,11 @@ fn valid_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// An agent id as consulting institutions send it: 1-64 printable ASCII characters.
+pub fn valid_agent_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
 fn parse_date(value: &toml::value::Datetime) -> Option<Date> {

@@ -95,6 +95,10 @@ pub struct DeliverySettings {
     /// Deliveries accepted and not yet delivered, at most; beyond, `Submit` is refused.
     #[serde(default = "default_max_pending")]
     pub max_pending: usize,
+    /// How long the hub waits for a source institution's `Answer` to a consultation before
+    /// answering the consulting institution `DEADLINE_EXCEEDED` (nothing partial is returned).
+    #[serde(default = "default_consult_timeout_ms")]
+    pub consult_timeout_ms: u64,
 }
 
 fn default_reply_wait_ms() -> u64 {
@@ -124,6 +128,9 @@ fn default_circuit_open_ms() -> u64 {
 fn default_max_pending() -> usize {
     200_000
 }
+fn default_consult_timeout_ms() -> u64 {
+    3_000
+}
 
 impl Default for DeliverySettings {
     fn default() -> DeliverySettings {
@@ -138,6 +145,7 @@ impl Default for DeliverySettings {
             circuit_failures: default_circuit_failures(),
             circuit_open_ms: default_circuit_open_ms(),
             max_pending: default_max_pending(),
+            consult_timeout_ms: default_consult_timeout_ms(),
         }
     }
 }

@@ -190,3 +190,95 @@ fn broken_configurations_are_refused_with_file_entry_and_problem() {
         }
     }
 }
+
+#[test]
+fn consultation_sections_are_checked_at_load() {
+    let policy = load(&shipped()).unwrap();
+    let dolsis = policy.deliberation("19/010").unwrap();
+    let consultation = dolsis
+        .consultation
+        .as_ref()
+        .expect("19/010 allows consulting");
+    assert_eq!(consultation.agents.as_ref().map(Vec::len), Some(12));
+    assert!(consultation.view_only);
+    let onss = policy.institution_by_id("onss").unwrap().index;
+    assert_eq!(consultation.source(Flow::Dmfa), Some(onss));
+    assert_eq!(consultation.source(Flow::Dimona), Some(onss));
+    let career = policy.deliberation("16/046").unwrap();
+    let consultation = career
+        .consultation
+        .as_ref()
+        .expect("16/046 allows consulting");
+    assert!(consultation.agents.is_none() && !consultation.view_only);
+    assert!(
+        policy
+            .deliberation("20/130")
+            .unwrap()
+            .consultation
+            .is_none()
+    );
+
+    const FILE: &str = "deliberations/19-010.toml";
+    /// (case, the edit of 19-010.toml, what the error must say)
+    type Case = (&'static str, Box<dyn Fn(String) -> String>, &'static str);
+    let cases: Vec<Case> = vec![
+        (
+            "a 13th agent",
+            Box::new(|t| t.replace("\"onva-insp-12\",", "\"onva-insp-12\", \"onva-insp-13\",")),
+            "names 13 agents but max_agents = 12",
+        ),
+        (
+            "an agent twice",
+            Box::new(|t| t.replace("\"onva-insp-12\",", "\"onva-insp-11\",")),
+            "agent \"onva-insp-11\" is listed twice",
+        ),
+        (
+            "max_agents without named agents",
+            Box::new(|t| {
+                let start = t.find("agents = [").unwrap();
+                let end = start + t[start..].find(']').unwrap() + 1;
+                format!("{}{}", &t[..start], &t[end..])
+            }),
+            "max_agents is set: list the named agents",
+        ),
+        (
+            "an unknown source",
+            Box::new(|t| t.replace("DMFA = \"onss\"", "DMFA = \"nobody\"")),
+            "sources: unknown institution \"nobody\"",
+        ),
+        (
+            "a source that does not send under the deliberation",
+            Box::new(|t| t.replace("DMFA = \"onss\"", "DMFA = \"onem\"")),
+            "\"onem\" is not among the senders of any route",
+        ),
+        (
+            "a flow without a field list",
+            Box::new(|t| t.replace("DMFA = \"onss\"", "DMFA = \"onss\", A052 = \"onss\"")),
+            "sources: flow A052 has no [[flow]] entry",
+        ),
+        (
+            "an unknown key",
+            Box::new(|t| t.replace("view_only = true", "view_only = true\nsave = false")),
+            "unknown field `save`",
+        ),
+        (
+            "max_agents without a consultation section",
+            Box::new(|t| {
+                let start = t.find("[consultation]").unwrap();
+                let end = start + t[start..].find("view_only = true").unwrap() + 16;
+                format!("{}{}", &t[..start], &t[end..])
+            }),
+            "max_agents limits who consults",
+        ),
+    ];
+    for (case, edit, expected) in cases {
+        let error = broken(FILE, edit);
+        assert!(error.contains(expected), "{case}: {error}");
+        if !expected.starts_with("unknown field") {
+            assert!(
+                error.contains("19-010.toml"),
+                "{case} names the file: {error}"
+            );
+        }
+    }
+}

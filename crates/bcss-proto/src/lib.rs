@@ -4,10 +4,11 @@
 //! # Layout
 //!
 //! - [`flows::v1`]: the flow messages (A052, DmfA, Dimona) with every block and field.
-//! - [`hub::v1`]: the envelope, the Gateway and Directory services.
-//! - [`institution::v1`]: the Institution service the hub delivers to.
-//! - [`hub::view::v1`]: `EnvelopeView` and `DeliveryView`, wire-compatible with `Envelope` and
-//!   `Delivery` but keeping the payload as `bytes::Bytes` (zero-copy on decode).
+//! - [`hub::v1`]: the envelope, the Gateway (with `Consult`) and Directory services.
+//! - [`institution::v1`]: the Institution service the hub delivers to and asks (`Answer`).
+//! - [`hub::view::v1`]: `EnvelopeView`, `DeliveryView`, `AnswerReplyView` and
+//!   `ConsultReplyView`, wire-compatible with their public messages but keeping the payload as
+//!   `bytes::Bytes` (zero-copy on decode; a source's answer is filtered, never decoded).
 //! - [`gateway_view`]: the Gateway server (and a client, for raw-byte tests) over views;
 //!   [`institution_view`]: the Institution
 //!   client over views. These are what the hub runs; the typed ones are for institutions.

@@ -379,11 +379,11 @@ pub async fn main() -> Result<(), Error> {
                 .ok_or_else(|| format!("no institution \"{id}\" in the configuration"))?;
             let listener = tokio::net::TcpListener::bind(&institution.endpoint).await?;
             let inbox = crate::institution::Inbox::default();
-            let server = crate::institution::ReferenceInstitution {
-                id: id.clone(),
-                inbox: inbox.clone(),
-                hub_name: settings.tls.hub_name.clone(),
-            };
+            let server = crate::institution::ReferenceInstitution::new(
+                id.clone(),
+                inbox.clone(),
+                settings.tls.hub_name.clone(),
+            );
             let pair = pki.party(&id)?;
             println!(
                 "Institution {id} listening on {}; deliveries are printed as they arrive.",

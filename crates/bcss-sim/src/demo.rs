@@ -2,7 +2,10 @@
 //! three flows under the four deliberations (refusals included), and a report.
 //!
 //! Every institution is a real gRPC server with its own certificate; every sender connects to
-//! the hub with its own certificate. At the end the report compares what the hub says it
+//! the hub with its own certificate. After the pushed messages come consultations: the ONVA
+//! inspection service's named agents consult Dimona and DmfA under 19/010 and contact-centre
+//! agents consult careers under 16/046 with a contact file (refusals included), each answered by
+//! ONSS through the hub and filtered. At the end the report compares what the hub says it
 //! delivered with what the institutions received, and the demo fails if they differ.
 
 use std::collections::{BTreeMap, HashMap};
@@ -64,6 +67,11 @@ pub struct DemoReport {
     pub rejected: usize,
     pub received: usize,
     pub table: String,
+    /// Consultations made, answered, and refused by policy.
+    pub consultations: usize,
+    pub answered: usize,
+    pub consultations_refused: usize,
+    pub consult_table: String,
 }
 
 /// Persons of the directory, by what the scenario needs of them.
@@ -74,6 +82,8 @@ struct Population {
     public_sector: Vec<Niss>,
     everyone: Vec<Niss>,
     cpas_of: HashMap<Niss, String>,
+    /// Persons the ONVA inspection service integrated, with the quality code.
+    holiday: Vec<(Niss, u16)>,
 }
 
 fn population(policy: &Policy, hub: &bcss_gateway::Hub) -> Population {
@@ -82,7 +92,7 @@ fn population(policy: &Policy, hub: &bcss_gateway::Hub) -> Population {
     for institution in policy.institutions() {
         let (rows, _) = hub.directory().list(institution.index, None, 0, usize::MAX);
         let sector = policy.sector(institution.sector).id.as_str();
-        for (niss, _) in &rows {
+        for (niss, row) in &rows {
             everyone.insert(*niss);
             match sector {
                 "cpas" => {
@@ -90,6 +100,7 @@ fn population(policy: &Policy, hub: &bcss_gateway::Hub) -> Population {
                 }
                 "career" => population.workers.push(*niss),
                 "public_pensions" => population.public_sector.push(*niss),
+                "holiday_pay" => population.holiday.push((*niss, row.quality.0)),
                 _ => {}
             }
         }
@@ -100,6 +111,8 @@ fn population(policy: &Policy, hub: &bcss_gateway::Hub) -> Population {
     population.workers.dedup();
     population.public_sector.sort();
     population.public_sector.dedup();
+    population.holiday.sort();
+    population.holiday.dedup_by_key(|(niss, _)| *niss);
     population.everyone = everyone.into_iter().collect();
     population
 }
@@ -227,12 +240,20 @@ pub async fn run_with(
     }
     progress.finish_and_clear();
 
+    let consulted = consultations(&channels, &population, options.seed).await;
+
     // Deliveries are acknowledged before Submit answers; give nothing time to drift.
-    let report = report(&outcomes, network.received());
+    let mut report = report(&outcomes, network.received());
+    consult_report(&consulted, &mut report);
     println!("{}", report.table);
     println!(
         "Submitted {} messages: {} deliveries, {} refusals by policy, {} rejected as bad input. Institutions received {} deliveries.",
         report.submitted, report.delivered, report.refused, report.rejected, report.received
+    );
+    println!("{}", report.consult_table);
+    println!(
+        "Consultations: {} made, {} answered (filtered), {} refused by policy.",
+        report.consultations, report.answered, report.consultations_refused
     );
     if options.keep_running {
         println!("Hub on {hub_addr}; institutions keep running. Press Ctrl-C to stop.");
@@ -543,6 +564,187 @@ fn reason_name(reason: i32) -> &'static str {
         RefusalReason::DeliberationExpired => "deliberation expired",
         RefusalReason::ContactFileMissing => "contact file missing",
         RefusalReason::RelayRequired => "relay required",
+        RefusalReason::AgentNotAllowed => "agent not allowed",
         RefusalReason::Unspecified => "unspecified",
     }
+}
+
+/// One consultation of the demo and what came of it.
+#[derive(Debug)]
+struct Consulted {
+    consulter: &'static str,
+    flow: &'static str,
+    /// The deliberation it was answered under, or the refusal reason / error code.
+    outcome: Result<(String, u32), String>,
+}
+
+/// The consultations of the demo: ONVA inspection agents (19/010) on the persons the service
+/// integrated, a 13th agent and persons outside its qualities included; contact-centre agents
+/// (16/046) with a registered contact file, and some without one.
+async fn consultations(
+    channels: &HashMap<String, Channel>,
+    population: &Population,
+    seed: u64,
+) -> Vec<Consulted> {
+    use bcss_proto::flows::v1::Period;
+    use bcss_proto::hub::v1::journal_client::JournalClient;
+    use bcss_proto::hub::v1::{ConsultRequest, Flow, RegisterContactFileRequest};
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xc0_5017);
+    let quarter = || {
+        Some(Period {
+            start: "2025-04-01".into(),
+            end: "2025-06-30".into(),
+        })
+    };
+    let mut done = Vec::new();
+    let ask = |consulter: &'static str, request: ConsultRequest| {
+        let mut client = GatewayClient::new(channels[consulter].clone());
+        let flow = if request.flow == Flow::Dmfa as i32 {
+            "DMFA"
+        } else {
+            "DIMONA"
+        };
+        async move {
+            let outcome = match client.consult(request).await {
+                Ok(reply) => {
+                    let reply = reply.into_inner();
+                    Ok((reply.deliberation, reply.removed_field_count))
+                }
+                Err(status) => Err(status
+                    .metadata()
+                    .get("bcss-refusal-reason")
+                    .and_then(|v| v.to_str().ok())
+                    .map_or_else(|| format!("{:?}", status.code()), str::to_owned)),
+            };
+            Consulted {
+                consulter,
+                flow,
+                outcome,
+            }
+        }
+    };
+    for n in 0..24 {
+        let Some((niss, _)) = population.holiday.choose(&mut rng).copied() else {
+            break;
+        };
+        // Agents 1-12 are named in 19/010; now and then a 13th tries.
+        let agent = if n % 8 == 7 {
+            13
+        } else {
+            rng.random_range(1..=12)
+        };
+        let flow = if rng.random_bool(0.5) {
+            Flow::Dmfa
+        } else {
+            Flow::Dimona
+        };
+        let request = ConsultRequest {
+            flow: flow as i32,
+            niss: niss.digits(),
+            period: quarter(),
+            purpose: "holiday-pay-control".into(),
+            agent_id: format!("onva-insp-{agent:02}"),
+            contact_file: None,
+        };
+        done.push(ask("onva-inspection", request).await);
+    }
+    // A worker the ONVA inspection service never integrated.
+    if let Some(niss) = population.workers.iter().find(|n| {
+        population
+            .holiday
+            .binary_search_by_key(&**n, |(h, _)| *h)
+            .is_err()
+    }) {
+        let request = ConsultRequest {
+            flow: Flow::Dmfa as i32,
+            niss: niss.digits(),
+            period: quarter(),
+            purpose: "holiday-pay-control".into(),
+            agent_id: "onva-insp-01".into(),
+            contact_file: None,
+        };
+        done.push(ask("onva-inspection", request).await);
+    }
+    for n in 0..16 {
+        let centre = if n % 2 == 0 {
+            "mycareer-contact-centre"
+        } else {
+            "mypension-contact-centre"
+        };
+        let niss = *population.everyone.choose(&mut rng).expect("persons");
+        // Most calls open a contact file first; one in eight forgets to cite it.
+        let contact_file = (n % 8 != 5).then(|| format!("CF-{seed}-{centre}-{n:03}"));
+        if let Some(reference) = &contact_file {
+            let mut journal = JournalClient::new(channels[centre].clone());
+            let _ = journal
+                .register_contact_file(RegisterContactFileRequest {
+                    contact_file: reference.clone(),
+                    niss: niss.digits(),
+                    opened_at: String::new(),
+                })
+                .await;
+        }
+        let flow = if rng.random_bool(0.5) {
+            Flow::Dmfa
+        } else {
+            Flow::Dimona
+        };
+        let request = ConsultRequest {
+            flow: flow as i32,
+            niss: niss.digits(),
+            period: quarter(),
+            purpose: "career-question".into(),
+            agent_id: format!("agent-{}", rng.random_range(100..200)),
+            contact_file,
+        };
+        done.push(ask(centre, request).await);
+    }
+    done
+}
+
+fn consult_report(consulted: &[Consulted], report: &mut DemoReport) {
+    let mut rows: BTreeMap<(&str, &str, String), (usize, u64)> = BTreeMap::new();
+    for c in consulted {
+        report.consultations += 1;
+        let outcome = match &c.outcome {
+            Ok((deliberation, removed)) => {
+                report.answered += 1;
+                let row = rows
+                    .entry((
+                        c.consulter,
+                        c.flow,
+                        format!("answered under {deliberation}"),
+                    ))
+                    .or_default();
+                row.0 += 1;
+                row.1 += u64::from(*removed);
+                continue;
+            }
+            Err(reason) => {
+                if !reason.chars().next().is_some_and(char::is_uppercase) {
+                    report.consultations_refused += 1;
+                }
+                format!("refused: {reason}")
+            }
+        };
+        rows.entry((c.consulter, c.flow, outcome)).or_default().0 += 1;
+    }
+    let mut table = Table::new();
+    table.set_header([
+        "consulting institution",
+        "flow",
+        "outcome",
+        "consultations",
+        "fields removed",
+    ]);
+    for ((consulter, flow, outcome), (count, removed)) in rows {
+        table.add_row([
+            consulter.to_string(),
+            flow.to_string(),
+            outcome,
+            count.to_string(),
+            removed.to_string(),
+        ]);
+    }
+    report.consult_table = table.to_string();
 }

@@ -1,7 +1,8 @@
 //! The reference institution server: a real `bcss.institution.v1.Institution` gRPC server over
 //! mutual TLS that accepts deliveries only from the hub, drops duplicates by delivery id, and
-//! keeps what it received so it can be printed or checked. The simulated network is made of
-//! these.
+//! keeps what it received so it can be printed or checked; and, as a *source*, answers the
+//! consultations the hub forwards (`Answer`) from generated Dimona and DmfA data. The simulated
+//! network is made of these.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -11,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use bcss_gateway::pki::Pki;
 use bcss_policy::Policy;
 use bcss_proto::institution::v1::institution_server::{Institution, InstitutionServer};
-use bcss_proto::institution::v1::{Delivery, DeliveryAck};
+use bcss_proto::institution::v1::{AnswerReply, AnswerRequest, Delivery, DeliveryAck};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -68,11 +69,21 @@ pub struct ReferenceInstitution {
     pub inbox: Inbox,
     /// The DNS name the hub's certificate must carry.
     pub hub_name: String,
+    /// How it answers consultations as a source.
+    pub source: Source,
 }
 
-#[tonic::async_trait]
-impl Institution for ReferenceInstitution {
-    async fn deliver(&self, request: Request<Delivery>) -> Result<Response<DeliveryAck>, Status> {
+impl ReferenceInstitution {
+    pub fn new(id: impl Into<String>, inbox: Inbox, hub_name: impl Into<String>) -> Self {
+        ReferenceInstitution {
+            id: id.into(),
+            inbox,
+            hub_name: hub_name.into(),
+            source: Source::default(),
+        }
+    }
+
+    fn check_caller_is_hub<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let from_hub = request
             .peer_certs()
             .and_then(|certs| {
@@ -81,13 +92,159 @@ impl Institution for ReferenceInstitution {
                     .and_then(|c| bcss_gateway::identity::dns_names(c.as_ref()).ok())
             })
             .is_some_and(|names| names.contains(&self.hub_name));
-        if !from_hub {
-            return Err(Status::permission_denied(
-                "only the hub delivers to this endpoint",
-            ));
+        if from_hub {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(
+                "only the hub calls this endpoint",
+            ))
         }
+    }
+}
+
+/// A reference institution as a source of consultations: the data it holds is generated, the
+/// same for the same person, flow, period and seed, and it includes every field of the flow (so
+/// the hub's filtering is observable). Tests make it slow or make it misbehave.
+#[derive(Clone, Debug)]
+pub struct Source {
+    inner: Arc<SourceState>,
+}
+
+#[derive(Debug)]
+struct SourceState {
+    seed: u64,
+    /// Milliseconds to wait before answering (a slow source).
+    delay_ms: std::sync::atomic::AtomicU64,
+    /// Answer about another person than asked (a faulty source).
+    wrong_person: std::sync::atomic::AtomicBool,
+    /// Consultations answered.
+    answered: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Source {
+    fn default() -> Source {
+        Source {
+            inner: Arc::new(SourceState {
+                seed: SOURCE_SEED,
+                delay_ms: Default::default(),
+                wrong_person: Default::default(),
+                answered: Default::default(),
+            }),
+        }
+    }
+}
+
+/// The seed of the sample network's generated source data.
+pub const SOURCE_SEED: u64 = 2026;
+
+impl Source {
+    /// Waits `delay` before every answer from now on.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.inner.delay_ms.store(
+            delay.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Answers about another person than asked, from now on (or not).
+    pub fn set_wrong_person(&self, wrong: bool) {
+        self.inner
+            .wrong_person
+            .store(wrong, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Consultations answered so far.
+    pub fn answered(&self) -> u64 {
+        self.inner
+            .answered
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The data this source holds about the question's person, flow and period; `found: false`
+    /// for a flow it does not hold (A052). Errors name fields, never values.
+    pub fn data(&self, question: &AnswerRequest) -> Result<AnswerReply, Status> {
+        use bcss_proto::institution::v1::answer_reply::Payload;
+        use rand::{RngExt, SeedableRng};
+        let mut niss = bcss_domain::Niss::parse(&question.niss)
+            .map_err(|e| Status::invalid_argument(format!("niss: {e}")))?;
+        let period = question
+            .period
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("period is required"))?;
+        let day = |text: &str| {
+            time::Date::parse(
+                text,
+                time::macros::format_description!("[year]-[month]-[day]"),
+            )
+            .ok()
+        };
+        let start = day(&period.start)
+            .ok_or_else(|| Status::invalid_argument("period.start is not a date"))?;
+        let end = day(&period.end);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+            self.inner.seed ^ niss.as_u64().rotate_left(17) ^ u64::from(question.flow as u32),
+        );
+        if self
+            .inner
+            .wrong_person
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            niss = crate::network::random_niss(&mut rng);
+        }
+        let payload = match question.flow {
+            2 => {
+                let quarter = (u32::from(start.month() as u8) - 1) / 3 + 1;
+                let public = rng.random_bool(0.3);
+                Payload::Dmfa(crate::payloads::dmfa(
+                    &mut rng,
+                    niss,
+                    start.year().clamp(2000, 2100) as u32,
+                    quarter,
+                    public,
+                ))
+            }
+            3 => Payload::Dimona(crate::payloads::dimona(&mut rng, niss, start, end)),
+            _ => {
+                return Ok(AnswerReply {
+                    found: false,
+                    payload: None,
+                });
+            }
+        };
+        Ok(AnswerReply {
+            found: true,
+            payload: Some(payload),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Institution for ReferenceInstitution {
+    async fn deliver(&self, request: Request<Delivery>) -> Result<Response<DeliveryAck>, Status> {
+        self.check_caller_is_hub(&request)?;
         let fresh = self.inbox.record(request.into_inner());
         Ok(Response::new(DeliveryAck { duplicate: !fresh }))
+    }
+
+    async fn answer(
+        &self,
+        request: Request<AnswerRequest>,
+    ) -> Result<Response<AnswerReply>, Status> {
+        self.check_caller_is_hub(&request)?;
+        let delay = self
+            .source
+            .inner
+            .delay_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
+        let reply = self.source.data(request.get_ref())?;
+        self.source
+            .inner
+            .answered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Response::new(reply))
     }
 }
 
@@ -193,11 +350,7 @@ impl Network {
                 .inboxes
                 .insert(institution.id.to_string(), inbox.clone());
             let member = Member {
-                server: ReferenceInstitution {
-                    id: institution.id.to_string(),
-                    inbox,
-                    hub_name: hub_name.to_owned(),
-                },
+                server: ReferenceInstitution::new(institution.id.to_string(), inbox, hub_name),
                 identity: Identity::from_pem(pair.cert, pair.key),
                 ca: ca.clone(),
                 running: Mutex::new(None),
@@ -242,6 +395,11 @@ impl Network {
 
     pub fn inbox(&self, id: &str) -> &Inbox {
         &self.inboxes[id]
+    }
+
+    /// The institution as a source of consultations (to make it slow or faulty in tests).
+    pub fn source(&self, id: &str) -> &Source {
+        &self.members[id].server.source
     }
 
     /// Total deliveries received across the network (duplicates excluded).

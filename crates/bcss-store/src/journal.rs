@@ -90,6 +90,17 @@ pub struct JournalEntry {
     /// The delivery's id, for attempts, deliveries and dead letters.
     #[prost(string, tag = "19")]
     pub delivery_id: String,
+    /// For a consultation: the agent who consulted, as the consulting institution names them.
+    #[prost(string, tag = "20")]
+    pub agent_id: String,
+    /// For a consultation: the purpose code the consulting institution gave.
+    #[prost(string, tag = "21")]
+    pub purpose: String,
+    /// The entry is about a consultation (`Gateway.Consult`): `sender` is the source that holds
+    /// the data, `recipient` the consulting institution. Added fields keep older entries' hashes
+    /// (a field at its default value is not encoded).
+    #[prost(bool, tag = "22")]
+    pub consultation: bool,
     #[prost(bytes = "vec", tag = "30")]
     pub prev_hash: Vec<u8>,
     #[prost(bytes = "vec", tag = "31")]
