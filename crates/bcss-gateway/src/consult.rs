@@ -100,13 +100,6 @@ pub async fn serve(
             "unavailable"
         }
     };
-    static DESCRIBED: std::sync::Once = std::sync::Once::new();
-    DESCRIBED.call_once(|| {
-        metrics::describe_counter!(
-            CONSULTATIONS,
-            "Consultations (Gateway.Consult) by flow and outcome."
-        );
-    });
     metrics::counter!(crate::telemetry::CONSULTATIONS, "flow" => flow, "outcome" => outcome)
         .increment(1);
     let reply = result?;
