@@ -116,6 +116,11 @@ async fn report_health(
     loop {
         ticker.tick().await;
         let stopping = draining.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(store) = store.as_ref().filter(|s| !s.writable()) {
+            // Nothing else may write while health sends traffic elsewhere: find out whether
+            // the data folder takes writes again (a success flips `writable`).
+            let _ = store.probe().await;
+        }
         let writable = store.as_ref().is_none_or(|s| s.writable());
         for service in SERVICES {
             let records = matches!(service, "" | "bcss.hub.v1.Gateway" | "bcss.hub.v1.Journal");

@@ -55,6 +55,10 @@ const JOURNAL_EXPIRY: TableDefinition<(i64, u64), ()> = TableDefinition::new("jo
 const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("journal_checkpoints");
 /// Contact-file id → the journal entry that registered it.
 const CONTACT_FILES: TableDefinition<&str, u64> = TableDefinition::new("contact_files");
+/// "probe" → 1 MiB written by a health probe, removed by the next: see [`Store::probe`].
+const HEALTH: TableDefinition<&str, &[u8]> = TableDefinition::new("health");
+/// What a health probe must be able to commit for the store to count as writable again.
+const PROBE_BYTES: usize = 1 << 20;
 
 /// Most changes committed together.
 pub const MAX_GROUP: usize = 1024;
@@ -184,6 +188,11 @@ enum Op {
     },
     Size {
         reply: oneshot::Sender<Result<Size, StoreError>>,
+    },
+    Probe {
+        /// Write the probe's 1 MiB (true) or remove it (false).
+        write: bool,
+        reply: oneshot::Sender<Result<Option<DeliveryRow>, StoreError>>,
     },
 }
 
@@ -352,6 +361,19 @@ impl Store {
     }
 
     /// Appends one entry (a contact-file registration, say) durably.
+    /// After a failed commit nothing else may write for a while (health sends traffic
+    /// elsewhere), so the health task probes: it commits 1 MiB (room for a group of messages,
+    /// so that a few free bytes do not make health flap), then removes it. A success makes
+    /// [`Store::writable`] true again.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        for write in [true, false] {
+            let (reply, answer) = oneshot::channel();
+            self.send(Op::Probe { write, reply }).await?;
+            answer.await.map_err(|_| StoreError::Stopped)??;
+        }
+        Ok(())
+    }
+
     pub async fn append(&self, entry: JournalEntry) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.send(Op::Append {
@@ -426,6 +448,7 @@ fn init_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(JOURNAL_BY_PARTY)?;
     txn.open_table(JOURNAL_EXPIRY)?;
     txn.open_table(CHECKPOINTS)?;
+    txn.open_table(HEALTH)?;
     txn.open_table(CONTACT_FILES)?;
     txn.commit()?;
     Ok(())
@@ -544,9 +567,11 @@ impl Writer {
         let mut reads = Vec::new();
         for op in group {
             match op {
-                Op::Accept { .. } | Op::Change { .. } | Op::Append { .. } | Op::Expire { .. } => {
-                    writes.push(op)
-                }
+                Op::Accept { .. }
+                | Op::Change { .. }
+                | Op::Append { .. }
+                | Op::Expire { .. }
+                | Op::Probe { .. } => writes.push(op),
                 _ => reads.push(op),
             }
         }
@@ -657,6 +682,24 @@ impl Writer {
                 }
                 Err(error) => Pending::Failed(FailedReply::Change(reply), error),
             },
+            Op::Probe { write, reply } => {
+                let written = txn
+                    .open_table(HEALTH)
+                    .or_unavailable()
+                    .and_then(|mut table| {
+                        if write {
+                            let room = vec![0u8; PROBE_BYTES];
+                            table.insert("probe", room.as_slice()).map(|_| ())
+                        } else {
+                            table.remove("probe").map(|_| ())
+                        }
+                        .or_unavailable()
+                    });
+                match written {
+                    Ok(()) => Pending::Change(reply, None),
+                    Err(error) => Pending::Failed(FailedReply::Change(reply), error),
+                }
+            }
             _ => unreachable!("reads are not written"),
         }
     }
