@@ -7,7 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ impl Site {
     /// The shipped configuration in a fresh folder, on a free port, without a metrics listener.
     fn new() -> Site {
         let root = tempfile::tempdir().unwrap();
-        copy_dir(&common::shipped_config(), &root.path().join("config"));
+        common::copy_dir(&common::shipped_config(), &root.path().join("config"));
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -127,19 +127,6 @@ fn stop(mut hub: Child) {
             "the hub did not stop"
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
     }
 }
 

@@ -129,7 +129,9 @@ impl Drop for Harness {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+/// Copies a folder tree into `to` (created if missing).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         let target = to.join(entry.file_name());

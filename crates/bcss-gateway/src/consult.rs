@@ -40,7 +40,7 @@ use tonic::{Request, Response, Status};
 use crate::delivery::AnswerError;
 use crate::error::{ConsultError, InputError};
 use crate::identity::institution;
-use crate::pipeline::{DEFAULT_RETENTION_YEARS, Hub};
+use crate::pipeline::{Hub, keep_until};
 
 /// The response header that marks an answer for viewing only (19/010, 003 §37).
 pub const VIEW_ONLY_HEADER: &str = "bcss-view-only";
@@ -471,17 +471,6 @@ async fn journal(hub: &Hub, entry: JournalEntry) -> Result<(), ConsultError> {
         tracing::error!(message = "Consultation not journalled: the store refused it.", %error);
         ConsultError::JournalUnavailable
     })
-}
-
-/// When an entry under `deliberation` may be removed (as for exchanges: its retention, or the
-/// default when it has none — accountability outlives data).
-fn keep_until(policy: &Policy, deliberation: Option<&str>, at_ms: i64) -> i64 {
-    let years = deliberation
-        .and_then(|id| policy.deliberation(id))
-        .map(|d| d.retention_years)
-        .filter(|years| *years > 0)
-        .unwrap_or(DEFAULT_RETENTION_YEARS);
-    at_ms + i64::from(years) * 31_557_600_000
 }
 
 fn printable(text: &str, max: usize) -> bool {

@@ -779,7 +779,7 @@ fn count_plans(message: &Validated, plans: &[Planned]) {
 pub const DEFAULT_RETENTION_YEARS: u16 = 10;
 
 /// When an entry under `deliberation` may be removed: its retention after `at_ms`.
-fn keep_until(policy: &Policy, deliberation: Option<&str>, at_ms: i64) -> i64 {
+pub(crate) fn keep_until(policy: &Policy, deliberation: Option<&str>, at_ms: i64) -> i64 {
     // A deliberation without a retention period (0: its recipients may keep nothing) still
     // leaves the journal of its exchanges for the default period: accountability outlives data.
     let years = deliberation
