@@ -37,6 +37,25 @@ pub fn filter_to_vec(
     Ok(stats)
 }
 
+/// The length of the varint at `at`, without decoding it: the first byte below 0x80 ends it.
+/// Up to 8 bytes are found with one load; longer ones (and the last bytes of the buffer) go
+/// through the decoder, which gives the precise error.
+#[inline]
+fn varint_len(input: &[u8], at: usize) -> Result<usize, WireError> {
+    if let Some(bytes) = input.get(at..at + 8) {
+        let word = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+        let stops = !word & 0x8080_8080_8080_8080;
+        if stops != 0 {
+            return Ok(stops.trailing_zeros() as usize / 8 + 1);
+        }
+    } else if let Some(&byte) = input.get(at)
+        && byte < 0x80
+    {
+        return Ok(1);
+    }
+    Ok(varint::decode(&input[at..])?.1)
+}
+
 /// No run of kept fields is pending.
 const NO_RUN: usize = usize::MAX;
 
@@ -79,10 +98,7 @@ fn filter_node(
             match key & 7 {
                 0 => {
                     value_start = after_key;
-                    end = match input.get(after_key) {
-                        Some(&b) if b < 0x80 => after_key + 1,
-                        _ => after_key + varint::decode(&input[after_key..])?.1,
-                    };
+                    end = after_key + varint_len(input, after_key)?;
                 }
                 1 => {
                     value_start = after_key;
@@ -155,7 +171,11 @@ fn filter_node(
                 varint::encode((key | 2) as u64, out);
                 let len_at = out.len();
                 let guess = varint::encoded_len((end - value_start) as u64);
-                out.resize(len_at + guess, 0);
+                if guess == 1 {
+                    out.push(0);
+                } else {
+                    out.extend_from_slice(&[0; 10][..guess]);
+                }
                 let removed_before = stats.removed;
                 filter_node(tree, action.child(), &input[value_start..end], out, stats)?;
                 let content = out.len() - len_at - guess;
