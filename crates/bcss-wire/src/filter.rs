@@ -1,18 +1,10 @@
 //! The wire-level field filter: keeps exactly the fields of a [`FieldTree`], byte for byte.
 //!
-//! One pass over the input, no allocation besides the output. Kept fields are not copied one
-//! by one: a *run* of consecutive kept bytes is copied when something interrupts it. A partially
-//! kept sub-message is entered *unopened*: while every field in it is kept (a period, a block
-//! the deliberation grants field by field), nothing is written and its bytes simply extend the
-//! parent's run. Only at its first dropped field (or nested sub-message) is it *opened*: the
-//! parent's run is copied, its key written afresh (an input key may be validly over-long) with
-//! a length placeholder as wide as the input's length (the filtered content is never longer),
-//! and the filter goes on into the output; at its end the length is written, narrowed in place
-//! if it needs fewer bytes. A sub-message left empty is removed altogether. Keys and kinds of
-//! field come from the node's [`KeyTable`](crate::tree) in one lookup; rare forms (keys of more
-//! than two bytes, field 0, groups, refused wire types) go through the generic
-//! [`read_field`], which gives the precise error. Recursion follows the tree, not the input, so
-//! hostile nesting cannot exhaust the stack.
+//! Kept fields are copied as byte ranges (adjacent kept fields in one copy); a partially kept
+//! sub-message is filtered recursively into the output behind a one-byte length that is widened
+//! in place if the filtered content needs more; a sub-message left empty by the filter is
+//! removed altogether. Recursion follows the tree, not the input, so hostile nesting cannot
+//! exhaust the stack.
 
 use bytes::Bytes;
 
@@ -40,16 +32,9 @@ pub fn filter_to_vec(
     input: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<FilterStats, WireError> {
-    out.reserve(input.len());
-    let mut ctx = Ctx {
-        out,
-        run: NO_RUN,
-        removed: 0,
-    };
-    filter_node(tree, tree.root(), input, 0, None, &mut ctx)?;
-    Ok(FilterStats {
-        removed: ctx.removed,
-    })
+    let mut stats = FilterStats::default();
+    filter_node(tree, tree.root(), input, out, &mut stats)?;
+    Ok(stats)
 }
 
 /// The length of the varint at `at`, without decoding it: the first byte below 0x80 ends it.
@@ -71,82 +56,21 @@ fn varint_len(input: &[u8], at: usize) -> Result<usize, WireError> {
     Ok(varint::decode(&input[at..])?.1)
 }
 
-/// No run of kept bytes is pending.
+/// No run of kept fields is pending.
 const NO_RUN: usize = usize::MAX;
 
-/// What every level of one filtering shares. Offsets are into the whole input.
-struct Ctx<'a> {
-    out: &'a mut Vec<u8>,
-    /// Start of the run of kept bytes not yet copied (it ends where the walk is), or `NO_RUN`.
-    run: usize,
-    removed: u32,
-}
-
-impl Ctx<'_> {
-    /// Copies the pending run up to `to`.
-    #[inline]
-    fn flush(&mut self, input: &[u8], to: usize) {
-        if self.run != NO_RUN {
-            self.out.extend_from_slice(&input[self.run..to]);
-            self.run = NO_RUN;
-        }
-    }
-}
-
-/// A sub-message being filtered, as its field sits in the input.
-#[derive(Clone, Copy)]
-struct Block {
-    start: usize,
-    value_start: usize,
-    number: u32,
-    /// Its key and length prefix are canonical: unchanged content means unchanged bytes.
-    canonical: bool,
-}
-
-/// Where an opened sub-message's output starts, and its length placeholder.
-#[derive(Clone, Copy)]
-struct Opened {
-    block_start: usize,
-    len_at: usize,
-    width: usize,
-    removed_before: u32,
-}
-
-/// Opens the unopened sub-message `block` (whose content ends at `input.len()`): copies the
-/// parent's run up to it, writes its key and a length placeholder, and starts a run at its
-/// content.
-#[inline(never)]
-fn open(block: &Block, input: &[u8], ctx: &mut Ctx<'_>) -> Opened {
-    // The parent's run covers the block (it started at the block at the latest).
-    ctx.flush(input, block.start);
-    let block_start = ctx.out.len();
-    varint::encode(u64::from(block.number) << 3 | 2, ctx.out);
-    let len_at = ctx.out.len();
-    let width = varint::encoded_len((input.len() - block.value_start) as u64);
-    ctx.out.extend_from_slice(&[0; 10][..width]);
-    ctx.run = block.value_start;
-    Opened {
-        block_start,
-        len_at,
-        width,
-        removed_before: ctx.removed,
-    }
-}
-
-/// Filters the fields in `input[from..]` with node `id`. `block` is the sub-message they are the
-/// content of, entered unopened (`None` at the root).
 fn filter_node(
     tree: &FieldTree,
     id: NodeId,
     input: &[u8],
-    from: usize,
-    block: Option<Block>,
-    ctx: &mut Ctx<'_>,
+    out: &mut Vec<u8>,
+    stats: &mut FilterStats,
 ) -> Result<(), WireError> {
     let keys = tree.keys(id);
+    // Start of a run of kept fields not yet copied, or NO_RUN.
+    let mut run = NO_RUN;
+    let mut pos = 0;
     let len = input.len();
-    let mut opened: Option<Opened> = None;
-    let mut pos = from;
     while pos < len {
         let start = pos;
         // The key: one or two bytes on the fast path; anything else (longer keys, field 0,
@@ -224,76 +148,54 @@ fn filter_node(
         }
         match action.kind() {
             Action::KEEP => {
-                if ctx.run == NO_RUN {
-                    ctx.run = start;
+                if run == NO_RUN {
+                    run = start;
                 }
             }
             Action::DROP => {
-                if let (Some(block), None) = (&block, opened) {
-                    opened = Some(open(block, input, ctx));
+                if run != NO_RUN {
+                    out.extend_from_slice(&input[run..start]);
+                    run = NO_RUN;
                 }
-                ctx.flush(input, start);
-                ctx.removed += 1;
+                stats.removed += 1;
             }
             _ => {
-                // A sub-message is entered from an opened one only, so that at most one level
-                // is unopened at a time.
-                if let (Some(block), None) = (&block, opened) {
-                    opened = Some(open(block, input, ctx));
+                if run != NO_RUN {
+                    out.extend_from_slice(&input[run..start]);
+                    run = NO_RUN;
                 }
-                if ctx.run == NO_RUN {
-                    ctx.run = start;
+                // The key is written afresh: an input key may be validly over-long, so its
+                // length cannot be assumed. The length gets the width of the input's length
+                // (the filtered content is never longer) and is narrowed if that is too wide.
+                let block_start = out.len();
+                varint::encode((key | 2) as u64, out);
+                let len_at = out.len();
+                let guess = varint::encoded_len((end - value_start) as u64);
+                if guess == 1 {
+                    out.push(0);
+                } else {
+                    out.extend_from_slice(&[0; 10][..guess]);
                 }
-                let canonical = value_start - start
-                    == varint::encoded_len((key | 2) as u64)
-                        + varint::encoded_len((end - value_start) as u64);
-                let child = Block {
-                    start,
-                    value_start,
-                    number: (key >> 3) as u32,
-                    canonical,
-                };
-                filter_node(
-                    tree,
-                    action.child(),
-                    &input[..end],
-                    value_start,
-                    Some(child),
-                    ctx,
-                )?;
+                let removed_before = stats.removed;
+                filter_node(tree, action.child(), &input[value_start..end], out, stats)?;
+                let content = out.len() - len_at - guess;
+                if content == 0 {
+                    out.truncate(block_start);
+                    stats.removed = removed_before + 1;
+                } else {
+                    let width = varint::encoded_len(content as u64);
+                    if width < guess {
+                        out.copy_within(len_at + guess.., len_at + width);
+                        out.truncate(len_at + width + content);
+                    }
+                    varint::encode_into(content as u64, &mut out[len_at..len_at + width]);
+                }
             }
         }
         pos = end;
     }
-    let Some(block) = block else {
-        ctx.flush(input, len);
-        return Ok(());
-    };
-    let opened = match opened {
-        Some(opened) => opened,
-        None if block.value_start == len => {
-            // An empty sub-message: removed.
-            ctx.flush(input, block.start);
-            ctx.removed += 1;
-            return Ok(());
-        }
-        // Every field kept and the bytes unchanged: they stay in the parent's run.
-        None if block.canonical => return Ok(()),
-        None => open(&block, input, ctx),
-    };
-    ctx.flush(input, len);
-    let content = ctx.out.len() - opened.len_at - opened.width;
-    if content == 0 {
-        ctx.out.truncate(opened.block_start);
-        ctx.removed = opened.removed_before + 1;
-    } else {
-        let width = varint::encoded_len(content as u64);
-        let len_at = opened.len_at;
-        if width < opened.width {
-            ctx.out.copy_within(len_at + opened.width.., len_at + width);
-            ctx.out.truncate(len_at + width + content);
-        }
-        varint::encode_into(content as u64, &mut ctx.out[len_at..len_at + width]);
+    if run != NO_RUN {
+        out.extend_from_slice(&input[run..]);
     }
     Ok(())
 }
