@@ -81,7 +81,9 @@ fn filtering(c: &mut Criterion) {
         let mut declaration = bcss_sim::payloads::dmfa(&mut rng, niss, 2025, 2, true);
         let occupations = |d: &mut f::Dmfa| {
             let person = d.employer_declaration.as_mut()?.natural_person.as_mut()?;
-            Some(std::mem::take(&mut person.worker_lines.first_mut()?.occupations))
+            Some(std::mem::take(
+                &mut person.worker_lines.first_mut()?.occupations,
+            ))
         };
         let mut all = occupations(&mut declaration).unwrap();
         while all.len() < 5 {

@@ -77,7 +77,11 @@ fn random_message(rng: &mut Rng, depth: u32, out: &mut Vec<u8>) {
         match rng.below(5) {
             0 => {
                 key(number, 0, rng, out);
-                let value = if rng.chance(50) { rng.below(128) } else { rng.next() };
+                let value = if rng.chance(50) {
+                    rng.below(128)
+                } else {
+                    rng.next()
+                };
                 varint::encode(value, out);
             }
             1 => {
@@ -93,7 +97,11 @@ fn random_message(rng: &mut Rng, depth: u32, out: &mut Vec<u8>) {
                 if depth < 5 && rng.chance(60) {
                     random_message(rng, depth + 1, &mut body);
                 } else {
-                    let n = if rng.chance(10) { 100 + rng.below(300) } else { rng.below(12) };
+                    let n = if rng.chance(10) {
+                        100 + rng.below(300)
+                    } else {
+                        rng.below(12)
+                    };
                     body.extend((0..n).map(|_| b'a' + rng.below(26) as u8));
                 }
                 key(number, 2, rng, out);

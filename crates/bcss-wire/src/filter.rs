@@ -1,10 +1,15 @@
 //! The wire-level field filter: keeps exactly the fields of a [`FieldTree`], byte for byte.
 //!
-//! Kept fields are copied as byte ranges (adjacent kept fields in one copy); a partially kept
-//! sub-message is filtered recursively into the output behind a one-byte length that is widened
-//! in place if the filtered content needs more; a sub-message left empty by the filter is
-//! removed altogether. Recursion follows the tree, not the input, so hostile nesting cannot
-//! exhaust the stack.
+//! One pass, no allocation besides the output. Each field's key is looked up in its node's key
+//! table (field number and wire type, wire-type check included, one load for keys of one or two
+//! bytes); lengths and varints of one byte, and varints of up to eight bytes, are skipped on a
+//! fast path; anything rarer (longer keys, field 0, groups, refused wire types) goes through the
+//! generic [`read_field`], which gives the precise error. Kept fields are copied as byte ranges
+//! (adjacent kept fields in one copy); a partially kept sub-message is filtered recursively into
+//! the output behind a length placeholder as wide as the input's length (the filtered content is
+//! never longer), narrowed in place if the filtered content needs fewer bytes; a sub-message
+//! left empty by the filter is removed altogether. Recursion follows the tree, not the input,
+//! so hostile nesting cannot exhaust the stack.
 
 use bytes::Bytes;
 

@@ -4,8 +4,8 @@
 //! by field number, say what to do with each field: drop it, keep it whole (with the wire types
 //! its declared type allows), or descend into it as a partially kept sub-message.
 //!
-//! For the filter's hot loop each node also has a [`KeyTable`]: what to do with every one-byte
-//! key (field numbers 1 to 15, any wire type), wire-type check included, in one lookup.
+//! For the filter's hot loop each node also has a `KeyTable`: what to do with a field, by its
+//! whole key (field number and wire type), wire-type check included, in one lookup.
 
 /// The four wire types the hub accepts (groups are refused).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
