@@ -26,7 +26,7 @@ pub struct FilterStats {
 
 /// Filters `input` into a new buffer.
 pub fn filter(tree: &FieldTree, input: &[u8]) -> Result<(Bytes, FilterStats), WireError> {
-    let mut out = Vec::with_capacity(input.len() + SHORT_COPY);
+    let mut out = Vec::with_capacity(input.len());
     let stats = filter_to_vec(tree, input, &mut out)?;
     Ok((Bytes::from(out), stats))
 }
@@ -61,56 +61,6 @@ fn varint_len(input: &[u8], at: usize) -> Result<usize, WireError> {
     Ok(varint::decode(&input[at..])?.1)
 }
 
-/// The value of the `Len` field whose length prefix is at `at`: its start and end.
-#[inline]
-fn len_value(input: &[u8], at: usize) -> Result<(usize, usize), WireError> {
-    let len = input.len();
-    let (value_len, value_start) = match input.get(at) {
-        Some(&b) if b < 0x80 => (usize::from(b), at + 1),
-        _ => {
-            let (value_len, used) = varint::decode(&input[at..])?;
-            let value_start = at + used;
-            if value_len > (len - value_start) as u64 {
-                return Err(WireError::LengthPastEnd);
-            }
-            (value_len as usize, value_start)
-        }
-    };
-    let end = value_start + value_len;
-    if end > len {
-        return Err(WireError::LengthPastEnd);
-    }
-    Ok((value_start, end))
-}
-
-/// The end of a fixed-width value of `width` bytes at `at`.
-#[inline]
-fn fixed_end(input: &[u8], at: usize, width: usize) -> Result<usize, WireError> {
-    let end = at + width;
-    if end > input.len() {
-        return Err(WireError::Truncated);
-    }
-    Ok(end)
-}
-
-/// Runs of kept bytes up to this long are copied as a block of exactly this size (a couple of
-/// vector moves, no call to `memcpy`), the surplus then cut off.
-const SHORT_COPY: usize = 32;
-
-/// Copies `input[from..to]` to `out`.
-#[inline]
-fn copy(out: &mut Vec<u8>, input: &[u8], from: usize, to: usize) {
-    let n = to - from;
-    match input.get(from..from + SHORT_COPY) {
-        Some(block) if n <= SHORT_COPY => {
-            let at = out.len();
-            out.extend_from_slice(block);
-            out.truncate(at + n);
-        }
-        _ => out.extend_from_slice(&input[from..to]),
-    }
-}
-
 /// No run of kept fields is pending.
 const NO_RUN: usize = usize::MAX;
 
@@ -142,144 +92,115 @@ fn filter_node(
                 _ => key = usize::MAX,
             }
         }
-        let action = if key == usize::MAX {
+        let mut action = if key == usize::MAX {
             Action(Action::SLOW)
         } else {
             keys.get(key)
         };
-        // One dispatch on kind and wire type together.
-        let end = match action.op() {
-            op if op == Action::KEEP | Action::VARINT => {
-                run = run.min(start);
-                after_key + varint_len(input, after_key)?
-            }
-            op if op == Action::KEEP | Action::LEN => {
-                run = run.min(start);
-                len_value(input, after_key)?.1
-            }
-            op if op == Action::KEEP | Action::I64 => {
-                run = run.min(start);
-                fixed_end(input, after_key, 8)?
-            }
-            op if op == Action::KEEP | Action::I32 => {
-                run = run.min(start);
-                fixed_end(input, after_key, 4)?
-            }
-            op if op == Action::DROP | Action::VARINT => {
-                let end = after_key + varint_len(input, after_key)?;
-                drop_field(out, input, &mut run, start, stats);
-                end
-            }
-            op if op == Action::DROP | Action::LEN => {
-                let end = len_value(input, after_key)?.1;
-                drop_field(out, input, &mut run, start, stats);
-                end
-            }
-            op if op == Action::DROP | Action::I64 => {
-                let end = fixed_end(input, after_key, 8)?;
-                drop_field(out, input, &mut run, start, stats);
-                end
-            }
-            op if op == Action::DROP | Action::I32 => {
-                let end = fixed_end(input, after_key, 4)?;
-                drop_field(out, input, &mut run, start, stats);
-                end
-            }
-            op if op == Action::DESCEND | Action::LEN => {
-                let (value_start, end) = len_value(input, after_key)?;
-                let value = &input[value_start..end];
-                descend(tree, action, key >> 3, input, &mut run, start, value, out, stats)?;
-                end
-            }
-            _ => {
-                let field = read_field(input, pos)?;
-                let action = Action::of(tree.node(id).slot(field.number), field.wire_type);
-                match action.kind() {
-                    Action::KEEP => run = run.min(start),
-                    Action::DROP => drop_field(out, input, &mut run, start, stats),
-                    Action::DESCEND => {
-                        let value = &input[field.value_start..field.end];
-                        let number = field.number as usize;
-                        descend(tree, action, number, input, &mut run, start, value, out, stats)?;
-                    }
-                    _ => {
-                        return Err(WireError::WrongWireType {
-                            field: field.number,
-                            found: field.wire_type as u8,
-                        });
+        let value_start;
+        let end;
+        if action.kind() != Action::SLOW {
+            match key & 7 {
+                0 => {
+                    value_start = after_key;
+                    end = after_key + varint_len(input, after_key)?;
+                }
+                1 => {
+                    value_start = after_key;
+                    end = after_key + 8;
+                    if end > len {
+                        return Err(WireError::Truncated);
                     }
                 }
-                field.end
+                5 => {
+                    value_start = after_key;
+                    end = after_key + 4;
+                    if end > len {
+                        return Err(WireError::Truncated);
+                    }
+                }
+                _ => {
+                    let value_len;
+                    (value_len, value_start) = match input.get(after_key) {
+                        Some(&b) if b < 0x80 => (usize::from(b), after_key + 1),
+                        _ => {
+                            let (value_len, used) = varint::decode(&input[after_key..])?;
+                            let value_start = after_key + used;
+                            if value_len > (len - value_start) as u64 {
+                                return Err(WireError::LengthPastEnd);
+                            }
+                            (value_len as usize, value_start)
+                        }
+                    };
+                    end = value_start + value_len;
+                    if end > len {
+                        return Err(WireError::LengthPastEnd);
+                    }
+                }
             }
-        };
+        } else {
+            let field = read_field(input, pos)?;
+            action = Action::of(tree.node(id).slot(field.number), field.wire_type);
+            if action.kind() == Action::SLOW {
+                return Err(WireError::WrongWireType {
+                    field: field.number,
+                    found: field.wire_type as u8,
+                });
+            }
+            key = (field.number as usize) << 3 | field.wire_type as usize;
+            value_start = field.value_start;
+            end = field.end;
+        }
+        match action.kind() {
+            Action::KEEP => {
+                if run == NO_RUN {
+                    run = start;
+                }
+            }
+            Action::DROP => {
+                if run != NO_RUN {
+                    out.extend_from_slice(&input[run..start]);
+                    run = NO_RUN;
+                }
+                stats.removed += 1;
+            }
+            _ => {
+                if run != NO_RUN {
+                    out.extend_from_slice(&input[run..start]);
+                    run = NO_RUN;
+                }
+                // The key is written afresh: an input key may be validly over-long, so its
+                // length cannot be assumed. The length gets the width of the input's length
+                // (the filtered content is never longer) and is narrowed if that is too wide.
+                let block_start = out.len();
+                varint::encode((key | 2) as u64, out);
+                let len_at = out.len();
+                let guess = varint::encoded_len((end - value_start) as u64);
+                if guess == 1 {
+                    out.push(0);
+                } else {
+                    out.extend_from_slice(&[0; 10][..guess]);
+                }
+                let removed_before = stats.removed;
+                filter_node(tree, action.child(), &input[value_start..end], out, stats)?;
+                let content = out.len() - len_at - guess;
+                if content == 0 {
+                    out.truncate(block_start);
+                    stats.removed = removed_before + 1;
+                } else {
+                    let width = varint::encoded_len(content as u64);
+                    if width < guess {
+                        out.copy_within(len_at + guess.., len_at + width);
+                        out.truncate(len_at + width + content);
+                    }
+                    varint::encode_into(content as u64, &mut out[len_at..len_at + width]);
+                }
+            }
+        }
         pos = end;
     }
     if run != NO_RUN {
-        copy(out, input, run, len);
-    }
-    Ok(())
-}
-
-/// A dropped field at `start`: the pending run is copied.
-#[inline]
-fn drop_field(
-    out: &mut Vec<u8>,
-    input: &[u8],
-    run: &mut usize,
-    start: usize,
-    stats: &mut FilterStats,
-) {
-    if *run != NO_RUN {
-        copy(out, input, *run, start);
-        *run = NO_RUN;
-    }
-    stats.removed += 1;
-}
-
-/// A partially kept sub-message (field `number`, starting at `start`, holding `value`): the
-/// pending run is copied, then the key, a length placeholder and the filtered content.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-fn descend(
-    tree: &FieldTree,
-    action: Action,
-    number: usize,
-    input: &[u8],
-    run: &mut usize,
-    start: usize,
-    value: &[u8],
-    out: &mut Vec<u8>,
-    stats: &mut FilterStats,
-) -> Result<(), WireError> {
-    if *run != NO_RUN {
-        copy(out, input, *run, start);
-        *run = NO_RUN;
-    }
-    // The key is written afresh: an input key may be validly over-long, so its length cannot
-    // be assumed. The length gets the width of the input's length (the filtered content is
-    // never longer) and is narrowed if that is too wide.
-    let block_start = out.len();
-    varint::encode((number << 3 | 2) as u64, out);
-    let len_at = out.len();
-    let guess = varint::encoded_len(value.len() as u64);
-    if guess == 1 {
-        out.push(0);
-    } else {
-        out.extend_from_slice(&[0; 10][..guess]);
-    }
-    let removed_before = stats.removed;
-    filter_node(tree, action.child(), value, out, stats)?;
-    let content = out.len() - len_at - guess;
-    if content == 0 {
-        out.truncate(block_start);
-        stats.removed = removed_before + 1;
-    } else {
-        let width = varint::encoded_len(content as u64);
-        if width < guess {
-            out.copy_within(len_at + guess.., len_at + width);
-            out.truncate(len_at + width + content);
-        }
-        varint::encode_into(content as u64, &mut out[len_at..len_at + width]);
+        out.extend_from_slice(&input[run..]);
     }
     Ok(())
 }

@@ -88,8 +88,7 @@ impl Node {
 #[derive(Clone, Debug)]
 pub(crate) struct KeyTable(pub(crate) Box<[Action]>);
 
-/// One entry of a [`KeyTable`]: a kind in bits 0-1, the wire type's class in bits 2-3 (so
-/// that the filter dispatches on both with one `match`), the child node above them.
+/// One entry of a [`KeyTable`]: a kind in the low two bits, the child node above them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Action(pub(crate) u32);
 
@@ -101,47 +100,26 @@ impl Action {
     pub(crate) const DROP: u32 = 1;
     /// Keep the field whole: its wire type is one the tree accepts.
     pub(crate) const KEEP: u32 = 2;
-    /// A `Len` field to filter with the child node `self.0 >> 4`.
+    /// A `Len` field to filter with the child node `self.0 >> 2`.
     pub(crate) const DESCEND: u32 = 3;
-
-    /// Wire-type classes, in bits 2-3.
-    pub(crate) const VARINT: u32 = 0 << 2;
-    pub(crate) const I64: u32 = 1 << 2;
-    pub(crate) const LEN: u32 = 2 << 2;
-    pub(crate) const I32: u32 = 3 << 2;
 
     #[inline]
     pub(crate) fn kind(self) -> u32 {
         self.0 & 3
     }
-    /// Kind and wire-type class together.
-    #[inline]
-    pub(crate) fn op(self) -> u32 {
-        self.0 & 15
-    }
     #[inline]
     pub(crate) fn child(self) -> NodeId {
-        NodeId(self.0 >> 4)
-    }
-
-    const fn class(wire_type: WireType) -> u32 {
-        match wire_type {
-            WireType::Varint => Action::VARINT,
-            WireType::I64 => Action::I64,
-            WireType::Len => Action::LEN,
-            WireType::I32 => Action::I32,
-        }
+        NodeId(self.0 >> 2)
     }
 
     /// The action for a field, given its number's slot and its wire type.
     pub(crate) fn of(slot: Slot, wire_type: WireType) -> Action {
-        let class = Action::class(wire_type);
         Action(match slot {
-            Slot::Drop => Action::DROP | class,
-            Slot::Keep(accepted) if accepted.contains(wire_type) => Action::KEEP | class,
+            Slot::Drop => Action::DROP,
+            Slot::Keep(accepted) if accepted.contains(wire_type) => Action::KEEP,
             Slot::Descend(child) if wire_type == WireType::Len => {
-                assert!(child.0 < 1 << 28, "a tree of more than 2^28 nodes");
-                Action::DESCEND | class | child.0 << 4
+                assert!(child.0 < 1 << 30, "a tree of more than 2^30 nodes");
+                Action::DESCEND | child.0 << 2
             }
             Slot::Keep(_) | Slot::Descend(_) => Action::SLOW,
         })
@@ -149,17 +127,8 @@ impl Action {
 
     /// The action for a key past the end of a [`KeyTable`], by wire type (`key & 7`).
     pub(crate) const PAST_TABLE: [Action; 8] = {
-        let slow = Action(Action::SLOW);
-        [
-            Action(Action::DROP | Action::VARINT),
-            Action(Action::DROP | Action::I64),
-            Action(Action::DROP | Action::LEN),
-            slow,
-            slow,
-            Action(Action::DROP | Action::I32),
-            slow,
-            slow,
-        ]
+        let (drop, slow) = (Action(Action::DROP), Action(Action::SLOW));
+        [drop, drop, drop, slow, slow, drop, slow, slow]
     };
 }
 
