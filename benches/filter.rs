@@ -74,8 +74,42 @@ fn filtering(c: &mut Criterion) {
         (date!(2025 - 01 - 01), date!(2025 - 06 - 30)),
     )
     .encode_to_vec();
+    // A larger declaration: five occupations (the generator draws one to three), each with
+    // its services, remunerations and public-sector blocks.
+    let dmfa5 = {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut declaration = bcss_sim::payloads::dmfa(&mut rng, niss, 2025, 2, true);
+        let occupations = |d: &mut f::Dmfa| {
+            let person = d.employer_declaration.as_mut()?.natural_person.as_mut()?;
+            Some(std::mem::take(
+                &mut person.worker_lines.first_mut()?.occupations,
+            ))
+        };
+        let mut all = occupations(&mut declaration).unwrap();
+        while all.len() < 5 {
+            let mut more = bcss_sim::payloads::dmfa(&mut rng, niss, 2025, 2, true);
+            all.extend(occupations(&mut more).unwrap());
+        }
+        all.truncate(5);
+        for (number, occupation) in all.iter_mut().enumerate() {
+            occupation.occupation_number = number as u32 + 1;
+        }
+        let person = declaration
+            .employer_declaration
+            .as_mut()
+            .and_then(|d| d.natural_person.as_mut())
+            .unwrap();
+        person.worker_lines[0].occupations = all;
+        declaration.encode_to_vec()
+    };
     let cases = [
         ("DmfA under 10/059", "10/059", Flow::Dmfa, &dmfa),
+        (
+            "DmfA (5 occupations) under 10/059",
+            "10/059",
+            Flow::Dmfa,
+            &dmfa5,
+        ),
         ("Dimona under 19/010", "19/010", Flow::Dimona, &dimona),
         ("A052 under 20/130", "20/130", Flow::A052, &a052),
     ];
@@ -97,6 +131,10 @@ fn filtering(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(dmfa.len() as u64));
     group.bench_function("prost/DmfA under 10/059", |b| {
         b.iter(|| black_box(prost_10_059(black_box(&dmfa))))
+    });
+    group.throughput(Throughput::Bytes(dmfa5.len() as u64));
+    group.bench_function("prost/DmfA (5 occupations) under 10/059", |b| {
+        b.iter(|| black_box(prost_10_059(black_box(&dmfa5))))
     });
     group.finish();
 

@@ -1,14 +1,19 @@
 //! The wire-level field filter: keeps exactly the fields of a [`FieldTree`], byte for byte.
 //!
-//! Kept fields are copied as byte ranges (adjacent kept fields in one copy); a partially kept
-//! sub-message is filtered recursively into the output behind a one-byte length that is widened
-//! in place if the filtered content needs more; a sub-message left empty by the filter is
-//! removed altogether. Recursion follows the tree, not the input, so hostile nesting cannot
-//! exhaust the stack.
+//! One pass, no allocation besides the output. Each field's key is looked up in its node's key
+//! table (field number and wire type, wire-type check included, one load for keys of one or two
+//! bytes); lengths and varints of one byte, and varints of up to eight bytes, are skipped on a
+//! fast path; anything rarer (longer keys, field 0, groups, refused wire types) goes through the
+//! generic [`read_field`], which gives the precise error. Kept fields are copied as byte ranges
+//! (adjacent kept fields in one copy); a partially kept sub-message is filtered recursively into
+//! the output behind a length placeholder as wide as the input's length (the filtered content is
+//! never longer), narrowed in place if the filtered content needs fewer bytes; a sub-message
+//! left empty by the filter is removed altogether. Recursion follows the tree, not the input,
+//! so hostile nesting cannot exhaust the stack.
 
 use bytes::Bytes;
 
-use crate::tree::{FieldTree, NodeId, Slot, WireType};
+use crate::tree::{Action, FieldTree, NodeId};
 use crate::varint;
 use crate::walk::{WireError, read_field};
 
@@ -37,77 +42,165 @@ pub fn filter_to_vec(
     Ok(stats)
 }
 
+/// The length of the varint at `at`, without decoding it: the first byte below 0x80 ends it.
+/// Up to 8 bytes are found with one load; longer ones (and the last bytes of the buffer) go
+/// through the decoder, which gives the precise error.
+#[inline]
+fn varint_len(input: &[u8], at: usize) -> Result<usize, WireError> {
+    if let Some(bytes) = input.get(at..at + 8) {
+        let word = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+        let stops = !word & 0x8080_8080_8080_8080;
+        if stops != 0 {
+            return Ok(stops.trailing_zeros() as usize / 8 + 1);
+        }
+    } else if let Some(&byte) = input.get(at)
+        && byte < 0x80
+    {
+        return Ok(1);
+    }
+    Ok(varint::decode(&input[at..])?.1)
+}
+
+/// No run of kept fields is pending.
+const NO_RUN: usize = usize::MAX;
+
 fn filter_node(
     tree: &FieldTree,
-    node: NodeId,
+    id: NodeId,
     input: &[u8],
     out: &mut Vec<u8>,
     stats: &mut FilterStats,
 ) -> Result<(), WireError> {
-    let node = tree.node(node);
-    // Start of a run of kept fields not yet copied.
-    let mut run: Option<usize> = None;
+    let keys = tree.keys(id);
+    // Start of a run of kept fields not yet copied, or NO_RUN.
+    let mut run = NO_RUN;
     let mut pos = 0;
-    while pos < input.len() {
-        let field = read_field(input, pos)?;
-        match node.slot(field.number) {
-            Slot::Keep(accepted) => {
-                if !accepted.contains(field.wire_type) {
-                    return Err(WireError::WrongWireType {
-                        field: field.number,
-                        found: field.wire_type as u8,
-                    });
+    let len = input.len();
+    while pos < len {
+        let start = pos;
+        // The key: one or two bytes on the fast path; anything else (longer keys, field 0,
+        // groups, wire types the node refuses) goes through the generic reader.
+        let b0 = input[pos];
+        let mut key = usize::from(b0);
+        let mut after_key = pos + 1;
+        if b0 >= 0x80 {
+            match input.get(pos + 1) {
+                Some(&b1) if b1 < 0x80 => {
+                    key = key & 0x7f | usize::from(b1) << 7;
+                    after_key = pos + 2;
                 }
-                run.get_or_insert(field.start);
+                _ => key = usize::MAX,
             }
-            Slot::Drop => {
-                if let Some(start) = run.take() {
-                    out.extend_from_slice(&input[start..field.start]);
+        }
+        let mut action = if key == usize::MAX {
+            Action(Action::SLOW)
+        } else {
+            keys.get(key)
+        };
+        let value_start;
+        let end;
+        if action.kind() != Action::SLOW {
+            match key & 7 {
+                0 => {
+                    value_start = after_key;
+                    end = after_key + varint_len(input, after_key)?;
+                }
+                1 => {
+                    value_start = after_key;
+                    end = after_key + 8;
+                    if end > len {
+                        return Err(WireError::Truncated);
+                    }
+                }
+                5 => {
+                    value_start = after_key;
+                    end = after_key + 4;
+                    if end > len {
+                        return Err(WireError::Truncated);
+                    }
+                }
+                _ => {
+                    let value_len;
+                    (value_len, value_start) = match input.get(after_key) {
+                        Some(&b) if b < 0x80 => (usize::from(b), after_key + 1),
+                        _ => {
+                            let (value_len, used) = varint::decode(&input[after_key..])?;
+                            let value_start = after_key + used;
+                            if value_len > (len - value_start) as u64 {
+                                return Err(WireError::LengthPastEnd);
+                            }
+                            (value_len as usize, value_start)
+                        }
+                    };
+                    end = value_start + value_len;
+                    if end > len {
+                        return Err(WireError::LengthPastEnd);
+                    }
+                }
+            }
+        } else {
+            let field = read_field(input, pos)?;
+            action = Action::of(tree.node(id).slot(field.number), field.wire_type);
+            if action.kind() == Action::SLOW {
+                return Err(WireError::WrongWireType {
+                    field: field.number,
+                    found: field.wire_type as u8,
+                });
+            }
+            key = (field.number as usize) << 3 | field.wire_type as usize;
+            value_start = field.value_start;
+            end = field.end;
+        }
+        match action.kind() {
+            Action::KEEP => {
+                if run == NO_RUN {
+                    run = start;
+                }
+            }
+            Action::DROP => {
+                if run != NO_RUN {
+                    out.extend_from_slice(&input[run..start]);
+                    run = NO_RUN;
                 }
                 stats.removed += 1;
             }
-            Slot::Descend(child) => {
-                if field.wire_type != WireType::Len {
-                    return Err(WireError::WrongWireType {
-                        field: field.number,
-                        found: field.wire_type as u8,
-                    });
-                }
-                if let Some(start) = run.take() {
-                    out.extend_from_slice(&input[start..field.start]);
+            _ => {
+                if run != NO_RUN {
+                    out.extend_from_slice(&input[run..start]);
+                    run = NO_RUN;
                 }
                 // The key is written afresh: an input key may be validly over-long, so its
-                // length cannot be assumed.
+                // length cannot be assumed. The length gets the width of the input's length
+                // (the filtered content is never longer) and is narrowed if that is too wide.
                 let block_start = out.len();
-                varint::encode(u64::from(field.number) << 3 | 2, out);
+                varint::encode((key | 2) as u64, out);
                 let len_at = out.len();
-                out.push(0);
+                let guess = varint::encoded_len((end - value_start) as u64);
+                if guess == 1 {
+                    out.push(0);
+                } else {
+                    out.extend_from_slice(&[0; 10][..guess]);
+                }
                 let removed_before = stats.removed;
-                filter_node(
-                    tree,
-                    child,
-                    &input[field.value_start..field.end],
-                    out,
-                    stats,
-                )?;
-                let len = out.len() - len_at - 1;
-                if len == 0 {
+                filter_node(tree, action.child(), &input[value_start..end], out, stats)?;
+                let content = out.len() - len_at - guess;
+                if content == 0 {
                     out.truncate(block_start);
                     stats.removed = removed_before + 1;
                 } else {
-                    let width = varint::encoded_len(len as u64);
-                    if width > 1 {
-                        out.resize(out.len() + width - 1, 0);
-                        out.copy_within(len_at + 1..len_at + 1 + len, len_at + width);
+                    let width = varint::encoded_len(content as u64);
+                    if width < guess {
+                        out.copy_within(len_at + guess.., len_at + width);
+                        out.truncate(len_at + width + content);
                     }
-                    varint::encode_into(len as u64, &mut out[len_at..len_at + width]);
+                    varint::encode_into(content as u64, &mut out[len_at..len_at + width]);
                 }
             }
         }
-        pos = field.end;
+        pos = end;
     }
-    if let Some(start) = run {
-        out.extend_from_slice(&input[start..]);
+    if run != NO_RUN {
+        out.extend_from_slice(&input[run..]);
     }
     Ok(())
 }
@@ -115,7 +208,7 @@ fn filter_node(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::{FieldTreeBuilder, WireTypes};
+    use crate::tree::{FieldTreeBuilder, WireType, WireTypes};
 
     /// Hand-encoding helpers: (field, wire type) keys and values.
     fn key(field: u32, wt: u8, out: &mut Vec<u8>) {

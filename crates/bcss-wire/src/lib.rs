@@ -20,6 +20,11 @@ pub mod tree;
 pub mod varint;
 pub mod walk;
 
+#[cfg(test)]
+mod differential;
+#[cfg(test)]
+mod reference;
+
 pub use filter::{FilterStats, filter, filter_to_vec};
 pub use scan::scan;
 pub use tree::{FieldTree, FieldTreeBuilder, NodeId, WireType, WireTypes};

@@ -3,6 +3,9 @@
 //! Each node stands for a message type as seen at one place in the tree; its slots, indexed
 //! by field number, say what to do with each field: drop it, keep it whole (with the wire types
 //! its declared type allows), or descend into it as a partially kept sub-message.
+//!
+//! For the filter's hot loop each node also has a `KeyTable`: what to do with a field, by its
+//! whole key (field number and wire type), wire-type check included, in one lookup.
 
 /// The four wire types the hub accepts (groups are refused).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,16 +82,106 @@ impl Node {
     }
 }
 
+/// What the filter does with a field, by its key (`number << 3 | wire type`) for every field
+/// number the node has a slot for (and at least 1 to 15): [`Action`]s. Keys past the end of the
+/// table are field numbers the node drops.
+#[derive(Clone, Debug)]
+pub(crate) struct KeyTable(pub(crate) Box<[Action]>);
+
+/// One entry of a [`KeyTable`]: a kind in the low two bits, the child node above them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Action(pub(crate) u32);
+
+impl Action {
+    /// Not a plain case (field 0, a group, an unknown or refused wire type): the field goes
+    /// through the generic reader, which gives the precise error.
+    pub(crate) const SLOW: u32 = 0;
+    /// Drop the field (whatever its wire type).
+    pub(crate) const DROP: u32 = 1;
+    /// Keep the field whole: its wire type is one the tree accepts.
+    pub(crate) const KEEP: u32 = 2;
+    /// A `Len` field to filter with the child node `self.0 >> 2`.
+    pub(crate) const DESCEND: u32 = 3;
+
+    #[inline]
+    pub(crate) fn kind(self) -> u32 {
+        self.0 & 3
+    }
+    #[inline]
+    pub(crate) fn child(self) -> NodeId {
+        NodeId(self.0 >> 2)
+    }
+
+    /// The action for a field, given its number's slot and its wire type.
+    pub(crate) fn of(slot: Slot, wire_type: WireType) -> Action {
+        Action(match slot {
+            Slot::Drop => Action::DROP,
+            Slot::Keep(accepted) if accepted.contains(wire_type) => Action::KEEP,
+            Slot::Descend(child) if wire_type == WireType::Len => {
+                assert!(child.0 < 1 << 30, "a tree of more than 2^30 nodes");
+                Action::DESCEND | child.0 << 2
+            }
+            Slot::Keep(_) | Slot::Descend(_) => Action::SLOW,
+        })
+    }
+
+    /// The action for a key past the end of a [`KeyTable`], by wire type (`key & 7`).
+    pub(crate) const PAST_TABLE: [Action; 8] = {
+        let (drop, slow) = (Action(Action::DROP), Action(Action::SLOW));
+        [drop, drop, drop, slow, slow, drop, slow, slow]
+    };
+}
+
+impl KeyTable {
+    fn of(node: &Node) -> KeyTable {
+        let numbers = node.slots.len().max(16);
+        let table = (0..numbers << 3)
+            .map(|key| {
+                let number = (key >> 3) as u32;
+                let wire_type = match key & 7 {
+                    0 => WireType::Varint,
+                    1 => WireType::I64,
+                    2 => WireType::Len,
+                    5 => WireType::I32,
+                    _ => return Action(Action::SLOW),
+                };
+                if number == 0 {
+                    Action(Action::SLOW)
+                } else {
+                    Action::of(node.slot(number), wire_type)
+                }
+            })
+            .collect();
+        KeyTable(table)
+    }
+
+    /// The action for `key` (already known to be below 2^14).
+    #[inline]
+    pub(crate) fn get(&self, key: usize) -> Action {
+        match self.0.get(key) {
+            Some(action) => *action,
+            None => Action::PAST_TABLE[key & 7],
+        }
+    }
+}
+
 /// A compiled field list. Built once with a [`FieldTreeBuilder`], then read-only.
 #[derive(Clone, Debug)]
 pub struct FieldTree {
     nodes: Vec<Node>,
+    /// One per node, same index.
+    keys: Vec<KeyTable>,
 }
 
 impl FieldTree {
     #[inline]
     pub(crate) fn node(&self, id: NodeId) -> &Node {
         &self.nodes[id.0 as usize]
+    }
+
+    #[inline]
+    pub(crate) fn keys(&self, id: NodeId) -> &KeyTable {
+        &self.keys[id.0 as usize]
     }
 
     /// The root node.
@@ -159,6 +252,10 @@ impl FieldTreeBuilder {
     }
 
     pub fn build(self) -> FieldTree {
-        FieldTree { nodes: self.nodes }
+        let keys = self.nodes.iter().map(KeyTable::of).collect();
+        FieldTree {
+            nodes: self.nodes,
+            keys,
+        }
     }
 }

@@ -25,8 +25,10 @@ pub fn decode(buf: &[u8]) -> Result<(u64, usize), WireError> {
 /// Number of bytes `value` takes as a varint.
 #[inline]
 pub fn encoded_len(value: u64) -> usize {
-    // 1 byte per started group of 7 bits, at least 1.
-    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+    // 1 byte per started group of 7 bits, at least 1: ceil((highest bit + 1) / 7), computed
+    // as (highest bit * 9 + 73) / 64 to avoid a division.
+    let highest_bit = 63 - (value | 1).leading_zeros() as usize;
+    (highest_bit * 9 + 73) >> 6
 }
 
 /// Appends `value` as a varint.
@@ -75,6 +77,18 @@ mod tests {
             encode_into(value, &mut slot);
             assert_eq!(slot, out);
         }
+    }
+
+    #[test]
+    fn encoded_len_at_every_width() {
+        for bits in 0..64 {
+            for value in [1u64 << bits, (1u64 << bits) - 1, (1u64 << bits) | 1] {
+                let mut out = Vec::new();
+                encode(value, &mut out);
+                assert_eq!(encoded_len(value), out.len(), "{value}");
+            }
+        }
+        assert_eq!(encoded_len(u64::MAX), 10);
     }
 
     #[test]
