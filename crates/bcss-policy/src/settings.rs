@@ -95,6 +95,22 @@ pub struct DeliverySettings {
     /// Deliveries accepted and not yet delivered, at most; beyond, `Submit` is refused.
     #[serde(default = "default_max_pending")]
     pub max_pending: usize,
+    /// HTTP/2 connections kept to each institution endpoint; deliveries to it are spread over
+    /// them in turn (one HTTP/2 connection is served by one task at each end and serialises
+    /// under load).
+    #[serde(default = "default_connections_per_recipient")]
+    pub connections_per_recipient: usize,
+    /// `false` delivers over plain HTTP/2 without TLS: for benchmarks against plain baselines
+    /// only, never for service (institutions could not tell the hub from anyone else).
+    #[serde(default = "default_delivery_tls")]
+    pub tls: bool,
+}
+
+fn default_connections_per_recipient() -> usize {
+    4
+}
+fn default_delivery_tls() -> bool {
+    true
 }
 
 fn default_reply_wait_ms() -> u64 {
@@ -138,6 +154,8 @@ impl Default for DeliverySettings {
             circuit_failures: default_circuit_failures(),
             circuit_open_ms: default_circuit_open_ms(),
             max_pending: default_max_pending(),
+            connections_per_recipient: default_connections_per_recipient(),
+            tls: default_delivery_tls(),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The reference institution server: a real `bcss.institution.v1.Institution` gRPC server over
 //! mutual TLS that accepts deliveries only from the hub, drops duplicates by delivery id, and
 //! keeps what it received so it can be printed or checked. The simulated network is made of
-//! these.
+//! these. For load baselines it also runs without TLS ([`serve_plain`]) and counting only
+//! ([`Inbox::counting`]).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -28,16 +29,27 @@ struct InboxState {
     deliveries: Vec<Delivery>,
     seen: HashSet<String>,
     duplicates: u64,
+    received: usize,
+    /// Counting only: the deliveries themselves are not kept (load runs).
+    counting: bool,
 }
 
 impl Inbox {
+    /// An inbox that counts deliveries (duplicates still dropped by id) without keeping them.
+    pub fn counting() -> Inbox {
+        let inbox = Inbox::default();
+        inbox.inner.lock().expect("inbox lock").counting = true;
+        inbox
+    }
+
     /// The deliveries received, duplicates excluded, in arrival order.
     pub fn deliveries(&self) -> Vec<Delivery> {
         self.inner.lock().expect("inbox lock").deliveries.clone()
     }
 
+    /// Deliveries received, duplicates excluded (also when counting only).
     pub fn len(&self) -> usize {
-        self.inner.lock().expect("inbox lock").deliveries.len()
+        self.inner.lock().expect("inbox lock").received
     }
 
     pub fn is_empty(&self) -> bool {
@@ -56,7 +68,10 @@ impl Inbox {
             state.duplicates += 1;
             return false;
         }
-        state.deliveries.push(delivery);
+        state.received += 1;
+        if !state.counting {
+            state.deliveries.push(delivery);
+        }
         true
     }
 }
@@ -68,6 +83,9 @@ pub struct ReferenceInstitution {
     pub inbox: Inbox,
     /// The DNS name the hub's certificate must carry.
     pub hub_name: String,
+    /// Refuse callers that are not the hub (always, over TLS; off for plain baselines, where
+    /// there is no certificate to look at).
+    pub require_hub: bool,
 }
 
 #[tonic::async_trait]
@@ -81,7 +99,7 @@ impl Institution for ReferenceInstitution {
                     .and_then(|c| bcss_gateway::identity::dns_names(c.as_ref()).ok())
             })
             .is_some_and(|names| names.contains(&self.hub_name));
-        if !from_hub {
+        if self.require_hub && !from_hub {
             return Err(Status::permission_denied(
                 "only the hub delivers to this endpoint",
             ));
@@ -101,6 +119,22 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     Server::builder()
         .tls_config(ServerTlsConfig::new().identity(identity).client_ca_root(ca))?
+        .tcp_nodelay(true)
+        .add_service(InstitutionServer::new(institution))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Serves one reference institution on `listener` over plain HTTP/2 (h2c), without TLS: the
+/// direct and proxied baselines of load comparisons only.
+pub async fn serve_plain(
+    mut institution: ReferenceInstitution,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    institution.require_hub = false;
+    Server::builder()
+        .tcp_nodelay(true)
         .add_service(InstitutionServer::new(institution))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
@@ -166,6 +200,18 @@ impl Network {
         hub_name: &str,
         ephemeral: bool,
     ) -> std::io::Result<Network> {
+        Network::start_with(policy, pki, hub_name, ephemeral, false).await
+    }
+
+    /// [`Network::start`]; with `counting`, the inboxes count deliveries without keeping them
+    /// (load runs).
+    pub async fn start_with(
+        policy: &Policy,
+        pki: &Pki,
+        hub_name: &str,
+        ephemeral: bool,
+        counting: bool,
+    ) -> std::io::Result<Network> {
         let ca = Certificate::from_pem(pki.ca_cert().map_err(std::io::Error::other)?);
         let mut network = Network {
             inboxes: HashMap::new(),
@@ -185,7 +231,11 @@ impl Network {
                 }
             };
             let pair = pki.party(&institution.id).map_err(std::io::Error::other)?;
-            let inbox = Inbox::default();
+            let inbox = if counting {
+                Inbox::counting()
+            } else {
+                Inbox::default()
+            };
             network
                 .addresses
                 .insert(institution.id.to_string(), listener.local_addr()?);
@@ -197,6 +247,7 @@ impl Network {
                     id: institution.id.to_string(),
                     inbox,
                     hub_name: hub_name.to_owned(),
+                    require_hub: true,
                 },
                 identity: Identity::from_pem(pair.cert, pair.key),
                 ca: ca.clone(),
