@@ -123,7 +123,14 @@ fn submit_end_to_end(c: &mut Criterion) {
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(8));
     let running = runtime.block_on(start(true, true, 10));
-    bench_batches(&runtime, &mut group, "outbox+journal", &running, &counter, false);
+    bench_batches(
+        &runtime,
+        &mut group,
+        "outbox+journal",
+        &running,
+        &counter,
+        false,
+    );
     group.finish();
 }
 

@@ -418,7 +418,11 @@ pub async fn main() -> Result<(), Error> {
                 "Institution {id} listening on {} ({}); deliveries are {}.",
                 listener.local_addr()?,
                 if plain { "plain HTTP/2" } else { "mutual TLS" },
-                if quiet { "counted" } else { "printed as they arrive" }
+                if quiet {
+                    "counted"
+                } else {
+                    "printed as they arrive"
+                }
             );
             if plain {
                 crate::institution::serve_plain(server, listener, stop_signal()).await?;

@@ -337,6 +337,9 @@ impl Percentiles {
     }
 }
 
+/// One second of a run: (second, calls answered, p50 ms, p99 ms, errors).
+pub type Second = (usize, u64, f64, f64, u64);
+
 /// The result of a run.
 #[derive(Debug)]
 pub struct Report {
@@ -358,8 +361,7 @@ pub struct Report {
     /// Deliveries counted by the recipients (only with `--start-network`).
     pub deliveries_seen: Option<u64>,
     pub deliveries_per_second: f64,
-    /// (second, calls answered, p50 ms, p99 ms, errors)
-    pub timeline: Vec<(usize, u64, f64, f64, u64)>,
+    pub timeline: Vec<Second>,
     /// (upper bound ms, count) over log-spaced buckets.
     pub buckets: Vec<(f64, u64)>,
 }
@@ -506,7 +508,7 @@ impl Report {
             * 1.1;
         let x = |s: f64| left + (w - left - 10.0) * (s + 0.5) / seconds;
         let y = |ms: f64| (h - bottom) - (h - bottom - 10.0) * ms / top;
-        let line = |pick: &dyn Fn(&(usize, u64, f64, f64, u64)) -> f64| {
+        let line = |pick: &dyn Fn(&Second) -> f64| {
             self.timeline
                 .iter()
                 .filter(|t| t.1 > 0)
@@ -647,8 +649,7 @@ fn templates(
     let half_year = (date!(2025 - 01 - 01), date!(2025 - 06 - 30));
     let iso = bcss_domain::iso_date;
     let integrated_at = |id: &str| -> Vec<Niss> {
-        let (Some(directory), Some(institution)) = (directory, policy.institution_by_id(id))
-        else {
+        let (Some(directory), Some(institution)) = (directory, policy.institution_by_id(id)) else {
             return Vec::new();
         };
         directory
@@ -987,9 +988,14 @@ async fn drive(
                 .or(started.as_ref().map(|s| s.address))
                 .unwrap_or(settings.server.listen);
             if !tls_on {
-                return Err("the hub is always mutual TLS: --tls off is for --target institution".into());
+                return Err(
+                    "the hub is always mutual TLS: --tls off is for --target institution".into(),
+                );
             }
-            let hub_name = args.server_name.as_deref().unwrap_or(&settings.tls.hub_name);
+            let hub_name = args
+                .server_name
+                .as_deref()
+                .unwrap_or(&settings.tls.hub_name);
             if mix.iter().any(|m| m.0 == Flow::A052) {
                 integrate_persons(args, policy, pki, address, hub_name).await?;
             }
@@ -1125,7 +1131,9 @@ async fn drive(
     };
     if args.stream {
         if args.target != Target::Hub || args.rate.is_some() {
-            return Err("--stream drives the hub in a closed loop (no --rate, --target hub)".into());
+            return Err(
+                "--stream drives the hub in a closed loop (no --rate, --target hub)".into(),
+            );
         }
         run_streams(&shared, connections, args.in_flight).await;
     } else if let Some(rate) = args.rate {
@@ -1144,9 +1152,10 @@ async fn drive(
     let seconds = start.elapsed().as_secs_f64();
     ticker.abort();
     progress.finish_and_clear();
-    let recorder = shared.recorder.lock().expect("recorder");
-    let mut report = Report::build(label, target, seconds, &recorder);
-    drop(recorder);
+    let mut report = {
+        let recorder = shared.recorder.lock().expect("recorder");
+        Report::build(label, target, seconds, &recorder)
+    };
     if args.target == Target::Institution {
         report.deliveries_reported = report.answered;
         report.deliveries_expected = report.answered;
@@ -1252,7 +1261,11 @@ async fn run_open(shared: &Arc<Shared>, rate: f64, in_flight: usize) {
             let shared = shared.clone();
             tasks.spawn(async move {
                 let result = shared.call(n).await;
-                shared.recorder.lock().expect("recorder").record(due, result);
+                shared
+                    .recorder
+                    .lock()
+                    .expect("recorder")
+                    .record(due, result);
                 drop(permit);
             });
         }
@@ -1280,8 +1293,7 @@ async fn run_streams(shared: &Arc<Shared>, connections: usize, in_flight: usize)
         tasks.spawn(async move {
             let (tx, rx) = tokio::sync::mpsc::channel::<EnvelopeView>(per_stream);
             let permits = Arc::new(tokio::sync::Semaphore::new(per_stream));
-            let open: Arc<Mutex<std::collections::HashMap<String, Instant>>> =
-                Arc::default();
+            let open: Arc<Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
             let replies = match client
                 .submit_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await
@@ -1331,8 +1343,7 @@ async fn run_streams(shared: &Arc<Shared>, connections: usize, in_flight: usize)
                 let n = loop {
                     match shared.take() {
                         Some(n)
-                            if shared.templates
-                                [(n % shared.templates.len() as u64) as usize]
+                            if shared.templates[(n % shared.templates.len() as u64) as usize]
                                 .sender
                                 == sender =>
                         {
@@ -1401,7 +1412,9 @@ mod tests {
         assert_eq!(report.throughput, 5_000.0);
         assert_eq!(report.buckets.iter().map(|b| b.1).sum::<u64>(), 10_000);
         let html = report.html();
-        assert!(html.contains("id=\"latency-over-time\"") && html.contains("id=\"latency-histogram\""));
+        assert!(
+            html.contains("id=\"latency-over-time\"") && html.contains("id=\"latency-histogram\"")
+        );
         assert!(!html.contains("<script"));
     }
 
