@@ -1278,28 +1278,72 @@ async fn run_open(shared: &Arc<Shared>, rate: f64, in_flight: usize) {
     while tasks.join_next().await.is_some() {}
 }
 
-/// `SubmitStream`: one stream per connection (per sender), `in_flight` messages open in all.
+/// `SubmitStream`: one stream per connection of each sender that has messages in the mix,
+/// `in_flight` messages open over all of them; each stream sends its own sender's messages.
 async fn run_streams(shared: &Arc<Shared>, connections: usize, in_flight: usize) {
     let Client::Hub(clients) = &shared.client[0] else {
         return;
     };
-    let streams = clients.len();
-    let per_stream = (in_flight / streams).max(1);
+    // Template indexes per sender.
+    let mut by_sender: Vec<Vec<usize>> = vec![Vec::new(); 1 + SENDERS.len()];
+    for (index, template) in shared.templates.iter().enumerate() {
+        by_sender[template.sender].push(index);
+    }
+    let by_sender = Arc::new(by_sender);
+    let used: Vec<usize> = (0..clients.len())
+        .filter(|index| !by_sender[index / connections].is_empty())
+        .collect();
+    let per_stream = (in_flight / used.len().max(1)).max(1);
     let mut tasks = tokio::task::JoinSet::new();
-    for (index, client) in clients.iter().enumerate() {
+    for index in used {
         let sender = index / connections;
-        let mut client = client.clone();
+        let mut client = clients[index].clone();
         let shared = shared.clone();
+        let by_sender = by_sender.clone();
         tasks.spawn(async move {
             let (tx, rx) = tokio::sync::mpsc::channel::<EnvelopeView>(per_stream);
             let permits = Arc::new(tokio::sync::Semaphore::new(per_stream));
             let open: Arc<Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
-            let replies = match client
+            // The sending side runs on its own, so the call's headers never wait for it.
+            let producer = {
+                let shared = shared.clone();
+                let permits = permits.clone();
+                let open = open.clone();
+                tokio::spawn(async move {
+                    let mine = &by_sender[sender];
+                    loop {
+                        let Ok(permit) = permits.acquire().await else {
+                            break;
+                        };
+                        permit.forget();
+                        let Some(n) = shared.take() else {
+                            permits.add_permits(1);
+                            break;
+                        };
+                        let template = &shared.templates[mine[n as usize % mine.len()]];
+                        let id = format!("load-{}-{n}", shared.run_id);
+                        open.lock()
+                            .expect("open")
+                            .insert(id.clone(), Instant::now());
+                        if tx.send(template.envelope(id)).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Wait for the answers to what was sent, then close the stream.
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(30),
+                        permits.acquire_many(per_stream as u32),
+                    )
+                    .await;
+                })
+            };
+            let mut replies = match client
                 .submit_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await
             {
                 Ok(r) => r.into_inner(),
                 Err(status) => {
+                    producer.abort();
                     shared
                         .recorder
                         .lock()
@@ -1308,65 +1352,31 @@ async fn run_streams(shared: &Arc<Shared>, connections: usize, in_flight: usize)
                     return;
                 }
             };
-            let reader = {
-                let shared = shared.clone();
-                let open = open.clone();
-                let permits = permits.clone();
-                tokio::spawn(async move {
-                    let mut replies = replies;
-                    while let Ok(Some(reply)) = replies.message().await {
-                        let due = open.lock().expect("open").remove(&reply.message_id);
-                        let result = match reply.result {
-                            Some(bcss_proto::hub::v1::submit_stream_reply::Result::Reply(r)) => {
-                                Ok(Outcome::of(&r))
-                            }
-                            Some(bcss_proto::hub::v1::submit_stream_reply::Result::Error(e)) => {
-                                Err(tonic::Code::from_i32(e.code))
-                            }
-                            None => Err(tonic::Code::Unknown),
-                        };
-                        shared
-                            .recorder
-                            .lock()
-                            .expect("recorder")
-                            .record(due.unwrap_or_else(Instant::now), result);
-                        permits.add_permits(1);
+            while let Ok(Some(reply)) = replies.message().await {
+                let due = open.lock().expect("open").remove(&reply.message_id);
+                let result = match reply.result {
+                    Some(bcss_proto::hub::v1::submit_stream_reply::Result::Reply(r)) => {
+                        Ok(Outcome::of(&r))
                     }
-                })
-            };
-            loop {
-                let Ok(permit) = permits.acquire().await else {
-                    break;
-                };
-                permit.forget();
-                // Only the messages of this stream's sender.
-                let n = loop {
-                    match shared.take() {
-                        Some(n)
-                            if shared.templates[(n % shared.templates.len() as u64) as usize]
-                                .sender
-                                == sender =>
-                        {
-                            break Some(n);
-                        }
-                        Some(_) if streams > connections => continue,
-                        other => break other,
+                    Some(bcss_proto::hub::v1::submit_stream_reply::Result::Error(e)) => {
+                        Err(tonic::Code::from_i32(e.code))
                     }
+                    None => Err(tonic::Code::Unknown),
                 };
-                let Some(n) = n else { break };
-                let template = &shared.templates[(n % shared.templates.len() as u64) as usize];
-                let id = format!("load-{}-{n}", shared.run_id);
-                open.lock()
-                    .expect("open")
-                    .insert(id.clone(), Instant::now());
-                if tx.send(template.envelope(id)).await.is_err() {
-                    break;
-                }
+                shared
+                    .recorder
+                    .lock()
+                    .expect("recorder")
+                    .record(due.unwrap_or_else(Instant::now), result);
+                permits.add_permits(1);
             }
-            // Wait for the answers to what was sent, then close the stream.
-            let _ = permits.acquire_many(per_stream as u32).await;
-            drop(tx);
-            let _ = reader.await;
+            let _ = producer.await;
+            // Whatever was sent and never answered counts as an error.
+            let unanswered = open.lock().expect("open").len();
+            let mut recorder = shared.recorder.lock().expect("recorder");
+            for _ in 0..unanswered {
+                recorder.record(Instant::now(), Err(tonic::Code::Unavailable));
+            }
         });
     }
     while tasks.join_next().await.is_some() {}
