@@ -1,11 +1,14 @@
 //! Delivery of filtered messages to institutions' `Institution.Deliver` endpoints, over
 //! HTTP/2 connections kept per institution and verified with TLS.
 //!
-//! One lazily connected channel per institution endpoint, shared by all deliveries to it.
+//! A small pool of lazily connected channels per institution endpoint
+//! (`delivery.connections_per_recipient`), used in turn by the deliveries to it: one HTTP/2
+//! connection is driven by one task at each end, so a single one serialises a busy recipient.
 //! The hub presents its own certificate (institutions verify they are called by the hub) and
 //! verifies the institution's certificate against the network CA and its configured name.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bcss_policy::Institution;
@@ -29,16 +32,44 @@ pub struct Deliverer {
     timeout: Duration,
     /// How long a source may take to answer a consultation (`delivery.consult_timeout_ms`).
     consult_timeout: Duration,
-    /// Per institution id: the endpoint the channel was made for, and the channel.
-    channels: DashMap<Arc<str>, (String, Channel)>,
+    /// Connections kept per institution endpoint.
+    connections: usize,
+    /// Per institution id: the endpoint the channels were made for, and the channels.
+    channels: DashMap<Arc<str>, Pool>,
+}
+
+/// The channels to one endpoint and the turn.
+#[derive(Debug)]
+struct Pool {
+    endpoint: String,
+    channels: Box<[Channel]>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    fn pick(&self) -> Channel {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        self.channels[turn % self.channels.len()].clone()
+    }
 }
 
 impl Deliverer {
+    /// A deliverer keeping one connection per endpoint; see [`Deliverer::with_connections`].
     pub fn new(tls: Option<ClientTls>, timeout: Duration) -> Deliverer {
+        Deliverer::with_connections(tls, timeout, 1)
+    }
+
+    /// A deliverer keeping `connections` HTTP/2 connections (at least one) per endpoint.
+    pub fn with_connections(
+        tls: Option<ClientTls>,
+        timeout: Duration,
+        connections: usize,
+    ) -> Deliverer {
         Deliverer {
             tls,
             timeout,
             consult_timeout: timeout,
+            connections: connections.max(1),
             channels: DashMap::new(),
         }
     }
@@ -98,10 +129,10 @@ impl Deliverer {
     }
 
     fn channel(&self, institution: &Institution) -> Result<Channel, String> {
-        if let Some(entry) = self.channels.get(&institution.id)
-            && entry.0 == institution.endpoint
+        if let Some(pool) = self.channels.get(&institution.id)
+            && pool.endpoint == institution.endpoint
         {
-            return Ok(entry.1.clone());
+            return Ok(pool.pick());
         }
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", institution.endpoint))
@@ -122,11 +153,16 @@ impl Deliverer {
                 .tls_config(config)
                 .map_err(|e| format!("TLS configuration: {e}"))?;
         }
-        let channel = endpoint.connect_lazy();
-        self.channels.insert(
-            institution.id.clone(),
-            (institution.endpoint.clone(), channel.clone()),
-        );
+        // Each connect_lazy is its own HTTP/2 connection.
+        let pool = Pool {
+            endpoint: institution.endpoint.clone(),
+            channels: (0..self.connections)
+                .map(|_| endpoint.connect_lazy())
+                .collect(),
+            next: AtomicUsize::new(0),
+        };
+        let channel = pool.pick();
+        self.channels.insert(institution.id.clone(), pool);
         Ok(channel)
     }
 }

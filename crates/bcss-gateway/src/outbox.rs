@@ -273,6 +273,12 @@ async fn worker(outbox: Arc<Outbox>, recipient: Arc<str>, mut rx: mpsc::Unbounde
     let mut lanes: Vec<VecDeque<Job>> = (0..lanes_count).map(|_| VecDeque::new()).collect();
     let mut busy = vec![false; lanes_count];
     let mut in_flight: JoinSet<(usize, Job, Result<(), String>)> = JoinSet::new();
+    // "Delivered" state changes on their way to the store. The lane is free as soon as the
+    // recipient acknowledged: waiting for the commit here made every recipient wait one fsync
+    // per delivery (one lane at a time), and kept the store's group commit from grouping them.
+    // Not yet recorded when the process dies = delivered again at the next start, which the
+    // recipient drops by its delivery id (as when recording fails).
+    let mut recording: JoinSet<()> = JoinSet::new();
     let mut circuit = Circuit {
         failures: 0,
         threshold: outbox.retry.circuit_failures,
@@ -325,10 +331,12 @@ async fn worker(outbox: Arc<Outbox>, recipient: Arc<str>, mut rx: mpsc::Unbounde
                 }
                 None => {
                     if in_flight.is_empty() {
+                        while recording.join_next().await.is_some() {}
                         return;
                     }
                 }
             },
+            Some(_) = recording.join_next(), if !recording.is_empty() => {}
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
                 let Ok((lane, job, result)) = done else { continue };
                 busy[lane] = false;
@@ -336,7 +344,8 @@ async fn worker(outbox: Arc<Outbox>, recipient: Arc<str>, mut rx: mpsc::Unbounde
                 match result {
                     Ok(()) => {
                         circuit.success();
-                        delivered(&outbox, job, now).await;
+                        let outbox = outbox.clone();
+                        recording.spawn(async move { delivered(&outbox, job, now).await });
                     }
                     Err(error) => {
                         circuit.failure(now);

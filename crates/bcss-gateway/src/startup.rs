@@ -153,12 +153,18 @@ pub fn assemble_settings(
     let hub_pair = pki.hub()?;
     let ca = Certificate::from_pem(pki.ca_cert()?);
     let identity = Identity::from_pem(&hub_pair.cert, &hub_pair.key);
-    let deliverer = Deliverer::new(
-        Some(ClientTls {
+    if !settings.delivery.tls {
+        tracing::warn!(
+            message = "delivery.tls = false: deliveries travel without TLS (benchmarks only)."
+        );
+    }
+    let deliverer = Deliverer::with_connections(
+        settings.delivery.tls.then(|| ClientTls {
             ca: ca.clone(),
             identity: identity.clone(),
         }),
         Duration::from_millis(settings.delivery.timeout_ms),
+        settings.delivery.connections_per_recipient,
     )
     .with_consult_timeout(Duration::from_millis(settings.delivery.consult_timeout_ms));
     tracing::info!(

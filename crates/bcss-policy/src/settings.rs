@@ -99,6 +99,22 @@ pub struct DeliverySettings {
     /// answering the consulting institution `DEADLINE_EXCEEDED` (nothing partial is returned).
     #[serde(default = "default_consult_timeout_ms")]
     pub consult_timeout_ms: u64,
+    /// HTTP/2 connections kept to each institution endpoint; deliveries to it are spread over
+    /// them in turn (one HTTP/2 connection is served by one task at each end and serialises
+    /// under load).
+    #[serde(default = "default_connections_per_recipient")]
+    pub connections_per_recipient: usize,
+    /// `false` delivers over plain HTTP/2 without TLS: for benchmarks against plain baselines
+    /// only, never for service (institutions could not tell the hub from anyone else).
+    #[serde(default = "default_delivery_tls")]
+    pub tls: bool,
+}
+
+fn default_connections_per_recipient() -> usize {
+    4
+}
+fn default_delivery_tls() -> bool {
+    true
 }
 
 fn default_reply_wait_ms() -> u64 {
@@ -146,6 +162,8 @@ impl Default for DeliverySettings {
             circuit_open_ms: default_circuit_open_ms(),
             max_pending: default_max_pending(),
             consult_timeout_ms: default_consult_timeout_ms(),
+            connections_per_recipient: default_connections_per_recipient(),
+            tls: default_delivery_tls(),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The `bcss-hub` command line: serve, check-config, demo, certs, generate-directory,
-//! directory, institution, deadletters, journal.
+//! directory, institution, deadletters, journal, load.
 
 use std::path::PathBuf;
 
@@ -111,7 +111,19 @@ pub enum Command {
         /// The institution's id in institutions.toml.
         #[arg(long)]
         id: String,
+        /// Listen here instead of the institution's configured endpoint.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Plain HTTP/2 without TLS, accepting any caller: load baselines only.
+        #[arg(long)]
+        plain: bool,
+        /// Count deliveries instead of printing them (load runs); the count is printed on exit.
+        #[arg(long)]
+        quiet: bool,
     },
+    /// Drives Submit (or Institution.Deliver, for baselines) with a mix of flows and reports
+    /// throughput, latency percentiles, errors and deliveries.
+    Load(Box<crate::load::LoadArgs>),
 }
 
 /// What to do with dead letters.
@@ -369,7 +381,17 @@ pub async fn main() -> Result<(), Error> {
             init_logs("warn", cli.log_format);
             journal(&config, &party, hub, action).await?;
         }
-        Command::Institution { config, id } => {
+        Command::Load(args) => {
+            init_logs("warn", cli.log_format);
+            crate::load::run(*args).await?;
+        }
+        Command::Institution {
+            config,
+            id,
+            listen,
+            plain,
+            quiet,
+        } => {
             init_logs("info", cli.log_format);
             let settings = Settings::load(&config)?;
             let policy = Policy::load(&settings)?;
@@ -377,19 +399,45 @@ pub async fn main() -> Result<(), Error> {
             let institution = policy
                 .institution_by_id(&id)
                 .ok_or_else(|| format!("no institution \"{id}\" in the configuration"))?;
-            let listener = tokio::net::TcpListener::bind(&institution.endpoint).await?;
-            let inbox = crate::institution::Inbox::default();
+            let listener = match listen {
+                Some(address) => tokio::net::TcpListener::bind(address).await?,
+                None => tokio::net::TcpListener::bind(&institution.endpoint).await?,
+            };
+            let inbox = if quiet {
+                crate::institution::Inbox::counting()
+            } else {
+                crate::institution::Inbox::default()
+            };
             let server = crate::institution::ReferenceInstitution::new(
                 id.clone(),
                 inbox.clone(),
                 settings.tls.hub_name.clone(),
             );
-            let pair = pki.party(&id)?;
             println!(
-                "Institution {id} listening on {}; deliveries are printed as they arrive.",
-                listener.local_addr()?
+                "Institution {id} listening on {} ({}); deliveries are {}.",
+                listener.local_addr()?,
+                if plain { "plain HTTP/2" } else { "mutual TLS" },
+                if quiet {
+                    "counted"
+                } else {
+                    "printed as they arrive"
+                }
             );
+            if plain {
+                crate::institution::serve_plain(server, listener, stop_signal()).await?;
+                println!(
+                    "Institution {id} received {} deliveries ({} duplicates).",
+                    inbox.len(),
+                    inbox.duplicates()
+                );
+                return Ok(());
+            }
+            let pair = pki.party(&id)?;
+            let shown_inbox = inbox.clone();
             let printer = tokio::spawn(async move {
+                if quiet {
+                    std::future::pending::<()>().await;
+                }
                 let mut shown = 0;
                 loop {
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -404,12 +452,15 @@ pub async fn main() -> Result<(), Error> {
                 listener,
                 tonic::transport::Identity::from_pem(pair.cert, pair.key),
                 tonic::transport::Certificate::from_pem(pki.ca_cert()?),
-                async {
-                    let _ = tokio::signal::ctrl_c().await;
-                },
+                stop_signal(),
             )
             .await?;
             printer.abort();
+            println!(
+                "Institution {id} received {} deliveries ({} duplicates).",
+                shown_inbox.len(),
+                shown_inbox.duplicates()
+            );
         }
     }
     Ok(())

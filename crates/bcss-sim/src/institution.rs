@@ -2,7 +2,8 @@
 //! mutual TLS that accepts deliveries only from the hub, drops duplicates by delivery id, and
 //! keeps what it received so it can be printed or checked; and, as a *source*, answers the
 //! consultations the hub forwards (`Answer`) from generated Dimona and DmfA data. The simulated
-//! network is made of these.
+//! network is made of these. For load baselines it also runs without TLS ([`serve_plain`]) and
+//! counting only ([`Inbox::counting`]).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -29,16 +30,27 @@ struct InboxState {
     deliveries: Vec<Delivery>,
     seen: HashSet<String>,
     duplicates: u64,
+    received: usize,
+    /// Counting only: the deliveries themselves are not kept (load runs).
+    counting: bool,
 }
 
 impl Inbox {
+    /// An inbox that counts deliveries (duplicates still dropped by id) without keeping them.
+    pub fn counting() -> Inbox {
+        let inbox = Inbox::default();
+        inbox.inner.lock().expect("inbox lock").counting = true;
+        inbox
+    }
+
     /// The deliveries received, duplicates excluded, in arrival order.
     pub fn deliveries(&self) -> Vec<Delivery> {
         self.inner.lock().expect("inbox lock").deliveries.clone()
     }
 
+    /// Deliveries received, duplicates excluded (also when counting only).
     pub fn len(&self) -> usize {
-        self.inner.lock().expect("inbox lock").deliveries.len()
+        self.inner.lock().expect("inbox lock").received
     }
 
     pub fn is_empty(&self) -> bool {
@@ -57,7 +69,10 @@ impl Inbox {
             state.duplicates += 1;
             return false;
         }
-        state.deliveries.push(delivery);
+        state.received += 1;
+        if !state.counting {
+            state.deliveries.push(delivery);
+        }
         true
     }
 }
@@ -71,6 +86,9 @@ pub struct ReferenceInstitution {
     pub hub_name: String,
     /// How it answers consultations as a source.
     pub source: Source,
+    /// Refuse callers that are not the hub (always, over TLS; off for plain baselines, where
+    /// there is no certificate to look at).
+    pub require_hub: bool,
 }
 
 impl ReferenceInstitution {
@@ -80,6 +98,7 @@ impl ReferenceInstitution {
             inbox,
             hub_name: hub_name.into(),
             source: Source::default(),
+            require_hub: true,
         }
     }
 
@@ -92,12 +111,12 @@ impl ReferenceInstitution {
                     .and_then(|c| bcss_gateway::identity::dns_names(c.as_ref()).ok())
             })
             .is_some_and(|names| names.contains(&self.hub_name));
-        if from_hub {
-            Ok(())
-        } else {
+        if self.require_hub && !from_hub {
             Err(Status::permission_denied(
                 "only the hub calls this endpoint",
             ))
+        } else {
+            Ok(())
         }
     }
 }
@@ -258,6 +277,22 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     Server::builder()
         .tls_config(ServerTlsConfig::new().identity(identity).client_ca_root(ca))?
+        .tcp_nodelay(true)
+        .add_service(InstitutionServer::new(institution))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Serves one reference institution on `listener` over plain HTTP/2 (h2c), without TLS: the
+/// direct and proxied baselines of load comparisons only.
+pub async fn serve_plain(
+    mut institution: ReferenceInstitution,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    institution.require_hub = false;
+    Server::builder()
+        .tcp_nodelay(true)
         .add_service(InstitutionServer::new(institution))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
@@ -323,6 +358,18 @@ impl Network {
         hub_name: &str,
         ephemeral: bool,
     ) -> std::io::Result<Network> {
+        Network::start_with(policy, pki, hub_name, ephemeral, false).await
+    }
+
+    /// [`Network::start`]; with `counting`, the inboxes count deliveries without keeping them
+    /// (load runs).
+    pub async fn start_with(
+        policy: &Policy,
+        pki: &Pki,
+        hub_name: &str,
+        ephemeral: bool,
+        counting: bool,
+    ) -> std::io::Result<Network> {
         let ca = Certificate::from_pem(pki.ca_cert().map_err(std::io::Error::other)?);
         let mut network = Network {
             inboxes: HashMap::new(),
@@ -342,7 +389,11 @@ impl Network {
                 }
             };
             let pair = pki.party(&institution.id).map_err(std::io::Error::other)?;
-            let inbox = Inbox::default();
+            let inbox = if counting {
+                Inbox::counting()
+            } else {
+                Inbox::default()
+            };
             network
                 .addresses
                 .insert(institution.id.to_string(), listener.local_addr()?);

@@ -9,6 +9,7 @@
 //! - [`network`]: the reproducible persons directory of the sample network.
 //! - [`demo`]: `bcss-hub demo`.
 //! - [`directory_tool`]: `bcss-hub directory export|import|generate|measure`.
+//! - [`load`]: `bcss-hub load`, the load generator.
 //! - [`cli`]: the command line.
 
 pub mod cli;
@@ -17,5 +18,6 @@ pub mod demo;
 pub mod directory_tool;
 pub mod envelope;
 pub mod institution;
+pub mod load;
 pub mod network;
 pub mod payloads;

@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# benches/compare.sh — the hub side by side with a direct call and with nginx, in one run.
+#
+# Same messages (A052 payloads from bcss_sim::payloads, seed 2026), same reference institution
+# server (cpas-liege, one process plain and one with mutual TLS), same load generator
+# (`bcss-hub load`), configurations interleaved round by round:
+#
+#   a   load -> institution                                  (plain h2c)
+#   b   load -> nginx grpc_pass -> institution               (plain h2c both legs)
+#   c   load -> hub, memory outbox, no journal -> institution (mTLS in, plain out)
+#   d   load -> hub, durable outbox + journal -> institution  (mTLS both legs)
+#   b'  load -> nginx (TLS, client certs) -> institution      (TLS both legs)
+#   f1  hub everything on, in-process network, single-recipient A052   } deliveries per second
+#   f10 the same, A052 broadcast to 10 CPAS that integrated the person } (fan-out ratio)
+#
+# Prints throughput and p99 per configuration (median of the rounds) and the ratios c/a, c/b,
+# d/b' and f10/f1 (deliveries per second). Needs: cargo, and nginx (installed from Debian with
+# apt-get when missing). Everything it starts runs on loopback and is stopped on exit.
+#
+#   benches/compare.sh [--rounds 3] [--seconds 10] [--in-flight 64] [--connections 2]
+#                      [--base-port 47100] [--no-build] [--only "a b c d b2 f1 f10"]
+set -euo pipefail
+
+ROUNDS=3
+SECONDS_EACH=10
+IN_FLIGHT=64
+CONNECTIONS=2
+BASE_PORT=47100
+BUILD=1
+ONLY="a b c d b2 f1 f10"
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --rounds) ROUNDS="$2"; shift 2 ;;
+    --seconds) SECONDS_EACH="$2"; shift 2 ;;
+    --in-flight) IN_FLIGHT="$2"; shift 2 ;;
+    --connections) CONNECTIONS="$2"; shift 2 ;;
+    --base-port) BASE_PORT="$2"; shift 2 ;;
+    --no-build) BUILD=0; shift ;;
+    --only) ONLY="$2"; shift 2 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
+  echo "nginx is missing: installing it from Debian" >&2
+  SUDO=""
+  [[ $(id -u) -ne 0 ]] && SUDO=sudo
+  $SUDO apt-get install -y nginx >/dev/null || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y nginx >/dev/null; }
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+if ! command -v jq >/dev/null 2>&1; then
+  echo "jq is missing: installing it from Debian" >&2
+  $([[ $(id -u) -ne 0 ]] && echo sudo) apt-get install -y jq >/dev/null
+fi
+
+if [[ $BUILD -eq 1 ]]; then
+  cargo build --release --bin bcss-hub
+fi
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/bcss-hub"
+CONFIG="$ROOT/config/hub.toml"
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+# A fresh development PKI for this run (network CA, hub, every institution).
+PKI="$WORK/pki"
+"$BIN" load --config "$CONFIG" --pki "$PKI" --serve-only >"$WORK/pki.log" 2>&1 &
+PKI_PID=$!
+for _ in $(seq 1 300); do grep -q "Serving until" "$WORK/pki.log" 2>/dev/null && break; sleep 0.1; done
+kill "$PKI_PID" 2>/dev/null || true
+wait "$PKI_PID" 2>/dev/null || true
+CA="$PKI/ca.pem"; HUB_CERT="$PKI/hub.pem"; HUB_KEY="$PKI/hub.key"
+for f in "$CA" "$HUB_CERT" "$HUB_KEY"; do [[ -f $f ]] || { echo "no $f" >&2; cat "$WORK/pki.log" >&2; exit 1; }; done
+
+INST_PLAIN=$((BASE_PORT + 1)); INST_TLS=$((BASE_PORT + 2))
+NGINX_PLAIN=$((BASE_PORT + 3)); NGINX_TLS=$((BASE_PORT + 4))
+HUB_C=$((BASE_PORT + 5)); HUB_D=$((BASE_PORT + 6))
+INST_NAME=cpas-liege.institutions.bcss.test
+
+# A config copy whose tls.pki is this run's PKI (the institution subcommand reads it there).
+mkdir -p "$WORK/config"
+cp -r "$ROOT/config/." "$WORK/config/"
+sed -i "s|^pki = .*|pki = \"$PKI\"|" "$WORK/config/hub.toml"
+RUN_CONFIG="$WORK/config/hub.toml"
+
+start() { "$@" >"$WORK/log.$(( ${#PIDS[@]} ))" 2>&1 & PIDS+=($!); }
+start "$BIN" institution --config "$RUN_CONFIG" --id cpas-liege --listen "127.0.0.1:$INST_PLAIN" --plain --quiet
+start "$BIN" institution --config "$RUN_CONFIG" --id cpas-liege --listen "127.0.0.1:$INST_TLS" --quiet
+start "$BIN" load --config "$RUN_CONFIG" --start-hub memory --serve-only --hub-listen "127.0.0.1:$HUB_C" \
+  --endpoint "cpas-liege=127.0.0.1:$INST_PLAIN" --delivery-tls off
+start "$BIN" load --config "$RUN_CONFIG" --start-hub durable --serve-only --hub-listen "127.0.0.1:$HUB_D" \
+  --endpoint "cpas-liege=127.0.0.1:$INST_TLS"
+
+USER_LINE=""
+[[ $(id -u) -eq 0 ]] && USER_LINE="user root;"
+cat >"$WORK/nginx.conf" <<EOF
+$USER_LINE
+worker_processes auto;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx-body;
+  proxy_temp_path $WORK/nginx-proxy;
+  fastcgi_temp_path $WORK/nginx-fastcgi;
+  uwsgi_temp_path $WORK/nginx-uwsgi;
+  scgi_temp_path $WORK/nginx-scgi;
+  http2_max_concurrent_streams 1024;
+  keepalive_requests 1000000;
+  upstream institution_plain { server 127.0.0.1:$INST_PLAIN; keepalive 256; keepalive_requests 1000000; }
+  upstream institution_tls { server 127.0.0.1:$INST_TLS; keepalive 256; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$NGINX_PLAIN http2;
+    location / { grpc_pass grpc://institution_plain; }
+  }
+  server {
+    listen 127.0.0.1:$NGINX_TLS ssl http2;
+    ssl_certificate $HUB_CERT;
+    ssl_certificate_key $HUB_KEY;
+    ssl_client_certificate $CA;
+    ssl_verify_client on;
+    location / {
+      grpc_pass grpcs://institution_tls;
+      grpc_ssl_certificate $HUB_CERT;
+      grpc_ssl_certificate_key $HUB_KEY;
+      grpc_ssl_trusted_certificate $CA;
+      grpc_ssl_verify on;
+      grpc_ssl_name $INST_NAME;
+      grpc_ssl_server_name on;
+      grpc_ssl_session_reuse on;
+    }
+  }
+}
+EOF
+start "$NGINX" -p "$WORK" -c "$WORK/nginx.conf"
+
+wait_port() {
+  for _ in $(seq 1 300); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on port $1; logs in $WORK:" >&2
+  tail -n 20 "$WORK"/log.* "$WORK/nginx-error.log" >&2 || true
+  exit 1
+}
+for port in $INST_PLAIN $INST_TLS $NGINX_PLAIN $NGINX_TLS $HUB_C $HUB_D; do wait_port "$port"; done
+
+COMMON=(--config "$RUN_CONFIG" --duration "$SECONDS_EACH" --in-flight "$IN_FLIGHT" --connections "$CONNECTIONS" --quiet)
+run() { # name, load arguments...
+  local name=$1 round=$2; shift 2
+  if ! "$BIN" load "${COMMON[@]}" --label "$name" --json "$WORK/$name.$round.json" "$@" >"$WORK/$name.$round.txt" 2>&1; then
+    echo "  $name failed:" >&2; tail -n 5 "$WORK/$name.$round.txt" >&2
+    return 0
+  fi
+  printf '  %-4s %9.0f msg/s  p99 %7.2f ms  %9.0f deliveries/s\n' "$name" \
+    "$(jq .throughput "$WORK/$name.$round.json")" "$(jq .latency_ms.p99 "$WORK/$name.$round.json")" \
+    "$(jq .deliveries.per_second "$WORK/$name.$round.json")"
+}
+
+echo "bcss-hub comparison: $ROUNDS rounds x ${SECONDS_EACH} s, $IN_FLIGHT in flight over $CONNECTIONS connections; $(nproc) CPUs; $(date -u +%F)"
+for round in $(seq 1 "$ROUNDS"); do
+  echo "round $round"
+  for name in $ONLY; do
+    case $name in
+      a)  run a "$round" --target institution --address "127.0.0.1:$INST_PLAIN" --tls off ;;
+      b)  run b "$round" --target institution --address "127.0.0.1:$NGINX_PLAIN" --tls off ;;
+      c)  run c "$round" --target hub --address "127.0.0.1:$HUB_C" ;;
+      d)  run d "$round" --target hub --address "127.0.0.1:$HUB_D" ;;
+      b2) run b2 "$round" --target institution --address "127.0.0.1:$NGINX_TLS" --tls on --server-name hub.bcss.test ;;
+      f1) run f1 "$round" --target hub --start-hub durable --start-network ;;
+      f10) run f10 "$round" --target hub --start-hub durable --start-network --fan-out 10 ;;
+    esac
+  done
+done
+
+median() { # name, jq path
+  local values
+  values=$(for f in "$WORK/$1".*.json; do [[ -f $f ]] && jq "$2" "$f"; done | sort -g)
+  [[ -z $values ]] && { echo 0; return; }
+  echo "$values" | awk '{v[NR]=$1} END {if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'
+}
+ratio() { awk -v x="$1" -v y="$2" 'BEGIN { if (y > 0) printf "%.2f", x / y; else print "n/a" }'; }
+
+echo
+echo "medians of $ROUNDS rounds"
+printf '%-4s %-58s %10s %9s %13s\n' cfg configuration msg/s "p99 ms" deliveries/s
+declare -A TPUT DPS
+for name in $ONLY; do
+  case $name in
+    a) what="direct to the institution server (plain h2c)" ;;
+    b) what="nginx grpc_pass (plain h2c)" ;;
+    c) what="hub, memory outbox, no journal (mTLS in, plain out)" ;;
+    d) what="hub, durable outbox + journal (mTLS both legs)" ;;
+    b2) what="nginx grpc_pass, TLS both legs (b')" ;;
+    f1) what="hub everything on, single-recipient A052" ;;
+    f10) what="hub everything on, A052 fan-out to 10 CPAS" ;;
+  esac
+  TPUT[$name]=$(median "$name" .throughput)
+  DPS[$name]=$(median "$name" .deliveries.per_second)
+  printf '%-4s %-58s %10.0f %9.2f %13.0f\n' "$name" "$what" "${TPUT[$name]}" "$(median "$name" .latency_ms.p99)" "${DPS[$name]}"
+done
+echo
+[[ -n ${TPUT[c]:-} && -n ${TPUT[a]:-} ]] && echo "c/a  = $(ratio "${TPUT[c]}" "${TPUT[a]}")   (goal >= 0.45)"
+[[ -n ${TPUT[c]:-} && -n ${TPUT[b]:-} ]] && echo "c/b  = $(ratio "${TPUT[c]}" "${TPUT[b]}")   (goal >= 1.5)"
+[[ -n ${TPUT[d]:-} && -n ${TPUT[b2]:-} ]] && echo "d/b' = $(ratio "${TPUT[d]}" "${TPUT[b2]}")   (goal >= 1.0)"
+[[ -n ${DPS[f10]:-} && -n ${DPS[f1]:-} ]] && echo "fan-out deliveries/s f10/f1 = $(ratio "${DPS[f10]}" "${DPS[f1]}")   (goal >= 3)"
+# Per-round ratios, to show the spread.
+for round in $(seq 1 "$ROUNDS"); do
+  line="round $round:"
+  if [[ -f "$WORK/c.$round.json" && -f "$WORK/a.$round.json" ]]; then line+=" c/a $(ratio "$(jq .throughput "$WORK/c.$round.json")" "$(jq .throughput "$WORK/a.$round.json")")"; fi
+  if [[ -f "$WORK/c.$round.json" && -f "$WORK/b.$round.json" ]]; then line+=" c/b $(ratio "$(jq .throughput "$WORK/c.$round.json")" "$(jq .throughput "$WORK/b.$round.json")")"; fi
+  if [[ -f "$WORK/d.$round.json" && -f "$WORK/b2.$round.json" ]]; then line+=" d/b' $(ratio "$(jq .throughput "$WORK/d.$round.json")" "$(jq .throughput "$WORK/b2.$round.json")")"; fi
+  if [[ -f "$WORK/f10.$round.json" && -f "$WORK/f1.$round.json" ]]; then line+=" f10/f1 $(ratio "$(jq .deliveries.per_second "$WORK/f10.$round.json")" "$(jq .deliveries.per_second "$WORK/f1.$round.json")")"; fi
+  echo "$line"
+done
