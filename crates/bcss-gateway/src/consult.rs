@@ -40,7 +40,7 @@ use tonic::{Request, Response, Status};
 use crate::delivery::AnswerError;
 use crate::error::{ConsultError, InputError};
 use crate::identity::institution;
-use crate::pipeline::{Hub, keep_until};
+use crate::pipeline::{Hub, flow_label, flow_number, keep_until};
 
 /// The response header that marks an answer for viewing only (19/010, 003 §37).
 pub const VIEW_ONLY_HEADER: &str = "bcss-view-only";
@@ -475,21 +475,4 @@ async fn journal(hub: &Hub, entry: JournalEntry) -> Result<(), ConsultError> {
 
 fn printable(text: &str, max: usize) -> bool {
     (1..=max).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic())
-}
-
-fn flow_number(flow: Flow) -> i32 {
-    match flow {
-        Flow::A052 => 1,
-        Flow::Dmfa => 2,
-        Flow::Dimona => 3,
-    }
-}
-
-fn flow_label(flow: i32) -> &'static str {
-    match flow {
-        1 => "A052",
-        2 => "DMFA",
-        3 => "DIMONA",
-        _ => "unknown",
-    }
 }

@@ -670,7 +670,7 @@ impl Hub {
                     relay_of: record.relay_of.as_deref().unwrap_or_default().to_owned(),
                     deliberation: admitted.deliberation.to_string(),
                     sender: sender.id.to_string(),
-                    flow: message_flow_number(message.flow),
+                    flow: flow_number(message.flow),
                     niss: message.niss.digits(),
                     period: Some(message.wire_period.clone()),
                     contact_file: message.contact_file.clone(),
@@ -691,7 +691,7 @@ impl Hub {
                         accepted_at_ms,
                         request: Bytes::from(view.encode_to_vec()),
                         sender: sender.id.to_string(),
-                        flow: message_flow_number(message.flow) as u32,
+                        flow: flow_number(message.flow) as u32,
                         keep_until_ms: keep_until(
                             policy,
                             Some(&admitted.deliberation),
@@ -707,7 +707,8 @@ impl Hub {
     }
 }
 
-fn flow_label(flow: i32) -> &'static str {
+/// A metric label for a flow number as received (bounded: unknown numbers are "unknown").
+pub(crate) fn flow_label(flow: i32) -> &'static str {
     match flow {
         1 => "A052",
         2 => "DMFA",
@@ -752,7 +753,7 @@ fn stage_done(stage: &'static str, started: std::time::Instant) {
 
 /// Integration checks, refusals, bytes and removed fields of one planned submission.
 fn count_plans(message: &Validated, plans: &[Planned]) {
-    let flow = flow_label(message_flow_number(message.flow));
+    let flow = flow_label(flow_number(message.flow));
     metrics::counter!(telemetry::BYTES_IN, "flow" => flow).increment(message.payload.len() as u64);
     for plan in plans {
         match &plan.result {
@@ -804,7 +805,7 @@ fn journal_entries(
         ticket: record.ticket.to_string(),
         relay_of: record.relay_of.as_deref().unwrap_or_default().to_owned(),
         sender: record.sender.to_string(),
-        flow: message_flow_number(message.flow) as u32,
+        flow: flow_number(message.flow) as u32,
         niss: message.niss.as_u64(),
         message_id: record.message_id.clone(),
         contact_file: message.contact_file.clone().unwrap_or_default(),
@@ -854,7 +855,7 @@ fn ticket_row(record: &TicketRecord) -> TicketRow {
         ticket: record.ticket.to_string(),
         sender: record.sender.to_string(),
         message_id: record.message_id.clone(),
-        flow: message_flow_number(record.flow) as u32,
+        flow: flow_number(record.flow) as u32,
         niss: record.niss.as_u64(),
         relay_of: record.relay_of.as_deref().map(str::to_owned),
         contact_file: record.contact_file.clone(),
@@ -990,11 +991,13 @@ pub fn delivery_id(ticket: &str, recipient: &str) -> String {
     format!("{ticket}/{recipient}")
 }
 
-fn message_flow_number(flow: Flow) -> i32 {
+/// The flow's number in the contracts (`bcss.hub.v1.Flow`).
+pub(crate) fn flow_number(flow: Flow) -> i32 {
+    use bcss_proto::hub::v1::Flow as Wire;
     match flow {
-        Flow::A052 => 1,
-        Flow::Dmfa => 2,
-        Flow::Dimona => 3,
+        Flow::A052 => Wire::A052 as i32,
+        Flow::Dmfa => Wire::Dmfa as i32,
+        Flow::Dimona => Wire::Dimona as i32,
     }
 }
 

@@ -18,7 +18,7 @@ use bcss_policy::Role;
 use crate::error::store_status;
 use crate::identity::{Caller, caller, institution, operator};
 use crate::ledger::{Decision, Outcome, TicketRecord};
-use crate::pipeline::{Hub, Planned};
+use crate::pipeline::{Hub, Planned, flow_number};
 
 /// `bcss.hub.v1.Gateway`.
 #[derive(Clone, Debug)]
@@ -235,14 +235,6 @@ pub fn refusal_reason(reason: RefusalReason) -> pb::RefusalReason {
         RefusalReason::QualityCodeNotAccepted => pb::RefusalReason::QualityCodeNotAccepted,
         RefusalReason::PeriodOutsideIntegration => pb::RefusalReason::PeriodOutsideIntegration,
         RefusalReason::AgentNotAllowed => pb::RefusalReason::AgentNotAllowed,
-    }
-}
-
-fn flow_number(flow: bcss_domain::Flow) -> i32 {
-    match flow {
-        bcss_domain::Flow::A052 => pb::Flow::A052 as i32,
-        bcss_domain::Flow::Dmfa => pb::Flow::Dmfa as i32,
-        bcss_domain::Flow::Dimona => pb::Flow::Dimona as i32,
     }
 }
 
