@@ -760,6 +760,54 @@ async fn submit_stream_answers_each_envelope_in_order() {
 }
 
 #[tokio::test]
+async fn submit_stream_handles_envelopes_concurrently() {
+    // The recipient acknowledges only once 4 deliveries wait together. A hub that handled a
+    // stream's envelopes one at a time would have one delivery waiting: each reply would come
+    // after reply_wait_ms (2 s) with the delivery still in progress, not delivered. Four
+    // persons on four different delivery lanes (a lane is the NISS modulo the recipient's 8
+    // lanes, and keeps one person's deliveries in order).
+    let h = Harness::start(&[]).await;
+    let mut lanes = std::collections::HashSet::new();
+    let persons: Vec<Niss> = (100..)
+        .map(fresh_niss)
+        .filter(|niss| lanes.insert(niss.as_u64() % 8))
+        .take(4)
+        .collect();
+    for niss in &persons {
+        integrate(&h, "cpas-liege", *niss, 1, "2024-01-01", "").await;
+    }
+    h.network.inbox("cpas-liege").hold_until_together(4);
+    let envelopes: Vec<_> = persons
+        .iter()
+        .enumerate()
+        .map(|(i, niss)| a052_envelope(&format!("c-{i}"), *niss, 20 + i as u64))
+        .collect();
+    let mut replies = h
+        .gateway("mc")
+        .await
+        .submit_stream(tokio_stream::iter(envelopes))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(reply) = replies.message().await.unwrap() {
+        let Some(bcss_proto::hub::v1::submit_stream_reply::Result::Reply(submitted)) = reply.result
+        else {
+            panic!("an error entry: {reply:?}");
+        };
+        got.push((
+            reply.message_id,
+            outcome(&submitted, "cpas-liege").decision(),
+        ));
+    }
+    let expected: Vec<_> = (0..4)
+        .map(|i| (format!("c-{i}"), Decision::Delivered))
+        .collect();
+    assert_eq!(got, expected, "in order, and delivered together");
+    assert_eq!(h.network.inbox("cpas-liege").len(), 4);
+}
+
+#[tokio::test]
 async fn institutions_change_and_list_only_their_own_integrations() {
     let h = Harness::start(&[]).await;
     let niss = fresh_niss(13);

@@ -36,6 +36,8 @@ pub struct ServeOptions {
     pub max_message_bytes: usize,
     /// HTTP/2 streams one connection may have open at once (the client waits for more).
     pub max_concurrent_streams: u32,
+    /// Envelopes of one `SubmitStream` handled at once.
+    pub stream_in_flight: usize,
 }
 
 /// Serves the hub's services on `listener` until `shutdown` completes.
@@ -48,6 +50,7 @@ pub async fn run(
     let gateway = GatewayServer::new(GatewayService {
         hub: hub.clone(),
         max_message_bytes: options.max_message_bytes,
+        stream_in_flight: options.stream_in_flight.max(1),
     })
     .max_decoding_message_size(options.max_message_bytes);
     let directory = DirectoryServer::new(DirectoryService { hub: hub.clone() });

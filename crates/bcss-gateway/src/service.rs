@@ -26,6 +26,30 @@ pub struct GatewayService {
     pub hub: Arc<Hub>,
     /// For the stream's too-large status (unary calls get it from the server's layer).
     pub max_message_bytes: usize,
+    /// Envelopes of one `SubmitStream` handled at once (at least 1).
+    pub stream_in_flight: usize,
+}
+
+/// The reply to one envelope of a `SubmitStream`: what `Submit` would have answered, an error
+/// entry instead of an error status.
+async fn stream_reply(
+    hub: &Hub,
+    sender: &bcss_policy::Institution,
+    envelope: EnvelopeView,
+) -> pb::SubmitStreamReply {
+    let message_id = envelope.message_id.clone();
+    let policy = hub.policy();
+    let result = match hub.submit(&policy, sender, envelope).await {
+        Ok(record) => pb::submit_stream_reply::Result::Reply(submit_reply(&record)),
+        Err(error) => pb::submit_stream_reply::Result::Error(pb::StreamError {
+            code: error.code() as i32,
+            message: error.to_string(),
+        }),
+    };
+    pb::SubmitStreamReply {
+        message_id,
+        result: Some(result),
+    }
 }
 
 #[tonic::async_trait]
@@ -52,37 +76,32 @@ impl Gateway for GatewayService {
         request: Request<Streaming<EnvelopeView>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
         let slot = self.hub.open_stream(&request)?;
-        let sender = institution(&self.hub.policy(), &request)?.clone();
+        let sender = Arc::new(institution(&self.hub.policy(), &request)?.clone());
         let hub = self.hub.clone();
         let limit = self.max_message_bytes;
-        let mut inbound = request.into_inner();
+        // Up to `stream_in_flight` envelopes go through the pipeline at once; `buffered` reads
+        // the next envelope as earlier ones finish and yields the replies in the envelopes'
+        // order, as the contract promises.
+        let replies = futures_util::StreamExt::buffered(
+            request.into_inner().map(move |item| {
+                let (hub, sender) = (hub.clone(), sender.clone());
+                async move {
+                    match item {
+                        Ok(envelope) => Ok(stream_reply(&hub, &sender, envelope).await),
+                        Err(status) if status.code() == tonic::Code::OutOfRange => Err(
+                            Status::resource_exhausted(crate::server::too_large_message(limit)),
+                        ),
+                        Err(status) => Err(status),
+                    }
+                }
+            }),
+            self.stream_in_flight,
+        );
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             let _slot = slot; // the stream counts as open until its last reply
-            while let Some(item) = inbound.next().await {
-                let reply = match item {
-                    Ok(envelope) => {
-                        let message_id = envelope.message_id.clone();
-                        let policy = hub.policy();
-                        let result = match hub.submit(&policy, &sender, envelope).await {
-                            Ok(record) => {
-                                pb::submit_stream_reply::Result::Reply(submit_reply(&record))
-                            }
-                            Err(error) => pb::submit_stream_reply::Result::Error(pb::StreamError {
-                                code: error.code() as i32,
-                                message: error.to_string(),
-                            }),
-                        };
-                        Ok(pb::SubmitStreamReply {
-                            message_id,
-                            result: Some(result),
-                        })
-                    }
-                    Err(status) if status.code() == tonic::Code::OutOfRange => Err(
-                        Status::resource_exhausted(crate::server::too_large_message(limit)),
-                    ),
-                    Err(status) => Err(status),
-                };
+            tokio::pin!(replies);
+            while let Some(reply) = replies.next().await {
                 let stop = reply.is_err();
                 if tx.send(reply).await.is_err() || stop {
                     break;

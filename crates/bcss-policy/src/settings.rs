@@ -222,6 +222,10 @@ pub struct LimitSettings {
     /// waits for one to finish.
     #[serde(default = "default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
+    /// Envelopes of one `SubmitStream` handled at once; the hub reads the next as earlier ones
+    /// finish, and the replies keep the envelopes' order.
+    #[serde(default = "default_stream_in_flight")]
+    pub stream_in_flight: usize,
     /// Messages per second one institution may submit or explain, over all its connections.
     #[serde(default = "default_rate_per_second")]
     pub rate_per_second: u32,
@@ -235,6 +239,9 @@ fn default_max_fan_out() -> usize {
 }
 fn default_max_concurrent_streams() -> u32 {
     256
+}
+fn default_stream_in_flight() -> usize {
+    64
 }
 fn default_rate_per_second() -> u32 {
     5_000

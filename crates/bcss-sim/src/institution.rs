@@ -23,6 +23,8 @@ use tonic::{Request, Response, Status};
 #[derive(Clone, Debug, Default)]
 pub struct Inbox {
     inner: Arc<Mutex<InboxState>>,
+    /// When set, each delivery is acknowledged only once this many wait together.
+    gate: Arc<Mutex<Option<Arc<tokio::sync::Barrier>>>>,
 }
 
 #[derive(Debug, Default)]
@@ -41,6 +43,21 @@ impl Inbox {
         let inbox = Inbox::default();
         inbox.inner.lock().expect("inbox lock").counting = true;
         inbox
+    }
+
+    /// From now on, holds each delivery's acknowledgement until `together` deliveries are
+    /// waiting at once (or 5 s have passed): shows whether the hub delivers concurrently.
+    pub fn hold_until_together(&self, together: usize) {
+        *self.gate.lock().expect("inbox gate") =
+            Some(Arc::new(tokio::sync::Barrier::new(together)));
+    }
+
+    /// Waits at the gate, if there is one.
+    async fn pass_gate(&self) {
+        let gate = self.gate.lock().expect("inbox gate").clone();
+        if let Some(barrier) = gate {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), barrier.wait()).await;
+        }
     }
 
     /// The deliveries received, duplicates excluded, in arrival order.
@@ -241,6 +258,7 @@ impl Source {
 impl Institution for ReferenceInstitution {
     async fn deliver(&self, request: Request<Delivery>) -> Result<Response<DeliveryAck>, Status> {
         self.check_caller_is_hub(&request)?;
+        self.inbox.pass_gate().await;
         let fresh = self.inbox.record(request.into_inner());
         Ok(Response::new(DeliveryAck { duplicate: !fresh }))
     }
