@@ -3,8 +3,15 @@
 //! TLS has already verified the chain against the network CA; here the leaf certificate's DNS
 //! subject alternative names are matched against the institutions' certificate names. Nothing
 //! in a message can name its sender.
+//!
+//! Parsing a certificate costs more than the rest of authenticating a call (6 % of the hub's
+//! CPU under load, docs/BENCHMARKS.md), so the names of each leaf certificate seen are kept,
+//! keyed by the certificate's bytes: the same bytes always give the same names.
+
+use std::sync::{Arc, LazyLock};
 
 use bcss_policy::{Institution, Operator, Policy, Role};
+use dashmap::DashMap;
 use tonic::Status;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
@@ -30,8 +37,8 @@ pub fn caller<'p, T>(
     let leaf = certs
         .first()
         .ok_or_else(|| Status::unauthenticated("the client certificate chain is empty"))?;
-    let names = dns_names(leaf.as_ref())
-        .map_err(|_| Status::unauthenticated("the client certificate cannot be parsed"))?;
+    let names = known_dns_names(leaf.as_ref())
+        .ok_or_else(|| Status::unauthenticated("the client certificate cannot be parsed"))?;
     names
         .iter()
         .find_map(|name| {
@@ -79,6 +86,29 @@ pub fn operator<'p, T>(
             institution.id
         ))),
     }
+}
+
+/// Certificates whose names were read, by their DER bytes (verified client certificates only:
+/// TLS checked the chain before any call reaches the services).
+static NAMES_BY_CERTIFICATE: LazyLock<
+    DashMap<Box<[u8]>, Arc<[String]>, foldhash::fast::RandomState>,
+> = LazyLock::new(DashMap::default);
+
+/// At most this many certificates are remembered (a network has a few thousand institutions);
+/// past it the memory starts again from empty.
+const REMEMBERED_CERTIFICATES: usize = 16_384;
+
+/// [`dns_names`], remembered per certificate; `None` when the certificate cannot be parsed.
+fn known_dns_names(der: &[u8]) -> Option<Arc<[String]>> {
+    if let Some(names) = NAMES_BY_CERTIFICATE.get(der) {
+        return Some(names.clone());
+    }
+    let names: Arc<[String]> = dns_names(der).ok()?.into();
+    if NAMES_BY_CERTIFICATE.len() >= REMEMBERED_CERTIFICATES {
+        NAMES_BY_CERTIFICATE.clear();
+    }
+    NAMES_BY_CERTIFICATE.insert(der.into(), names.clone());
+    Some(names)
 }
 
 /// The DNS subject alternative names of a DER certificate.
