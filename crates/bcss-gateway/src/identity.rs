@@ -90,9 +90,9 @@ pub fn operator<'p, T>(
 
 /// Certificates whose names were read, by their DER bytes (verified client certificates only:
 /// TLS checked the chain before any call reaches the services).
-static NAMES_BY_CERTIFICATE: LazyLock<
-    DashMap<Box<[u8]>, Arc<[String]>, foldhash::fast::RandomState>,
-> = LazyLock::new(DashMap::default);
+static NAMES_BY_CERTIFICATE: LazyLock<NamesByCertificate> = LazyLock::new(DashMap::default);
+
+type NamesByCertificate = DashMap<Box<[u8]>, Arc<[String]>, foldhash::fast::RandomState>;
 
 /// At most this many certificates are remembered (a network has a few thousand institutions);
 /// past it the memory starts again from empty.
