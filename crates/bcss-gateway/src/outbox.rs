@@ -279,6 +279,10 @@ async fn worker(outbox: Arc<Outbox>, recipient: Arc<str>, mut rx: mpsc::Unbounde
     // Not yet recorded when the process dies = delivered again at the next start, which the
     // recipient drops by its delivery id (as when recording fails).
     let mut recording: JoinSet<()> = JoinSet::new();
+    // The recipient's gauges, looked up once (the loop turns several times per delivery).
+    let queue_depth = metrics::gauge!(telemetry::QUEUE_DEPTH, "recipient" => recipient.to_string());
+    let queue_oldest =
+        metrics::gauge!(telemetry::QUEUE_OLDEST, "recipient" => recipient.to_string());
     let mut circuit = Circuit {
         failures: 0,
         threshold: outbox.retry.circuit_failures,
@@ -320,9 +324,8 @@ async fn worker(outbox: Arc<Outbox>, recipient: Arc<str>, mut rx: mpsc::Unbounde
             .filter_map(|lane| lane.front().map(|j| j.accepted_at_ms))
             .min()
             .map_or(0.0, |at| (now - at).max(0) as f64 / 1000.0);
-        metrics::gauge!(telemetry::QUEUE_DEPTH, "recipient" => recipient.to_string())
-            .set(waiting as f64);
-        metrics::gauge!(telemetry::QUEUE_OLDEST, "recipient" => recipient.to_string()).set(oldest);
+        queue_depth.set(waiting as f64);
+        queue_oldest.set(oldest);
         tokio::select! {
             job = rx.recv() => match job {
                 Some(job) => {
