@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use bcss_directory::Directory;
 use bcss_domain::decision::{Message, check_recipient};
 use bcss_domain::{Flow, InstitutionIndex, Integration, Niss, Period, RefusalReason};
-use bcss_policy::{Institution, Policy};
+use bcss_policy::{Grant, Institution, Policy};
 use bcss_proto::flows::v1::Period as WirePeriod;
 use bcss_proto::hub::view::v1::envelope_view::Payload;
 use bcss_proto::hub::view::v1::{DeliveryView, EnvelopeView, delivery_view};
@@ -570,6 +570,9 @@ impl Hub {
             today: OffsetDateTime::now_utc().date(),
         };
         let mut plans = Vec::with_capacity(candidates.len());
+        // Recipients under the same grant (ten CPAS under one deliberation) get the same
+        // filtered bytes and the same removed fields: filtered and named once per grant.
+        let mut filtered: Vec<(&Grant, Bytes, u32, Vec<String>)> = Vec::new();
         for recipient in candidates {
             let decision = check_recipient(
                 &facts,
@@ -583,25 +586,36 @@ impl Hub {
                     let grant = policy
                         .grant(admission.deliberation, message.flow)
                         .expect("a deliberation covering a flow grants it");
-                    let (payload, stats) = bcss_wire::filter(&grant.tree, &message.payload)
-                        .map_err(|error| InputError::MalformedPayload {
-                            flow: message.flow,
-                            error,
-                        })?;
-                    let removed_paths = if name_removed {
-                        policy
-                            .schema()
-                            .removed_fields(message.flow, &grant.paths, &message.payload)
-                            .unwrap_or_default()
-                    } else {
-                        Vec::new()
+                    let known = filtered
+                        .iter()
+                        .position(|(seen, ..)| std::ptr::eq(*seen, grant));
+                    let at = match known {
+                        Some(at) => at,
+                        None => {
+                            let (payload, stats) = bcss_wire::filter(&grant.tree, &message.payload)
+                                .map_err(|error| InputError::MalformedPayload {
+                                    flow: message.flow,
+                                    error,
+                                })?;
+                            let removed_paths = if name_removed {
+                                policy
+                                    .schema()
+                                    .removed_fields(message.flow, &grant.paths, &message.payload)
+                                    .unwrap_or_default()
+                            } else {
+                                Vec::new()
+                            };
+                            filtered.push((grant, payload, stats.removed, removed_paths));
+                            filtered.len() - 1
+                        }
                     };
+                    let (_, payload, removed_fields, removed_paths) = &filtered[at];
                     Ok(Admitted {
                         deliberation: admission.deliberation.id.clone(),
                         a_posteriori: admission.a_posteriori,
-                        payload,
-                        removed_fields: stats.removed,
-                        removed_paths,
+                        payload: payload.clone(),
+                        removed_fields: *removed_fields,
+                        removed_paths: removed_paths.clone(),
                     })
                 }
                 Err(refusal) => Err((refusal.reason, refusal.deliberation.map(|d| d.id.clone()))),
