@@ -347,8 +347,11 @@ async fn worker(outbox: Arc<Outbox>, recipient: Arc<str>, mut rx: mpsc::Unbounde
                 match result {
                     Ok(()) => {
                         circuit.success();
-                        let outbox = outbox.clone();
-                        recording.spawn(async move { delivered(&outbox, job, now).await });
+                        let change = delivered(&outbox, job, now);
+                        if outbox.store.is_some() {
+                            let outbox = outbox.clone();
+                            recording.spawn(async move { outbox.record(change).await });
+                        }
                     }
                     Err(error) => {
                         circuit.failure(now);
@@ -385,7 +388,9 @@ async fn attempt(outbox: Arc<Outbox>, lane: usize, job: Job) -> (usize, Job, Res
     (lane, job, result)
 }
 
-async fn delivered(outbox: &Outbox, mut job: Job, now: i64) {
+/// Counts an acknowledged delivery, sets its outcome and wakes the waiting `Submit`; returns
+/// the state change for the store (the caller records it off the worker's loop).
+fn delivered(outbox: &Outbox, mut job: Job, now: i64) -> Change {
     job.attempts += 1;
     metrics::counter!(telemetry::DELIVERIES, "recipient" => job.recipient.to_string(), "outcome" => "delivered")
         .increment(1);
@@ -394,12 +399,10 @@ async fn delivered(outbox: &Outbox, mut job: Job, now: i64) {
     if let Some(notify) = job.notify.take() {
         let _ = notify.send(());
     }
-    outbox
-        .record(Change::Delivered {
-            seq: job.seq,
-            at_ms: now,
-        })
-        .await;
+    Change::Delivered {
+        seq: job.seq,
+        at_ms: now,
+    }
 }
 
 /// Records a failed attempt; returns the job when it is to be tried again.
