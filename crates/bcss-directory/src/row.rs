@@ -51,15 +51,36 @@ pub(crate) fn decode(word: u64) -> Integration {
     }
 }
 
+/// The institution index of the row [`encode`] made `word` from.
+pub(crate) fn institution(word: u64) -> u16 {
+    (word & ((1 << INSTITUTION_BITS) - 1)) as u16
+}
+
 fn day(date: Date) -> Option<u64> {
     let year = u64::try_from(date.year() - FIRST_YEAR).ok()?;
     (year < 256).then(|| year << 9 | u64::from(date.ordinal()))
 }
 
 fn date(bits: u64) -> Date {
-    Date::from_ordinal_date(FIRST_YEAR + (bits >> 9) as i32, (bits & 0x1ff) as u16)
+    YEARS[(bits >> 9) as usize & 0xff]
+        .replace_ordinal((bits & 0x1ff) as u16)
         .expect("only encode writes rows, from valid dates")
 }
+
+/// The first day of each encodable year (1 KiB): a day is its year's with the ordinal
+/// replaced, which saves computing whether the year is a leap year.
+const YEARS: [Date; 256] = {
+    let mut years = [Date::MIN; 256];
+    let mut i = 0;
+    while i < 256 {
+        years[i] = match Date::from_ordinal_date(FIRST_YEAR + i as i32, 1) {
+            Ok(day) => day,
+            Err(_) => panic!("1900-2155 are valid years"),
+        };
+        i += 1;
+    }
+    years
+};
 
 #[cfg(test)]
 mod tests {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use bcss_directory::Directory;
 use bcss_domain::decision::{Message, check_recipient};
-use bcss_domain::{Flow, InstitutionIndex, Integration, Niss, Period, RefusalReason};
+use bcss_domain::{Flow, InstitutionIndex, Niss, Period, RefusalReason};
 use bcss_policy::{Institution, Policy};
 use bcss_proto::flows::v1::Period as WirePeriod;
 use bcss_proto::hub::view::v1::envelope_view::Payload;
@@ -556,6 +556,10 @@ impl Hub {
         name_removed: bool,
         times: &mut PlanTimes,
     ) -> Result<Vec<Planned>, InputError> {
+        let mut mark = std::time::Instant::now();
+        let candidates = self.route(policy, sender, message);
+        self.parts.limits.check_fan_out(candidates.len())?;
+        lap(&mut mark, &mut times.route);
         let facts = Message {
             sender: sender.party(),
             flow: message.flow,
@@ -564,32 +568,23 @@ impl Hub {
             cites_contact_file: message.contact_file.is_some(),
             today: OffsetDateTime::now_utc().date(),
         };
-        let mut mark = std::time::Instant::now();
-        // Route and check on the person's rows where the directory keeps them (no copy);
-        // filtering, the long part, comes after.
-        let decisions = self
-            .directory
-            .with_integrations(message.niss, |integrations| {
-                let candidates = self.route(policy, sender, message, integrations);
-                self.parts.limits.check_fan_out(candidates.len())?;
-                lap(&mut mark, &mut times.route);
-                let decisions: Vec<_> = candidates
-                    .into_iter()
-                    .map(|recipient| {
-                        let decision = check_recipient(
-                            &facts,
-                            recipient.party(),
-                            policy.deliberations_reaching(recipient.index, message.flow),
-                            integrations,
-                        );
-                        (recipient, decision)
-                    })
-                    .collect();
-                lap(&mut mark, &mut times.check);
-                Ok::<_, InputError>(decisions)
-            })?;
-        let mut plans = Vec::with_capacity(decisions.len());
-        for (recipient, decision) in decisions {
+        let mut plans = Vec::with_capacity(candidates.len());
+        for recipient in candidates {
+            // The recipient's rows only, read where the directory keeps them: not copied, the
+            // person's other rows not even decoded (the check looks at no other).
+            let decision = self.directory.with_integrations_of(
+                message.niss,
+                recipient.index,
+                |integrations| {
+                    check_recipient(
+                        &facts,
+                        recipient.party(),
+                        policy.deliberations_reaching(recipient.index, message.flow),
+                        integrations,
+                    )
+                },
+            );
+            lap(&mut mark, &mut times.check);
             let result = match decision {
                 Ok(admission) => {
                     let grant = policy
@@ -635,16 +630,19 @@ impl Hub {
         policy: &'p Policy,
         sender: &Institution,
         message: &Validated,
-        integrations: &[Integration],
     ) -> Vec<&'p Institution> {
         let mut candidates: Vec<&Institution> = match message.addressee {
             Some(addressee) => vec![policy.institution(addressee)],
             None => {
-                let mut indices: Vec<InstitutionIndex> = integrations
-                    .iter()
-                    .map(|i| i.institution)
-                    .filter(|i| *i != sender.index)
-                    .collect();
+                let mut indices: Vec<InstitutionIndex> =
+                    self.directory
+                        .with_integrations(message.niss, |integrations| {
+                            integrations
+                                .iter()
+                                .map(|i| i.institution)
+                                .filter(|i| *i != sender.index)
+                                .collect()
+                        });
                 indices.sort_unstable();
                 indices.dedup();
                 indices
