@@ -234,8 +234,17 @@ impl Directory {
             matching |= u32::from(row::institution(*word) == institution.0) << i;
         }
         matching &= (1 << count) - 1;
-        let mut rows = [NO_ROW; INLINE];
-        let mut found = 0;
+        // Few instructions for the usual cases, none or one row.
+        if matching == 0 {
+            return f(&[]);
+        }
+        let first = row::decode(words[matching.trailing_zeros() as usize]);
+        matching &= matching - 1;
+        if matching == 0 {
+            return f(std::slice::from_ref(&first));
+        }
+        let mut rows = [first; INLINE];
+        let mut found = 1;
         while matching != 0 {
             rows[found] = row::decode(words[matching.trailing_zeros() as usize]);
             found += 1;
@@ -363,6 +372,22 @@ impl Directory {
         *slot.header.get_mut() = header | version;
     }
 
+    /// Reads the first slot of each of `persons`' probes, so that inserting them next finds
+    /// their slots in the cache. A loop whose loads nothing waits on: the processor has many
+    /// cache misses in flight at once, where inserting one person after the other waits for
+    /// each (a batch of 4096 persons' slots is 256 KiB: it stays in the L2 cache).
+    pub(crate) fn warm(&self, persons: &[Niss]) {
+        if self.slots.is_empty() {
+            return;
+        }
+        let seen = persons.iter().fold(0, |seen, niss| {
+            seen ^ self.slots[self.home(niss.as_u64())]
+                .header
+                .load(Ordering::Relaxed)
+        });
+        std::hint::black_box(seen);
+    }
+
     /// Calls `f` on every person (as the NISS's number) and their integrations, in no
     /// particular order. Takes no lock but a spill-map shard's read lock for a spilled person:
     /// changes go on meanwhile, and each person is seen once, in one state.
@@ -405,12 +430,14 @@ impl Directory {
     }
 
     /// The first slot of `key`'s probe.
+    #[inline]
     fn home(&self, key: u64) -> usize {
         let hash = self.hasher.hash_one(key);
         ((u128::from(hash) * self.slots.len() as u128) >> 64) as usize
     }
 
     /// The person's slot, for a reader.
+    #[inline]
     fn find(&self, key: u64) -> Option<&Slot> {
         if self.slots.is_empty() {
             return None;
@@ -455,6 +482,7 @@ impl Directory {
     }
 
     /// A consistent copy of a slot (its header and words), whatever writers do meanwhile.
+    #[inline]
     fn read_words(slot: &Slot) -> (u64, [u64; INLINE]) {
         loop {
             let header = slot.header.load(Ordering::Acquire);
@@ -622,6 +650,7 @@ impl Directory {
 
 /// A LARGE slot's word 2 has this bit set when the person has rows of `institution` (or of
 /// another institution with the same index modulo 64).
+#[inline]
 fn institution_bit(institution: InstitutionIndex) -> u64 {
     1 << (institution.0 % 64)
 }

@@ -39,6 +39,7 @@ pub(crate) fn encode(row: &Integration) -> Option<u64> {
 }
 
 /// The row [`encode`] made `word` from.
+#[inline]
 pub(crate) fn decode(word: u64) -> Integration {
     let end = (word >> END_SHIFT) & DAY_MASK;
     Integration {
@@ -52,6 +53,7 @@ pub(crate) fn decode(word: u64) -> Integration {
 }
 
 /// The institution index of the row [`encode`] made `word` from.
+#[inline]
 pub(crate) fn institution(word: u64) -> u16 {
     (word & ((1 << INSTITUTION_BITS) - 1)) as u16
 }
@@ -61,6 +63,7 @@ fn day(date: Date) -> Option<u64> {
     (year < 256).then(|| year << 9 | u64::from(date.ordinal()))
 }
 
+#[inline]
 fn date(bits: u64) -> Date {
     YEARS[(bits >> 9) as usize & 0xff]
         .replace_ordinal((bits & 0x1ff) as u16)

@@ -172,6 +172,8 @@ pub fn read(input: impl Read, resolver: &impl Resolver) -> Result<Directory, Sna
         let directory = &mut directory;
         let inserter = scope.spawn(move || {
             for batch in received {
+                let persons: Vec<Niss> = batch.iter().map(|(niss, _)| *niss).collect();
+                directory.warm(&persons);
                 for (niss, rows) in batch {
                     directory.insert_rows(niss, rows);
                 }
