@@ -15,14 +15,18 @@
 //!   LARGE and SPILLED, and a version — and seven words, each one row encoded in a `u64`
 //!   (`row`: institution < 4096, quality code < 1024, years 1900-2155). A person with at
 //!   most seven encodable rows has them all in its slot: the check reads one line.
-//!   [`Directory::with_capacity`] makes `persons × 4/3` slots (fill 0.75 after a load); new
-//!   persons get a slot while at most 85 % of the slots are taken, so every probe meets an
+//!   [`Directory::with_capacity`] makes `persons × 8/5` slots (fill 0.625 once loaded: a known
+//!   NISS is found after 1.8 consecutive slots on average, an unknown one after 4; at 0.75,
+//!   2.5 and 8.5, and lookups were 20-40 ns slower);
+//!   new persons get a slot while at most 85 % of the slots are taken, so every probe meets an
 //!   empty slot and ends.
 //! - **Arena**: persons loaded in bulk ([`Directory::insert_rows`], `&mut self`) with more than
 //!   seven rows, or with a row that has no encoding, have their rows in one `Vec` of
-//!   [`Integration`]s, appended to only while loading; their slot is LARGE and holds the
-//!   offset and length. A run-time change to such a person moves them out (the old rows stay,
-//!   unused, until the directory is dropped).
+//!   [`Integration`]s (decoded: no limit on their number, no decoding), appended to only while
+//!   loading; their slot is LARGE and holds the offset, the length and a mask of the person's
+//!   institutions (index mod 64), so that most checks on a large person need not read the
+//!   arena. A run-time change to such a person moves them out (the old rows stay, unused,
+//!   until the directory is dropped).
 //! - **Spill map**: a `DashMap<NISS, Box<[Integration]>>` for what does not fit: a person who
 //!   grows past seven rows or gets an unencodable row at run time (their slot is SPILLED and
 //!   stays so until they have no row left), and persons who found no free slot (a full table,
@@ -38,6 +42,14 @@
 //! cost the probe alone. [`Directory::with_integrations`] decodes inline rows into an array on
 //! the stack: no allocation.
 //!
+//! The integration check for a recipient reads [`Directory::with_integrations_of`]: that
+//! institution's rows only, the others not even decoded. This matters more than it seems.
+//! One miss into a 2 GiB table costs 250-500 ns on the reference machine; a check is fast
+//! only when the processor starts the next check's miss before this one's completes, which it
+//! does only if the instructions in between fit its reorder window. Decoding every row of the
+//! person (dates through `time::Date`) did not fit: the check cost a full miss, 550 ns; the
+//! recipient's rows only, about 300 (see docs/BENCHMARKS.md).
+//!
 //! Run-time changes ([`Directory::integrate`], [`Directory::remove`]) are rare next to
 //! lookups; one mutex serialises them, so claiming a slot needs no compare-and-swap. A change
 //! rewrites the person's slot in place: odd version, `fence(Release)`, the words, then the
@@ -45,13 +57,25 @@
 //! then marks the slot; a slot never moves and a key never leaves its slot: a person who loses
 //! their last row leaves a tombstone (count 0) that keeps probe chains intact and that a new
 //! integration reuses. A SPILLED person does not come back inline (a reader that saw SPILLED
-//! must find the rows in the map), except through a tombstone.
+//! must find the rows in the map), except through a tombstone. The version has 22 bits: a
+//! reader would need to sleep through exactly 2^21 changes of one person between its two reads
+//! of the header to take a torn copy for a whole one.
+//!
+//! Loading (`snapshot::read`) inserts on a thread that owns the directory; before each batch
+//! of 4096 persons it reads their slots in a loop nothing waits on, so their misses overlap
+//! and the inserts find them in the cache.
+//!
+//! Huge pages: the table is one allocation from the global allocator (no `unsafe` here to
+//! `madvise` it). With the system's transparent huge pages in `madvise` mode, starting the
+//! process with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc 2.35 and later) makes it
+//! 2 MiB pages, which shortens a miss's page walk (docs/BENCHMARKS.md has the figures).
 //!
 //! # Layout
 //!
 //! - [`Directory`]: lookups and run-time changes.
 //! - [`csv`]: the text form of the persons directory (`config/directory.csv`).
 //! - [`snapshot`]: the binary form the hub loads at start and writes while it runs.
+//! - `row`: one integration in one `u64`.
 
 pub mod csv;
 mod row;
@@ -82,7 +106,7 @@ const SPILLED: u64 = 1 << 41;
 const WRITING: u64 = 1 << 42;
 const VERSION_MASK: u64 = !(WRITING - 1);
 /// Slots per person that [`Directory::with_capacity`] makes: 8/5, a fill of 0.625 once that
-/// many persons are in (a lookup then reads 1.3 slots on average, consecutive ones).
+/// many persons are in (a lookup then reads 1.8 consecutive slots on average).
 const SLOTS_PER_PERSON: (usize, usize) = (8, 5);
 /// Most slots that may hold a person, in percent of the table.
 const MAX_FILL_PERCENT: usize = 85;
