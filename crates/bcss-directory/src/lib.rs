@@ -47,8 +47,8 @@
 //! One miss into a 2 GiB table costs 250-500 ns on the reference machine; a check is fast
 //! only when the processor starts the next check's miss before this one's completes, which it
 //! does only if the instructions in between fit its reorder window. Decoding every row of the
-//! person (dates through `time::Date`) did not fit: the check cost a full miss, 550 ns; the
-//! recipient's rows only, about 300 (see docs/BENCHMARKS.md).
+//! person (dates through `time::Date`) did not fit: in one run the check cost 550 ns that way
+//! against 300 ns reading the recipient's rows only (docs/BENCHMARKS.md).
 //!
 //! Run-time changes ([`Directory::integrate`], [`Directory::remove`]) are rare next to
 //! lookups; one mutex serialises them, so claiming a slot needs no compare-and-swap. A change
@@ -68,7 +68,7 @@
 //! Huge pages: the table is one allocation from the global allocator (no `unsafe` here to
 //! `madvise` it). With the system's transparent huge pages in `madvise` mode, starting the
 //! process with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc 2.35 and later) makes it
-//! 2 MiB pages, which shortens a miss's page walk (docs/BENCHMARKS.md has the figures).
+//! 2 MiB pages, which spares most page walks (docs/BENCHMARKS.md has the figures).
 //!
 //! # Layout
 //!
