@@ -1,47 +1,209 @@
 //! The reference directory (persons part): for each NISS, the institutions that manage a file
 //! on the person, under which quality code, for which period.
 //!
-//! It lives in memory in a [`DashMap`] keyed by the NISS as a `u64`, each person's integrations
-//! in one boxed slice of 12-byte [`Integration`]s. Lookups take a shard read lock for the time
-//! of a copy; a change replaces the person's slice (copy on write), so readers never see a
-//! half-made change. The crate does no I/O of its own: [`csv`] parses text handed to it.
+//! An integration check reads one person's rows on a random NISS, millions of times a second
+//! over 20 million persons: the storage is laid out so that a check costs about one cache miss
+//! and readers take no lock. The crate does no I/O of its own: [`csv`] parses text handed to
+//! it, [`snapshot`] reads and writes through the `Read`/`Write` it is given.
+//!
+//! # Storage
+//!
+//! - **Base table**: a fixed array of 64-byte slots (one cache line each), open addressing with
+//!   linear probing from a slot chosen by a per-process-seeded foldhash of the NISS (senders
+//!   choose NISS: the placement must not be predictable), reduced by multiply-shift. A slot is
+//!   a header word — the NISS (37 bits; 0 = empty), the number of inline rows (0-7), the flags
+//!   LARGE and SPILLED, and a version — and seven words, each one row encoded in a `u64`
+//!   (`row`: institution < 4096, quality code < 1024, years 1900-2155). A person with at
+//!   most seven encodable rows has them all in its slot: the check reads one line.
+//!   [`Directory::with_capacity`] makes `persons × 8/5` slots (fill 0.625 once loaded: a known
+//!   NISS is found after 1.8 consecutive slots on average, an unknown one after 4; at 0.75,
+//!   2.5 and 8.5, and lookups were 20-40 ns slower);
+//!   new persons get a slot while at most 85 % of the slots are taken, so every probe meets an
+//!   empty slot and ends.
+//! - **Arena**: persons loaded in bulk ([`Directory::insert_rows`], `&mut self`) with more than
+//!   seven rows, or with a row that has no encoding, have their rows in one `Vec` of
+//!   [`Integration`]s (decoded: no limit on their number, no decoding), appended to only while
+//!   loading; their slot is LARGE and holds the offset, the length and a mask of the person's
+//!   institutions (index mod 64), so that most checks on a large person need not read the
+//!   arena. A run-time change to such a person moves them out (the old rows stay, unused,
+//!   until the directory is dropped).
+//! - **Spill map**: a `DashMap<NISS, Box<[Integration]>>` for what does not fit: a person who
+//!   grows past seven rows or gets an unencodable row at run time (their slot is SPILLED and
+//!   stays so until they have no row left), and persons who found no free slot (a full table,
+//!   or [`Directory::new`]'s table of zero slots: then everything lives here). A person is in
+//!   exactly one place.
+//!
+//! # Reading and writing
+//!
+//! A lookup probes the base: an inline slot is read under its seqlock (header with Acquire,
+//! words, `fence(Acquire)`, header again; a changed or odd version retries), a LARGE one in
+//! the arena (immutable), a SPILLED one in the spill map; a NISS with no slot is looked up in
+//! the spill map only when that map is not empty (an atomic count), so most unknown persons
+//! cost the probe alone. [`Directory::with_integrations`] decodes inline rows into an array on
+//! the stack: no allocation.
+//!
+//! The integration check for a recipient reads [`Directory::with_integrations_of`]: that
+//! institution's rows only, the others not even decoded. This matters more than it seems.
+//! One miss into a 2 GiB table costs 250-500 ns on the reference machine; a check is fast
+//! only when the processor starts the next check's miss before this one's completes, which it
+//! does only if the instructions in between fit its reorder window. Decoding every row of the
+//! person (dates through `time::Date`) did not fit: in one run the check cost 550 ns that way
+//! against 300 ns reading the recipient's rows only (docs/BENCHMARKS.md).
+//!
+//! Run-time changes ([`Directory::integrate`], [`Directory::remove`]) are rare next to
+//! lookups; one mutex serialises them, so claiming a slot needs no compare-and-swap. A change
+//! rewrites the person's slot in place: odd version, `fence(Release)`, the words, then the
+//! next even version with Release. Moving a person to the spill map inserts there first and
+//! then marks the slot; a slot never moves and a key never leaves its slot: a person who loses
+//! their last row leaves a tombstone (count 0) that keeps probe chains intact and that a new
+//! integration reuses. A SPILLED person does not come back inline (a reader that saw SPILLED
+//! must find the rows in the map), except through a tombstone. The version has 22 bits: a
+//! reader would need to sleep through exactly 2^21 changes of one person between its two reads
+//! of the header to take a torn copy for a whole one.
+//!
+//! Loading (`snapshot::read`) inserts on a thread that owns the directory; before each batch
+//! of 4096 persons it reads their slots in a loop nothing waits on, so their misses overlap
+//! and the inserts find them in the cache.
+//!
+//! Huge pages: the table is one allocation from the global allocator (no `unsafe` here to
+//! `madvise` it). With the system's transparent huge pages in `madvise` mode, starting the
+//! process with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc 2.35 and later) makes it
+//! 2 MiB pages, which spares most page walks (docs/BENCHMARKS.md has the figures).
 //!
 //! # Layout
 //!
 //! - [`Directory`]: lookups and run-time changes.
 //! - [`csv`]: the text form of the persons directory (`config/directory.csv`).
+//! - [`snapshot`]: the binary form the hub loads at start and writes while it runs.
+//! - `row`: one integration in one `u64`.
 
 pub mod csv;
+mod row;
 pub mod snapshot;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::{Mutex, PoisonError};
 
-use bcss_domain::{InstitutionIndex, Integration, Niss, QualityCode};
+use bcss_domain::{InstitutionIndex, Integration, Niss, Period, QualityCode};
 use dashmap::DashMap;
+use time::Date;
 
 pub use bcss_domain::Integration as Row;
 
+/// Rows a slot holds inline.
+const INLINE: usize = 7;
+/// Header: the NISS (a valid NISS is below 10^11 < 2^37, and never 0).
+const KEY_MASK: u64 = (1 << 37) - 1;
+/// Header: the number of inline rows.
+const COUNT_SHIFT: u32 = 37;
+const COUNT_MASK: u64 = 0b111 << COUNT_SHIFT;
+/// Header: the rows are in the arena (words 0 and 1: offset and length).
+const LARGE: u64 = 1 << 40;
+/// Header: the rows are in the spill map.
+const SPILLED: u64 = 1 << 41;
+/// Header: the version's lowest bit; the version is odd while a writer changes the slot.
+const WRITING: u64 = 1 << 42;
+const VERSION_MASK: u64 = !(WRITING - 1);
+/// Slots per person that [`Directory::with_capacity`] makes: 8/5, a fill of 0.625 once that
+/// many persons are in (a lookup then reads 1.8 consecutive slots on average).
+const SLOTS_PER_PERSON: (usize, usize) = (8, 5);
+/// Most slots that may hold a person, in percent of the table.
+const MAX_FILL_PERCENT: usize = 85;
+
+/// A filler for the unused part of the stack array inline rows are decoded into.
+const NO_ROW: Integration = Integration {
+    institution: InstitutionIndex(0),
+    quality: QualityCode(0),
+    period: Period {
+        start: Date::MIN,
+        end: None,
+    },
+};
+
+/// One person in the base table: one cache line.
+#[repr(C, align(64))]
+#[derive(Default)]
+struct Slot {
+    header: AtomicU64,
+    words: [AtomicU64; INLINE],
+}
+
+/// Where a NISS is, or would go, in the base table.
+#[derive(Clone, Copy)]
+enum Place {
+    /// The person's slot (possibly a tombstone).
+    Slot(usize),
+    /// No slot: the first empty slot of the probe.
+    Vacant(usize),
+    /// The table has no slot at all.
+    NoTable,
+}
+
 /// The persons directory.
-///
-/// Keys are hashed with foldhash (seeded per process): NISS are chosen by senders, so the hash
-/// must not be predictable, and SipHash would cost a third of a lookup.
-#[derive(Debug, Default)]
 pub struct Directory {
-    persons: DashMap<u64, Box<[Integration]>, foldhash::fast::RandomState>,
+    slots: Box<[Slot]>,
+    /// Seeded per process: NISS are chosen by senders, so the placement must not be predictable
+    /// (and SipHash would cost a third of a lookup).
+    hasher: foldhash::fast::RandomState,
+    /// Slots that may hold a person; the others stay empty so that every probe ends.
+    max_claimed: usize,
+    /// Rows of the LARGE slots; appended to only with `&mut self`.
+    arena: Vec<Integration>,
+    spill: DashMap<u64, Box<[Integration]>, foldhash::fast::RandomState>,
+    /// Entries in `spill`.
+    spilled: AtomicUsize,
+    /// Serialises run-time changes; holds the number of slots taken.
+    writer: Mutex<usize>,
+    /// Persons with at least one integration.
+    persons: AtomicUsize,
     integrations: AtomicUsize,
     /// Run-time changes so far (integrations added, removals), to know when to snapshot.
     changes: AtomicU64,
 }
 
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Directory")
+            .field("persons", &self.persons())
+            .field("integrations", &self.integration_count())
+            .field("slots", &self.slots.len())
+            .field("arena_rows", &self.arena.len())
+            .field("spilled", &self.spilled.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Default for Directory {
+    fn default() -> Directory {
+        Directory::with_capacity(0)
+    }
+}
+
 impl Directory {
+    /// An empty directory without a base table: everything goes to the spill map (small
+    /// directories, tests, the CSV form).
     pub fn new() -> Directory {
         Directory::default()
     }
 
-    /// A directory sized for `persons` persons up front (loading a national snapshot).
+    /// A directory whose base table holds `persons` persons at fill 0.75 (loading a national
+    /// snapshot), and up to 0.85 with persons added at run time.
     pub fn with_capacity(persons: usize) -> Directory {
+        let slots = if persons == 0 {
+            0
+        } else {
+            persons * SLOTS_PER_PERSON.0 / SLOTS_PER_PERSON.1 + 1
+        };
         Directory {
-            persons: DashMap::with_capacity_and_hasher(persons, Default::default()),
+            slots: (0..slots).map(|_| Slot::default()).collect(),
+            hasher: Default::default(),
+            max_claimed: slots * MAX_FILL_PERCENT / 100,
+            arena: Vec::new(),
+            spill: DashMap::with_hasher(Default::default()),
+            spilled: AtomicUsize::new(0),
+            writer: Mutex::new(0),
+            persons: AtomicUsize::new(0),
             integrations: AtomicUsize::new(0),
             changes: AtomicU64::new(0),
         }
@@ -49,44 +211,81 @@ impl Directory {
 
     /// The person's integrations, all institutions mixed (empty when unknown).
     pub fn integrations(&self, niss: Niss) -> Vec<Integration> {
-        self.persons
-            .get(&niss.as_u64())
-            .map(|rows| rows.to_vec())
-            .unwrap_or_default()
+        self.with_integrations(niss, <[Integration]>::to_vec)
     }
 
-    /// Runs `f` on the person's integrations without copying them. Keep `f` short: it holds a
-    /// shard read lock.
+    /// Runs `f` on the person's integrations without allocating. Keep `f` short: for a person
+    /// in the spill map it holds a shard's read lock.
     pub fn with_integrations<R>(&self, niss: Niss, f: impl FnOnce(&[Integration]) -> R) -> R {
-        match self.persons.get(&niss.as_u64()) {
-            Some(rows) => f(&rows),
-            None => f(&[]),
+        let key = niss.as_u64();
+        match self.find(key) {
+            Some(slot) => self.read_slot(key, slot, f),
+            None => self.read_slotless(key, f),
         }
+    }
+
+    /// Runs `f` on the person's integrations with `institution` only, without allocating
+    /// (unless that institution has more than seven rows for the person). This is what the
+    /// integration check for a recipient reads: the other rows are not even decoded, which
+    /// keeps a check short enough for the processor to start the next one's cache miss
+    /// before this one's completes.
+    pub fn with_integrations_of<R>(
+        &self,
+        niss: Niss,
+        institution: InstitutionIndex,
+        f: impl FnOnce(&[Integration]) -> R,
+    ) -> R {
+        let key = niss.as_u64();
+        let Some(slot) = self.find(key) else {
+            return self.read_slotless(key, |rows| only(rows, institution, f));
+        };
+        let (header, words) = Self::read_words(slot);
+        if header & LARGE != 0 {
+            // Most large persons have no row of a given institution: the slot says so
+            // without a second cache miss into the arena.
+            if words[2] & institution_bit(institution) == 0 {
+                return f(&[]);
+            }
+            let (start, len) = (words[0] as usize, words[1] as usize);
+            return only(&self.arena[start..start + len], institution, f);
+        }
+        if header & SPILLED != 0 {
+            return self.read_slot(key, slot, |rows| only(rows, institution, f));
+        }
+        let count = ((header & COUNT_MASK) >> COUNT_SHIFT) as u32;
+        let mut matching = 0u32;
+        for (i, word) in words.iter().enumerate() {
+            matching |= u32::from(row::institution(*word) == institution.0) << i;
+        }
+        matching &= (1 << count) - 1;
+        // Few instructions for the usual cases, none or one row.
+        if matching == 0 {
+            return f(&[]);
+        }
+        let first = row::decode(words[matching.trailing_zeros() as usize]);
+        matching &= matching - 1;
+        if matching == 0 {
+            return f(std::slice::from_ref(&first));
+        }
+        let mut rows = [first; INLINE];
+        let mut found = 1;
+        while matching != 0 {
+            rows[found] = row::decode(words[matching.trailing_zeros() as usize]);
+            found += 1;
+            matching &= matching - 1;
+        }
+        f(&rows[..found])
     }
 
     /// Adds an integration. Returns false when the identical row already existed.
     pub fn integrate(&self, niss: Niss, row: Integration) -> bool {
-        let mut created = false;
-        self.persons
-            .entry(niss.as_u64())
-            .and_modify(|rows| {
-                if !rows.contains(&row) {
-                    let mut grown = Vec::with_capacity(rows.len() + 1);
-                    grown.extend_from_slice(rows);
-                    grown.push(row);
-                    *rows = grown.into_boxed_slice();
-                    created = true;
-                }
-            })
-            .or_insert_with(|| {
-                created = true;
-                Box::new([row])
-            });
-        if created {
-            self.integrations.fetch_add(1, Ordering::Relaxed);
-            self.changes.fetch_add(1, Ordering::Relaxed);
-        }
-        created
+        self.change(niss, |rows| {
+            let created = !rows.contains(&row);
+            if created {
+                rows.push(row);
+            }
+            created
+        })
     }
 
     /// Removes `institution`'s integrations of the person, all or those under `quality`.
@@ -97,29 +296,13 @@ impl Directory {
         institution: InstitutionIndex,
         quality: Option<QualityCode>,
     ) -> usize {
-        let matches = |row: &Integration| {
-            row.institution == institution && quality.is_none_or(|q| row.quality == q)
-        };
-        let (removed, emptied) = {
-            let Some(mut rows) = self.persons.get_mut(&niss.as_u64()) else {
-                return 0;
-            };
-            let kept: Vec<Integration> = rows.iter().filter(|r| !matches(r)).copied().collect();
-            let removed = rows.len() - kept.len();
-            if removed > 0 {
-                *rows = kept.into_boxed_slice();
-            }
-            (removed, rows.is_empty())
-        };
-        if emptied {
-            self.persons
-                .remove_if(&niss.as_u64(), |_, rows| rows.is_empty());
-        }
-        if removed > 0 {
-            self.integrations.fetch_sub(removed, Ordering::Relaxed);
-            self.changes.fetch_add(1, Ordering::Relaxed);
-        }
-        removed
+        self.change(niss, |rows| {
+            let before = rows.len();
+            rows.retain(|row| {
+                row.institution != institution || quality.is_some_and(|q| row.quality != q)
+            });
+            before - rows.len()
+        })
     }
 
     /// `institution`'s integrations, of one person or of everyone, skipping the first `skip`
@@ -132,26 +315,21 @@ impl Directory {
         skip: usize,
         limit: usize,
     ) -> (Vec<(Niss, Integration)>, bool) {
-        let mine = |(key, rows): (u64, &[Integration])| {
-            let niss = Niss::from_number(key).ok()?;
-            Some(
+        let mut found: Vec<(Niss, Integration)> = Vec::new();
+        let mut mine = |key: u64, rows: &[Integration]| {
+            let Ok(niss) = Niss::from_number(key) else {
+                return;
+            };
+            found.extend(
                 rows.iter()
                     .filter(|r| r.institution == institution)
-                    .map(move |r| (niss, *r))
-                    .collect::<Vec<_>>(),
-            )
+                    .map(|r| (niss, *r)),
+            );
         };
-        let mut found: Vec<(Niss, Integration)> = match niss {
-            Some(niss) => self
-                .with_integrations(niss, |rows| mine((niss.as_u64(), rows)))
-                .unwrap_or_default(),
-            None => self
-                .persons
-                .iter()
-                .filter_map(|e| mine((*e.key(), e.value())))
-                .flatten()
-                .collect(),
-        };
+        match niss {
+            Some(niss) => self.with_integrations(niss, |rows| mine(niss.as_u64(), rows)),
+            None => self.for_each_person(mine),
+        }
         found.sort_by_key(|(niss, row)| (*niss, row.quality, row.period.start));
         let more = found.len() > skip + limit;
         let page = found.into_iter().skip(skip).take(limit).collect();
@@ -159,30 +337,103 @@ impl Directory {
     }
 
     /// Sets a person's integrations at load time (`rows` without duplicates), merging with
-    /// any already there (a file that lists the person twice).
-    pub fn insert_rows(&self, niss: Niss, rows: Box<[Integration]>) {
+    /// any already there (a file that lists the person twice). Does not count as a change.
+    pub fn insert_rows(&mut self, niss: Niss, rows: Box<[Integration]>) {
         if rows.is_empty() {
             return;
         }
-        match self.persons.entry(niss.as_u64()) {
-            dashmap::Entry::Vacant(entry) => {
-                self.integrations.fetch_add(rows.len(), Ordering::Relaxed);
-                entry.insert(rows);
+        let key = niss.as_u64();
+        let place = self.locate(key);
+        let known = match place {
+            Place::Slot(i) => *self.slots[i].header.get_mut() & (COUNT_MASK | LARGE | SPILLED) != 0,
+            Place::Vacant(_) | Place::NoTable => {
+                *self.spilled.get_mut() > 0 && self.spill.contains_key(&key)
             }
-            dashmap::Entry::Occupied(entry) => {
-                drop(entry);
-                for row in rows {
-                    self.integrate(niss, row);
-                }
+        };
+        if known {
+            for row in rows {
+                self.integrate(niss, row);
             }
+            return;
         }
+        *self.persons.get_mut() += 1;
+        *self.integrations.get_mut() += rows.len();
+        let claimed = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        let slot = match place {
+            Place::Slot(i) => i,
+            Place::Vacant(i) if *claimed < self.max_claimed => {
+                *claimed += 1;
+                i
+            }
+            Place::Vacant(_) | Place::NoTable => {
+                *self.spilled.get_mut() += 1;
+                self.spill.insert(key, rows);
+                return;
+            }
+        };
+        let slot = &mut self.slots[slot];
+        let version = *slot.header.get_mut() & VERSION_MASK;
+        let header = match encode_inline(&rows) {
+            Some(words) => {
+                for (word, value) in slot.words.iter_mut().zip(words) {
+                    *word.get_mut() = value;
+                }
+                key | (rows.len() as u64) << COUNT_SHIFT
+            }
+            None => {
+                *slot.words[0].get_mut() = self.arena.len() as u64;
+                *slot.words[1].get_mut() = rows.len() as u64;
+                *slot.words[2].get_mut() = rows
+                    .iter()
+                    .fold(0, |bits, row| bits | institution_bit(row.institution));
+                self.arena.extend_from_slice(&rows);
+                key | LARGE
+            }
+        };
+        *slot.header.get_mut() = header | version;
+    }
+
+    /// Reads the first slot of each of `persons`' probes, so that inserting them next finds
+    /// their slots in the cache. A loop whose loads nothing waits on: the processor has many
+    /// cache misses in flight at once, where inserting one person after the other waits for
+    /// each (a batch of 4096 persons' slots is 256 KiB: it stays in the L2 cache).
+    pub(crate) fn warm(&self, persons: &[Niss]) {
+        if self.slots.is_empty() {
+            return;
+        }
+        let seen = persons.iter().fold(0, |seen, niss| {
+            seen ^ self.slots[self.home(niss.as_u64())]
+                .header
+                .load(Ordering::Relaxed)
+        });
+        std::hint::black_box(seen);
     }
 
     /// Calls `f` on every person (as the NISS's number) and their integrations, in no
-    /// particular order. Holds one shard's read lock at a time: changes to that shard wait.
+    /// particular order. Takes no lock but a spill-map shard's read lock for a spilled person:
+    /// changes go on meanwhile, and each person is seen once, in one state.
     pub fn for_each_person(&self, mut f: impl FnMut(u64, &[Integration])) {
-        for entry in self.persons.iter() {
-            f(*entry.key(), entry.value());
+        for slot in &self.slots {
+            let key = slot.header.load(Ordering::Acquire) & KEY_MASK;
+            if key != 0 {
+                self.read_slot(key, slot, |rows| {
+                    if !rows.is_empty() {
+                        f(key, rows);
+                    }
+                });
+            }
+        }
+        // Then the persons without a slot (those with one were seen above). A person never
+        // loses a slot, and one without a slot gets one only after leaving the spill map.
+        if self.spilled.load(Ordering::Acquire) > 0 {
+            for entry in self.spill.iter() {
+                if self.find(*entry.key()).is_none() {
+                    f(*entry.key(), entry.value());
+                }
+            }
         }
     }
 
@@ -194,19 +445,280 @@ impl Directory {
 
     /// Number of persons with at least one integration.
     pub fn persons(&self) -> usize {
-        self.persons.len()
+        self.persons.load(Ordering::Relaxed)
     }
 
     /// Number of integrations.
     pub fn integration_count(&self) -> usize {
         self.integrations.load(Ordering::Relaxed)
     }
+
+    /// The first slot of `key`'s probe.
+    #[inline]
+    fn home(&self, key: u64) -> usize {
+        let hash = self.hasher.hash_one(key);
+        ((u128::from(hash) * self.slots.len() as u128) >> 64) as usize
+    }
+
+    /// The person's slot, for a reader.
+    #[inline]
+    fn find(&self, key: u64) -> Option<&Slot> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mut i = self.home(key);
+        loop {
+            let slot = &self.slots[i];
+            let found = slot.header.load(Ordering::Acquire) & KEY_MASK;
+            if found == key {
+                return Some(slot);
+            }
+            if found == 0 {
+                return None;
+            }
+            i += 1;
+            if i == self.slots.len() {
+                i = 0;
+            }
+        }
+    }
+
+    /// Where the person is or would go, for a writer (which holds the writer lock or
+    /// `&mut self`, so slots do not change under it).
+    fn locate(&self, key: u64) -> Place {
+        if self.slots.is_empty() {
+            return Place::NoTable;
+        }
+        let mut i = self.home(key);
+        loop {
+            let found = self.slots[i].header.load(Ordering::Relaxed) & KEY_MASK;
+            if found == key {
+                return Place::Slot(i);
+            }
+            if found == 0 {
+                return Place::Vacant(i);
+            }
+            i += 1;
+            if i == self.slots.len() {
+                i = 0;
+            }
+        }
+    }
+
+    /// A consistent copy of a slot (its header and words), whatever writers do meanwhile.
+    #[inline]
+    fn read_words(slot: &Slot) -> (u64, [u64; INLINE]) {
+        loop {
+            let header = slot.header.load(Ordering::Acquire);
+            if header & WRITING == 0 {
+                let words = std::array::from_fn(|i| slot.words[i].load(Ordering::Relaxed));
+                fence(Ordering::Acquire);
+                if slot.header.load(Ordering::Relaxed) == header {
+                    return (header, words);
+                }
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Reads `key`'s rows from its slot (or where the slot says they are).
+    fn read_slot<R>(&self, key: u64, slot: &Slot, f: impl FnOnce(&[Integration]) -> R) -> R {
+        let (header, words) = Self::read_words(slot);
+        if header & (LARGE | SPILLED) == 0 {
+            let count = ((header & COUNT_MASK) >> COUNT_SHIFT) as usize;
+            let mut rows = [NO_ROW; INLINE];
+            for (row, word) in rows.iter_mut().zip(&words[..count]) {
+                *row = row::decode(*word);
+            }
+            f(&rows[..count])
+        } else if header & LARGE != 0 {
+            let (start, len) = (words[0] as usize, words[1] as usize);
+            f(&self.arena[start..start + len])
+        } else {
+            // SPILLED: the map holds the person's rows for as long as the flag is set.
+            match self.spill.get(&key) {
+                Some(rows) => f(&rows),
+                None => f(&[]),
+            }
+        }
+    }
+
+    /// Reads the rows of a person without a slot.
+    fn read_slotless<R>(&self, key: u64, f: impl FnOnce(&[Integration]) -> R) -> R {
+        if self.spilled.load(Ordering::Acquire) > 0
+            && let Some(rows) = self.spill.get(&key)
+        {
+            return f(&rows);
+        }
+        f(&[])
+    }
+
+    /// A run-time change: `edit` changes the person's rows (a change shows as a change of
+    /// their number), then they are stored back where they fit.
+    fn change<R>(&self, niss: Niss, edit: impl FnOnce(&mut Vec<Integration>) -> R) -> R {
+        let mut claimed = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = niss.as_u64();
+        let place = self.locate(key);
+        let mut rows = match place {
+            Place::Slot(i) => self.slot_rows(key, &self.slots[i]),
+            Place::Vacant(_) | Place::NoTable => self
+                .spill
+                .get(&key)
+                .map(|rows| rows.to_vec())
+                .unwrap_or_default(),
+        };
+        let before = rows.len();
+        let result = edit(&mut rows);
+        let after = rows.len();
+        if after == before {
+            return result;
+        }
+        match place {
+            Place::Slot(i) => self.store(&self.slots[i], key, rows),
+            Place::Vacant(i) if before == 0 && *claimed < self.max_claimed => {
+                *claimed += 1;
+                self.store(&self.slots[i], key, rows);
+            }
+            _ if after == 0 => {
+                self.spill.remove(&key);
+                self.spilled.fetch_sub(1, Ordering::Release);
+            }
+            _ => {
+                if before == 0 {
+                    self.spilled.fetch_add(1, Ordering::Release);
+                }
+                self.spill.insert(key, rows.into_boxed_slice());
+            }
+        }
+        drop(claimed);
+        match (before, after) {
+            (0, _) => self.persons.fetch_add(1, Ordering::Relaxed),
+            (_, 0) => self.persons.fetch_sub(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        if after > before {
+            self.integrations
+                .fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.integrations
+                .fetch_sub(before - after, Ordering::Relaxed);
+        }
+        self.changes.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    /// The rows of a slot, for the writer (nothing changes them meanwhile).
+    fn slot_rows(&self, key: u64, slot: &Slot) -> Vec<Integration> {
+        let header = slot.header.load(Ordering::Relaxed);
+        if header & SPILLED != 0 {
+            self.spill
+                .get(&key)
+                .map(|rows| rows.to_vec())
+                .unwrap_or_default()
+        } else if header & LARGE != 0 {
+            let start = slot.words[0].load(Ordering::Relaxed) as usize;
+            let len = slot.words[1].load(Ordering::Relaxed) as usize;
+            self.arena[start..start + len].to_vec()
+        } else {
+            let count = ((header & COUNT_MASK) >> COUNT_SHIFT) as usize;
+            slot.words[..count]
+                .iter()
+                .map(|word| row::decode(word.load(Ordering::Relaxed)))
+                .collect()
+        }
+    }
+
+    /// Stores a person's new rows in their slot (or the slot they are claiming), inline when
+    /// they fit and the person is not spilled already, else in the spill map.
+    fn store(&self, slot: &Slot, key: u64, rows: Vec<Integration>) {
+        let spilled = slot.header.load(Ordering::Relaxed) & SPILLED != 0;
+        if rows.is_empty() {
+            // A tombstone first: a reader that still finds SPILLED and then no entry reads
+            // "no rows", which the person has had since.
+            self.publish(slot, key, &[]);
+            if spilled {
+                self.spill.remove(&key);
+                self.spilled.fetch_sub(1, Ordering::Release);
+            }
+        } else if spilled {
+            self.spill.insert(key, rows.into_boxed_slice());
+        } else if let Some(words) = encode_inline(&rows) {
+            self.publish(
+                slot,
+                key | (rows.len() as u64) << COUNT_SHIFT,
+                &words[..rows.len()],
+            );
+        } else {
+            // Into the map first: a reader that sees SPILLED finds the rows there.
+            self.spilled.fetch_add(1, Ordering::Release);
+            self.spill.insert(key, rows.into_boxed_slice());
+            self.publish(slot, key | SPILLED, &[]);
+        }
+    }
+
+    /// Rewrites a slot under its seqlock: readers retry rather than see a part of it.
+    fn publish(&self, slot: &Slot, header: u64, words: &[u64]) {
+        let old = slot.header.load(Ordering::Relaxed);
+        let version = old & VERSION_MASK;
+        slot.header.store(old | WRITING, Ordering::Relaxed);
+        fence(Ordering::Release);
+        for (word, value) in slot.words.iter().zip(words) {
+            word.store(*value, Ordering::Relaxed);
+        }
+        slot.header.store(
+            header | version.wrapping_add(2 * WRITING),
+            Ordering::Release,
+        );
+    }
+}
+
+/// A LARGE slot's word 2 has this bit set when the person has rows of `institution` (or of
+/// another institution with the same index modulo 64).
+#[inline]
+fn institution_bit(institution: InstitutionIndex) -> u64 {
+    1 << (institution.0 % 64)
+}
+
+/// Runs `f` on those of `rows` that are `institution`'s.
+fn only<R>(
+    rows: &[Integration],
+    institution: InstitutionIndex,
+    f: impl FnOnce(&[Integration]) -> R,
+) -> R {
+    let mut kept = [NO_ROW; INLINE];
+    let mut found = 0;
+    for row in rows.iter().filter(|row| row.institution == institution) {
+        if found == INLINE {
+            let all: Vec<Integration> = rows
+                .iter()
+                .filter(|row| row.institution == institution)
+                .copied()
+                .collect();
+            return f(&all);
+        }
+        kept[found] = *row;
+        found += 1;
+    }
+    f(&kept[..found])
+}
+
+/// The rows as a slot's words, when there are at most [`INLINE`] and each has an encoding.
+fn encode_inline(rows: &[Integration]) -> Option<[u64; INLINE]> {
+    if rows.len() > INLINE {
+        return None;
+    }
+    let mut words = [0; INLINE];
+    for (word, row) in words.iter_mut().zip(rows) {
+        *word = row::encode(row)?;
+    }
+    Some(words)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bcss_domain::Period;
+    use std::collections::HashMap;
+    use std::sync::atomic::AtomicBool;
     use time::macros::date;
 
     fn row(institution: u16, quality: u16) -> Integration {
@@ -220,42 +732,491 @@ mod tests {
         }
     }
 
+    /// The `i`-th test person (distinct for distinct `i` below 900).
+    fn person(i: u64) -> Niss {
+        Niss::compose(850_101, i as u16 + 1, false).unwrap()
+    }
+
     #[test]
     fn integrate_remove_and_list_own_rows() {
-        let directory = Directory::new();
-        let a = Niss::parse("85073003328").unwrap();
-        let b = Niss::parse("17012500130").unwrap();
-        assert!(directory.integrate(a, row(1, 1)));
-        assert!(!directory.integrate(a, row(1, 1)), "idempotent");
-        assert!(directory.integrate(a, row(1, 2)));
-        assert!(directory.integrate(a, row(2, 1)));
-        assert!(directory.integrate(b, row(1, 3)));
-        assert_eq!(directory.integration_count(), 4);
-        assert_eq!(directory.list(InstitutionIndex(1), None, 0, 10).0.len(), 3);
+        for directory in [Directory::new(), Directory::with_capacity(10)] {
+            let a = Niss::parse("85073003328").unwrap();
+            let b = Niss::parse("17012500130").unwrap();
+            assert!(directory.integrate(a, row(1, 1)));
+            assert!(!directory.integrate(a, row(1, 1)), "idempotent");
+            assert!(directory.integrate(a, row(1, 2)));
+            assert!(directory.integrate(a, row(2, 1)));
+            assert!(directory.integrate(b, row(1, 3)));
+            assert_eq!(directory.integration_count(), 4);
+            assert_eq!(directory.list(InstitutionIndex(1), None, 0, 10).0.len(), 3);
+            assert_eq!(
+                directory.list(InstitutionIndex(1), Some(a), 0, 10).0.len(),
+                2
+            );
+            assert_eq!(
+                directory.list(InstitutionIndex(1), None, 0, 2),
+                (directory.list(InstitutionIndex(1), None, 0, 2).0, true)
+            );
+            assert_eq!(
+                directory.remove(a, InstitutionIndex(1), Some(QualityCode(2))),
+                1
+            );
+            assert_eq!(directory.remove(a, InstitutionIndex(1), None), 1);
+            assert_eq!(
+                directory.integrations(a),
+                vec![row(2, 1)],
+                "another institution's row stays"
+            );
+            assert_eq!(directory.remove(b, InstitutionIndex(1), None), 1);
+            assert_eq!(
+                directory.persons(),
+                1,
+                "a person without integrations leaves the directory"
+            );
+            assert_eq!(directory.integration_count(), 1);
+            assert_eq!(directory.changes(), 7);
+        }
+    }
+
+    #[test]
+    fn each_kind_of_person_lands_where_it_fits() {
+        let mut directory = Directory::with_capacity(4);
+        let small: Box<[Integration]> = (0..7).map(|i| row(i, 1)).collect();
+        let large: Box<[Integration]> = (0..8).map(|i| row(i, 1)).collect();
+        let odd: Box<[Integration]> = Box::new([row(4096, 1)]);
+        directory.insert_rows(person(0), small.clone());
+        directory.insert_rows(person(1), large.clone());
+        directory.insert_rows(person(2), odd.clone());
         assert_eq!(
-            directory.list(InstitutionIndex(1), Some(a), 0, 10).0.len(),
-            2
+            directory.arena.len(),
+            9,
+            "the large and the unencodable person"
+        );
+        assert_eq!(directory.spilled.load(Ordering::Relaxed), 0);
+        // Run time: growing past seven rows spills; so does an unencodable row.
+        directory.integrate(person(0), row(9, 1));
+        directory.integrate(person(3), row(1, 1));
+        directory.integrate(person(3), row(5000, 1));
+        assert_eq!(directory.spilled.load(Ordering::Relaxed), 2);
+        assert_eq!(directory.integrations(person(0)).len(), 8);
+        assert_eq!(directory.integrations(person(1)), large.to_vec());
+        assert_eq!(directory.integrations(person(2)), odd.to_vec());
+        // A large person shrunk to seven encodable rows goes inline.
+        directory.remove(person(1), InstitutionIndex(7), None);
+        assert_eq!(directory.integrations(person(1)), large[..7].to_vec());
+        assert_eq!(directory.spilled.load(Ordering::Relaxed), 2);
+        // The last row out leaves a tombstone, which a new row reuses inline.
+        for i in 0..10 {
+            directory.remove(person(0), InstitutionIndex(i), None);
+        }
+        assert_eq!(directory.spilled.load(Ordering::Relaxed), 1);
+        assert!(directory.integrate(person(0), row(3, 3)));
+        assert_eq!(directory.spilled.load(Ordering::Relaxed), 1);
+        assert_eq!(directory.integrations(person(0)), vec![row(3, 3)]);
+        assert_eq!(directory.persons(), 4);
+        assert_eq!(directory.integration_count(), 1 + 7 + 1 + 2);
+        // One institution's rows only, wherever they are.
+        fn of(directory: &Directory, niss: Niss, institution: u16) -> Vec<Integration> {
+            directory.with_integrations_of(
+                niss,
+                InstitutionIndex(institution),
+                <[Integration]>::to_vec,
+            )
+        }
+        assert_eq!(of(&directory, person(1), 3), vec![row(3, 1)], "inline");
+        assert_eq!(of(&directory, person(2), 4096), vec![row(4096, 1)], "arena");
+        assert_eq!(
+            of(&directory, person(2), 0),
+            vec![],
+            "arena, institution mask hit, no row"
         );
         assert_eq!(
-            directory.list(InstitutionIndex(1), None, 0, 2),
-            (directory.list(InstitutionIndex(1), None, 0, 2).0, true)
+            of(&directory, person(3), 5000),
+            vec![row(5000, 1)],
+            "spilled"
         );
-        assert_eq!(
-            directory.remove(a, InstitutionIndex(1), Some(QualityCode(2))),
-            1
+        assert_eq!(of(&directory, person(4), 1), vec![], "unknown");
+        // More than seven rows of one institution.
+        let many: Box<[Integration]> = (0..9).map(|q| row(2, q)).collect();
+        directory.insert_rows(person(5), many.clone());
+        assert_eq!(of(&directory, person(5), 2), many.to_vec());
+        assert_eq!(of(&directory, person(5), 1), vec![]);
+    }
+
+    /// splitmix64: the model test's reproducible draws, without a dependency.
+    struct Draw(u64);
+
+    impl Draw {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+
+        fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+            items[self.below(items.len() as u64) as usize]
+        }
+
+        /// A row, one in five of them with a field outside the slot encoding.
+        fn row(&mut self) -> Integration {
+            let odd = self.below(5) == 0;
+            let institution = if odd && self.below(3) == 0 {
+                self.pick(&[4095, 4096, 9000])
+            } else {
+                self.below(5) as u16
+            };
+            let quality = if odd && self.below(2) == 0 {
+                self.pick(&[1023, 1024, 2000])
+            } else {
+                self.pick(&[0, 1, 2, 902])
+            };
+            let year = if odd {
+                self.pick(&[1850, 1899, 1900, 2155, 2156])
+            } else {
+                self.pick(&[1990, 2024])
+            };
+            let start = Date::from_ordinal_date(year, self.below(365) as u16 + 1).unwrap();
+            let end = match self.below(3) {
+                0 => None,
+                _ => Some(start + time::Duration::days(self.below(500) as i64)),
+            };
+            Integration {
+                institution: InstitutionIndex(institution),
+                quality: QualityCode(quality),
+                period: Period { start, end },
+            }
+        }
+    }
+
+    type Model = HashMap<u64, Vec<Integration>>;
+
+    fn sort_key(row: &Integration) -> (u16, u16, Date, Option<Date>) {
+        (
+            row.institution.0,
+            row.quality.0,
+            row.period.start,
+            row.period.end,
+        )
+    }
+
+    fn sorted(rows: &[Integration]) -> Vec<Integration> {
+        let mut rows = rows.to_vec();
+        rows.sort_by_key(sort_key);
+        rows
+    }
+
+    fn assert_matches(directory: &Directory, model: &Model, changes: u64, pool: &[Niss], at: &str) {
+        for niss in pool {
+            let expected = sorted(model.get(&niss.as_u64()).map_or(&[], |r| r.as_slice()));
+            let found = directory.with_integrations(*niss, sorted);
+            assert_eq!(found, expected, "{at}: person {}", niss.as_u64() % 1000);
+            // 4096 and 0 share a bit of a large person's institution mask, so do 9000 and 40.
+            for institution in [0, 1, 2, 3, 4, 40, 4095, 4096, 9000] {
+                let institution = InstitutionIndex(institution);
+                let mine: Vec<Integration> = expected
+                    .iter()
+                    .filter(|row| row.institution == institution)
+                    .copied()
+                    .collect();
+                let found = directory.with_integrations_of(*niss, institution, sorted);
+                assert_eq!(
+                    found,
+                    mine,
+                    "{at}: person {}, {institution:?}",
+                    niss.as_u64() % 1000
+                );
+            }
+        }
+        let persons = model.values().filter(|rows| !rows.is_empty()).count();
+        let integrations: usize = model.values().map(Vec::len).sum();
+        assert_eq!(directory.persons(), persons, "{at}: persons");
+        assert_eq!(directory.integration_count(), integrations, "{at}: rows");
+        assert_eq!(directory.changes(), changes, "{at}: changes");
+        let mut seen = HashMap::new();
+        directory.for_each_person(|key, rows| {
+            assert!(!rows.is_empty(), "{at}: a person without rows");
+            assert!(
+                seen.insert(key, sorted(rows)).is_none(),
+                "{at}: a person seen twice"
+            );
+        });
+        let expected: HashMap<u64, Vec<Integration>> = model
+            .iter()
+            .filter(|(_, rows)| !rows.is_empty())
+            .map(|(key, rows)| (*key, sorted(rows)))
+            .collect();
+        assert_eq!(seen, expected, "{at}: for_each_person");
+        for institution in [1, 4096] {
+            let institution = InstitutionIndex(institution);
+            let mut expected: Vec<(u64, Integration)> = model
+                .iter()
+                .flat_map(|(key, rows)| rows.iter().map(move |row| (*key, *row)))
+                .filter(|(_, row)| row.institution == institution)
+                .collect();
+            expected.sort_by_key(|(key, row)| (*key, sort_key(row)));
+            let (page, more) = directory.list(institution, None, 0, usize::MAX / 2);
+            let mut listed: Vec<(u64, Integration)> = page
+                .into_iter()
+                .map(|(niss, row)| (niss.as_u64(), row))
+                .collect();
+            listed.sort_by_key(|(key, row)| (*key, sort_key(row)));
+            assert_eq!(listed, expected, "{at}: list");
+            assert!(!more);
+            let (first, more) = directory.list(institution, None, 0, 2);
+            assert_eq!(first.len(), expected.len().min(2), "{at}: a page");
+            assert_eq!(more, expected.len() > 2, "{at}: more");
+        }
+    }
+
+    /// Random integrations, removals and bulk inserts against a plain map, checked after every
+    /// step: no table, a table that fills up, a roomy table.
+    #[test]
+    fn behaves_like_a_map_whatever_the_storage() {
+        for (capacity, seed) in [(0, 1), (6, 2), (6, 3), (40, 4), (40, 5)] {
+            let mut directory = Directory::with_capacity(capacity);
+            let mut model = Model::new();
+            let mut changes = 0;
+            let mut draw = Draw(seed);
+            let pool: Vec<Niss> = (0..40).map(person).collect();
+            for step in 0..1000 {
+                let niss = draw.pick(&pool);
+                let key = niss.as_u64();
+                let at = format!("capacity {capacity}, seed {seed}, step {step}");
+                match draw.below(20) {
+                    0..9 => {
+                        let new = draw.row();
+                        let rows = model.entry(key).or_default();
+                        let created = !rows.contains(&new);
+                        if created {
+                            rows.push(new);
+                            changes += 1;
+                        }
+                        assert_eq!(directory.integrate(niss, new), created, "{at}");
+                    }
+                    9..14 => {
+                        let rows = model.entry(key).or_default();
+                        let (institution, quality) = match rows.first() {
+                            Some(_) if draw.below(4) > 0 => {
+                                let row = rows[draw.below(rows.len() as u64) as usize];
+                                (row.institution, row.quality)
+                            }
+                            _ => (InstitutionIndex(draw.below(5) as u16), QualityCode(1)),
+                        };
+                        let quality = (draw.below(2) == 0).then_some(quality);
+                        let before = rows.len();
+                        rows.retain(|r| {
+                            r.institution != institution || quality.is_some_and(|q| r.quality != q)
+                        });
+                        let removed = before - rows.len();
+                        if removed > 0 {
+                            changes += 1;
+                        }
+                        let found = directory.remove(niss, institution, quality);
+                        assert_eq!(found, removed, "{at}");
+                    }
+                    14..16 => {
+                        // Everything the person has, institution by institution: a tombstone.
+                        for institution in 0..5 {
+                            let rows = model.entry(key).or_default();
+                            let before = rows.len();
+                            rows.retain(|r| r.institution.0 != institution);
+                            changes += u64::from(rows.len() < before);
+                            directory.remove(niss, InstitutionIndex(institution), None);
+                        }
+                    }
+                    _ => {
+                        let count = draw.below(20) + 1;
+                        let mut new: Vec<Integration> = Vec::new();
+                        for _ in 0..count {
+                            let row = draw.row();
+                            if !new.contains(&row) {
+                                new.push(row);
+                            }
+                        }
+                        let rows = model.entry(key).or_default();
+                        // Merging into a known person goes through `integrate`: changes.
+                        let known = !rows.is_empty();
+                        for row in &new {
+                            if !rows.contains(row) {
+                                rows.push(*row);
+                                changes += u64::from(known);
+                            }
+                        }
+                        directory.insert_rows(niss, new.into_boxed_slice());
+                    }
+                }
+                assert_matches(&directory, &model, changes, &pool, &at);
+            }
+            if capacity == 6 {
+                assert!(
+                    directory.spilled.load(Ordering::Relaxed) > 0,
+                    "the table filled up"
+                );
+            }
+            if capacity == 40 {
+                assert!(!directory.arena.is_empty(), "some persons were large");
+            }
+        }
+    }
+
+    /// A row of the concurrency test's round `tag`: quality `tag`, dates that depend on the
+    /// tag and the institution.
+    fn round_row(tag: u16, institution: u16) -> Integration {
+        let start = date!(2000 - 01 - 01) + time::Duration::days(i64::from(tag * 13 + institution));
+        Integration {
+            institution: InstitutionIndex(institution),
+            quality: QualityCode(tag),
+            period: Period {
+                start,
+                end: (institution % 2 == 1).then(|| start + time::Duration::days(400)),
+            },
+        }
+    }
+
+    /// Steps a round's window slides by while it holds three rows.
+    const SLIDES: u16 = 20;
+    /// Rows a round grows to at its end (past the seven a slot holds).
+    const GROWN: u16 = 10;
+
+    /// One round of the concurrency test's writer on `niss`: every state it publishes holds
+    /// the rows of institutions `a..b` of the round's tag, and `a` and `b` never go back.
+    /// Three rows slide (each removal shifts every inline word), grow to [`GROWN`] (spilled),
+    /// then leave one by one (a tombstone at the end).
+    fn writer_round(directory: &Directory, niss: Niss, tag: u16) {
+        let add = |institution| assert!(directory.integrate(niss, round_row(tag, institution)));
+        let remove = |institution| {
+            let removed =
+                directory.remove(niss, InstitutionIndex(institution), Some(QualityCode(tag)));
+            assert_eq!(removed, 1);
+        };
+        (0..3).for_each(add);
+        for k in 0..SLIDES {
+            remove(k);
+            add(k + 3);
+        }
+        (SLIDES + 3..SLIDES + GROWN).for_each(add);
+        (SLIDES..SLIDES + GROWN).for_each(remove);
+    }
+
+    /// Checks that `rows` is a state the writer published — institutions `a..b` of one tag —
+    /// and not older than `last`, the (tag, a, b) this reader saw before. Returns the number
+    /// of rows.
+    fn assert_published(rows: &[Integration], last: &mut (u16, u16, u16)) -> usize {
+        let Some(first) = rows.first() else {
+            return 0;
+        };
+        let tag = first.quality.0;
+        for row in rows {
+            assert_eq!(*row, round_row(tag, row.institution.0), "a torn row");
+        }
+        let mut institutions: Vec<u16> = rows.iter().map(|r| r.institution.0).collect();
+        institutions.sort_unstable();
+        let (a, b) = (institutions[0], institutions[0] + rows.len() as u16);
+        assert!(
+            institutions.iter().copied().eq(a..b),
+            "a state the writer never published: tag {tag}, institutions {institutions:?}"
         );
-        assert_eq!(directory.remove(a, InstitutionIndex(1), None), 1);
-        assert_eq!(
-            directory.integrations(a),
-            vec![row(2, 1)],
-            "another institution's row stays"
+        assert!(
+            last.0 != tag || (last.1 <= a && last.2 <= b),
+            "an older state after a newer one: tag {tag}, {last:?} then {a}..{b}"
         );
-        assert_eq!(directory.remove(b, InstitutionIndex(1), None), 1);
-        assert_eq!(
-            directory.persons(),
-            1,
-            "a person without integrations leaves the directory"
-        );
-        assert_eq!(directory.integration_count(), 1);
+        *last = (tag, a, b);
+        rows.len()
+    }
+
+    #[test]
+    fn readers_see_only_published_states() {
+        // A table of 4 slots with room for 3: `moving` and two fillers take them, so
+        // `homeless` lives in the spill map without a slot.
+        let mut directory = Directory::with_capacity(2);
+        let moving = person(0);
+        let homeless = person(3);
+        for niss in [moving, person(1), person(2)] {
+            directory.insert_rows(niss, Box::new([round_row(998, 0)]));
+        }
+        directory.remove(moving, InstitutionIndex(0), None);
+        directory.insert_rows(homeless, Box::new([round_row(998, 0)]));
+        directory.remove(homeless, InstitutionIndex(0), None);
+        assert_eq!(*directory.writer.lock().unwrap(), 3);
+        let stop = AtomicBool::new(false);
+        let directory = &directory;
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(|| {
+                let mut rounds = 0u64;
+                for tag in (0..997u16).cycle() {
+                    writer_round(directory, moving, tag);
+                    writer_round(directory, homeless, tag);
+                    rounds += 1;
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
+                rounds
+            });
+            let readers: Vec<_> = (0..2)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let (mut small, mut large, mut scans) = (0u64, 0u64, 0u64);
+                        let (mut last_moving, mut last_homeless) = ((0, 0, 0), (0, 0, 0));
+                        while !stop.load(Ordering::Relaxed) {
+                            // Copies, checked outside: a spilled person's read holds a shard
+                            // lock that the writer waits for.
+                            let rows = directory.integrations(homeless);
+                            assert_published(&rows, &mut last_homeless);
+                            for _ in 0..100 {
+                                let rows = directory.integrations(moving);
+                                match assert_published(&rows, &mut last_moving) {
+                                    0 => {}
+                                    1..=7 => small += 1,
+                                    8.. => large += 1,
+                                }
+                                // One institution's rows: at most one, never torn.
+                                let institution = (scans % u64::from(SLIDES + GROWN)) as u16;
+                                let of = |rows: &[Integration]| rows.to_vec();
+                                let mine = directory.with_integrations_of(
+                                    moving,
+                                    InstitutionIndex(institution),
+                                    of,
+                                );
+                                assert!(mine.len() <= 1, "{mine:?}");
+                                for row in mine {
+                                    assert_eq!(row, round_row(row.quality.0, institution));
+                                }
+                            }
+                            let mut seen = HashMap::new();
+                            directory.for_each_person(|key, rows| {
+                                assert!(seen.insert(key, rows.to_vec()).is_none(), "seen twice");
+                            });
+                            for rows in seen.values() {
+                                assert_published(rows, &mut (0, 0, 0));
+                            }
+                            scans += 1;
+                        }
+                        (small, large, scans)
+                    })
+                })
+                .collect();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            stop.store(true, Ordering::Relaxed);
+            let rounds = writer.join().unwrap();
+            let (mut small, mut large) = (0, 0);
+            for reader in readers {
+                let (inline, spilled, scans) = reader.join().unwrap();
+                assert!(scans > 0);
+                (small, large) = (small + inline, large + spilled);
+            }
+            assert!(
+                rounds > 2 && small > 0 && large > 0,
+                "{rounds} rounds, and the readers saw inline and spilled states: {small}, {large}"
+            );
+        });
+        assert_eq!(directory.persons(), 2, "only the fillers are left");
+        assert_eq!(directory.integration_count(), 2);
     }
 }

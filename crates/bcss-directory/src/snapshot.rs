@@ -162,14 +162,18 @@ pub fn read(input: impl Read, resolver: &impl Resolver) -> Result<Directory, Sna
         indices.push(resolver.institution(&id));
         ids.push(id);
     }
-    let directory = Directory::with_capacity(persons_hint);
-    // Parsing and checking on this thread, inserting on another: the table's cache misses
-    // overlap the parsing (two cores load a national snapshot about twice as fast).
+    let mut directory = Directory::with_capacity(persons_hint);
+    // Parsing and checking on this thread, inserting on another (which owns the directory
+    // meanwhile): the table's cache misses overlap the parsing (two cores load a national
+    // snapshot about twice as fast).
     std::thread::scope(|scope| {
         let (batches, received) =
             std::sync::mpsc::sync_channel::<Vec<(Niss, Box<[Integration]>)>>(4);
-        let inserter = scope.spawn(|| {
+        let directory = &mut directory;
+        let inserter = scope.spawn(move || {
             for batch in received {
+                let persons: Vec<Niss> = batch.iter().map(|(niss, _)| *niss).collect();
+                directory.warm(&persons);
                 for (niss, rows) in batch {
                     directory.insert_rows(niss, rows);
                 }

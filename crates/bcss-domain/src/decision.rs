@@ -132,7 +132,7 @@ impl Eq for Deliberation {}
 ///
 /// `deliberations` are those covering the message's flow (the policy indexes them by flow and
 /// recipient; this function still checks the routes). `integrations` are the person's rows in
-/// the directory, all institutions mixed.
+/// the directory, all institutions mixed or the recipient's only: no other row counts.
 pub fn check_recipient<'a>(
     message: &Message,
     recipient: Party,

@@ -124,7 +124,6 @@ pub async fn consult(
     let consultation = validate(request)?;
     let ticket: Arc<str> = uuid::Uuid::now_v7().to_string().into();
     let at_ms = bcss_store::now_ms();
-    let integrations = hub.directory().integrations(consultation.niss);
     let facts = Consult {
         consulter: consulter.party(),
         flow: consultation.flow,
@@ -133,12 +132,16 @@ pub async fn consult(
         cites_contact_file: consultation.contact_file.is_some(),
         today: OffsetDateTime::now_utc().date(),
     };
-    let decision = check_consultation(
-        &facts,
-        policy.deliberations_reaching(consulter.index, consultation.flow),
-        &integrations,
-        |i| policy.institution(i).sector,
-    );
+    let decision = hub
+        .directory()
+        .with_integrations(consultation.niss, |integrations| {
+            check_consultation(
+                &facts,
+                policy.deliberations_reaching(consulter.index, consultation.flow),
+                integrations,
+                |i| policy.institution(i).sector,
+            )
+        });
     let base = JournalEntry {
         at_ms,
         ticket: ticket.to_string(),

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use bcss_directory::Directory;
 use bcss_domain::decision::{Message, check_recipient};
-use bcss_domain::{Flow, InstitutionIndex, Integration, Niss, Period, RefusalReason};
+use bcss_domain::{Flow, InstitutionIndex, Niss, Period, RefusalReason};
 use bcss_policy::{Grant, Institution, Policy};
 use bcss_proto::flows::v1::Period as WirePeriod;
 use bcss_proto::hub::view::v1::envelope_view::Payload;
@@ -557,8 +557,7 @@ impl Hub {
         times: &mut PlanTimes,
     ) -> Result<Vec<Planned>, InputError> {
         let mut mark = std::time::Instant::now();
-        let integrations = self.directory.integrations(message.niss);
-        let candidates = self.route(policy, sender, message, &integrations);
+        let candidates = self.route(policy, sender, message);
         self.parts.limits.check_fan_out(candidates.len())?;
         lap(&mut mark, &mut times.route);
         let facts = Message {
@@ -574,11 +573,19 @@ impl Hub {
         // filtered bytes and the same removed fields: filtered and named once per grant.
         let mut filtered: Vec<(&Grant, Bytes, u32, Vec<String>)> = Vec::new();
         for recipient in candidates {
-            let decision = check_recipient(
-                &facts,
-                recipient.party(),
-                policy.deliberations_reaching(recipient.index, message.flow),
-                &integrations,
+            // The recipient's rows only, read where the directory keeps them: not copied, the
+            // person's other rows not even decoded (the check looks at no other).
+            let decision = self.directory.with_integrations_of(
+                message.niss,
+                recipient.index,
+                |integrations| {
+                    check_recipient(
+                        &facts,
+                        recipient.party(),
+                        policy.deliberations_reaching(recipient.index, message.flow),
+                        integrations,
+                    )
+                },
             );
             lap(&mut mark, &mut times.check);
             let result = match decision {
@@ -637,16 +644,19 @@ impl Hub {
         policy: &'p Policy,
         sender: &Institution,
         message: &Validated,
-        integrations: &[Integration],
     ) -> Vec<&'p Institution> {
         let mut candidates: Vec<&Institution> = match message.addressee {
             Some(addressee) => vec![policy.institution(addressee)],
             None => {
-                let mut indices: Vec<InstitutionIndex> = integrations
-                    .iter()
-                    .map(|i| i.institution)
-                    .filter(|i| *i != sender.index)
-                    .collect();
+                let mut indices: Vec<InstitutionIndex> =
+                    self.directory
+                        .with_integrations(message.niss, |integrations| {
+                            integrations
+                                .iter()
+                                .map(|i| i.institution)
+                                .filter(|i| *i != sender.index)
+                                .collect()
+                        });
                 indices.sort_unstable();
                 indices.dedup();
                 indices

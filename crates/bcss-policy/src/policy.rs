@@ -107,9 +107,20 @@ pub struct Policy {
     grants: Vec<HashMap<Flow, Grant>>,
     /// Per deliberation (same order), the file it came from.
     sources: Vec<PathBuf>,
-    /// Deliberations whose routes reach an institution, per flow.
-    by_recipient: HashMap<(InstitutionIndex, Flow), Vec<usize>>,
+    /// Deliberations whose routes reach an institution, per flow: indexed by the institution's
+    /// index, then the flow's position in `Flow::ALL` (no hashing on the data path: the
+    /// integration check asks this for every candidate).
+    by_recipient: Vec<[Vec<usize>; Flow::ALL.len()]>,
     schema: Schema,
+}
+
+/// A flow's position in `Flow::ALL`.
+fn flow_position(flow: Flow) -> usize {
+    match flow {
+        Flow::A052 => 0,
+        Flow::Dmfa => 1,
+        Flow::Dimona => 2,
+    }
 }
 
 /// Collects problems while loading, so that one run reports all of them.
@@ -159,7 +170,7 @@ impl Policy {
             deliberations: Vec::new(),
             grants: Vec::new(),
             sources: Vec::new(),
-            by_recipient: HashMap::new(),
+            by_recipient: Vec::new(),
             schema: Schema::load(),
         };
         policy.add_institutions(institutions, institutions_file, &mut problems);
@@ -487,10 +498,11 @@ impl Policy {
                     .iter()
                     .any(|r| r.recipients.contains(institution.party()))
                 {
-                    self.by_recipient
-                        .entry((institution.index, *flow))
-                        .or_default()
-                        .push(index);
+                    let at = usize::from(institution.index.0);
+                    if self.by_recipient.len() <= at {
+                        self.by_recipient.resize_with(at + 1, Default::default);
+                    }
+                    self.by_recipient[at][flow_position(*flow)].push(index);
                 }
             }
         }
@@ -805,9 +817,9 @@ impl Policy {
         flow: Flow,
     ) -> impl Iterator<Item = &Deliberation> + '_ {
         self.by_recipient
-            .get(&(recipient, flow))
-            .into_iter()
-            .flatten()
+            .get(usize::from(recipient.0))
+            .map_or(&[][..], |per_flow| &per_flow[flow_position(flow)])
+            .iter()
             .map(|i| &self.deliberations[*i])
     }
 
@@ -875,4 +887,16 @@ fn deliberation_paths(folder: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     }
     paths.sort();
     Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flow_position_is_its_place_in_all() {
+        for (position, flow) in Flow::ALL.into_iter().enumerate() {
+            assert_eq!(flow_position(flow), position, "{flow:?}");
+        }
+    }
 }
