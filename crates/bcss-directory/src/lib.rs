@@ -443,6 +443,11 @@ impl Directory {
         self.changes.load(Ordering::Relaxed)
     }
 
+    /// How many persons the base table was sized for (0: everything in the spill map).
+    pub fn base_capacity(&self) -> usize {
+        self.slots.len() * SLOTS_PER_PERSON.1 / SLOTS_PER_PERSON.0
+    }
+
     /// Number of persons with at least one integration.
     pub fn persons(&self) -> usize {
         self.persons.load(Ordering::Relaxed)

@@ -145,12 +145,28 @@ impl<W: Write> SnapshotWriter<W> {
 /// Reads a snapshot into a new directory, resolving institutions and quality codes against the
 /// policy. The whole content is checked (checksum, NISS, periods) before it is returned.
 pub fn read(input: impl Read, resolver: &impl Resolver) -> Result<Directory, SnapshotError> {
+    read_sized(input, u64::MAX, resolver)
+}
+
+/// Bytes of the smallest person in a snapshot: the NISS, the row count, one row.
+const SMALLEST_PERSON: u64 = 8 + 2 + 12;
+
+/// [`read`], for an input of `size` bytes: the header's persons hint sizes the table (which is
+/// written in full when created), so a damaged hint is capped by what the file could hold.
+pub fn read_sized(
+    input: impl Read,
+    size: u64,
+    resolver: &impl Resolver,
+) -> Result<Directory, SnapshotError> {
     let mut input = ChunkReader::new(input);
     if input.take(8)? != MAGIC {
         return Err(SnapshotError::NotASnapshot);
     }
-    // A hint only: a damaged one costs memory, not correctness (capped at 100 million).
-    let persons_hint = u64::from_le_bytes(input.array()?).min(100_000_000) as usize;
+    // A hint only: a damaged one costs memory, not correctness (capped by the file's size and
+    // at 100 million).
+    let persons_hint = u64::from_le_bytes(input.array()?)
+        .min(size / SMALLEST_PERSON)
+        .min(100_000_000) as usize;
     let institutions = u32::from_le_bytes(input.array()?) as usize;
     let mut ids = Vec::with_capacity(institutions.min(65_536));
     let mut indices = Vec::with_capacity(institutions.min(65_536));
@@ -547,6 +563,25 @@ mod tests {
                 "{case}"
             );
         }
+    }
+
+    #[test]
+    fn a_damaged_persons_hint_is_capped_by_the_file_size() {
+        let directory = sample();
+        let mut bytes = Vec::new();
+        let mut writer =
+            SnapshotWriter::new(&mut bytes, &["onss", "cpas-liege", "mut-100"], 100_000_000)
+                .unwrap();
+        directory.for_each_person(|niss, rows| writer.person(niss, rows).unwrap());
+        writer.finish().unwrap();
+        let size = bytes.len() as u64;
+        let back = read_sized(bytes.as_slice(), size, &Policy).unwrap();
+        assert_eq!(sorted(&back), sorted(&directory));
+        assert!(
+            back.base_capacity() <= (size / SMALLEST_PERSON) as usize + 1,
+            "a table for {} persons from a {size}-byte file",
+            back.base_capacity()
+        );
     }
 
     #[test]

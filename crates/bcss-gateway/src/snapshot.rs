@@ -66,7 +66,8 @@ pub fn load(file: &Path, policy: &Policy) -> Result<Directory, StartupError> {
     let is_snapshot = input.read_exact(&mut magic).is_ok() && &magic == snapshot::MAGIC;
     if is_snapshot {
         let input = std::fs::File::open(file).map_err(|e| fail(e.into()))?;
-        snapshot::read(input, &PolicyResolver(policy)).map_err(|e| fail(e.into()))
+        let size = input.metadata().map_err(|e| fail(e.into()))?.len();
+        snapshot::read_sized(input, size, &PolicyResolver(policy)).map_err(|e| fail(e.into()))
     } else {
         crate::startup::load_directory(file, policy)
     }

@@ -71,7 +71,10 @@ pub fn load_directory(file: &Path, policy: &Policy) -> Result<Directory, Startup
         source,
     };
     let text = std::fs::read_to_string(file).map_err(|e| fail(e.into()))?;
-    let directory = Directory::new();
+    // A base table for at least twice the file's lines (a line per integration, so at least
+    // one per person), with room for persons integrated at run time; beyond it, persons go to
+    // the directory's spill map.
+    let directory = Directory::with_capacity((text.lines().count() * 2).max(4096));
     bcss_directory::csv::load(&directory, &text, &PolicyResolver(policy))
         .map_err(|e| fail(e.into()))?;
     Ok(directory)
