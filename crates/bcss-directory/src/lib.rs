@@ -3,7 +3,9 @@
 //!
 //! An integration check reads one person's rows on a random NISS, millions of times a second
 //! over 20 million persons: the storage is laid out so that a check costs about one cache miss
-//! and readers take no lock. The crate does no I/O of its own: [`csv`] parses text handed to
+//! and readers take no lock — and a caller that knows the person early asks for that line
+//! ahead ([`Directory::prefetch`]) so that the miss is over by the check. The crate does no
+//! I/O of its own: [`csv`] parses text handed to
 //! it, [`snapshot`] reads and writes through the `Read`/`Write` it is given.
 //!
 //! # Storage
@@ -458,6 +460,23 @@ impl Directory {
         self.integrations.load(Ordering::Relaxed)
     }
 
+    /// Starts bringing the person's slot into cache: a caller that knows the person early (the
+    /// hub, as soon as the NISS is validated) calls this, does other work, and finds the slot
+    /// in cache at the check instead of waiting for memory then (docs/BENCHMARKS.md,
+    /// "National-scale directory"). A plain load whose value is not needed: the processor
+    /// goes on with the following instructions while it completes (a prefetch instruction
+    /// would need `unsafe` here).
+    #[inline]
+    pub fn prefetch(&self, niss: Niss) {
+        if !self.slots.is_empty() {
+            let slot = &self.slots[self.home(niss.as_u64())];
+            #[cfg(target_arch = "x86_64")]
+            prefetch_x86(slot);
+            #[cfg(not(target_arch = "x86_64"))]
+            std::hint::black_box(slot.header.load(Ordering::Relaxed));
+        }
+    }
+
     /// The first slot of `key`'s probe.
     #[inline]
     fn home(&self, key: u64) -> usize {
@@ -717,6 +736,17 @@ fn encode_inline(rows: &[Integration]) -> Option<[u64; INLINE]> {
         *word = row::encode(row)?;
     }
     Some(words)
+}
+
+/// A prefetch instruction for `slot`'s cache line.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[allow(unsafe_code)]
+fn prefetch_x86(slot: &Slot) {
+    let line: *const Slot = slot;
+    // SAFETY: `prefetch` only hints the cache; it reads nothing the program sees and cannot
+    // fault, and `line` points into a live slot. SSE is in every x86_64 processor.
+    unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.cast()) }
 }
 
 #[cfg(test)]

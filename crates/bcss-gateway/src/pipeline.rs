@@ -312,6 +312,8 @@ impl Hub {
         self.parts.limits.admit(sender)?;
         let stage = std::time::Instant::now();
         let message = self.validate(policy, sender, envelope)?;
+        // The person's directory slot comes into cache while the ticket and the route are made.
+        self.directory.prefetch(message.niss);
         stage_done("validate", stage);
         let ticket: Arc<str> = uuid::Uuid::now_v7().to_string().into();
         tracing::Span::current().record("ticket", tracing::field::display(&ticket));
