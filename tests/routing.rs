@@ -719,6 +719,26 @@ async fn resubmission_returns_the_original_ticket_and_delivers_nothing_new() {
     );
 }
 
+/// Sends `envelopes` on one `SubmitStream` as `party` and collects every reply.
+async fn stream_replies(
+    h: &Harness,
+    party: &str,
+    envelopes: Vec<Envelope>,
+) -> Vec<bcss_proto::hub::v1::SubmitStreamReply> {
+    let mut replies = h
+        .gateway(party)
+        .await
+        .submit_stream(tokio_stream::iter(envelopes))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut all = Vec::new();
+    while let Some(reply) = replies.message().await.unwrap() {
+        all.push(reply);
+    }
+    all
+}
+
 #[tokio::test]
 async fn submit_stream_answers_each_envelope_in_order() {
     let h = Harness::start(&[]).await;
@@ -731,15 +751,8 @@ async fn submit_stream_answers_each_envelope_in_order() {
         bad,
         a052_envelope("s-3", niss, 3),
     ];
-    let mut replies = h
-        .gateway("mc")
-        .await
-        .submit_stream(tokio_stream::iter(envelopes))
-        .await
-        .unwrap()
-        .into_inner();
     let mut got = Vec::new();
-    while let Some(reply) = replies.message().await.unwrap() {
+    for reply in stream_replies(&h, "mc", envelopes).await {
         got.push((
             reply.message_id.clone(),
             matches!(
@@ -782,15 +795,8 @@ async fn submit_stream_handles_envelopes_concurrently() {
         .enumerate()
         .map(|(i, niss)| a052_envelope(&format!("c-{i}"), *niss, 20 + i as u64))
         .collect();
-    let mut replies = h
-        .gateway("mc")
-        .await
-        .submit_stream(tokio_stream::iter(envelopes))
-        .await
-        .unwrap()
-        .into_inner();
     let mut got = Vec::new();
-    while let Some(reply) = replies.message().await.unwrap() {
+    for reply in stream_replies(&h, "mc", envelopes).await {
         let Some(bcss_proto::hub::v1::submit_stream_reply::Result::Reply(submitted)) = reply.result
         else {
             panic!("an error entry: {reply:?}");
