@@ -878,20 +878,12 @@ mod tests {
         assert_eq!(of(&directory, person(5), 1), vec![]);
     }
 
-    /// splitmix64: the model test's reproducible draws, without a dependency.
-    struct Draw(u64);
+    /// The model test's reproducible draws (ChaCha8 from a seed).
+    struct Draw(rand_chacha::ChaCha8Rng);
 
     impl Draw {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
         fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
+            rand::RngExt::random_range(&mut self.0, 0..n)
         }
 
         fn pick<T: Copy>(&mut self, items: &[T]) -> T {
@@ -1017,7 +1009,7 @@ mod tests {
             let mut directory = Directory::with_capacity(capacity);
             let mut model = Model::new();
             let mut changes = 0;
-            let mut draw = Draw(seed);
+            let mut draw = Draw(rand::SeedableRng::seed_from_u64(seed));
             let pool: Vec<Niss> = (0..40).map(person).collect();
             for step in 0..1000 {
                 let niss = draw.pick(&pool);

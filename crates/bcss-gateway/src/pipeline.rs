@@ -573,7 +573,7 @@ impl Hub {
         let mut plans = Vec::with_capacity(candidates.len());
         // Recipients under the same grant (ten CPAS under one deliberation) get the same
         // filtered bytes and the same removed fields: filtered and named once per grant.
-        let mut filtered: Vec<(&Grant, Bytes, u32, Vec<String>)> = Vec::new();
+        let mut filtered: Vec<Filtered> = Vec::new();
         for recipient in candidates {
             // The recipient's rows only, read where the directory keeps them: not copied, the
             // person's other rows not even decoded (the check looks at no other).
@@ -595,36 +595,13 @@ impl Hub {
                     let grant = policy
                         .grant(admission.deliberation, message.flow)
                         .expect("a deliberation covering a flow grants it");
-                    let known = filtered
-                        .iter()
-                        .position(|(seen, ..)| std::ptr::eq(*seen, grant));
-                    let at = match known {
-                        Some(at) => at,
-                        None => {
-                            let (payload, stats) = bcss_wire::filter(&grant.tree, &message.payload)
-                                .map_err(|error| InputError::MalformedPayload {
-                                    flow: message.flow,
-                                    error,
-                                })?;
-                            let removed_paths = if name_removed {
-                                policy
-                                    .schema()
-                                    .removed_fields(message.flow, &grant.paths, &message.payload)
-                                    .unwrap_or_default()
-                            } else {
-                                Vec::new()
-                            };
-                            filtered.push((grant, payload, stats.removed, removed_paths));
-                            filtered.len() - 1
-                        }
-                    };
-                    let (_, payload, removed_fields, removed_paths) = &filtered[at];
+                    let done = filtered_once(&mut filtered, policy, grant, message, name_removed)?;
                     Ok(Admitted {
                         deliberation: admission.deliberation.id.clone(),
                         a_posteriori: admission.a_posteriori,
-                        payload: payload.clone(),
-                        removed_fields: *removed_fields,
-                        removed_paths: removed_paths.clone(),
+                        payload: done.payload.clone(),
+                        removed_fields: done.removed_fields,
+                        removed_paths: done.removed_paths.clone(),
                     })
                 }
                 Err(refusal) => Err((refusal.reason, refusal.deliberation.map(|d| d.id.clone()))),
@@ -770,6 +747,49 @@ fn lap(mark: &mut std::time::Instant, into: &mut std::time::Duration) {
     let now = std::time::Instant::now();
     *into += now - *mark;
     *mark = now;
+}
+
+/// The message's payload filtered for one grant, and what the filter removed.
+struct Filtered<'p> {
+    grant: &'p Grant,
+    payload: Bytes,
+    removed_fields: u32,
+    removed_paths: Vec<String>,
+}
+
+/// The payload filtered for `grant`: from `done` when an earlier recipient of the message had
+/// the same grant, else filtered (and its removed fields named, when `name_removed`) and kept.
+fn filtered_once<'d, 'p>(
+    done: &'d mut Vec<Filtered<'p>>,
+    policy: &Policy,
+    grant: &'p Grant,
+    message: &Validated,
+    name_removed: bool,
+) -> Result<&'d Filtered<'p>, InputError> {
+    if let Some(at) = done.iter().position(|f| std::ptr::eq(f.grant, grant)) {
+        return Ok(&done[at]);
+    }
+    let (payload, stats) = bcss_wire::filter(&grant.tree, &message.payload).map_err(|error| {
+        InputError::MalformedPayload {
+            flow: message.flow,
+            error,
+        }
+    })?;
+    let removed_paths = if name_removed {
+        policy
+            .schema()
+            .removed_fields(message.flow, &grant.paths, &message.payload)
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    done.push(Filtered {
+        grant,
+        payload,
+        removed_fields: stats.removed,
+        removed_paths,
+    });
+    Ok(done.last().expect("just pushed"))
 }
 
 fn stage_done(stage: &'static str, started: std::time::Instant) {
