@@ -346,6 +346,15 @@ mod tests {
         uint(3, 7, &mut descend_not_len);
         let mut group = Vec::new();
         key(5, 3, &mut group);
+        // A job whose last varint (or length) would end past the job, inside the bytes of
+        // the fields that follow it.
+        let mut varint_past_job = Vec::new();
+        msg(3, vec![0x08, 0x80], &mut varint_past_job);
+        uint(4, 41, &mut varint_past_job);
+        string(2, b"Dupont", &mut varint_past_job);
+        let mut length_past_job = Vec::new();
+        msg(3, vec![0x1a, 0x03, b'x'], &mut length_past_job);
+        string(2, b"Dupont", &mut length_past_job);
         let cases: Vec<(&str, Vec<u8>, WireError)> = vec![
             (
                 "truncated",
@@ -360,6 +369,16 @@ mod tests {
             ("field zero", vec![0x00, 0x01], WireError::FieldZero),
             ("wire type 7", vec![0x0f], WireError::UnknownWireType(7)),
             ("group", group, WireError::Group),
+            (
+                "varint running past its sub-message",
+                varint_past_job,
+                WireError::Truncated,
+            ),
+            (
+                "length running past its sub-message",
+                length_past_job,
+                WireError::LengthPastEnd,
+            ),
             (
                 "kept field with wrong wire type",
                 wrong_type,
