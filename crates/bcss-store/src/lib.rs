@@ -437,21 +437,48 @@ fn unavailable(path: &Path, error: impl std::fmt::Display) -> StoreError {
 
 fn init_tables(db: &Database) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
-    txn.open_table(TICKETS)?;
-    txn.open_table(MESSAGE_IDS)?;
-    txn.open_table(DELIVERIES)?;
-    txn.open_table(PENDING)?;
-    txn.open_table(DEAD)?;
-    txn.open_table(JOURNAL)?;
-    txn.open_table(JOURNAL_BY_PERSON)?;
-    txn.open_table(JOURNAL_BY_TICKET)?;
-    txn.open_table(JOURNAL_BY_PARTY)?;
-    txn.open_table(JOURNAL_EXPIRY)?;
-    txn.open_table(CHECKPOINTS)?;
-    txn.open_table(HEALTH)?;
-    txn.open_table(CONTACT_FILES)?;
+    drop(Tables::open(&txn)?);
     txn.commit()?;
     Ok(())
+}
+
+/// Every table, opened once per write group: opening a table looks it up in redb's table tree
+/// and closing it stages its new root, which, done per operation and per journal entry, was an
+/// eighth of the writer thread's time (see docs/BENCHMARKS.md).
+struct Tables<'txn> {
+    tickets: redb::Table<'txn, &'static str, &'static [u8]>,
+    message_ids: redb::Table<'txn, &'static str, &'static str>,
+    deliveries: redb::Table<'txn, u64, &'static [u8]>,
+    pending: redb::Table<'txn, u64, ()>,
+    dead: redb::Table<'txn, u64, ()>,
+    journal: redb::Table<'txn, u64, &'static [u8]>,
+    by_person: redb::Table<'txn, (u64, u64), ()>,
+    by_ticket: redb::Table<'txn, (&'static str, u64), ()>,
+    by_party: redb::Table<'txn, (&'static str, i64, u64), ()>,
+    expiry: redb::Table<'txn, (i64, u64), ()>,
+    checkpoints: redb::Table<'txn, u64, &'static [u8]>,
+    contact_files: redb::Table<'txn, &'static str, u64>,
+    health: redb::Table<'txn, &'static str, &'static [u8]>,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Tables<'txn>, redb::TableError> {
+        Ok(Tables {
+            tickets: txn.open_table(TICKETS)?,
+            message_ids: txn.open_table(MESSAGE_IDS)?,
+            deliveries: txn.open_table(DELIVERIES)?,
+            pending: txn.open_table(PENDING)?,
+            dead: txn.open_table(DEAD)?,
+            journal: txn.open_table(JOURNAL)?,
+            by_person: txn.open_table(JOURNAL_BY_PERSON)?,
+            by_ticket: txn.open_table(JOURNAL_BY_TICKET)?,
+            by_party: txn.open_table(JOURNAL_BY_PARTY)?,
+            expiry: txn.open_table(JOURNAL_EXPIRY)?,
+            checkpoints: txn.open_table(CHECKPOINTS)?,
+            contact_files: txn.open_table(CONTACT_FILES)?,
+            health: txn.open_table(HEALTH)?,
+        })
+    }
 }
 
 fn recover(db: &Database) -> Result<Recovered, StoreError> {
@@ -598,10 +625,15 @@ impl Writer {
                 return fail_all(writes, &error);
             }
         };
+        let mut tables = match Tables::open(&txn) {
+            Ok(tables) => tables,
+            Err(error) => return fail_all(writes, &StoreError::Unavailable(error.to_string())),
+        };
         let mut answers = Vec::with_capacity(writes.len());
         for op in writes {
-            answers.push(self.write_one(&txn, op));
+            answers.push(self.write_one(&mut tables, op));
         }
+        drop(tables);
         let committed = txn.commit();
         self.writable
             .store(committed.is_ok(), std::sync::atomic::Ordering::Relaxed);
@@ -637,14 +669,14 @@ impl Writer {
         }
     }
 
-    fn write_one(&mut self, txn: &WriteTransaction, op: Op) -> Pending {
+    fn write_one(&mut self, tables: &mut Tables, op: Op) -> Pending {
         match op {
             Op::Accept {
                 ticket,
                 deliveries,
                 journal,
                 reply,
-            } => match self.accept(txn, *ticket, deliveries, journal) {
+            } => match self.accept(tables, *ticket, deliveries, journal) {
                 Ok(accepted) => Pending::Accept(reply, accepted),
                 Err(error) => Pending::Failed(FailedReply::Accept(reply), error),
             },
@@ -655,9 +687,9 @@ impl Writer {
                     Change::DeadLetter { .. } => EntryKind::DeadLetter,
                     Change::Replay { .. } => EntryKind::Replay,
                 };
-                let result = change_one(txn, change).and_then(|row| {
+                let result = change_one(tables, change).and_then(|row| {
                     if let Some(row) = &row {
-                        self.append(txn, delivery_entry(row, kind))?;
+                        self.append(tables, delivery_entry(row, kind))?;
                     }
                     Ok(row)
                 });
@@ -666,7 +698,7 @@ impl Writer {
                     Err(error) => Pending::Failed(FailedReply::Change(reply), error),
                 }
             }
-            Op::Append { entry, reply } => match self.append(txn, *entry) {
+            Op::Append { entry, reply } => match self.append(tables, *entry) {
                 Ok(_) => Pending::Change(reply, None),
                 Err(error) => Pending::Failed(FailedReply::Change(reply), error),
             },
@@ -675,7 +707,7 @@ impl Writer {
                 limit,
                 reply,
                 removed,
-            } => match expire(txn, now_ms, limit) {
+            } => match expire(tables, now_ms, limit) {
                 Ok(count) => {
                     removed.store(count, std::sync::atomic::Ordering::Relaxed);
                     Pending::Change(reply, None)
@@ -683,18 +715,13 @@ impl Writer {
                 Err(error) => Pending::Failed(FailedReply::Change(reply), error),
             },
             Op::Probe { write, reply } => {
-                let written = txn
-                    .open_table(HEALTH)
-                    .or_unavailable()
-                    .and_then(|mut table| {
-                        if write {
-                            let room = vec![0u8; PROBE_BYTES];
-                            table.insert("probe", room.as_slice()).map(|_| ())
-                        } else {
-                            table.remove("probe").map(|_| ())
-                        }
-                        .or_unavailable()
-                    });
+                let written = if write {
+                    let room = vec![0u8; PROBE_BYTES];
+                    tables.health.insert("probe", room.as_slice()).map(|_| ())
+                } else {
+                    tables.health.remove("probe").map(|_| ())
+                }
+                .or_unavailable();
                 match written {
                     Ok(()) => Pending::Change(reply, None),
                     Err(error) => Pending::Failed(FailedReply::Change(reply), error),
@@ -705,11 +732,7 @@ impl Writer {
     }
 
     /// Appends one entry to the chain, with its indexes, and seals the head when due.
-    fn append(
-        &mut self,
-        txn: &WriteTransaction,
-        mut entry: JournalEntry,
-    ) -> Result<u64, StoreError> {
+    fn append(&mut self, tables: &mut Tables, mut entry: JournalEntry) -> Result<u64, StoreError> {
         if !self.journal {
             return Ok(0);
         }
@@ -718,11 +741,11 @@ impl Writer {
         entry.prev_hash = prev_hash.to_vec();
         let hash = entry.compute_hash(&prev_hash);
         entry.hash = hash.to_vec();
-        txn.open_table(JOURNAL)
-            .or_unavailable()?
+        tables
+            .journal
             .insert(entry.number, entry.encode_to_vec().as_slice())
             .or_unavailable()?;
-        index(txn, &entry, true)?;
+        index(tables, &entry, true)?;
         if entry.number.is_multiple_of(journal::CHECKPOINT_EVERY) {
             let checkpoint = Checkpoint {
                 number: entry.number,
@@ -730,8 +753,8 @@ impl Writer {
                 at_ms: entry.at_ms,
                 seal: journal::seal(&self.journal_key, entry.number, &hash).to_vec(),
             };
-            txn.open_table(CHECKPOINTS)
-                .or_unavailable()?
+            tables
+                .checkpoints
                 .insert(entry.number, checkpoint.encode_to_vec().as_slice())
                 .or_unavailable()?;
         }
@@ -741,23 +764,20 @@ impl Writer {
 
     fn accept(
         &mut self,
-        txn: &WriteTransaction,
+        tables: &mut Tables,
         mut ticket: TicketRow,
         mut deliveries: Vec<DeliveryRow>,
         journal: Vec<JournalEntry>,
     ) -> Result<Accepted, StoreError> {
         let key = format!("{}\0{}", ticket.sender, ticket.message_id);
-        let mut ids = txn.open_table(MESSAGE_IDS).or_unavailable()?;
-        let mut tickets = txn.open_table(TICKETS).or_unavailable()?;
-        if let Some(existing) = ids.get(key.as_str()).or_unavailable()? {
-            let row = tickets
+        if let Some(existing) = tables.message_ids.get(key.as_str()).or_unavailable()? {
+            let row = tables
+                .tickets
                 .get(existing.value())
                 .or_unavailable()?
                 .ok_or_else(|| StoreError::Damaged("a message id without its ticket".into()))?;
             return Ok(Accepted::Existing(decode(row.value())?));
         }
-        let mut table = txn.open_table(DELIVERIES).or_unavailable()?;
-        let mut pending = txn.open_table(PENDING).or_unavailable()?;
         let mut seqs = Vec::with_capacity(deliveries.len());
         for delivery in &mut deliveries {
             delivery.seq = self.next_seq;
@@ -770,19 +790,22 @@ impl Writer {
             {
                 outcome.delivery_seq = delivery.seq;
             }
-            table
+            tables
+                .deliveries
                 .insert(delivery.seq, delivery.encode_to_vec().as_slice())
                 .or_unavailable()?;
-            pending.insert(delivery.seq, ()).or_unavailable()?;
+            tables.pending.insert(delivery.seq, ()).or_unavailable()?;
         }
-        ids.insert(key.as_str(), ticket.ticket.as_str())
+        tables
+            .message_ids
+            .insert(key.as_str(), ticket.ticket.as_str())
             .or_unavailable()?;
-        tickets
+        tables
+            .tickets
             .insert(ticket.ticket.as_str(), ticket.encode_to_vec().as_slice())
             .or_unavailable()?;
-        drop((ids, tickets, table, pending));
         for entry in journal {
-            self.append(txn, entry)?;
+            self.append(tables, entry)?;
         }
         Ok(Accepted::New { seqs })
     }
@@ -844,21 +867,24 @@ fn fail_all(writes: Vec<Op>, error: &StoreError) {
     }
 }
 
-fn change_one(txn: &WriteTransaction, change: Change) -> Result<Option<DeliveryRow>, StoreError> {
+fn change_one(tables: &mut Tables, change: Change) -> Result<Option<DeliveryRow>, StoreError> {
     let seq = match &change {
         Change::Delivered { seq, .. }
         | Change::Attempted { seq, .. }
         | Change::DeadLetter { seq, .. }
         | Change::Replay { seq } => *seq,
     };
-    let mut table = txn.open_table(DELIVERIES).or_unavailable()?;
-    let Some(current) = table.get(seq).or_unavailable()? else {
+    let Some(current) = tables.deliveries.get(seq).or_unavailable()? else {
         return Ok(None);
     };
     let mut row: DeliveryRow = decode(current.value())?;
     drop(current);
-    let mut pending = txn.open_table(PENDING).or_unavailable()?;
-    let mut dead = txn.open_table(DEAD).or_unavailable()?;
+    let Tables {
+        deliveries,
+        pending,
+        dead,
+        ..
+    } = tables;
     match change {
         Change::Delivered { at_ms, .. } => {
             row.state = DeliveryState::Delivered as i32;
@@ -902,7 +928,7 @@ fn change_one(txn: &WriteTransaction, change: Change) -> Result<Option<DeliveryR
             pending.insert(seq, ()).or_unavailable()?;
         }
     }
-    table
+    deliveries
         .insert(seq, row.encode_to_vec().as_slice())
         .or_unavailable()?;
     Ok(Some(row))
@@ -969,12 +995,15 @@ pub fn now_ms() -> i64 {
 }
 
 /// Adds (or, with `add` false, removes) an entry's index rows.
-fn index(txn: &WriteTransaction, entry: &JournalEntry, add: bool) -> Result<(), StoreError> {
-    let mut person = txn.open_table(JOURNAL_BY_PERSON).or_unavailable()?;
-    let mut ticket = txn.open_table(JOURNAL_BY_TICKET).or_unavailable()?;
-    let mut party = txn.open_table(JOURNAL_BY_PARTY).or_unavailable()?;
-    let mut expiry = txn.open_table(JOURNAL_EXPIRY).or_unavailable()?;
-    let mut contact = txn.open_table(CONTACT_FILES).or_unavailable()?;
+fn index(tables: &mut Tables, entry: &JournalEntry, add: bool) -> Result<(), StoreError> {
+    let Tables {
+        by_person: person,
+        by_ticket: ticket,
+        by_party: party,
+        expiry,
+        contact_files: contact,
+        ..
+    } = tables;
     let n = entry.number;
     macro_rules! apply {
         ($table:expr, $key:expr) => {
@@ -1014,11 +1043,11 @@ fn index(txn: &WriteTransaction, entry: &JournalEntry, add: bool) -> Result<(), 
 }
 
 /// Replaces the content of entries past their retention by stubs.
-fn expire(txn: &WriteTransaction, now_ms: i64, limit: usize) -> Result<u64, StoreError> {
+fn expire(tables: &mut Tables, now_ms: i64, limit: usize) -> Result<u64, StoreError> {
     let due: Vec<u64> = {
-        let expiry = txn.open_table(JOURNAL_EXPIRY).or_unavailable()?;
         let mut due = Vec::new();
-        for item in expiry
+        for item in tables
+            .expiry
             .range((i64::MIN, 0)..=(now_ms, u64::MAX))
             .or_unavailable()?
         {
@@ -1032,15 +1061,14 @@ fn expire(txn: &WriteTransaction, now_ms: i64, limit: usize) -> Result<u64, Stor
     let mut removed = 0;
     for number in due {
         let entry: JournalEntry = {
-            let journal = txn.open_table(JOURNAL).or_unavailable()?;
-            let Some(bytes) = journal.get(number).or_unavailable()? else {
+            let Some(bytes) = tables.journal.get(number).or_unavailable()? else {
                 continue;
             };
             decode(bytes.value())?
         };
-        index(txn, &entry, false)?;
-        txn.open_table(JOURNAL)
-            .or_unavailable()?
+        index(tables, &entry, false)?;
+        tables
+            .journal
             .insert(number, entry.stub().encode_to_vec().as_slice())
             .or_unavailable()?;
         removed += 1;
