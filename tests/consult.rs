@@ -467,9 +467,7 @@ async fn a_slow_source_gives_deadline_exceeded_and_nothing_partial() {
     let h = Harness::start_with(&[], |settings| settings.delivery.consult_timeout_ms = 300).await;
     let niss = fresh_niss(140);
     integrate(&h, "onva-inspection", niss, 1, "2020-01-01", "").await;
-    h.network
-        .source("onss")
-        .set_delay(Duration::from_millis(1500));
+    h.network.source("onss").set_delay(Duration::from_secs(6));
     let started = std::time::Instant::now();
     let status = consult(
         &h,
@@ -479,8 +477,10 @@ async fn a_slow_source_gives_deadline_exceeded_and_nothing_partial() {
     .await
     .unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    // The hub gave up at its deadline, long before the source would have answered (the
+    // margin is wide: the CI's two cores are shared with other test binaries).
     assert!(
-        started.elapsed() < Duration::from_millis(1200),
+        started.elapsed() < Duration::from_secs(4),
         "{:?}",
         started.elapsed()
     );

@@ -272,10 +272,7 @@ pub async fn consult(
         })?;
     let journals = hub.outbox().store().is_some_and(|s| s.journals());
     let removed_fields = if journals {
-        policy
-            .schema()
-            .removed_fields(consultation.flow, &grant.paths, &raw)
-            .unwrap_or_default()
+        grant.removed_fields(&raw).unwrap_or_default()
     } else {
         Vec::new()
     };

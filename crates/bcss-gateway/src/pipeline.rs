@@ -595,7 +595,7 @@ impl Hub {
                     let grant = policy
                         .grant(admission.deliberation, message.flow)
                         .expect("a deliberation covering a flow grants it");
-                    let done = filtered_once(&mut filtered, policy, grant, message, name_removed)?;
+                    let done = filtered_once(&mut filtered, grant, message, name_removed)?;
                     Ok(Admitted {
                         deliberation: admission.deliberation.id.clone(),
                         a_posteriori: admission.a_posteriori,
@@ -761,7 +761,6 @@ struct Filtered<'p> {
 /// the same grant, else filtered (and its removed fields named, when `name_removed`) and kept.
 fn filtered_once<'d, 'p>(
     done: &'d mut Vec<Filtered<'p>>,
-    policy: &Policy,
     grant: &'p Grant,
     message: &Validated,
     name_removed: bool,
@@ -776,10 +775,7 @@ fn filtered_once<'d, 'p>(
         }
     })?;
     let removed_paths = if name_removed {
-        policy
-            .schema()
-            .removed_fields(message.flow, &grant.paths, &message.payload)
-            .unwrap_or_default()
+        grant.removed_fields(&message.payload).unwrap_or_default()
     } else {
         Vec::new()
     };

@@ -436,6 +436,13 @@ fn exercise_payload(payload: &[u8]) -> Result<(), TestCaseError> {
             };
             let filtered = bcss_wire::filter(&grant.tree, payload);
             let _ = policy.schema().removed_fields(flow, &grant.paths, payload);
+            let named = grant.removed_fields(payload);
+            // Naming removed fields refuses exactly what the filter refuses.
+            prop_assert_eq!(
+                named.is_ok(),
+                filtered.is_ok(),
+                "removed-field names vs filter"
+            );
             if scanned.is_err() {
                 continue;
             }

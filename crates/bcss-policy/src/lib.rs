@@ -23,5 +23,5 @@ pub mod settings;
 pub use bcss_wire::FieldTree;
 pub use error::{ConfigError, Problem};
 pub use policy::{Grant, Institution, Operator, Policy, Role, Sector};
-pub use schema::{FlowSchema, Schema};
+pub use schema::{FieldNames, FlowSchema, Schema};
 pub use settings::Settings;

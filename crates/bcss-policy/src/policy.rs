@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use bcss_domain::deliberation::{CheckMode, Consultation, Deliberation, PartySet, Route};
 use bcss_domain::{Flow, InstitutionIndex, Party, QualityCode, SectorIndex, SectorQuality};
-use bcss_wire::FieldTree;
+use bcss_wire::{FieldTree, NodeId, WireError};
 use time::Date;
 
 use crate::error::{ConfigError, Problem, read_toml};
 use crate::files::{DeliberationFile, InstitutionsFile, QualityCodesFile};
-use crate::schema::Schema;
+use crate::schema::{FieldNames, Schema};
 use crate::settings::Settings;
 
 /// A sector of the network.
@@ -86,11 +86,33 @@ impl Operator {
     }
 }
 
-/// What a deliberation grants for one flow: its field list, as written and compiled.
+/// What a deliberation grants for one flow: its field list, as written and compiled, and the
+/// name of every field its filter can drop.
 #[derive(Clone, Debug)]
 pub struct Grant {
     pub paths: Vec<String>,
     pub tree: FieldTree,
+    pub names: FieldNames,
+}
+
+impl Grant {
+    /// The paths of the fields present in `payload` that this grant drops: the names a
+    /// recipient loses, never the values, each once, in the payload's order. Found by walking
+    /// the wire format with the grant's tree, like the filter; fields the schema does not know
+    /// are dropped unnamed.
+    pub fn removed_fields(&self, payload: &[u8]) -> Result<Vec<String>, WireError> {
+        let mut seen: Vec<(NodeId, u32)> = Vec::new();
+        let mut removed = Vec::new();
+        bcss_wire::for_each_dropped(&self.tree, payload, |node, number| {
+            if let Some(name) = self.names.name(node, number)
+                && !seen.contains(&(node, number))
+            {
+                seen.push((node, number));
+                removed.push(name.to_owned());
+            }
+        })?;
+        Ok(removed)
+    }
 }
 
 /// The immutable policy snapshot the data path reads.
@@ -471,11 +493,13 @@ impl Policy {
             match self.schema.compile(flow, &entry.fields) {
                 Ok(tree) if tree.is_empty() => problems.add(file, &what, "the field list is empty"),
                 Ok(tree) => {
+                    let names = self.schema.field_names(flow, &tree);
                     grants.insert(
                         flow,
                         Grant {
                             paths: entry.fields.clone(),
                             tree,
+                            names,
                         },
                     );
                 }

@@ -13,6 +13,10 @@
 //!
 //! The same payloads re-encoded with overlong varints (valid protobuf that the hub accepts) must
 //! filter to the same message (this found the filter copying over-long keys short).
+//!
+//! For the same payloads, the removed-field names a grant gives from its wire walk
+//! (`Grant::removed_fields`) must be the ones prost-reflect's decoding gives
+//! (`Schema::removed_fields`), in the same order.
 
 use std::path::Path;
 use std::sync::LazyLock;
@@ -427,6 +431,17 @@ fn check_grant(
         at,
         stats.removed
     );
+
+    // (d) The removed fields, named from the wire walk, are the ones prost-reflect's decoding
+    // names, in the same order (the payload is in field-number order).
+    let named = grant
+        .removed_fields(input)
+        .map_err(|e| TestCaseError::fail(format!("{at}: naming removed fields failed: {e}")))?;
+    let reference = POLICY
+        .schema()
+        .removed_fields(flow, &grant.paths, input)
+        .map_err(|e| TestCaseError::fail(format!("{at}: the reference naming failed: {e}")))?;
+    prop_assert_eq!(named, reference, "{}: removed-field names", at);
     Ok(())
 }
 

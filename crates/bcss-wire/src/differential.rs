@@ -142,6 +142,13 @@ fn the_tuned_filter_matches_the_reference() {
         let tuned = crate::filter(&tree, &input).map(|(out, stats)| (out.to_vec(), stats));
         let expected = reference::filter(&tree, &input);
         assert_eq!(tuned, expected, "case {case}: input {input:02x?}");
+        // Naming the dropped fields refuses exactly what the filter refuses.
+        let dropped = crate::for_each_dropped(&tree, &input, |_, _| {});
+        assert_eq!(
+            dropped,
+            expected.as_ref().map(|_| ()).map_err(|e| *e),
+            "case {case}: dropped fields, input {input:02x?}"
+        );
         if expected.is_ok() {
             ok += 1;
         } else {

@@ -12,8 +12,10 @@
 //! - [`tree`]: the compiled tree of field numbers and accepted wire types.
 //! - [`walk`]: one field at a time over a buffer, with bounds checks.
 //! - [`filter`]: the filter itself.
+//! - [`dropped`]: the fields the filter drops, without filtering (to name them).
 //! - [`scan`]: validation and NISS extraction.
 
+pub mod dropped;
 pub mod filter;
 pub mod scan;
 pub mod tree;
@@ -25,6 +27,7 @@ mod differential;
 #[cfg(test)]
 mod reference;
 
+pub use dropped::for_each_dropped;
 pub use filter::{FilterStats, filter, filter_to_vec};
 pub use scan::scan;
 pub use tree::{FieldTree, FieldTreeBuilder, NodeId, WireType, WireTypes};
