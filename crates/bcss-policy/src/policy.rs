@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bcss_domain::deliberation::{CheckMode, Consultation, Deliberation, PartySet, Route};
 use bcss_domain::{Flow, InstitutionIndex, Party, QualityCode, SectorIndex, SectorQuality};
-use bcss_wire::{FieldTree, NodeId, WireError};
+use bcss_wire::{FieldTree, WireError};
 use time::Date;
 
 use crate::error::{ConfigError, Problem, read_toml};
@@ -101,13 +101,11 @@ impl Grant {
     /// the wire format with the grant's tree, like the filter; fields the schema does not know
     /// are dropped unnamed.
     pub fn removed_fields(&self, payload: &[u8]) -> Result<Vec<String>, WireError> {
-        let mut seen: Vec<(NodeId, u32)> = Vec::new();
-        let mut removed = Vec::new();
+        let mut removed: Vec<String> = Vec::new();
         bcss_wire::for_each_dropped(&self.tree, payload, |node, number| {
             if let Some(name) = self.names.name(node, number)
-                && !seen.contains(&(node, number))
+                && !removed.iter().any(|seen| seen == name)
             {
-                seen.push((node, number));
                 removed.push(name.to_owned());
             }
         })?;

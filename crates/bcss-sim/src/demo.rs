@@ -590,12 +590,19 @@ async fn consultations(
     use bcss_proto::hub::v1::journal_client::JournalClient;
     use bcss_proto::hub::v1::{ConsultRequest, Flow, RegisterContactFileRequest};
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xc0_5017);
-    let quarter = || {
-        Some(Period {
-            start: "2025-04-01".into(),
-            end: "2025-06-30".into(),
-        })
-    };
+    // Every consultation asks about the second quarter of 2025.
+    let consult_request =
+        |flow: Flow, niss, purpose: &str, agent_id, contact_file| ConsultRequest {
+            flow: flow as i32,
+            niss,
+            period: Some(Period {
+                start: "2025-04-01".into(),
+                end: "2025-06-30".into(),
+            }),
+            purpose: purpose.into(),
+            agent_id,
+            contact_file,
+        };
     let mut done = Vec::new();
     let ask = |consulter: &'static str, request: ConsultRequest| {
         let mut client = GatewayClient::new(channels[consulter].clone());
@@ -638,14 +645,13 @@ async fn consultations(
         } else {
             Flow::Dimona
         };
-        let request = ConsultRequest {
-            flow: flow as i32,
-            niss: niss.digits(),
-            period: quarter(),
-            purpose: "holiday-pay-control".into(),
-            agent_id: format!("onva-insp-{agent:02}"),
-            contact_file: None,
-        };
+        let request = consult_request(
+            flow,
+            niss.digits(),
+            "holiday-pay-control",
+            format!("onva-insp-{agent:02}"),
+            None,
+        );
         done.push(ask("onva-inspection", request).await);
     }
     // A worker the ONVA inspection service never integrated.
@@ -655,14 +661,13 @@ async fn consultations(
             .binary_search_by_key(&**n, |(h, _)| *h)
             .is_err()
     }) {
-        let request = ConsultRequest {
-            flow: Flow::Dmfa as i32,
-            niss: niss.digits(),
-            period: quarter(),
-            purpose: "holiday-pay-control".into(),
-            agent_id: "onva-insp-01".into(),
-            contact_file: None,
-        };
+        let request = consult_request(
+            Flow::Dmfa,
+            niss.digits(),
+            "holiday-pay-control",
+            "onva-insp-01".into(),
+            None,
+        );
         done.push(ask("onva-inspection", request).await);
     }
     for n in 0..16 {
@@ -689,14 +694,13 @@ async fn consultations(
         } else {
             Flow::Dimona
         };
-        let request = ConsultRequest {
-            flow: flow as i32,
-            niss: niss.digits(),
-            period: quarter(),
-            purpose: "career-question".into(),
-            agent_id: format!("agent-{}", rng.random_range(100..200)),
+        let request = consult_request(
+            flow,
+            niss.digits(),
+            "career-question",
+            format!("agent-{}", rng.random_range(100..200)),
             contact_file,
-        };
+        );
         done.push(ask(centre, request).await);
     }
     done
