@@ -2,7 +2,9 @@
 //! several clients, is killed with SIGKILL at random moments (20 times by default;
 //! `BCSS_CRASH_KILLS=N` for more) and restarted. At the end every ticket that was answered has
 //! reached each of its recipients exactly once after deduplication by delivery id, in order per
-//! person, and nothing arrived that was not answered.
+//! person, and nothing arrived that was not answered. Every client call has a deadline, so a
+//! call lost with a killed hub's connection is retried, and a hub that stops answering fails
+//! the test instead of hanging it.
 
 mod common;
 
@@ -116,6 +118,13 @@ fn spawn_hub(root: &Path) -> Child {
         .expect("the bcss-hub binary starts")
 }
 
+/// A call's deadline. The hub answers in milliseconds: a call this old across a kill was lost
+/// with the killed hub's connection (the client library does not always notice) and is made
+/// again; one this old while the same hub ran throughout fails the test.
+const CALL_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a client may go on retrying its last message once the load has stopped.
+const FINISH_DEADLINE: Duration = Duration::from_secs(30);
+
 async fn connect(address: std::net::SocketAddr, pki: &Pki) -> Option<Channel> {
     bcss_sim::client::connect(address, pki, "solidaris", "hub.bcss.test")
         .await
@@ -133,15 +142,31 @@ async fn wait_ready(address: std::net::SocketAddr, pki: &Pki) {
     }
 }
 
+/// What the clients counted besides their answers.
+#[derive(Default)]
+struct Calls {
+    /// Every call made, retries included.
+    attempts: AtomicUsize,
+    /// Calls that reached their deadline, with no answer nor error, across a kill of the hub:
+    /// the client library lost the killed connection's end; the call is made again.
+    stalled: AtomicUsize,
+    /// Calls that reached their deadline while the same hub ran throughout: the hub's fault.
+    unanswered_by_live_hub: AtomicUsize,
+    /// Bumped as each kill begins and again once the restarted hub is ready: a call that sees it
+    /// unchanged from start to deadline had one live hub throughout.
+    hub_changes: AtomicUsize,
+}
+
 /// One client: sends messages about its persons one after another, retrying each (same
-/// message id) until it is answered, as a real sender does.
+/// message id) until it is answered, as a real sender does. Each call has a deadline; once the
+/// load has stopped, the message in hand must be answered within [`FINISH_DEADLINE`].
 async fn client(
     number: usize,
     persons: Vec<Niss>,
     address: std::net::SocketAddr,
     pki: Arc<Pki>,
     stop: Arc<AtomicBool>,
-    attempts: Arc<AtomicUsize>,
+    calls: Arc<Calls>,
 ) -> Answered {
     let mut answered = Answered::new();
     let mut channel: Option<Channel> = None;
@@ -150,8 +175,17 @@ async fn client(
         let niss = persons[n as usize % persons.len()];
         let id = format!("client{number}-{n}");
         let envelope = a052_envelope(&id, niss, n);
+        let mut stopped_at: Option<Instant> = None;
         loop {
-            attempts.fetch_add(1, Ordering::Relaxed);
+            if stop.load(Ordering::Relaxed) {
+                let since = *stopped_at.get_or_insert_with(Instant::now);
+                assert!(
+                    since.elapsed() < FINISH_DEADLINE,
+                    "message {id} still unanswered {} s after the load stopped",
+                    FINISH_DEADLINE.as_secs()
+                );
+            }
+            calls.attempts.fetch_add(1, Ordering::Relaxed);
             if channel.is_none() {
                 channel = connect(address, &pki).await;
             }
@@ -159,8 +193,11 @@ async fn client(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
-            match GatewayClient::new(open).submit(envelope.clone()).await {
-                Ok(reply) => {
+            let request = tonic::Request::new(envelope.clone());
+            let hub_before = calls.hub_changes.load(Ordering::SeqCst);
+            let mut gateway = GatewayClient::new(open);
+            match tokio::time::timeout(CALL_DEADLINE, gateway.submit(request)).await {
+                Ok(Ok(reply)) => {
                     let reply = reply.into_inner();
                     let ids = reply
                         .recipients
@@ -171,9 +208,17 @@ async fn client(
                     answered.push((id, niss, reply.ticket, ids));
                     break;
                 }
-                Err(_) => {
+                Ok(Err(_)) => {
                     channel = None;
                     tokio::time::sleep(Duration::from_millis(30)).await;
+                }
+                Err(_) => {
+                    let counter = match calls.hub_changes.load(Ordering::SeqCst) == hub_before {
+                        true => &calls.unanswered_by_live_hub,
+                        false => &calls.stalled,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    channel = None;
                 }
             }
         }
@@ -209,7 +254,7 @@ async fn every_answered_ticket_is_delivered_exactly_once_in_order_across_sigkill
     let mut hub = spawn_hub(root.path());
     wait_ready(address, &pki).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let attempts = Arc::new(AtomicUsize::new(0));
+    let calls = Arc::new(Calls::default());
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {
             let mine =
@@ -220,17 +265,19 @@ async fn every_answered_ticket_is_delivered_exactly_once_in_order_across_sigkill
                 address,
                 pki.clone(),
                 stop.clone(),
-                attempts.clone(),
+                calls.clone(),
             ))
         })
         .collect();
     for _ in 0..kills {
         let pause = rand::rng().random_range(150..700);
         tokio::time::sleep(Duration::from_millis(pause)).await;
+        calls.hub_changes.fetch_add(1, Ordering::SeqCst);
         hub.kill().expect("SIGKILL");
         hub.wait().unwrap();
         hub = spawn_hub(root.path());
         wait_ready(address, &pki).await;
+        calls.hub_changes.fetch_add(1, Ordering::SeqCst);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
@@ -301,13 +348,20 @@ async fn every_answered_ticket_is_delivered_exactly_once_in_order_across_sigkill
     let unanswered = received.difference(&expected).count();
     let ids: HashSet<&str> = answered.iter().map(|(id, ..)| id.as_str()).collect();
     println!(
-        "crash test: {kills} SIGKILLs, {} calls, {} answered tickets, {} deliveries expected, \
-         {} delivered, {duplicates} duplicates dropped by recipients, {lost} lost, \
+        "crash test: {kills} SIGKILLs, {} calls ({} stalled to their deadline), {} answered \
+         tickets, {} deliveries expected, {} delivered, {duplicates} duplicates dropped by recipients, {lost} lost, \
          {unanswered} delivered but never answered, {out_of_order} out of order",
-        attempts.load(Ordering::Relaxed),
+        calls.attempts.load(Ordering::Relaxed),
+        calls.stalled.load(Ordering::Relaxed),
         answered.len(),
         expected.len(),
         received.len(),
+    );
+    assert_eq!(
+        calls.unanswered_by_live_hub.load(Ordering::Relaxed),
+        0,
+        "calls a running hub left unanswered for {} s",
+        CALL_DEADLINE.as_secs()
     );
     assert_eq!(ids.len(), answered.len(), "one ticket per message id");
     assert!(answered.len() > kills, "the load went on across the kills");

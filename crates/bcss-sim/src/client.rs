@@ -1,11 +1,16 @@
 //! Connecting to the hub as an institution: mutual TLS with the institution's certificate.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bcss_gateway::pki::Pki;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+/// How long connecting (TCP and the TLS handshake) may take before it is an error.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A channel to the hub at `hub`, authenticated as `party` (an institution id in the PKI).
+/// Fails after [`CONNECT_TIMEOUT`] rather than wait on a hub that accepts and never answers.
 pub async fn connect(
     hub: SocketAddr,
     pki: &Pki,
@@ -17,10 +22,17 @@ pub async fn connect(
         .ca_certificate(Certificate::from_pem(pki.ca_cert()?))
         .identity(Identity::from_pem(pair.cert, pair.key))
         .domain_name(hub_name);
-    let channel = Endpoint::from_shared(format!("https://{hub}"))?
+    let endpoint = Endpoint::from_shared(format!("https://{hub}"))?
         .tls_config(tls)?
         .tcp_nodelay(true)
-        .connect()
-        .await?;
-    Ok(channel)
+        .connect_timeout(CONNECT_TIMEOUT);
+    // tonic's connect timeout bounds the TCP connect only; this one bounds the handshake too.
+    match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
+        Ok(channel) => Ok(channel?),
+        Err(_) => Err(format!(
+            "the hub at {hub} did not complete the TLS handshake within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        )
+        .into()),
+    }
 }
