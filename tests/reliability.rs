@@ -1,5 +1,5 @@
-//! Durable delivery end to end: a recipient's outage, dead letters and their replay, a full
-//! disk. (Crashes of the hub itself: tests/crash.rs.)
+//! Durable delivery end to end: a recipient's outage, a recipient that falls silent, dead
+//! letters and their replay, a full disk. (Crashes of the hub itself: tests/crash.rs.)
 
 mod common;
 
@@ -416,4 +416,61 @@ async fn a_full_outbox_refuses_with_a_retry_hint_and_accepts_again_once_drained(
     submit(&h, "solidaris", addressed("bp-3", niss, "cpas-liege", 3))
         .await
         .expect("room again once delivered");
+}
+
+/// A recipient address that accepts connections and then says nothing (a wedged peer: the TLS
+/// handshake never completes) must not wedge the hub's connection to that recipient for good:
+/// after a delivery deadline the hub connects afresh, and delivers as soon as the institution
+/// answers on that address again, while the silent connections are still open.
+#[tokio::test]
+async fn a_connection_that_never_answers_is_replaced_after_the_delivery_deadline() {
+    let h = Harness::start_with(&[("hub.toml", &quick_retries(1000, 1000))], |settings| {
+        settings.delivery.timeout_ms = 300;
+        // One connection, so that a second one can only mean the first was given up.
+        settings.delivery.connections_per_recipient = 1;
+    })
+    .await;
+    let niss = fresh_niss(75);
+    integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
+    h.network.stop_institution("cpas-liege").await;
+    let silent = tokio::net::TcpListener::bind(h.network.addresses["cpas-liege"])
+        .await
+        .unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holding = held.clone();
+    let accepting = tokio::spawn(async move {
+        while let Ok((connection, _)) = silent.accept().await {
+            holding.lock().unwrap().push(connection);
+        }
+    });
+
+    let reply = submit(
+        &h,
+        "solidaris",
+        addressed("silent-1", niss, "cpas-liege", 1),
+    )
+    .await
+    .expect("accepted while the recipient is silent");
+    assert_ne!(reply.recipients[0].decision, Decision::Delivered as i32);
+    // A second connection means the first, never answered, was given up.
+    eventually(Duration::from_secs(10), || held.lock().unwrap().len() >= 2).await;
+
+    accepting.abort();
+    let _ = accepting.await;
+    h.network.start_institution("cpas-liege").await.unwrap();
+    eventually(Duration::from_secs(15), || {
+        h.network.inbox("cpas-liege").len() == 1
+    })
+    .await;
+    // The outcome is set once the hub has the acknowledgement, a moment after the inbox has it.
+    let asked = std::time::Instant::now();
+    while track(&h, "solidaris", &reply.ticket).await.decision != Decision::Delivered as i32 {
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "Track says delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The silent connections were never closed by their end: the hub moved on by itself.
+    assert!(held.lock().unwrap().len() >= 2);
 }
