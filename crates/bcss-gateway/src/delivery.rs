@@ -6,8 +6,9 @@
 //! connection is driven by one task at each end, so a single one serialises a busy recipient.
 //! The hub presents its own certificate (institutions verify they are called by the hub) and
 //! verifies the institution's certificate against the network CA and its configured name.
-//! A call that passes its deadline drops the institution's pool: the next call connects afresh,
-//! so a peer that accepted a connection and fell silent cannot hold every later call.
+//! The TLS handshake has the delivery deadline too (tonic bounds only the TCP connect unless
+//! told): a peer that accepts a connection and falls silent fails the connection, and the
+//! next call connects afresh instead of waiting on it for good.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -102,7 +103,6 @@ impl Deliverer {
         match tokio::time::timeout(self.consult_timeout, client.answer(request)).await {
             Ok(Ok(reply)) => Ok(reply.into_inner()),
             Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
-                self.forget(source);
                 Err(AnswerError::Deadline(self.consult_timeout))
             }
             Ok(Err(status)) if status.code() == tonic::Code::NotFound => Err(AnswerError::NotFound),
@@ -110,10 +110,7 @@ impl Deliverer {
                 "the source answered {:?}",
                 status.code()
             ))),
-            Err(_) => {
-                self.forget(source);
-                Err(AnswerError::Deadline(self.consult_timeout))
-            }
+            Err(_) => Err(AnswerError::Deadline(self.consult_timeout)),
         }
     }
 
@@ -129,28 +126,9 @@ impl Deliverer {
         request.set_timeout(self.timeout);
         match tokio::time::timeout(self.timeout, client.deliver(request)).await {
             Ok(Ok(ack)) => Ok(ack.into_inner()),
-            Ok(Err(status)) => {
-                if status.code() == tonic::Code::DeadlineExceeded {
-                    self.forget(institution);
-                }
-                Err(format!("the endpoint answered {:?}", status.code()))
-            }
-            Err(_) => {
-                self.forget(institution);
-                Err(format!("no answer within {} ms", self.timeout.as_millis()))
-            }
+            Ok(Err(status)) => Err(format!("the endpoint answered {:?}", status.code())),
+            Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
         }
-    }
-
-    /// Drops the connections to `institution` after a call to it passed its deadline: the
-    /// next call connects afresh. A connection whose peer accepted it and then fell silent
-    /// (no TLS handshake, no answer) would otherwise hold every later call to that
-    /// institution, since the client library bounds only the TCP connect. Calls in flight on
-    /// the dropped connections finish on them.
-    fn forget(&self, institution: &Institution) {
-        self.channels.remove_if(&institution.id, |_, pool| {
-            pool.endpoint == institution.endpoint
-        });
     }
 
     fn channel(&self, institution: &Institution) -> Result<Channel, String> {
@@ -173,7 +151,8 @@ impl Deliverer {
             let config = ClientTlsConfig::new()
                 .ca_certificate(tls.ca.clone())
                 .identity(tls.identity.clone())
-                .domain_name(institution.certificate_name.clone());
+                .domain_name(institution.certificate_name.clone())
+                .timeout(self.timeout);
             endpoint = endpoint
                 .tls_config(config)
                 .map_err(|e| format!("TLS configuration: {e}"))?;
