@@ -60,7 +60,7 @@ fi
 if [[ $BUILD -eq 1 ]]; then
   cargo build --release --bin bcss-hub
 fi
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/bcss-hub"
+BIN="${BCSS_HUB_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/bcss-hub}"
 CONFIG="$ROOT/config/hub.toml"
 
 WORK=$(mktemp -d)

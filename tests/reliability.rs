@@ -474,3 +474,105 @@ async fn a_connection_that_never_answers_is_replaced_after_the_delivery_deadline
     // The silent connections were never closed by their end: the hub moved on by itself.
     assert!(held.lock().unwrap().len() >= 2);
 }
+
+/// Deliveries travel as messages of one `DeliverStream` call per connection; an institution
+/// that answers `DeliverStream` UNIMPLEMENTED gets `Deliver` calls instead, at once and losing
+/// nothing; `delivery.stream = false` makes `Deliver` calls from the start. Each case: every
+/// message answered delivered in `Submit`'s reply, and received once.
+#[tokio::test]
+async fn deliveries_go_over_a_stream_or_as_calls_to_institutions_without_one() {
+    // (delivery.stream, the institution refuses streams, deliveries expected over a stream)
+    let cases = [
+        (true, false, true),
+        (true, true, false),
+        (false, false, false),
+    ];
+    for (stream, refuses, over_stream) in cases {
+        let h = Harness::start_with(&[], |settings| settings.delivery.stream = stream).await;
+        let inbox = h.network.inbox("cpas-liege");
+        if refuses {
+            inbox.refuse_streams();
+        }
+        let persons = [fresh_niss(80), fresh_niss(81)];
+        for niss in persons {
+            integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
+        }
+        let mut gateway = h.gateway("solidaris").await;
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..24u64 {
+            let niss = persons[(i % 2) as usize];
+            let envelope = addressed(&format!("stream-{i}"), niss, "cpas-liege", i);
+            let mut gateway = gateway.clone();
+            calls.spawn(async move { gateway.submit(envelope).await.map(|r| r.into_inner()) });
+        }
+        while let Some(reply) = calls.join_next().await {
+            let reply = reply.unwrap().expect("accepted");
+            assert_eq!(
+                reply.recipients[0].decision,
+                Decision::Delivered as i32,
+                "case stream={stream} refuses={refuses}: {:?}",
+                reply.recipients[0]
+            );
+        }
+        assert_eq!(inbox.len(), 24, "case stream={stream} refuses={refuses}");
+        assert_eq!(
+            inbox.duplicates(),
+            0,
+            "case stream={stream} refuses={refuses}"
+        );
+        assert_eq!(
+            inbox.streamed(),
+            if over_stream { 24 } else { 0 },
+            "case stream={stream} refuses={refuses}"
+        );
+        // Still delivered after the first ones (a second round on the same connections).
+        let reply = gateway
+            .submit(addressed("stream-last", persons[0], "cpas-liege", 99))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.recipients[0].decision, Decision::Delivered as i32);
+        assert_eq!(inbox.len(), 25);
+    }
+}
+
+/// An institution that takes a delivery on its stream and does not acknowledge it within the
+/// delivery deadline: the attempt fails with the deadline named (the stream is dropped, not
+/// waited on for good), and once the institution answers in time again the retry, on a new
+/// stream, delivers it once.
+#[tokio::test]
+async fn a_stream_that_does_not_acknowledge_in_time_is_replaced() {
+    let h = Harness::start_with(&[("hub.toml", &quick_retries(1000, 1000))], |settings| {
+        settings.delivery.timeout_ms = 300;
+        settings.delivery.connections_per_recipient = 1;
+    })
+    .await;
+    let niss = fresh_niss(85);
+    integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
+    let inbox = h.network.inbox("cpas-liege");
+    inbox.delay_each(Duration::from_secs(3));
+    let reply = submit(
+        &h,
+        "solidaris",
+        addressed("late-ack", niss, "cpas-liege", 1),
+    )
+    .await
+    .unwrap();
+    let outcome = &reply.recipients[0];
+    assert_eq!(
+        outcome.decision,
+        Decision::DeliveryFailed as i32,
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.last_error, "no answer within 300 ms");
+    assert_eq!(inbox.len(), 0, "not recorded: its stream was dropped");
+
+    inbox.delay_each(Duration::ZERO);
+    eventually(Duration::from_secs(10), || inbox.len() == 1).await;
+    assert_eq!(
+        track(&h, "solidaris", &reply.ticket).await.decision,
+        Decision::Delivered as i32
+    );
+    assert_eq!(inbox.streamed(), 1, "delivered over a stream");
+    assert_eq!(inbox.duplicates(), 0);
+}

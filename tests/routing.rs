@@ -777,13 +777,13 @@ async fn submit_stream_handles_envelopes_concurrently() {
     // The recipient acknowledges only once 4 deliveries wait together. A hub that handled a
     // stream's envelopes one at a time would have one delivery waiting: each reply would come
     // after reply_wait_ms (2 s) with the delivery still in progress, not delivered. Four
-    // persons on four different delivery lanes (a lane is the NISS modulo the recipient's 8
+    // persons on four different delivery lanes (a lane is the NISS modulo the recipient's 64
     // lanes, and keeps one person's deliveries in order).
     let h = Harness::start(&[]).await;
     let mut lanes = std::collections::HashSet::new();
     let persons: Vec<Niss> = (100..)
         .map(fresh_niss)
-        .filter(|niss| lanes.insert(niss.as_u64() % 8))
+        .filter(|niss| lanes.insert(niss.as_u64() % 64))
         .take(4)
         .collect();
     for niss in &persons {

@@ -45,7 +45,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_fds(views)?;
 
     // The Gateway as the hub serves it (envelopes decoded as views), and the Institution as the
-    // hub calls it (deliveries encoded from views). Route names match the public services.
+    // hub calls it (deliveries sent as stored, answers decoded as views). Route names match the
+    // public services.
     let unary = |name: &str, route: &str, input: &str, output: &str| {
         Method::builder()
             .name(name)
@@ -98,13 +99,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let institution = Service::builder()
         .name("Institution")
         .package("bcss.institution.v1")
-        .comment("bcss.institution.v1.Institution, encoding deliveries from views.")
+        .comment("bcss.institution.v1.Institution, sending deliveries as stored.")
         .method(unary(
             "deliver",
             "Deliver",
-            "crate::hub::view::v1::DeliveryView",
+            "crate::stored::StoredDelivery",
             "crate::institution::v1::DeliveryAck",
         ))
+        .method(
+            Method::builder()
+                .name("deliver_stream")
+                .route_name("DeliverStream")
+                .input_type("crate::stored::StoredDelivery")
+                .output_type("crate::institution::v1::DeliveryAck")
+                .codec_path("crate::codec::RequestCodec")
+                .client_streaming()
+                .server_streaming()
+                .build(),
+        )
         .method(unary(
             "answer",
             "Answer",

@@ -1,24 +1,36 @@
-//! Delivery of filtered messages to institutions' `Institution.Deliver` endpoints, over
-//! HTTP/2 connections kept per institution and verified with TLS.
+//! Delivery of filtered messages to institutions, over HTTP/2 connections kept per institution
+//! and verified with TLS.
 //!
 //! A small pool of lazily connected channels per institution endpoint
 //! (`delivery.connections_per_recipient`), used in turn by the deliveries to it: one HTTP/2
 //! connection is driven by one task at each end, so a single one serialises a busy recipient.
+//! On each connection the deliveries travel as messages of one long-lived
+//! `Institution.DeliverStream` call ([`DeliveryStream`]), acknowledged by delivery id: no HTTP/2
+//! stream, headers or trailers per delivery. `delivery.stream = false`, or an institution that
+//! answers the stream UNIMPLEMENTED, gets one `Institution.Deliver` call per delivery instead.
+//! Deliveries are sent as stored ([`StoredDelivery`]), never decoded here.
+//!
 //! The hub presents its own certificate (institutions verify they are called by the hub) and
 //! verifies the institution's certificate against the network CA and its configured name.
 //! The TLS handshake has the delivery deadline too (tonic bounds only the TCP connect unless
 //! told): a peer that accepts a connection and falls silent fails the connection, and the
 //! next call connects afresh instead of waiting on it for good.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bcss_policy::Institution;
-use bcss_proto::hub::view::v1::{AnswerReplyView, DeliveryView};
+use bcss_proto::hub::view::v1::AnswerReplyView;
 use bcss_proto::institution::v1::{AnswerRequest, DeliveryAck};
 use bcss_proto::institution_view::institution_client::InstitutionClient;
+use bcss_proto::stored::StoredDelivery;
+use bytes::Bytes;
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// How the hub authenticates to institutions and verifies them.
@@ -37,22 +49,33 @@ pub struct Deliverer {
     consult_timeout: Duration,
     /// Connections kept per institution endpoint.
     connections: usize,
+    /// Deliveries over `DeliverStream` (`delivery.stream`).
+    stream: bool,
     /// Per institution id: the endpoint the channels were made for, and the channels.
     channels: DashMap<Arc<str>, Pool>,
 }
 
-/// The channels to one endpoint and the turn.
+/// The connections to one endpoint, each with its delivery stream, and the turn.
 #[derive(Debug)]
 struct Pool {
     endpoint: String,
-    channels: Box<[Channel]>,
+    links: Box<[Link]>,
     next: AtomicUsize,
+    /// The institution answered `DeliverStream` UNIMPLEMENTED: `Deliver` calls from now on.
+    unary_only: Arc<AtomicBool>,
+}
+
+/// One HTTP/2 connection and the delivery stream on it (started on first use).
+#[derive(Debug)]
+struct Link {
+    channel: Channel,
+    stream: std::sync::OnceLock<DeliveryStream>,
 }
 
 impl Pool {
-    fn pick(&self) -> Channel {
+    fn pick(&self) -> &Link {
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        self.channels[turn % self.channels.len()].clone()
+        &self.links[turn % self.links.len()]
     }
 }
 
@@ -62,7 +85,8 @@ impl Deliverer {
         Deliverer::with_connections(tls, timeout, 1)
     }
 
-    /// A deliverer keeping `connections` HTTP/2 connections (at least one) per endpoint.
+    /// A deliverer keeping `connections` HTTP/2 connections (at least one) per endpoint,
+    /// delivering over `DeliverStream`.
     pub fn with_connections(
         tls: Option<ClientTls>,
         timeout: Duration,
@@ -73,6 +97,7 @@ impl Deliverer {
             timeout,
             consult_timeout: timeout,
             connections: connections.max(1),
+            stream: true,
             channels: DashMap::new(),
         }
     }
@@ -80,6 +105,12 @@ impl Deliverer {
     /// The same, with `timeout` as the deadline of a source's answer to a consultation.
     pub fn with_consult_timeout(mut self, timeout: Duration) -> Deliverer {
         self.consult_timeout = timeout;
+        self
+    }
+
+    /// The same, delivering over `DeliverStream` (`true`) or with one `Deliver` call each.
+    pub fn with_stream(mut self, stream: bool) -> Deliverer {
+        self.stream = stream;
         self
     }
 
@@ -96,7 +127,9 @@ impl Deliverer {
         source: &Institution,
         question: AnswerRequest,
     ) -> Result<AnswerReplyView, AnswerError> {
-        let channel = self.channel(source).map_err(AnswerError::Unreachable)?;
+        let channel = self
+            .with_link(source, |_, link| link.channel.clone())
+            .map_err(AnswerError::Unreachable)?;
         let mut client = InstitutionClient::new(channel);
         let mut request = tonic::Request::new(question);
         request.set_timeout(self.consult_timeout);
@@ -114,29 +147,82 @@ impl Deliverer {
         }
     }
 
-    /// Delivers one message. The error is a sentence without personal data.
+    /// Delivers one message (an encoded `Delivery`, sent as `attempt`). The error is a
+    /// sentence without personal data.
     pub async fn deliver(
         &self,
         institution: &Institution,
-        delivery: DeliveryView,
+        encoded: Bytes,
+        attempt: u32,
     ) -> Result<DeliveryAck, String> {
-        let channel = self.channel(institution)?;
+        let delivery = StoredDelivery { encoded, attempt };
+        let (channel, stream) = self.with_link(institution, |pool, link| {
+            let stream = (self.stream && !pool.unary_only.load(Ordering::Relaxed)).then(|| {
+                link.stream
+                    .get_or_init(|| {
+                        DeliveryStream::start(
+                            link.channel.clone(),
+                            self.timeout,
+                            pool.unary_only.clone(),
+                        )
+                    })
+                    .clone()
+            });
+            (link.channel.clone(), stream)
+        })?;
+        if let Some(stream) = stream {
+            match stream.deliver(delivery.clone()).await {
+                Ok(ack) => return Ok(ack),
+                Err(StreamFailure::Failed(error)) => return Err(error),
+                // The institution does not take streams: this delivery goes as a call.
+                Err(StreamFailure::NotTaken) => {}
+            }
+        }
+        self.call(channel, delivery).await
+    }
+
+    /// One `Deliver` call.
+    async fn call(
+        &self,
+        channel: Channel,
+        delivery: StoredDelivery,
+    ) -> Result<DeliveryAck, String> {
         let mut client = InstitutionClient::new(channel);
         let mut request = tonic::Request::new(delivery);
         request.set_timeout(self.timeout);
         match tokio::time::timeout(self.timeout, client.deliver(request)).await {
             Ok(Ok(ack)) => Ok(ack.into_inner()),
-            Ok(Err(status)) => Err(format!("the endpoint answered {:?}", status.code())),
-            Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
+            Ok(Err(status)) => Err(answered(&status)),
+            Err(_) => Err(no_answer_within(self.timeout)),
         }
     }
 
-    fn channel(&self, institution: &Institution) -> Result<Channel, String> {
+    /// Runs `use_link` on the institution's next connection, making its pool first if the
+    /// institution is new or its endpoint changed.
+    fn with_link<T>(
+        &self,
+        institution: &Institution,
+        use_link: impl FnOnce(&Pool, &Link) -> T,
+    ) -> Result<T, String> {
         if let Some(pool) = self.channels.get(&institution.id)
             && pool.endpoint == institution.endpoint
         {
-            return Ok(pool.pick());
+            return Ok(use_link(&pool, pool.pick()));
         }
+        // New, or moved: one pool made under the map's lock, so concurrent first deliveries
+        // share it.
+        let pool = match self.channels.entry(institution.id.clone()) {
+            Entry::Occupied(pool) if pool.get().endpoint == institution.endpoint => pool.into_ref(),
+            Entry::Occupied(mut pool) => {
+                pool.insert(self.pool(institution)?);
+                pool.into_ref()
+            }
+            Entry::Vacant(place) => place.insert(self.pool(institution)?),
+        };
+        Ok(use_link(&pool, pool.pick()))
+    }
+
+    fn pool(&self, institution: &Institution) -> Result<Pool, String> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", institution.endpoint))
             .map_err(|_| {
@@ -158,16 +244,199 @@ impl Deliverer {
                 .map_err(|e| format!("TLS configuration: {e}"))?;
         }
         // Each connect_lazy is its own HTTP/2 connection.
-        let pool = Pool {
+        Ok(Pool {
             endpoint: institution.endpoint.clone(),
-            channels: (0..self.connections)
-                .map(|_| endpoint.connect_lazy())
+            links: (0..self.connections)
+                .map(|_| Link {
+                    channel: endpoint.connect_lazy(),
+                    stream: std::sync::OnceLock::new(),
+                })
                 .collect(),
             next: AtomicUsize::new(0),
+            unary_only: Arc::new(AtomicBool::new(false)),
+        })
+    }
+}
+
+/// Why a delivery sent on a stream was not acknowledged.
+#[derive(Debug)]
+enum StreamFailure {
+    /// The institution answered `DeliverStream` UNIMPLEMENTED: send it with `Deliver`.
+    NotTaken,
+    /// The call failed or ended, or the acknowledgement was late; a sentence without personal
+    /// data.
+    Failed(String),
+}
+
+type Answer = oneshot::Sender<Result<DeliveryAck, StreamFailure>>;
+
+fn answered(status: &tonic::Status) -> String {
+    format!("the endpoint answered {:?}", status.code())
+}
+
+fn no_answer_within(timeout: Duration) -> String {
+    format!("no answer within {} ms", timeout.as_millis())
+}
+
+/// The deliveries of one connection, sent on one `DeliverStream` call by a task of its own.
+///
+/// The task opens the call with the first delivery and keeps it open; each delivery waits for
+/// the acknowledgement naming its delivery id. Every delivery sent gets an answer: its
+/// acknowledgement, or a failure when the call ends (an error status, the institution closing
+/// it, a connection lost) or when an acknowledgement is later than the delivery deadline, which
+/// also drops the call (a wedged stream is not reused). The next delivery opens a new call.
+#[derive(Clone, Debug)]
+pub struct DeliveryStream {
+    queue: mpsc::UnboundedSender<Outgoing>,
+}
+
+/// A delivery handed to the stream's task, with where its answer goes.
+#[derive(Debug)]
+struct Outgoing {
+    delivery: StoredDelivery,
+    answer: Answer,
+}
+
+/// Deliveries sent on the open call and not yet acknowledged.
+#[derive(Default)]
+struct Unacknowledged {
+    by_id: HashMap<Bytes, Answer>,
+    /// Delivery ids in the order sent, with their deadlines (acknowledged ones are skipped).
+    deadlines: VecDeque<(Instant, Bytes)>,
+}
+
+impl Unacknowledged {
+    fn fail_all(&mut self, error: &str) {
+        self.answer_all(|| StreamFailure::Failed(error.to_owned()));
+    }
+
+    fn answer_all(&mut self, failure: impl Fn() -> StreamFailure) {
+        for (_, answer) in self.by_id.drain() {
+            let _ = answer.send(Err(failure()));
+        }
+        self.deadlines.clear();
+    }
+
+    /// The earliest deadline of a delivery still waiting.
+    fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some((deadline, id)) = self.deadlines.front() {
+            if self.by_id.contains_key(id) {
+                return Some(*deadline);
+            }
+            self.deadlines.pop_front();
+        }
+        None
+    }
+}
+
+impl DeliveryStream {
+    /// Starts the task that owns the connection's delivery stream.
+    fn start(channel: Channel, timeout: Duration, unary_only: Arc<AtomicBool>) -> DeliveryStream {
+        let (queue, waiting) = mpsc::unbounded_channel();
+        tokio::spawn(run_stream(channel, timeout, waiting, unary_only));
+        DeliveryStream { queue }
+    }
+
+    /// Sends one delivery and waits for its acknowledgement (or the failure of the call).
+    async fn deliver(&self, delivery: StoredDelivery) -> Result<DeliveryAck, StreamFailure> {
+        let stopped = || StreamFailure::Failed("the delivery stream has stopped".to_owned());
+        let (answer, answered) = oneshot::channel();
+        self.queue
+            .send(Outgoing { delivery, answer })
+            .map_err(|_| stopped())?;
+        answered.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+/// The stream's task: one `DeliverStream` call after another, each opened by the first
+/// delivery waiting, until the deliverer is dropped.
+async fn run_stream(
+    channel: Channel,
+    timeout: Duration,
+    mut waiting: mpsc::UnboundedReceiver<Outgoing>,
+    unary_only: Arc<AtomicBool>,
+) {
+    let mut unacknowledged = Unacknowledged::default();
+    while let Some(first) = waiting.recv().await {
+        let (send, outgoing) = mpsc::unbounded_channel::<StoredDelivery>();
+        let send_one = |item: Outgoing, unacknowledged: &mut Unacknowledged| {
+            let id = item.delivery.delivery_id();
+            unacknowledged
+                .deadlines
+                .push_back((Instant::now() + timeout, id.clone()));
+            unacknowledged.by_id.insert(id, item.answer);
+            // The receiving half lives as long as the call; a failed send shows in the acks.
+            let _ = send.send(item.delivery);
         };
-        let channel = pool.pick();
-        self.channels.insert(institution.id.clone(), pool);
-        Ok(channel)
+        send_one(first, &mut unacknowledged);
+        let mut client = InstitutionClient::new(channel.clone());
+        let opened = tokio::time::timeout(
+            timeout,
+            client.deliver_stream(tokio_stream::wrappers::UnboundedReceiverStream::new(
+                outgoing,
+            )),
+        )
+        .await;
+        let mut acks = match opened {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                tracing::info!(
+                    message =
+                        "The institution does not take DeliverStream: Deliver calls from now on."
+                );
+                unary_only.store(true, Ordering::Relaxed);
+                unacknowledged.answer_all(|| StreamFailure::NotTaken);
+                continue;
+            }
+            Ok(Err(status)) => {
+                unacknowledged.fail_all(&answered(&status));
+                continue;
+            }
+            Err(_) => {
+                unacknowledged.fail_all(&no_answer_within(timeout));
+                continue;
+            }
+        };
+        let overdue = tokio::time::sleep(timeout);
+        tokio::pin!(overdue);
+        loop {
+            let deadline = unacknowledged.next_deadline();
+            if let Some(deadline) = deadline
+                && overdue.deadline() != deadline
+            {
+                overdue.as_mut().reset(deadline);
+            }
+            tokio::select! {
+                item = waiting.recv() => match item {
+                    Some(item) => send_one(item, &mut unacknowledged),
+                    None => {
+                        unacknowledged.fail_all("the hub is stopping");
+                        return;
+                    }
+                },
+                ack = acks.message() => match ack {
+                    Ok(Some(ack)) => {
+                        if let Some(answer) = unacknowledged.by_id.remove(ack.delivery_id.as_bytes()) {
+                            let _ = answer.send(Ok(ack));
+                        }
+                    }
+                    Ok(None) => {
+                        unacknowledged.fail_all("the institution ended the delivery stream");
+                        break;
+                    }
+                    Err(status) => {
+                        unacknowledged.fail_all(&answered(&status));
+                        break;
+                    }
+                },
+                () = &mut overdue, if deadline.is_some() => {
+                    if unacknowledged.next_deadline().is_some_and(|d| d <= Instant::now()) {
+                        unacknowledged.fail_all(&no_answer_within(timeout));
+                        break;
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -21,13 +21,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bcss_policy::Policy;
 use bcss_policy::settings::DeliverySettings;
-use bcss_proto::hub::view::v1::DeliveryView;
 use bcss_store::{
     Accepted, Change, DeliveryRow, JournalEntry, Store, StoreError, TicketRow, now_ms,
 };
 use bytes::Bytes;
 use dashmap::DashMap;
-use prost::Message;
 use rand::RngExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -172,12 +170,15 @@ impl Outbox {
     ) -> Result<Accepted, StoreError> {
         match &self.store {
             Some(store) => store.accept(ticket, deliveries, journal).await,
-            None => Ok(Accepted::New {
-                seqs: deliveries
-                    .iter()
-                    .map(|_| self.next_seq.fetch_add(1, Ordering::Relaxed))
-                    .collect(),
-            }),
+            None => Ok(self.number(deliveries.len())),
+        }
+    }
+
+    /// Numbers `count` deliveries without recording them (durability off).
+    pub fn number(&self, count: usize) -> Accepted {
+        let first = self.next_seq.fetch_add(count as u64, Ordering::Relaxed);
+        Accepted::New {
+            seqs: (first..first + count as u64).collect(),
         }
     }
 
@@ -373,12 +374,9 @@ async fn attempt(outbox: Arc<Outbox>, lane: usize, job: Job) -> (usize, Job, Res
         let institution = policy
             .institution_by_id(&job.recipient)
             .ok_or_else(|| "the recipient is no longer in the policy".to_owned())?;
-        let mut view = DeliveryView::decode(job.request.clone())
-            .map_err(|_| "the stored delivery cannot be read".to_owned())?;
-        view.attempt = job.attempts + 1;
         outbox
             .deliverer
-            .deliver(institution, view)
+            .deliver(institution, job.request.clone(), job.attempts + 1)
             .await
             .map(|_| ())
     }
@@ -416,9 +414,13 @@ async fn failed(
     job.attempts += 1;
     metrics::counter!(telemetry::DELIVERIES, "recipient" => recipient.to_owned(), "outcome" => "failed")
         .increment(1);
-    if let Some(notify) = job.notify.take() {
-        let _ = notify.send(());
-    }
+    // The waiting `Submit` is told once the outcome says what happened.
+    let notify = job.notify.take();
+    let tell = move || {
+        if let Some(notify) = notify {
+            let _ = notify.send(());
+        }
+    };
     let too_old = now - job.accepted_at_ms >= outbox.retry.max_age.as_millis() as i64;
     if job.attempts >= outbox.retry.max_attempts || too_old {
         let reason = format!(
@@ -434,6 +436,7 @@ async fn failed(
         metrics::counter!(telemetry::DEAD_LETTERS, "recipient" => recipient.to_owned())
             .increment(1);
         update_outcome(&job, Decision::DeadLetter, Some(reason.clone()));
+        tell();
         outbox.pending.fetch_sub(1, Ordering::AcqRel);
         outbox
             .record(Change::DeadLetter {
@@ -450,6 +453,7 @@ async fn failed(
     job.next_attempt_ms = now + outbox.backoff(job.attempts).as_millis() as i64;
     tracing::info!(message = "Delivery attempt failed; will retry.", recipient, seq = job.seq, attempts = job.attempts, %error);
     update_outcome(&job, Decision::DeliveryFailed, Some(error.clone()));
+    tell();
     outbox
         .record(Change::Attempted {
             seq: job.seq,

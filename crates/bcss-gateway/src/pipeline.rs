@@ -344,7 +344,12 @@ impl Hub {
                 return Err(InputError::DuplicateMessageId(message.message_id));
             }
         };
-        let journal = journal_entries(policy, &message, &record, &plans);
+        // Without a journal (or a store), nobody reads journal entries: none are made.
+        let journal = if name_removed {
+            journal_entries(policy, &message, &record, &plans)
+        } else {
+            Vec::new()
+        };
         let deliveries = self.deliveries(policy, sender, &message, &record, plans);
         if let Err(full) = self.outbox.reserve(deliveries.len()) {
             self.ledger.forget(&record);
@@ -353,9 +358,13 @@ impl Hub {
                 retry_after_ms: 1000,
             });
         }
-        let rows: Vec<DeliveryRow> = deliveries.iter().map(|(_, row)| row.clone()).collect();
         let stage = std::time::Instant::now();
-        let stored = self.outbox.accept(ticket_row(&record), rows, journal).await;
+        let stored = if self.outbox.store().is_some() {
+            let rows: Vec<DeliveryRow> = deliveries.iter().map(|(_, row)| row.clone()).collect();
+            self.outbox.accept(ticket_row(&record), rows, journal).await
+        } else {
+            Ok(self.outbox.number(deliveries.len()))
+        };
         stage_done("persist", stage);
         let seqs = match stored {
             Ok(Accepted::New { seqs }) => seqs,

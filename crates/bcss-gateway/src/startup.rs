@@ -169,7 +169,8 @@ pub fn assemble_settings(
         Duration::from_millis(settings.delivery.timeout_ms),
         settings.delivery.connections_per_recipient,
     )
-    .with_consult_timeout(Duration::from_millis(settings.delivery.consult_timeout_ms));
+    .with_consult_timeout(Duration::from_millis(settings.delivery.consult_timeout_ms))
+    .with_stream(settings.delivery.stream);
     tracing::info!(
         message = "Configuration loaded.",
         institutions = policy.institutions().len(),

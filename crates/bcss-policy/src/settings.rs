@@ -104,6 +104,11 @@ pub struct DeliverySettings {
     /// under load).
     #[serde(default = "default_connections_per_recipient")]
     pub connections_per_recipient: usize,
+    /// `true` sends deliveries over one long-lived `Institution.DeliverStream` call per
+    /// connection (an institution that answers UNIMPLEMENTED gets `Deliver` calls instead);
+    /// `false`, one `Deliver` call per delivery.
+    #[serde(default = "default_delivery_stream")]
+    pub stream: bool,
     /// `false` delivers over plain HTTP/2 without TLS: for benchmarks against plain baselines
     /// only, never for service (institutions could not tell the hub from anyone else).
     #[serde(default = "default_delivery_tls")]
@@ -114,6 +119,9 @@ fn default_connections_per_recipient() -> usize {
     4
 }
 fn default_delivery_tls() -> bool {
+    true
+}
+fn default_delivery_stream() -> bool {
     true
 }
 
@@ -133,7 +141,7 @@ fn default_backoff_max_ms() -> u64 {
     60_000
 }
 fn default_lanes() -> usize {
-    8
+    64
 }
 fn default_circuit_failures() -> u32 {
     5
@@ -163,6 +171,7 @@ impl Default for DeliverySettings {
             max_pending: default_max_pending(),
             consult_timeout_ms: default_consult_timeout_ms(),
             connections_per_recipient: default_connections_per_recipient(),
+            stream: default_delivery_stream(),
             tls: default_delivery_tls(),
         }
     }

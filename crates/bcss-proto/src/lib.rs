@@ -1,5 +1,5 @@
 //! Generated code for the hub's contracts in `proto/`, the server-side views, and the
-//! descriptor set. No logic lives here.
+//! descriptor set. No logic lives here but the two hand-written encodings, `codec` and `stored`.
 //!
 //! # Layout
 //!
@@ -13,6 +13,8 @@
 //!   [`institution_view`]: the Institution
 //!   client over views. These are what the hub runs; the typed ones are for institutions.
 //! - [`codec`]: prost with malformed requests answered `INVALID_ARGUMENT` (the views use it).
+//! - [`stored`]: a `Delivery` already encoded, sent as stored with its attempt number (the
+//!   hub's Institution client sends these, over `Deliver` and `DeliverStream`).
 //! - [`FILE_DESCRIPTOR_SET`]: the compiled public contracts, for reflection and for resolving
 //!   deliberation field paths.
 
@@ -45,13 +47,14 @@ pub mod bcss {
 pub use bcss::{flows, hub, institution};
 
 pub mod codec;
+pub mod stored;
 
 /// The Gateway service over envelope views.
 pub mod gateway_view {
     include!(concat!(env!("OUT_DIR"), "/views/bcss.hub.v1.Gateway.rs"));
 }
 
-/// The Institution client over delivery views.
+/// The Institution client over stored deliveries and answer views.
 pub mod institution_view {
     include!(concat!(
         env!("OUT_DIR"),

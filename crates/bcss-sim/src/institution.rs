@@ -1,5 +1,6 @@
 //! The reference institution server: a real `bcss.institution.v1.Institution` gRPC server over
-//! mutual TLS that accepts deliveries only from the hub, drops duplicates by delivery id, and
+//! mutual TLS that accepts deliveries only from the hub (one `Deliver` call each, or as messages
+//! of a `DeliverStream` call, acknowledged by id), drops duplicates by delivery id, and
 //! keeps what it received so it can be printed or checked; and, as a *source*, answers the
 //! consultations the hub forwards (`Answer`) from generated Dimona and DmfA data. The simulated
 //! network is made of these. For load baselines it also runs without TLS ([`serve_plain`]) and
@@ -8,23 +9,34 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use bcss_gateway::pki::Pki;
 use bcss_policy::Policy;
 use bcss_proto::institution::v1::institution_server::{Institution, InstitutionServer};
 use bcss_proto::institution::v1::{AnswerReply, AnswerRequest, Delivery, DeliveryAck};
+use futures_util::{Stream, StreamExt};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 /// What one institution received.
 #[derive(Clone, Debug, Default)]
 pub struct Inbox {
     inner: Arc<Mutex<InboxState>>,
-    /// When set, each delivery is acknowledged only once this many wait together.
-    gate: Arc<Mutex<Option<Arc<tokio::sync::Barrier>>>>,
+    /// What each delivery waits for before it is recorded (tests).
+    gate: Arc<Mutex<Gate>>,
+}
+
+/// What each delivery waits for before it is recorded.
+#[derive(Debug, Default)]
+struct Gate {
+    /// Acknowledged only once this many wait together.
+    together: Option<Arc<tokio::sync::Barrier>>,
+    /// Recorded only after this long (a slow institution).
+    delay: std::time::Duration,
 }
 
 #[derive(Debug, Default)]
@@ -35,6 +47,10 @@ struct InboxState {
     received: usize,
     /// Counting only: the deliveries themselves are not kept (load runs).
     counting: bool,
+    /// Deliveries (duplicates included) that came as messages of a `DeliverStream` call.
+    streamed: usize,
+    /// Answers `DeliverStream` UNIMPLEMENTED, as an institution that implements `Deliver` only.
+    refuse_streams: bool,
 }
 
 impl Inbox {
@@ -48,14 +64,26 @@ impl Inbox {
     /// From now on, holds each delivery's acknowledgement until `together` deliveries are
     /// waiting at once (or 5 s have passed): shows whether the hub delivers concurrently.
     pub fn hold_until_together(&self, together: usize) {
-        *self.gate.lock().expect("inbox gate") =
+        self.gate.lock().expect("inbox gate").together =
             Some(Arc::new(tokio::sync::Barrier::new(together)));
+    }
+
+    /// From now on, records (and acknowledges) each delivery only after `delay`; a delivery
+    /// whose call or stream is dropped meanwhile is not recorded. Zero: at once again.
+    pub fn delay_each(&self, delay: std::time::Duration) {
+        self.gate.lock().expect("inbox gate").delay = delay;
     }
 
     /// Waits at the gate, if there is one.
     async fn pass_gate(&self) {
-        let gate = self.gate.lock().expect("inbox gate").clone();
-        if let Some(barrier) = gate {
+        let (together, delay) = {
+            let gate = self.gate.lock().expect("inbox gate");
+            (gate.together.clone(), gate.delay)
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(barrier) = together {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), barrier.wait()).await;
         }
     }
@@ -74,14 +102,41 @@ impl Inbox {
         self.len() == 0
     }
 
+    /// From now on, answers `DeliverStream` UNIMPLEMENTED (an institution that takes
+    /// `Deliver` calls only).
+    pub fn refuse_streams(&self) {
+        self.inner.lock().expect("inbox lock").refuse_streams = true;
+    }
+
+    fn refuses_streams(&self) -> bool {
+        self.inner.lock().expect("inbox lock").refuse_streams
+    }
+
+    /// Deliveries (duplicates included) that came as messages of a `DeliverStream` call.
+    pub fn streamed(&self) -> usize {
+        self.inner.lock().expect("inbox lock").streamed
+    }
+
     /// Deliveries dropped because their delivery id was seen before.
     pub fn duplicates(&self) -> u64 {
         self.inner.lock().expect("inbox lock").duplicates
     }
 
+    /// Passes the gate, records a delivery and says whether it was a duplicate.
+    async fn receive(&self, delivery: Delivery, streamed: bool) -> DeliveryAck {
+        self.pass_gate().await;
+        let delivery_id = delivery.delivery_id.clone();
+        let fresh = self.record(delivery, streamed);
+        DeliveryAck {
+            duplicate: !fresh,
+            delivery_id,
+        }
+    }
+
     /// Records a delivery; false when its id was already seen.
-    fn record(&self, delivery: Delivery) -> bool {
+    fn record(&self, delivery: Delivery, streamed: bool) -> bool {
         let mut state = self.inner.lock().expect("inbox lock");
+        state.streamed += usize::from(streamed);
         if !state.seen.insert(delivery.delivery_id.clone()) {
             state.duplicates += 1;
             return false;
@@ -106,7 +161,16 @@ pub struct ReferenceInstitution {
     /// Refuse callers that are not the hub (always, over TLS; off for plain baselines, where
     /// there is no certificate to look at).
     pub require_hub: bool,
+    /// Becomes true when the server begins to stop: open delivery streams end then, so the
+    /// stop is not held up by them (the hub opens new ones, elsewhere or later).
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
+
+/// Deliveries of one `DeliverStream` being recorded at once.
+pub const STREAM_IN_PROGRESS: usize = 64;
+
+/// The acknowledgements of a `DeliverStream` call.
+pub type DeliveryAcks = Pin<Box<dyn Stream<Item = Result<DeliveryAck, Status>> + Send>>;
 
 impl ReferenceInstitution {
     pub fn new(id: impl Into<String>, inbox: Inbox, hub_name: impl Into<String>) -> Self {
@@ -116,6 +180,7 @@ impl ReferenceInstitution {
             hub_name: hub_name.into(),
             source: Source::default(),
             require_hub: true,
+            stopping: tokio::sync::watch::channel(false).1,
         }
     }
 
@@ -258,9 +323,38 @@ impl Source {
 impl Institution for ReferenceInstitution {
     async fn deliver(&self, request: Request<Delivery>) -> Result<Response<DeliveryAck>, Status> {
         self.check_caller_is_hub(&request)?;
-        self.inbox.pass_gate().await;
-        let fresh = self.inbox.record(request.into_inner());
-        Ok(Response::new(DeliveryAck { duplicate: !fresh }))
+        Ok(Response::new(
+            self.inbox.receive(request.into_inner(), false).await,
+        ))
+    }
+
+    type DeliverStreamStream = DeliveryAcks;
+
+    /// Each delivery of the stream recorded as `Deliver` records it, up to
+    /// [`STREAM_IN_PROGRESS`] at once, each acknowledged by id as soon as it is recorded.
+    async fn deliver_stream(
+        &self,
+        request: Request<Streaming<Delivery>>,
+    ) -> Result<Response<DeliveryAcks>, Status> {
+        self.check_caller_is_hub(&request)?;
+        if self.inbox.refuses_streams() {
+            return Err(Status::unimplemented(
+                "this institution takes deliveries with Deliver only",
+            ));
+        }
+        let inbox = self.inbox.clone();
+        let mut stopping = self.stopping.clone();
+        let acks = request
+            .into_inner()
+            .map(move |delivery| {
+                let inbox = inbox.clone();
+                async move { Ok(inbox.receive(delivery?, true).await) }
+            })
+            .buffer_unordered(STREAM_IN_PROGRESS)
+            .take_until(async move {
+                let _ = stopping.wait_for(|stopping| *stopping).await;
+            });
+        Ok(Response::new(Box::pin(acks)))
     }
 
     async fn answer(
@@ -293,12 +387,28 @@ pub async fn serve(
     ca: Certificate,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    let (institution, shutdown) = ending_streams_at(institution, shutdown);
     Server::builder()
         .tls_config(ServerTlsConfig::new().identity(identity).client_ca_root(ca))?
         .tcp_nodelay(true)
         .add_service(InstitutionServer::new(institution))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
+}
+
+/// The institution with its delivery streams ended when `shutdown` comes: a server stops only
+/// once its calls have ended, and a delivery stream does not end by itself.
+fn ending_streams_at(
+    mut institution: ReferenceInstitution,
+    shutdown: impl Future<Output = ()>,
+) -> (ReferenceInstitution, impl Future<Output = ()>) {
+    let (stop_streams, stopping) = tokio::sync::watch::channel(false);
+    institution.stopping = stopping;
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_streams.send(true);
+    };
+    (institution, shutdown)
 }
 
 /// Serves one reference institution on `listener` over plain HTTP/2 (h2c), without TLS: the
@@ -309,6 +419,7 @@ pub async fn serve_plain(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     institution.require_hub = false;
+    let (institution, shutdown) = ending_streams_at(institution, shutdown);
     Server::builder()
         .tcp_nodelay(true)
         .add_service(InstitutionServer::new(institution))

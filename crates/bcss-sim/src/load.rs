@@ -29,6 +29,7 @@ use bcss_proto::hub::v1::directory_client::DirectoryClient;
 use bcss_proto::hub::v1::{Decision, Flow, IntegrateRequest, SubmitReply};
 use bcss_proto::hub::view::v1::{DeliveryView, EnvelopeView, delivery_view, envelope_view};
 use bcss_proto::institution_view::institution_client::InstitutionClient;
+use bcss_proto::stored::StoredDelivery;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -161,6 +162,12 @@ pub struct LoadArgs {
     /// The started hub's `delivery.connections_per_recipient`.
     #[arg(long)]
     pub pool: Option<usize>,
+    /// The started hub's `delivery.stream` (off: one `Deliver` call per delivery).
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    pub delivery_stream: OnOff,
+    /// The started hub's `delivery.lanes_per_recipient`.
+    #[arg(long)]
+    pub lanes: Option<usize>,
     /// The started hub's `delivery.reply_wait_ms`.
     #[arg(long)]
     pub reply_wait_ms: Option<u64>,
@@ -201,8 +208,8 @@ impl Template {
         }
     }
 
-    fn delivery(&self, id: String, sender: &str) -> DeliveryView {
-        DeliveryView {
+    fn delivery(&self, id: String, sender: &str) -> StoredDelivery {
+        let view = DeliveryView {
             ticket: id.clone(),
             delivery_id: id,
             relay_of: String::new(),
@@ -218,6 +225,10 @@ impl Template {
                 _ => delivery_view::Payload::Dimona(self.payload.clone()),
             }),
             attempt: 1,
+        };
+        StoredDelivery {
+            encoded: view.encode_to_vec().into(),
+            attempt: 0,
         }
     }
 }
@@ -789,8 +800,12 @@ async fn start_hub(
     settings.logs.person_key = data.path().join("person-log.key");
     settings.limits.rate_per_second = 0;
     settings.delivery.tls = args.delivery_tls == OnOff::On;
+    settings.delivery.stream = args.delivery_stream == OnOff::On;
     if let Some(pool) = args.pool {
         settings.delivery.connections_per_recipient = pool;
+    }
+    if let Some(lanes) = args.lanes {
+        settings.delivery.lanes_per_recipient = lanes;
     }
     if let Some(wait) = args.reply_wait_ms {
         settings.delivery.reply_wait_ms = wait;
