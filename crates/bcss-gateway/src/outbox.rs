@@ -26,9 +26,10 @@ use bcss_store::{
 };
 use bytes::Bytes;
 use dashmap::DashMap;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use rand::RngExt;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
 
 use crate::delivery::Deliverer;
 use crate::ledger::{Decision, TicketRecord};
@@ -273,17 +274,22 @@ async fn worker(outbox: Arc<Outbox>, recipient: Arc<str>, mut rx: mpsc::Unbounde
     let lanes_count = outbox.retry.lanes;
     let mut lanes: Vec<VecDeque<Job>> = (0..lanes_count).map(|_| VecDeque::new()).collect();
     let mut busy = vec![false; lanes_count];
-    let mut in_flight: JoinSet<(usize, Job, Result<(), String>)> = JoinSet::new();
+    // Attempts and "delivered" records are futures polled by this task, not tasks of their own:
+    // over a delivery stream an attempt is a message out and an acknowledgement back, and a
+    // task spawned, scheduled and joined per delivery cost more than that.
+    let mut in_flight = FuturesUnordered::new();
     // "Delivered" state changes on their way to the store. The lane is free as soon as the
     // recipient acknowledged: waiting for the commit here made every recipient wait one fsync
     // per delivery (one lane at a time), and kept the store's group commit from grouping them.
     // Not yet recorded when the process dies = delivered again at the next start, which the
     // recipient drops by its delivery id (as when recording fails).
-    let mut recording: JoinSet<()> = JoinSet::new();
+    let mut recording = FuturesUnordered::new();
     // The recipient's gauges, looked up once (the loop turns several times per delivery).
     let queue_depth = metrics::gauge!(telemetry::QUEUE_DEPTH, "recipient" => recipient.to_string());
     let queue_oldest =
         metrics::gauge!(telemetry::QUEUE_OLDEST, "recipient" => recipient.to_string());
+    let delivered_count = metrics::counter!(telemetry::DELIVERIES, "recipient" => recipient.to_string(), "outcome" => "delivered");
+    let deliver_seconds = metrics::histogram!(telemetry::STAGE_SECONDS, "stage" => "deliver");
     let mut circuit = Circuit {
         failures: 0,
         threshold: outbox.retry.circuit_failures,
@@ -303,7 +309,7 @@ async fn worker(outbox: Arc<Outbox>, recipient: Arc<str>, mut rx: mpsc::Unbounde
             {
                 let job = lanes[lane].pop_front().expect("checked");
                 busy[lane] = true;
-                in_flight.spawn(attempt(outbox.clone(), lane, job));
+                in_flight.push(attempt(outbox.clone(), lane, job, deliver_seconds.clone()));
             }
         }
         // When something becomes due: the earliest waiting head, or the circuit's probe.
@@ -335,23 +341,23 @@ async fn worker(outbox: Arc<Outbox>, recipient: Arc<str>, mut rx: mpsc::Unbounde
                 }
                 None => {
                     if in_flight.is_empty() {
-                        while recording.join_next().await.is_some() {}
+                        while recording.next().await.is_some() {}
                         return;
                     }
                 }
             },
-            Some(_) = recording.join_next(), if !recording.is_empty() => {}
-            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                let Ok((lane, job, result)) = done else { continue };
+            Some(()) = recording.next(), if !recording.is_empty() => {}
+            Some((lane, job, result)) = in_flight.next(), if !in_flight.is_empty() => {
                 busy[lane] = false;
                 let now = now_ms();
                 match result {
                     Ok(()) => {
                         circuit.success();
+                        delivered_count.increment(1);
                         let change = delivered(&outbox, job, now);
                         if outbox.store.is_some() {
                             let outbox = outbox.clone();
-                            recording.spawn(async move { outbox.record(change).await });
+                            recording.push(async move { outbox.record(change).await });
                         }
                     }
                     Err(error) => {
@@ -367,7 +373,12 @@ async fn worker(outbox: Arc<Outbox>, recipient: Arc<str>, mut rx: mpsc::Unbounde
     }
 }
 
-async fn attempt(outbox: Arc<Outbox>, lane: usize, job: Job) -> (usize, Job, Result<(), String>) {
+async fn attempt(
+    outbox: Arc<Outbox>,
+    lane: usize,
+    job: Job,
+    seconds: metrics::Histogram,
+) -> (usize, Job, Result<(), String>) {
     let started = std::time::Instant::now();
     let result = async {
         let policy = outbox.policy.load();
@@ -381,17 +392,14 @@ async fn attempt(outbox: Arc<Outbox>, lane: usize, job: Job) -> (usize, Job, Res
             .map(|_| ())
     }
     .await;
-    metrics::histogram!(telemetry::STAGE_SECONDS, "stage" => "deliver")
-        .record(started.elapsed().as_secs_f64());
+    seconds.record(started.elapsed().as_secs_f64());
     (lane, job, result)
 }
 
-/// Counts an acknowledged delivery, sets its outcome and wakes the waiting `Submit`; returns
-/// the state change for the store (the caller records it off the worker's loop).
+/// Sets an acknowledged delivery's outcome and wakes the waiting `Submit` (the caller counts
+/// it); returns the state change for the store (the caller records it off the worker's loop).
 fn delivered(outbox: &Outbox, mut job: Job, now: i64) -> Change {
     job.attempts += 1;
-    metrics::counter!(telemetry::DELIVERIES, "recipient" => job.recipient.to_string(), "outcome" => "delivered")
-        .increment(1);
     update_outcome(&job, Decision::Delivered, None);
     outbox.pending.fetch_sub(1, Ordering::AcqRel);
     if let Some(notify) = job.notify.take() {
