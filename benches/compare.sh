@@ -8,6 +8,7 @@
 #   a   load -> institution                                  (plain h2c)
 #   b   load -> nginx grpc_pass -> institution               (plain h2c both legs)
 #   c   load -> hub, memory outbox, no journal -> institution (mTLS in, plain out)
+#   cu  the same hub with delivery.stream = false: one Deliver call per delivery, as a and b make
 #   d   load -> hub, durable outbox + journal -> institution  (mTLS both legs)
 #   b'  load -> nginx (TLS, client certs) -> institution      (TLS both legs)
 #   f1  hub everything on, in-process network, single-recipient A052   } deliveries per second
@@ -18,7 +19,9 @@
 # apt-get when missing). Everything it starts runs on loopback and is stopped on exit.
 #
 #   benches/compare.sh [--rounds 3] [--seconds 10] [--in-flight 64] [--connections 2]
-#                      [--base-port 47100] [--no-build] [--only "a b c d b2 f1 f10"]
+#                      [--base-port 47100] [--no-build] [--only "a b c cu d b2 f1 f10"]
+#
+# BCSS_HUB_BIN=PATH runs another build of bcss-hub (a baseline) instead of target/release's.
 set -euo pipefail
 
 ROUNDS=3
@@ -27,7 +30,7 @@ IN_FLIGHT=64
 CONNECTIONS=2
 BASE_PORT=47100
 BUILD=1
-ONLY="a b c d b2 f1 f10"
+ONLY="a b c cu d b2 f1 f10"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --rounds) ROUNDS="$2"; shift 2 ;;
@@ -37,7 +40,7 @@ while [[ $# -gt 0 ]]; do
     --base-port) BASE_PORT="$2"; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --only) ONLY="$2"; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -84,7 +87,7 @@ for f in "$CA" "$HUB_CERT" "$HUB_KEY"; do [[ -f $f ]] || { echo "no $f" >&2; cat
 
 INST_PLAIN=$((BASE_PORT + 1)); INST_TLS=$((BASE_PORT + 2))
 NGINX_PLAIN=$((BASE_PORT + 3)); NGINX_TLS=$((BASE_PORT + 4))
-HUB_C=$((BASE_PORT + 5)); HUB_D=$((BASE_PORT + 6))
+HUB_C=$((BASE_PORT + 5)); HUB_D=$((BASE_PORT + 6)); HUB_CU=$((BASE_PORT + 7))
 INST_NAME=cpas-liege.institutions.bcss.test
 
 # A config copy whose tls.pki is this run's PKI (the institution subcommand reads it there).
@@ -98,6 +101,10 @@ start "$BIN" institution --config "$RUN_CONFIG" --id cpas-liege --listen "127.0.
 start "$BIN" institution --config "$RUN_CONFIG" --id cpas-liege --listen "127.0.0.1:$INST_TLS" --quiet
 start "$BIN" load --config "$RUN_CONFIG" --start-hub memory --serve-only --hub-listen "127.0.0.1:$HUB_C" \
   --endpoint "cpas-liege=127.0.0.1:$INST_PLAIN" --delivery-tls off
+if [[ " $ONLY " == *" cu "* ]]; then
+  start "$BIN" load --config "$RUN_CONFIG" --start-hub memory --serve-only --hub-listen "127.0.0.1:$HUB_CU" \
+    --endpoint "cpas-liege=127.0.0.1:$INST_PLAIN" --delivery-tls off --delivery-stream off
+fi
 start "$BIN" load --config "$RUN_CONFIG" --start-hub durable --serve-only --hub-listen "127.0.0.1:$HUB_D" \
   --endpoint "cpas-liege=127.0.0.1:$INST_TLS"
 
@@ -155,7 +162,9 @@ wait_port() {
   tail -n 20 "$WORK"/log.* "$WORK/nginx-error.log" >&2 || true
   exit 1
 }
-for port in $INST_PLAIN $INST_TLS $NGINX_PLAIN $NGINX_TLS $HUB_C $HUB_D; do wait_port "$port"; done
+PORTS="$INST_PLAIN $INST_TLS $NGINX_PLAIN $NGINX_TLS $HUB_C $HUB_D"
+[[ " $ONLY " == *" cu "* ]] && PORTS+=" $HUB_CU"
+for port in $PORTS; do wait_port "$port"; done
 
 COMMON=(--config "$RUN_CONFIG" --duration "$SECONDS_EACH" --in-flight "$IN_FLIGHT" --connections "$CONNECTIONS" --quiet)
 run() { # name, load arguments...
@@ -177,6 +186,7 @@ for round in $(seq 1 "$ROUNDS"); do
       a)  run a "$round" --target institution --address "127.0.0.1:$INST_PLAIN" --tls off ;;
       b)  run b "$round" --target institution --address "127.0.0.1:$NGINX_PLAIN" --tls off ;;
       c)  run c "$round" --target hub --address "127.0.0.1:$HUB_C" ;;
+      cu) run cu "$round" --target hub --address "127.0.0.1:$HUB_CU" ;;
       d)  run d "$round" --target hub --address "127.0.0.1:$HUB_D" ;;
       b2) run b2 "$round" --target institution --address "127.0.0.1:$NGINX_TLS" --tls on --server-name hub.bcss.test ;;
       f1) run f1 "$round" --target hub --start-hub durable --start-network ;;
@@ -202,6 +212,7 @@ for name in $ONLY; do
     a) what="direct to the institution server (plain h2c)" ;;
     b) what="nginx grpc_pass (plain h2c)" ;;
     c) what="hub, memory outbox, no journal (mTLS in, plain out)" ;;
+    cu) what="c with one Deliver call per delivery (no stream)" ;;
     d) what="hub, durable outbox + journal (mTLS both legs)" ;;
     b2) what="nginx grpc_pass, TLS both legs (b')" ;;
     f1) what="hub everything on, single-recipient A052" ;;
@@ -214,6 +225,8 @@ done
 echo
 [[ -n ${TPUT[c]:-} && -n ${TPUT[a]:-} ]] && echo "c/a  = $(ratio "${TPUT[c]}" "${TPUT[a]}")   (goal >= 0.45)"
 [[ -n ${TPUT[c]:-} && -n ${TPUT[b]:-} ]] && echo "c/b  = $(ratio "${TPUT[c]}" "${TPUT[b]}")   (goal >= 1.5)"
+[[ -n ${TPUT[cu]:-} && -n ${TPUT[b]:-} ]] && echo "cu/b = $(ratio "${TPUT[cu]}" "${TPUT[b]}")   (deliveries as unary calls)"
+[[ -n ${TPUT[c]:-} && -n ${TPUT[cu]:-} ]] && echo "c/cu = $(ratio "${TPUT[c]}" "${TPUT[cu]}")   (what the delivery stream gives)"
 [[ -n ${TPUT[d]:-} && -n ${TPUT[b2]:-} ]] && echo "d/b' = $(ratio "${TPUT[d]}" "${TPUT[b2]}")   (goal >= 1.0)"
 [[ -n ${DPS[f10]:-} && -n ${DPS[f1]:-} ]] && echo "fan-out deliveries/s f10/f1 = $(ratio "${DPS[f10]}" "${DPS[f1]}")   (goal >= 3)"
 # Per-round ratios, to show the spread.
