@@ -543,14 +543,15 @@ async fn deliveries_go_over_a_stream_or_as_calls_to_institutions_without_one() {
 #[tokio::test]
 async fn a_stream_that_does_not_acknowledge_in_time_is_replaced() {
     let h = Harness::start_with(&[("hub.toml", &quick_retries(1000, 1000))], |settings| {
-        settings.delivery.timeout_ms = 300;
+        settings.delivery.timeout_ms = 1000;
+        settings.delivery.reply_wait_ms = 4000;
         settings.delivery.connections_per_recipient = 1;
     })
     .await;
     let niss = fresh_niss(85);
     integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
     let inbox = h.network.inbox("cpas-liege");
-    inbox.delay_each(Duration::from_secs(3));
+    inbox.delay_each(Duration::from_secs(6));
     let reply = submit(
         &h,
         "solidaris",
@@ -564,7 +565,7 @@ async fn a_stream_that_does_not_acknowledge_in_time_is_replaced() {
         Decision::DeliveryFailed as i32,
         "{outcome:?}"
     );
-    assert_eq!(outcome.last_error, "no answer within 300 ms");
+    assert_eq!(outcome.last_error, "no answer within 1000 ms");
     assert_eq!(inbox.len(), 0, "not recorded: its stream was dropped");
 
     inbox.delay_each(Duration::ZERO);
