@@ -33,6 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use crate::telemetry;
+
 /// How the hub authenticates to institutions and verifies them.
 #[derive(Clone, Debug)]
 pub struct ClientTls {
@@ -164,6 +166,7 @@ impl Deliverer {
                             link.channel.clone(),
                             self.timeout,
                             pool.unary_only.clone(),
+                            institution.id.clone(),
                         )
                     })
                     .clone()
@@ -331,9 +334,14 @@ impl Unacknowledged {
 
 impl DeliveryStream {
     /// Starts the task that owns the connection's delivery stream.
-    fn start(channel: Channel, timeout: Duration, unary_only: Arc<AtomicBool>) -> DeliveryStream {
+    fn start(
+        channel: Channel,
+        timeout: Duration,
+        unary_only: Arc<AtomicBool>,
+        recipient: Arc<str>,
+    ) -> DeliveryStream {
         let (queue, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(run_stream(channel, timeout, waiting, unary_only));
+        tokio::spawn(run_stream(channel, timeout, waiting, unary_only, recipient));
         DeliveryStream { queue }
     }
 
@@ -355,7 +363,13 @@ async fn run_stream(
     timeout: Duration,
     mut waiting: mpsc::UnboundedReceiver<Outgoing>,
     unary_only: Arc<AtomicBool>,
+    recipient: Arc<str>,
 ) {
+    // Streams opened, and how each ended (`bcss_delivery_streams_total`).
+    let count = |event: &'static str| {
+        metrics::counter!(telemetry::DELIVERY_STREAMS, "recipient" => recipient.to_string(), "event" => event)
+            .increment(1);
+    };
     let mut unacknowledged = Unacknowledged::default();
     while let Some(first) = waiting.recv().await {
         let (send, outgoing) = mpsc::unbounded_channel::<StoredDelivery>();
@@ -378,8 +392,12 @@ async fn run_stream(
         )
         .await;
         let mut acks = match opened {
-            Ok(Ok(response)) => response.into_inner(),
+            Ok(Ok(response)) => {
+                count("opened");
+                response.into_inner()
+            }
             Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                count("not_taken");
                 tracing::info!(
                     message =
                         "The institution does not take DeliverStream: Deliver calls from now on."
@@ -389,10 +407,12 @@ async fn run_stream(
                 continue;
             }
             Ok(Err(status)) => {
+                count("failed");
                 unacknowledged.fail_all(&answered(&status));
                 continue;
             }
             Err(_) => {
+                count("late");
                 unacknowledged.fail_all(&no_answer_within(timeout));
                 continue;
             }
@@ -421,16 +441,19 @@ async fn run_stream(
                         }
                     }
                     Ok(None) => {
+                        count("ended");
                         unacknowledged.fail_all("the institution ended the delivery stream");
                         break;
                     }
                     Err(status) => {
+                        count("failed");
                         unacknowledged.fail_all(&answered(&status));
                         break;
                     }
                 },
                 () = &mut overdue, if deadline.is_some() => {
                     if unacknowledged.next_deadline().is_some_and(|d| d <= Instant::now()) {
+                        count("late");
                         unacknowledged.fail_all(&no_answer_within(timeout));
                         break;
                     }

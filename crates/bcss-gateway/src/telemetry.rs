@@ -16,6 +16,7 @@ pub const REFUSALS: &str = "bcss_refusals_total";
 pub const INTEGRATION_CHECKS: &str = "bcss_integration_checks_total";
 pub const DELIVERIES: &str = "bcss_deliveries_total";
 pub const DELIVERY_RETRIES: &str = "bcss_delivery_retries_total";
+pub const DELIVERY_STREAMS: &str = "bcss_delivery_streams_total";
 pub const DEAD_LETTERS: &str = "bcss_dead_letters_total";
 pub const OUTBOX_PENDING: &str = "bcss_outbox_pending";
 pub const QUEUE_DEPTH: &str = "bcss_delivery_queue_depth";
@@ -114,6 +115,10 @@ fn describe() {
     describe_counter!(
         INTEGRATION_CHECKS,
         "Integration checks by result (admitted, refused)."
+    );
+    describe_counter!(
+        DELIVERY_STREAMS,
+        "Delivery streams (Institution.DeliverStream) by recipient and event: opened, failed, ended, late, not_taken."
     );
     describe_counter!(
         DELIVERIES,
