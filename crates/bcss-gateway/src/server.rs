@@ -10,8 +10,8 @@ use bcss_proto::hub::v1::directory_server::DirectoryServer;
 use bcss_proto::hub::v1::journal_server::JournalServer;
 use http_body_util::BodyExt;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codegen::http;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tower::util::MapResponseLayer;
@@ -80,7 +80,6 @@ pub async fn run(
         .expect("the descriptor sets compiled into the binary are valid");
     Server::builder()
         .tls_config(tls)?
-        .tcp_nodelay(true)
         // HTTP/2's own ceiling; the hub answers RESOURCE_EXHAUSTED from half of it.
         .max_concurrent_streams(options.max_concurrent_streams.saturating_mul(2))
         .layer(MapResponseLayer::new(move |response| {
@@ -92,7 +91,7 @@ pub async fn run(
         .add_service(journal)
         .add_service(health)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(accepted(listener), async move {
             shutdown.await;
             draining.store(true, std::sync::atomic::Ordering::Relaxed);
         })
@@ -178,4 +177,29 @@ pub fn too_large_message(limit: usize) -> String {
     format!(
         "the message is larger than limits.max_message_bytes = {limit} bytes: send a smaller one"
     )
+}
+
+/// The connections `listener` accepts, with `TCP_NODELAY` set on each: tonic's
+/// `Server::tcp_nodelay` applies only to listeners it binds itself, and with Nagle's algorithm a
+/// reply written in more than one piece can wait for the peer's delayed acknowledgement (up to
+/// 40 ms on Linux) whenever the connection is not busy.
+pub fn accepted(listener: tokio::net::TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    /// Every accepted connection has Nagle's algorithm off (the servers' `serve_with_incoming`
+    /// ignores tonic's own `tcp_nodelay`).
+    #[tokio::test]
+    async fn accepted_connections_send_without_waiting_for_acknowledgements() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut incoming = super::accepted(listener);
+        let _client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let connection = incoming.next().await.unwrap().unwrap();
+        assert!(connection.nodelay().unwrap());
+    }
 }

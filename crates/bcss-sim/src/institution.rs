@@ -13,12 +13,12 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use bcss_gateway::pki::Pki;
+use bcss_gateway::server::accepted;
 use bcss_policy::Policy;
 use bcss_proto::institution::v1::institution_server::{Institution, InstitutionServer};
 use bcss_proto::institution::v1::{AnswerReply, AnswerRequest, Delivery, DeliveryAck};
 use futures_util::{Stream, StreamExt};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -390,9 +390,8 @@ pub async fn serve(
     let (institution, shutdown) = ending_streams_at(institution, shutdown);
     Server::builder()
         .tls_config(ServerTlsConfig::new().identity(identity).client_ca_root(ca))?
-        .tcp_nodelay(true)
         .add_service(InstitutionServer::new(institution))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(accepted(listener), shutdown)
         .await
 }
 
@@ -421,9 +420,8 @@ pub async fn serve_plain(
     institution.require_hub = false;
     let (institution, shutdown) = ending_streams_at(institution, shutdown);
     Server::builder()
-        .tcp_nodelay(true)
         .add_service(InstitutionServer::new(institution))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(accepted(listener), shutdown)
         .await
 }
 
