@@ -21,9 +21,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bcss_policy::Policy;
 use bcss_policy::settings::DeliverySettings;
-use bcss_store::{
-    Accepted, Change, DeliveryRow, JournalEntry, Store, StoreError, TicketRow, now_ms,
-};
+use bcss_store::{Accepted, Change, DeliveryRow, Store, StoreError, now_ms};
 use bytes::Bytes;
 use dashmap::DashMap;
 use futures_util::StreamExt;
@@ -159,20 +157,6 @@ impl Outbox {
     /// Gives back room reserved for deliveries that were not accepted after all.
     pub fn release(&self, count: usize) {
         self.pending.fetch_sub(count, Ordering::AcqRel);
-    }
-
-    /// Records the ticket, its deliveries and its journal entries durably (or, without a store,
-    /// numbers the deliveries and keeps no journal).
-    pub async fn accept(
-        &self,
-        ticket: TicketRow,
-        deliveries: Vec<DeliveryRow>,
-        journal: Vec<JournalEntry>,
-    ) -> Result<Accepted, StoreError> {
-        match &self.store {
-            Some(store) => store.accept(ticket, deliveries, journal).await,
-            None => Ok(self.number(deliveries.len())),
-        }
     }
 
     /// Numbers `count` deliveries without recording them (durability off).

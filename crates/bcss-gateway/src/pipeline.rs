@@ -359,11 +359,13 @@ impl Hub {
             });
         }
         let stage = std::time::Instant::now();
-        let stored = if self.outbox.store().is_some() {
-            let rows: Vec<DeliveryRow> = deliveries.iter().map(|(_, row)| row.clone()).collect();
-            self.outbox.accept(ticket_row(&record), rows, journal).await
-        } else {
-            Ok(self.outbox.number(deliveries.len()))
+        let stored = match self.outbox.store() {
+            Some(store) => {
+                let rows: Vec<DeliveryRow> =
+                    deliveries.iter().map(|(_, row)| row.clone()).collect();
+                store.accept(ticket_row(&record), rows, journal).await
+            }
+            None => Ok(self.outbox.number(deliveries.len())),
         };
         stage_done("persist", stage);
         let seqs = match stored {
