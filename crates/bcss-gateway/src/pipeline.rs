@@ -864,16 +864,9 @@ fn journal_entries(
         contact_file: message.contact_file.clone().unwrap_or_default(),
         ..Default::default()
     };
-    let longest = plans
-        .iter()
-        .filter_map(|p| p.result.as_ref().ok())
-        .map(|a| keep_until(policy, Some(&a.deliberation), at_ms))
-        .max()
-        .unwrap_or_else(|| keep_until(policy, None, at_ms));
     let mut entries = vec![JournalEntry {
         kind: EntryKind::Submission as i32,
         reason: "accepted".into(),
-        keep_until_ms: longest,
         ..base.clone()
     }];
     for plan in plans {
@@ -899,6 +892,13 @@ fn journal_entries(
             },
         });
     }
+    // The submission is kept as long as the longest-kept entry of its ticket: the journal finds
+    // a ticket's entries by person and by sender through it.
+    entries[0].keep_until_ms = entries[1..]
+        .iter()
+        .map(|e| e.keep_until_ms)
+        .max()
+        .unwrap_or_else(|| keep_until(policy, None, at_ms));
     entries
 }
 

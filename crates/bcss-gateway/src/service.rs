@@ -489,7 +489,11 @@ impl pb::admin_server::Admin for AdminService {
             .delivery(seq)
             .await
             .map_err(store_status)?
-            .ok_or_else(|| Status::not_found(format!("no dead letter {seq}")))?;
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no dead letter {seq}: it was delivered (delivered letters are not kept) or never existed"
+                ))
+            })?;
         let was_dead = before.state() == bcss_store::DeliveryState::DeadLetter;
         let row = self
             .hub

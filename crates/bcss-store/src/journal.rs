@@ -121,6 +121,28 @@ impl JournalEntry {
         *hasher.finalize().as_bytes()
     }
 
+    /// Chains this new entry after the entry whose hash is `prev_hash`: sets `prev_hash` and
+    /// `hash`, and returns the entry's encoding and hash. The entry is encoded once: prost writes
+    /// fields in tag order, so the encoding is the hashed one (without the hash) followed by the
+    /// hash's field (`removed`, after it, is false in a new entry and not written).
+    pub fn chain(&mut self, prev_hash: &[u8; 32]) -> (Vec<u8>, [u8; 32]) {
+        debug_assert!(self.hash.is_empty() && !self.removed, "a new entry");
+        self.prev_hash = prev_hash.to_vec();
+        let mut bytes = self.encode_to_vec();
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(prev_hash);
+        hasher.update(&bytes);
+        let hash = *hasher.finalize().as_bytes();
+        self.hash = hash.to_vec();
+        prost::encoding::bytes::encode(31, &self.hash, &mut bytes);
+        debug_assert_eq!(
+            bytes,
+            self.encode_to_vec(),
+            "the hash field is written last"
+        );
+        (bytes, hash)
+    }
+
     /// The stub retention leaves: number, time, hashes.
     pub fn stub(&self) -> JournalEntry {
         JournalEntry {

@@ -32,24 +32,26 @@ pub use rows::{DeliveryRow, DeliveryState, OutcomeRow, TicketRow};
 const TICKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("tickets");
 /// `<sender>\0<message id>` → ticket: a message id is answered with its first ticket forever.
 const MESSAGE_IDS: TableDefinition<&str, &str> = TableDefinition::new("message_ids");
-/// Delivery sequence number → `DeliveryRow`.
+/// Delivery sequence number → `DeliveryRow`, for the deliveries still to make and the dead
+/// letters: a delivery's row goes when its recipient acknowledges it (the journal keeps the
+/// delivery, the ticket its outcome), so a restart finds exactly what is left to do.
 const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
-/// The deliveries still to make (sequence numbers), so that a restart finds them directly.
-const PENDING: TableDefinition<u64, ()> = TableDefinition::new("pending");
 /// The dead letters (sequence numbers).
 const DEAD: TableDefinition<u64, ()> = TableDefinition::new("dead_letters");
 /// Journal entry number → `JournalEntry` (a stub once retention removed it).
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
-/// (NISS, entry) for the citizen's view.
+/// (NISS, entry) for the citizen's view: a ticket's submission and entries without a ticket
+/// (see [`Rows`]).
 const JOURNAL_BY_PERSON: TableDefinition<(u64, u64), ()> =
     TableDefinition::new("journal_by_person");
-/// (ticket, entry).
+/// (ticket, entry): every entry of a ticket.
 const JOURNAL_BY_TICKET: TableDefinition<(&str, u64), ()> =
     TableDefinition::new("journal_by_ticket");
-/// (institution, time, entry), for the sender and for the recipient.
+/// (institution, time, entry): the sender at the submission, each recipient at its admission
+/// or refusal (see [`Rows`]).
 const JOURNAL_BY_PARTY: TableDefinition<(&str, i64, u64), ()> =
     TableDefinition::new("journal_by_party");
-/// (keep until, entry): what retention removes next.
+/// (keep until, entry): what retention removes next; an admission's later entries go with it.
 const JOURNAL_EXPIRY: TableDefinition<(i64, u64), ()> = TableDefinition::new("journal_expiry");
 /// Checkpoint entry number → `Checkpoint`.
 const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("journal_checkpoints");
@@ -449,7 +451,6 @@ struct Tables<'txn> {
     tickets: redb::Table<'txn, &'static str, &'static [u8]>,
     message_ids: redb::Table<'txn, &'static str, &'static str>,
     deliveries: redb::Table<'txn, u64, &'static [u8]>,
-    pending: redb::Table<'txn, u64, ()>,
     dead: redb::Table<'txn, u64, ()>,
     journal: redb::Table<'txn, u64, &'static [u8]>,
     by_person: redb::Table<'txn, (u64, u64), ()>,
@@ -467,7 +468,6 @@ impl<'txn> Tables<'txn> {
             tickets: txn.open_table(TICKETS)?,
             message_ids: txn.open_table(MESSAGE_IDS)?,
             deliveries: txn.open_table(DELIVERIES)?,
-            pending: txn.open_table(PENDING)?,
             dead: txn.open_table(DEAD)?,
             journal: txn.open_table(JOURNAL)?,
             by_person: txn.open_table(JOURNAL_BY_PERSON)?,
@@ -490,13 +490,14 @@ fn recover(db: &Database) -> Result<Recovered, StoreError> {
         tickets.push(decode::<TicketRow>(value.value())?);
     }
     tickets.sort_by_key(|t| t.accepted_at_ms);
-    let pending_table = txn.open_table(PENDING).or_unavailable()?;
     let deliveries = txn.open_table(DELIVERIES).or_unavailable()?;
     let mut pending = Vec::new();
-    for entry in pending_table.iter().or_unavailable()? {
-        let (seq, _) = entry.or_unavailable()?;
-        if let Some(row) = deliveries.get(seq.value()).or_unavailable()? {
-            pending.push(decode::<DeliveryRow>(row.value())?);
+    for entry in deliveries.iter().or_unavailable()? {
+        let row = decode::<DeliveryRow>(entry.or_unavailable()?.1.value())?;
+        // Dead letters wait for an operator (files written before delivered rows were
+        // removed also hold delivered ones).
+        if row.state() == DeliveryState::Pending {
+            pending.push(row);
         }
     }
     let dead_table = txn.open_table(DEAD).or_unavailable()?;
@@ -689,7 +690,7 @@ impl Writer {
                 };
                 let result = change_one(tables, change).and_then(|row| {
                     if let Some(row) = &row {
-                        self.append(tables, delivery_entry(row, kind))?;
+                        self.append(tables, delivery_entry(row, kind), Rows::FollowUp)?;
                     }
                     Ok(row)
                 });
@@ -698,7 +699,7 @@ impl Writer {
                     Err(error) => Pending::Failed(FailedReply::Change(reply), error),
                 }
             }
-            Op::Append { entry, reply } => match self.append(tables, *entry) {
+            Op::Append { entry, reply } => match self.append(tables, *entry, Rows::All) {
                 Ok(_) => Pending::Change(reply, None),
                 Err(error) => Pending::Failed(FailedReply::Change(reply), error),
             },
@@ -732,20 +733,23 @@ impl Writer {
     }
 
     /// Appends one entry to the chain, with its indexes, and seals the head when due.
-    fn append(&mut self, tables: &mut Tables, mut entry: JournalEntry) -> Result<u64, StoreError> {
+    fn append(
+        &mut self,
+        tables: &mut Tables,
+        mut entry: JournalEntry,
+        rows: Rows,
+    ) -> Result<u64, StoreError> {
         if !self.journal {
             return Ok(0);
         }
         let (last, prev_hash) = self.journal_head;
         entry.number = last + 1;
-        entry.prev_hash = prev_hash.to_vec();
-        let hash = entry.compute_hash(&prev_hash);
-        entry.hash = hash.to_vec();
+        let (bytes, hash) = entry.chain(&prev_hash);
         tables
             .journal
-            .insert(entry.number, entry.encode_to_vec().as_slice())
+            .insert(entry.number, bytes.as_slice())
             .or_unavailable()?;
-        index(tables, &entry, true)?;
+        index(tables, &entry, rows, true)?;
         if entry.number.is_multiple_of(journal::CHECKPOINT_EVERY) {
             let checkpoint = Checkpoint {
                 number: entry.number,
@@ -794,7 +798,6 @@ impl Writer {
                 .deliveries
                 .insert(delivery.seq, delivery.encode_to_vec().as_slice())
                 .or_unavailable()?;
-            tables.pending.insert(delivery.seq, ()).or_unavailable()?;
         }
         tables
             .message_ids
@@ -805,7 +808,12 @@ impl Writer {
             .insert(ticket.ticket.as_str(), ticket.encode_to_vec().as_slice())
             .or_unavailable()?;
         for entry in journal {
-            self.append(tables, entry)?;
+            let rows = if entry.kind == EntryKind::Submission as i32 {
+                Rows::All
+            } else {
+                Rows::Candidate
+            };
+            self.append(tables, entry, rows)?;
         }
         Ok(Accepted::New { seqs })
     }
@@ -874,24 +882,31 @@ fn change_one(tables: &mut Tables, change: Change) -> Result<Option<DeliveryRow>
         | Change::DeadLetter { seq, .. }
         | Change::Replay { seq } => *seq,
     };
-    let Some(current) = tables.deliveries.get(seq).or_unavailable()? else {
+    let Tables {
+        deliveries, dead, ..
+    } = tables;
+    // A delivered row goes: the journal entry is made from what it held.
+    let stored = if matches!(change, Change::Delivered { .. }) {
+        deliveries
+            .remove(seq)
+            .or_unavailable()?
+            .map(|row| decode::<DeliveryRow>(row.value()))
+    } else {
+        deliveries
+            .get(seq)
+            .or_unavailable()?
+            .map(|row| decode::<DeliveryRow>(row.value()))
+    };
+    let Some(mut row) = stored.transpose()? else {
         return Ok(None);
     };
-    let mut row: DeliveryRow = decode(current.value())?;
-    drop(current);
-    let Tables {
-        deliveries,
-        pending,
-        dead,
-        ..
-    } = tables;
     match change {
         Change::Delivered { at_ms, .. } => {
             row.state = DeliveryState::Delivered as i32;
             row.delivered_at_ms = at_ms;
             row.request = bytes::Bytes::new();
             row.attempts += 1;
-            pending.remove(seq).or_unavailable()?;
+            return Ok(Some(row));
         }
         Change::Attempted {
             attempts,
@@ -913,7 +928,6 @@ fn change_one(tables: &mut Tables, change: Change) -> Result<Option<DeliveryRow>
             row.attempts = attempts;
             row.last_error = last_error;
             row.dead_reason = reason;
-            pending.remove(seq).or_unavailable()?;
             dead.insert(seq, ()).or_unavailable()?;
         }
         Change::Replay { .. } => {
@@ -925,7 +939,6 @@ fn change_one(tables: &mut Tables, change: Change) -> Result<Option<DeliveryRow>
             row.next_attempt_ms = 0;
             row.dead_reason.clear();
             dead.remove(seq).or_unavailable()?;
-            pending.insert(seq, ()).or_unavailable()?;
         }
     }
     deliveries
@@ -994,8 +1007,30 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Which index rows an entry gets. Every entry of a ticket is in `journal_by_ticket`; what an
+/// earlier entry of the same ticket already indexes is not indexed again, and the queries reach
+/// it through the ticket. This halves the rows a delivery writes (docs/BENCHMARKS.md, "Profile,
+/// sixth round").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rows {
+    /// A ticket's submission, and entries of their own (consultations, contact files): person,
+    /// ticket, sender and recipient, retention.
+    All,
+    /// An admission or a refusal of an accepted message: ticket, recipient, retention. Its person
+    /// and its sender are its submission's.
+    Candidate,
+    /// A later event of an admitted delivery (attempt, delivery, dead letter, replay): ticket
+    /// only. Its person, parties and retention are its admission's.
+    FollowUp,
+}
+
 /// Adds (or, with `add` false, removes) an entry's index rows.
-fn index(tables: &mut Tables, entry: &JournalEntry, add: bool) -> Result<(), StoreError> {
+fn index(
+    tables: &mut Tables,
+    entry: &JournalEntry,
+    rows: Rows,
+    add: bool,
+) -> Result<(), StoreError> {
     let Tables {
         by_person: person,
         by_ticket: ticket,
@@ -1014,18 +1049,19 @@ fn index(tables: &mut Tables, entry: &JournalEntry, add: bool) -> Result<(), Sto
             }
         };
     }
-    if entry.niss != 0 {
+    if rows == Rows::All && entry.niss != 0 {
         apply!(person, (entry.niss, n));
     }
     if !entry.ticket.is_empty() {
         apply!(ticket, (entry.ticket.as_str(), n));
     }
-    for institution in [&entry.sender, &entry.recipient] {
-        if !institution.is_empty() {
-            apply!(party, (institution.as_str(), entry.at_ms, n));
-        }
+    if rows == Rows::All && !entry.sender.is_empty() {
+        apply!(party, (entry.sender.as_str(), entry.at_ms, n));
     }
-    if entry.keep_until_ms > 0 {
+    if rows != Rows::FollowUp && !entry.recipient.is_empty() {
+        apply!(party, (entry.recipient.as_str(), entry.at_ms, n));
+    }
+    if rows != Rows::FollowUp && entry.keep_until_ms > 0 {
         apply!(expiry, (entry.keep_until_ms, n));
     }
     if entry.kind == EntryKind::ContactFile as i32 && !entry.contact_file.is_empty() {
@@ -1042,7 +1078,24 @@ fn index(tables: &mut Tables, entry: &JournalEntry, add: bool) -> Result<(), Sto
     Ok(())
 }
 
-/// Replaces the content of entries past their retention by stubs.
+/// The numbers of a ticket's entries.
+fn ticket_entries(
+    by_ticket: &impl ReadableTable<(&'static str, u64), ()>,
+    ticket: &str,
+) -> Result<Vec<u64>, StoreError> {
+    let mut numbers = Vec::new();
+    for item in by_ticket
+        .range((ticket, 0)..=(ticket, u64::MAX))
+        .or_unavailable()?
+    {
+        numbers.push(item.or_unavailable()?.0.value().1);
+    }
+    Ok(numbers)
+}
+
+/// Replaces the content of entries past their retention by stubs, and removes their index
+/// rows. An admission takes its later entries (attempts, delivery, dead letter), which share its
+/// retention and have no expiry row of their own, with it.
 fn expire(tables: &mut Tables, now_ms: i64, limit: usize) -> Result<u64, StoreError> {
     let due: Vec<u64> = {
         let mut due = Vec::new();
@@ -1060,20 +1113,49 @@ fn expire(tables: &mut Tables, now_ms: i64, limit: usize) -> Result<u64, StoreEr
     };
     let mut removed = 0;
     for number in due {
-        let entry: JournalEntry = {
-            let Some(bytes) = tables.journal.get(number).or_unavailable()? else {
-                continue;
-            };
-            decode(bytes.value())?
+        let Some(entry) = stub(tables, number)? else {
+            continue;
         };
-        index(tables, &entry, false)?;
-        tables
-            .journal
-            .insert(number, entry.stub().encode_to_vec().as_slice())
-            .or_unavailable()?;
         removed += 1;
+        if entry.kind == EntryKind::Admission as i32 && !entry.delivery_id.is_empty() {
+            for later in ticket_entries(&tables.by_ticket, &entry.ticket)? {
+                let follows = {
+                    let Some(bytes) = tables.journal.get(later).or_unavailable()? else {
+                        continue;
+                    };
+                    let e: JournalEntry = decode(bytes.value())?;
+                    e.delivery_id == entry.delivery_id
+                        && e.kind != EntryKind::Admission as i32
+                        && e.keep_until_ms <= now_ms
+                };
+                if follows && stub(tables, later)?.is_some() {
+                    removed += 1;
+                }
+            }
+        }
     }
     Ok(removed)
+}
+
+/// Replaces entry `number` by its stub and removes its index rows; returns what it held, or
+/// `None` if it is missing or already a stub.
+fn stub(tables: &mut Tables, number: u64) -> Result<Option<JournalEntry>, StoreError> {
+    let entry: JournalEntry = {
+        let Some(bytes) = tables.journal.get(number).or_unavailable()? else {
+            return Ok(None);
+        };
+        decode(bytes.value())?
+    };
+    if entry.removed {
+        return Ok(None);
+    }
+    // Removing a row an entry never had is a no-op, so `All` covers every kind of entry.
+    index(tables, &entry, Rows::All, false)?;
+    tables
+        .journal
+        .insert(number, entry.stub().encode_to_vec().as_slice())
+        .or_unavailable()?;
+    Ok(Some(entry))
 }
 
 fn journal_query(db: &Database, query: &JournalQuery) -> Result<Vec<JournalEntry>, StoreError> {
@@ -1132,10 +1214,68 @@ fn journal_query(db: &Database, query: &JournalQuery) -> Result<Vec<JournalEntry
             }
         }
     }
+    let mut entries = read_entries(&journal, &mut numbers)?;
+    // Entries indexed only through their ticket (see `Rows`).
+    if matches!(
+        query,
+        JournalQuery::Person { .. } | JournalQuery::Party { .. }
+    ) {
+        let by_ticket = txn.open_table(JOURNAL_BY_TICKET).or_unavailable()?;
+        let mut more = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for hit in entries
+            .iter()
+            .filter(|e| !e.ticket.is_empty() && !e.consultation)
+        {
+            if !seen.insert((hit.ticket.as_str(), hit.kind, hit.delivery_id.as_str())) {
+                continue;
+            }
+            for number in ticket_entries(&by_ticket, &hit.ticket)? {
+                if numbers.binary_search(&number).is_ok() {
+                    continue;
+                }
+                if let Some(bytes) = journal.get(number).or_unavailable()? {
+                    let entry: JournalEntry = decode(bytes.value())?;
+                    if reached_through(query, hit, &entry) {
+                        more.push(entry);
+                    }
+                }
+            }
+        }
+        if !more.is_empty() {
+            entries.extend(more);
+            entries.sort_unstable_by_key(|e| e.number);
+            entries.dedup_by_key(|e| e.number);
+        }
+    }
+    Ok(entries)
+}
+
+/// Whether `entry`, of the same ticket as `hit` (an entry the query's index found), answers
+/// the query too: a person's are every entry of their tickets; a sender's, every entry of its
+/// tickets; a recipient's, its admission's later entries.
+fn reached_through(query: &JournalQuery, hit: &JournalEntry, entry: &JournalEntry) -> bool {
+    match query {
+        JournalQuery::Person { niss } => entry.niss == *niss,
+        JournalQuery::Party { institution, .. } => {
+            (hit.kind == EntryKind::Submission as i32 && entry.sender == *institution)
+                || (hit.kind == EntryKind::Admission as i32
+                    && entry.recipient == *institution
+                    && entry.delivery_id == hit.delivery_id)
+        }
+        _ => false,
+    }
+}
+
+/// The entries with these numbers (sorted and deduplicated first), in order.
+fn read_entries(
+    journal: &impl ReadableTable<u64, &'static [u8]>,
+    numbers: &mut Vec<u64>,
+) -> Result<Vec<JournalEntry>, StoreError> {
     numbers.sort_unstable();
     numbers.dedup();
     let mut entries = Vec::with_capacity(numbers.len());
-    for number in numbers {
+    for &number in numbers.iter() {
         if let Some(bytes) = journal.get(number).or_unavailable()? {
             entries.push(decode(bytes.value())?);
         }
@@ -1284,6 +1424,176 @@ mod tests {
             panic!("new")
         };
         assert_eq!(seqs, vec![3]);
+    }
+
+    /// A ticket from `s` about `niss` for `recipients` (each with its retention), with its
+    /// journal entries as the pipeline makes them: the submission, then one admission each.
+    fn journalled(
+        id: &str,
+        niss: u64,
+        recipients: &[(&str, i64)],
+    ) -> (TicketRow, Vec<DeliveryRow>, Vec<JournalEntry>) {
+        let names: Vec<&str> = recipients.iter().map(|(r, _)| *r).collect();
+        let (mut t, mut d) = ticket(id, &format!("m-{id}"), &names);
+        t.niss = niss;
+        for (row, (_, keep)) in d.iter_mut().zip(recipients) {
+            (row.niss, row.sender, row.keep_until_ms) = (niss, "s".into(), *keep);
+        }
+        let base = JournalEntry {
+            at_ms: 1_000,
+            ticket: id.into(),
+            sender: "s".into(),
+            niss,
+            ..Default::default()
+        };
+        let mut journal = vec![JournalEntry {
+            kind: EntryKind::Submission as i32,
+            keep_until_ms: recipients.iter().map(|(_, k)| *k).max().unwrap(),
+            ..base.clone()
+        }];
+        for row in &d {
+            journal.push(JournalEntry {
+                kind: EntryKind::Admission as i32,
+                recipient: row.recipient.clone(),
+                delivery_id: row.delivery_id.clone(),
+                keep_until_ms: row.keep_until_ms,
+                ..base.clone()
+            });
+        }
+        (t, d, journal)
+    }
+
+    /// Rows per index table, read from the closed store's file.
+    fn index_rows(dir: &Path) -> [u64; 4] {
+        let db = Database::create(dir.join("hub.redb")).unwrap();
+        let txn = db.begin_read().unwrap();
+        [
+            txn.open_table(JOURNAL_BY_PERSON).unwrap().len().unwrap(),
+            txn.open_table(JOURNAL_BY_TICKET).unwrap().len().unwrap(),
+            txn.open_table(JOURNAL_BY_PARTY).unwrap().len().unwrap(),
+            txn.open_table(JOURNAL_EXPIRY).unwrap().len().unwrap(),
+        ]
+    }
+
+    #[tokio::test]
+    async fn later_entries_are_found_and_expired_through_their_ticket() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let (t, d, j) = journalled("t1", 42, &[("a", 5_000), ("b", 9_000)]);
+        store.accept(t, d, j).await.unwrap();
+        let (t, d, j) = journalled("t2", 43, &[("a", 9_000)]);
+        store.accept(t, d, j).await.unwrap();
+        store
+            .change(Change::Delivered {
+                seq: 1,
+                at_ms: 2_000,
+            })
+            .await
+            .unwrap();
+        let attempt = Change::Attempted {
+            seq: 2,
+            attempts: 1,
+            last_error: "unavailable".into(),
+            next_attempt_ms: 3_000,
+        };
+        store.change(attempt).await.unwrap();
+        let shape = |entries: Vec<JournalEntry>| -> Vec<(String, i32, String)> {
+            entries
+                .into_iter()
+                .map(|e| (e.ticket, e.kind, e.recipient))
+                .collect()
+        };
+        let person = |niss| store.journal(JournalQuery::Person { niss });
+        let party = |institution: &str, to_ms| {
+            store.journal(JournalQuery::Party {
+                institution: institution.into(),
+                from_ms: 0,
+                to_ms,
+            })
+        };
+        let (sub, adm, del, att) = (0, 2, 4, 3);
+        let e = |t: &str, kind: i32, r: &str| (t.to_owned(), kind, r.to_owned());
+        let cases: Vec<(&str, JournalQuery, Vec<(String, i32, String)>)> = vec![
+            (
+                "the person: every entry of their ticket, none of another's",
+                JournalQuery::Person { niss: 42 },
+                vec![
+                    e("t1", sub, ""),
+                    e("t1", adm, "a"),
+                    e("t1", adm, "b"),
+                    e("t1", del, "a"),
+                    e("t1", att, "b"),
+                ],
+            ),
+            (
+                "a recipient: its admissions and what became of them, not the others'",
+                JournalQuery::Party {
+                    institution: "a".into(),
+                    from_ms: 0,
+                    to_ms: i64::MAX,
+                },
+                vec![e("t1", adm, "a"), e("t2", adm, "a"), e("t1", del, "a")],
+            ),
+            (
+                "the sender: everything it sent",
+                JournalQuery::Party {
+                    institution: "s".into(),
+                    from_ms: 0,
+                    to_ms: i64::MAX,
+                },
+                vec![
+                    e("t1", sub, ""),
+                    e("t1", adm, "a"),
+                    e("t1", adm, "b"),
+                    e("t2", sub, ""),
+                    e("t2", adm, "a"),
+                    e("t1", del, "a"),
+                    e("t1", att, "b"),
+                ],
+            ),
+            (
+                "an exchange accepted after the range is not in it",
+                JournalQuery::Party {
+                    institution: "a".into(),
+                    from_ms: 0,
+                    to_ms: 999,
+                },
+                vec![],
+            ),
+        ];
+        for (name, query, expected) in cases {
+            assert_eq!(
+                shape(store.journal(query).await.unwrap()),
+                expected,
+                "{name}"
+            );
+        }
+        // Retention at t=5,000: the admission to "a" and its delivery go, nothing else.
+        assert_eq!(store.expire(5_000, 100).await.unwrap(), 2);
+        assert_eq!(
+            shape(person(42).await.unwrap()),
+            vec![e("t1", sub, ""), e("t1", adm, "b"), e("t1", att, "b")]
+        );
+        assert_eq!(
+            shape(party("a", i64::MAX).await.unwrap()),
+            vec![e("t2", adm, "a")]
+        );
+        drop(store);
+        // Index rows: one person and one sender row per ticket, one recipient and one expiry
+        // row per candidate (and the submission's), every entry in by_ticket.
+        assert_eq!(index_rows(dir.path()), [2, 5, 3 + 1, 2 + 2]);
+        let (store, _) = Store::open(dir.path()).unwrap();
+        assert_eq!(store.expire(9_000, 100).await.unwrap(), 5);
+        assert!(
+            store
+                .journal(JournalQuery::Person { niss: 42 })
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.verify().await.unwrap().first_problem, None);
+        drop(store);
+        assert_eq!(index_rows(dir.path()), [0; 4], "no row outlives retention");
     }
 
     #[tokio::test]
