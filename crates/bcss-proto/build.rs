@@ -124,6 +124,53 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "crate::hub::view::v1::AnswerReplyView",
         ))
         .build();
+    // The Institution as the reference institutions serve it: deliveries decoded as views, so
+    // a payload is decoded only by an institution that keeps it (not one that counts). Plain
+    // prost decoding, as any institution's: a field written twice is valid protobuf (the last
+    // wins), and the hub's stored deliveries append their attempt number that way.
+    let received = |name: &str, route: &str, input: &str, output: &str| {
+        Method::builder()
+            .name(name)
+            .route_name(route)
+            .input_type(input)
+            .output_type(output)
+            .codec_path("tonic_prost::ProstCodec")
+            .build()
+    };
+    let receiving = Service::builder()
+        .name("Institution")
+        .package("bcss.institution.v1")
+        .comment("bcss.institution.v1.Institution, receiving deliveries as views (payload kept as bytes).")
+        .method(received(
+            "deliver",
+            "Deliver",
+            "crate::hub::view::v1::DeliveryView",
+            "crate::institution::v1::DeliveryAck",
+        ))
+        .method(
+            Method::builder()
+                .name("deliver_stream")
+                .route_name("DeliverStream")
+                .input_type("crate::hub::view::v1::DeliveryView")
+                .output_type("crate::institution::v1::DeliveryAck")
+                .codec_path("tonic_prost::ProstCodec")
+                .client_streaming()
+                .server_streaming()
+                .build(),
+        )
+        .method(received(
+            "answer",
+            "Answer",
+            "crate::institution::v1::AnswerRequest",
+            "crate::institution::v1::AnswerReply",
+        ))
+        .build();
+    let receiving_dir = views_dir.join("receiving");
+    std::fs::create_dir_all(&receiving_dir)?;
+    Builder::new()
+        .out_dir(&receiving_dir)
+        .build_client(false)
+        .compile(std::slice::from_ref(&receiving));
     Builder::new()
         .out_dir(&views_dir)
         .compile(std::slice::from_ref(&gateway));

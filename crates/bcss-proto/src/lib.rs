@@ -62,6 +62,14 @@ pub mod institution_view {
     ));
 }
 
+/// The Institution server over delivery views (what the reference institutions serve).
+pub mod institution_receiving {
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/views/receiving/bcss.institution.v1.Institution.rs"
+    ));
+}
+
 /// The encoded `FileDescriptorSet` of the public contracts (not the views).
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/bcss_descriptor.bin"));

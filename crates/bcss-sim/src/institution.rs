@@ -4,7 +4,8 @@
 //! keeps what it received so it can be printed or checked; and, as a *source*, answers the
 //! consultations the hub forwards (`Answer`) from generated Dimona and DmfA data. The simulated
 //! network is made of these. For load baselines it also runs without TLS ([`serve_plain`]) and
-//! counting only ([`Inbox::counting`]).
+//! counting only ([`Inbox::counting`]). Deliveries arrive as `DeliveryView`s (the payload as
+//! bytes), decoded into `Delivery`s only when they are kept.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -15,9 +16,11 @@ use std::sync::{Arc, Mutex};
 use bcss_gateway::pki::Pki;
 use bcss_gateway::server::accepted;
 use bcss_policy::Policy;
-use bcss_proto::institution::v1::institution_server::{Institution, InstitutionServer};
+use bcss_proto::hub::view::v1::DeliveryView;
 use bcss_proto::institution::v1::{AnswerReply, AnswerRequest, Delivery, DeliveryAck};
+use bcss_proto::institution_receiving::institution_server::{Institution, InstitutionServer};
 use futures_util::{Stream, StreamExt};
+use prost::Message;
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
@@ -123,29 +126,35 @@ impl Inbox {
     }
 
     /// Passes the gate, records a delivery and says whether it was a duplicate.
-    async fn receive(&self, delivery: Delivery, streamed: bool) -> DeliveryAck {
+    async fn receive(&self, delivery: DeliveryView, streamed: bool) -> Result<DeliveryAck, Status> {
         self.pass_gate().await;
-        let delivery_id = delivery.delivery_id.clone();
-        let fresh = self.record(delivery, streamed);
-        DeliveryAck {
+        let fresh = self.record(&delivery, streamed)?;
+        Ok(DeliveryAck {
             duplicate: !fresh,
-            delivery_id,
-        }
+            delivery_id: delivery.delivery_id,
+        })
     }
 
-    /// Records a delivery; false when its id was already seen.
-    fn record(&self, delivery: Delivery, streamed: bool) -> bool {
+    /// Records a delivery; false when its id was already seen. The payload arrives as bytes
+    /// and is decoded only when the delivery is kept: an inbox that counts (load runs) reads
+    /// the delivery id and acknowledges, as an institution's gateway that stores what it
+    /// receives before it reads it.
+    fn record(&self, delivery: &DeliveryView, streamed: bool) -> Result<bool, Status> {
         let mut state = self.inner.lock().expect("inbox lock");
         state.streamed += usize::from(streamed);
-        if !state.seen.insert(delivery.delivery_id.clone()) {
+        if state.seen.contains(&delivery.delivery_id) {
             state.duplicates += 1;
-            return false;
+            return Ok(false);
         }
-        state.received += 1;
         if !state.counting {
-            state.deliveries.push(delivery);
+            let kept = Delivery::decode(delivery.encode_to_vec().as_slice()).map_err(|e| {
+                Status::invalid_argument(format!("the delivery's payload does not decode: {e}"))
+            })?;
+            state.deliveries.push(kept);
         }
-        true
+        state.seen.insert(delivery.delivery_id.clone());
+        state.received += 1;
+        Ok(true)
     }
 }
 
@@ -321,10 +330,13 @@ impl Source {
 
 #[tonic::async_trait]
 impl Institution for ReferenceInstitution {
-    async fn deliver(&self, request: Request<Delivery>) -> Result<Response<DeliveryAck>, Status> {
+    async fn deliver(
+        &self,
+        request: Request<DeliveryView>,
+    ) -> Result<Response<DeliveryAck>, Status> {
         self.check_caller_is_hub(&request)?;
         Ok(Response::new(
-            self.inbox.receive(request.into_inner(), false).await,
+            self.inbox.receive(request.into_inner(), false).await?,
         ))
     }
 
@@ -334,7 +346,7 @@ impl Institution for ReferenceInstitution {
     /// [`STREAM_IN_PROGRESS`] at once, each acknowledged by id as soon as it is recorded.
     async fn deliver_stream(
         &self,
-        request: Request<Streaming<Delivery>>,
+        request: Request<Streaming<DeliveryView>>,
     ) -> Result<Response<DeliveryAcks>, Status> {
         self.check_caller_is_hub(&request)?;
         if self.inbox.refuses_streams() {
@@ -348,7 +360,7 @@ impl Institution for ReferenceInstitution {
             .into_inner()
             .map(move |delivery| {
                 let inbox = inbox.clone();
-                async move { Ok(inbox.receive(delivery?, true).await) }
+                async move { inbox.receive(delivery?, true).await }
             })
             .buffer_unordered(STREAM_IN_PROGRESS)
             .take_until(async move {
