@@ -1504,12 +1504,10 @@ mod tests {
                 .collect()
         };
         let person = |niss| store.journal(JournalQuery::Person { niss });
-        let party = |institution: &str, to_ms| {
-            store.journal(JournalQuery::Party {
-                institution: institution.into(),
-                from_ms: 0,
-                to_ms,
-            })
+        let party = |institution: &str, to_ms| JournalQuery::Party {
+            institution: institution.into(),
+            from_ms: 0,
+            to_ms,
         };
         let (sub, adm, del, att) = (0, 2, 4, 3);
         let e = |t: &str, kind: i32, r: &str| (t.to_owned(), kind, r.to_owned());
@@ -1527,20 +1525,12 @@ mod tests {
             ),
             (
                 "a recipient: its admissions and what became of them, not the others'",
-                JournalQuery::Party {
-                    institution: "a".into(),
-                    from_ms: 0,
-                    to_ms: i64::MAX,
-                },
+                party("a", i64::MAX),
                 vec![e("t1", adm, "a"), e("t2", adm, "a"), e("t1", del, "a")],
             ),
             (
                 "the sender: everything it sent",
-                JournalQuery::Party {
-                    institution: "s".into(),
-                    from_ms: 0,
-                    to_ms: i64::MAX,
-                },
+                party("s", i64::MAX),
                 vec![
                     e("t1", sub, ""),
                     e("t1", adm, "a"),
@@ -1553,11 +1543,7 @@ mod tests {
             ),
             (
                 "an exchange accepted after the range is not in it",
-                JournalQuery::Party {
-                    institution: "a".into(),
-                    from_ms: 0,
-                    to_ms: 999,
-                },
+                party("a", 999),
                 vec![],
             ),
         ];
@@ -1575,7 +1561,7 @@ mod tests {
             vec![e("t1", sub, ""), e("t1", adm, "b"), e("t1", att, "b")]
         );
         assert_eq!(
-            shape(party("a", i64::MAX).await.unwrap()),
+            shape(store.journal(party("a", i64::MAX)).await.unwrap()),
             vec![e("t2", adm, "a")]
         );
         drop(store);
