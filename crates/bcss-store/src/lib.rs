@@ -1497,7 +1497,9 @@ mod tests {
             next_attempt_ms: 3_000,
         };
         store.change(attempt).await.unwrap();
-        let shape = |entries: Vec<JournalEntry>| -> Vec<(String, i32, String)> {
+        // (ticket, kind, recipient) of each entry, in order.
+        type Shape = Vec<(String, i32, String)>;
+        let shape = |entries: Vec<JournalEntry>| -> Shape {
             entries
                 .into_iter()
                 .map(|e| (e.ticket, e.kind, e.recipient))
@@ -1511,7 +1513,7 @@ mod tests {
         };
         let (sub, adm, del, att) = (0, 2, 4, 3);
         let e = |t: &str, kind: i32, r: &str| (t.to_owned(), kind, r.to_owned());
-        let cases: Vec<(&str, JournalQuery, Vec<(String, i32, String)>)> = vec![
+        let cases: Vec<(&str, JournalQuery, Shape)> = vec![
             (
                 "the person: every entry of their ticket, none of another's",
                 JournalQuery::Person { niss: 42 },
