@@ -21,6 +21,36 @@ const PUBLIC: &[&str] = &[
     "bcss/institution/v1/institution.proto",
 ];
 
+/// The hub's codec: prost, with a request that does not decode answered `INVALID_ARGUMENT`
+/// (`src/codec.rs`).
+const STRICT: &str = "crate::codec::RequestCodec";
+/// Plain prost.
+const PROST: &str = "tonic_prost::ProstCodec";
+
+/// A unary method of a service described by hand.
+fn unary(codec: &str, name: &str, route: &str, input: &str, output: &str) -> Method {
+    Method::builder()
+        .name(name)
+        .route_name(route)
+        .input_type(input)
+        .output_type(output)
+        .codec_path(codec)
+        .build()
+}
+
+/// A bidirectional streaming method of a service described by hand.
+fn streaming(codec: &str, name: &str, route: &str, input: &str, output: &str) -> Method {
+    Method::builder()
+        .name(name)
+        .route_name(route)
+        .input_type(input)
+        .output_type(output)
+        .codec_path(codec)
+        .client_streaming()
+        .server_streaming()
+        .build()
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
@@ -47,49 +77,40 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The Gateway as the hub serves it (envelopes decoded as views), and the Institution as the
     // hub calls it (deliveries sent as stored, answers decoded as views). Route names match the
     // public services.
-    let unary = |name: &str, route: &str, input: &str, output: &str| {
-        Method::builder()
-            .name(name)
-            .route_name(route)
-            .input_type(input)
-            .output_type(output)
-            .codec_path("crate::codec::RequestCodec")
-            .build()
-    };
     let gateway = Service::builder()
         .name("Gateway")
         .package("bcss.hub.v1")
         .comment("bcss.hub.v1.Gateway, decoding envelopes as views (payload kept as bytes).")
         .method(unary(
+            STRICT,
             "submit",
             "Submit",
             "crate::hub::view::v1::EnvelopeView",
             "crate::hub::v1::SubmitReply",
         ))
-        .method(
-            Method::builder()
-                .name("submit_stream")
-                .route_name("SubmitStream")
-                .input_type("crate::hub::view::v1::EnvelopeView")
-                .output_type("crate::hub::v1::SubmitStreamReply")
-                .codec_path("crate::codec::RequestCodec")
-                .client_streaming()
-                .server_streaming()
-                .build(),
-        )
+        .method(streaming(
+            STRICT,
+            "submit_stream",
+            "SubmitStream",
+            "crate::hub::view::v1::EnvelopeView",
+            "crate::hub::v1::SubmitStreamReply",
+        ))
         .method(unary(
+            STRICT,
             "explain",
             "Explain",
             "crate::hub::view::v1::EnvelopeView",
             "crate::hub::v1::ExplainReply",
         ))
         .method(unary(
+            STRICT,
             "track",
             "Track",
             "crate::hub::v1::TrackRequest",
             "crate::hub::v1::TrackReply",
         ))
         .method(unary(
+            STRICT,
             "consult",
             "Consult",
             "crate::hub::v1::ConsultRequest",
@@ -101,23 +122,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .package("bcss.institution.v1")
         .comment("bcss.institution.v1.Institution, sending deliveries as stored.")
         .method(unary(
+            STRICT,
             "deliver",
             "Deliver",
             "crate::stored::StoredDelivery",
             "crate::institution::v1::DeliveryAck",
         ))
-        .method(
-            Method::builder()
-                .name("deliver_stream")
-                .route_name("DeliverStream")
-                .input_type("crate::stored::StoredDelivery")
-                .output_type("crate::institution::v1::DeliveryAck")
-                .codec_path("crate::codec::RequestCodec")
-                .client_streaming()
-                .server_streaming()
-                .build(),
-        )
+        .method(streaming(
+            STRICT,
+            "deliver_stream",
+            "DeliverStream",
+            "crate::stored::StoredDelivery",
+            "crate::institution::v1::DeliveryAck",
+        ))
         .method(unary(
+            STRICT,
             "answer",
             "Answer",
             "crate::institution::v1::AnswerRequest",
@@ -128,37 +147,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // a payload is decoded only by an institution that keeps it (not one that counts). Plain
     // prost decoding, as any institution's: a field written twice is valid protobuf (the last
     // wins), and the hub's stored deliveries append their attempt number that way.
-    let received = |name: &str, route: &str, input: &str, output: &str| {
-        Method::builder()
-            .name(name)
-            .route_name(route)
-            .input_type(input)
-            .output_type(output)
-            .codec_path("tonic_prost::ProstCodec")
-            .build()
-    };
     let receiving = Service::builder()
         .name("Institution")
         .package("bcss.institution.v1")
         .comment("bcss.institution.v1.Institution, receiving deliveries as views (payload kept as bytes).")
-        .method(received(
+        .method(unary(
+            PROST,
             "deliver",
             "Deliver",
             "crate::hub::view::v1::DeliveryView",
             "crate::institution::v1::DeliveryAck",
         ))
-        .method(
-            Method::builder()
-                .name("deliver_stream")
-                .route_name("DeliverStream")
-                .input_type("crate::hub::view::v1::DeliveryView")
-                .output_type("crate::institution::v1::DeliveryAck")
-                .codec_path("tonic_prost::ProstCodec")
-                .client_streaming()
-                .server_streaming()
-                .build(),
-        )
-        .method(received(
+        .method(streaming(
+            PROST,
+            "deliver_stream",
+            "DeliverStream",
+            "crate::hub::view::v1::DeliveryView",
+            "crate::institution::v1::DeliveryAck",
+        ))
+        .method(unary(
+            PROST,
             "answer",
             "Answer",
             "crate::institution::v1::AnswerRequest",

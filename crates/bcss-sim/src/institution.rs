@@ -29,6 +29,8 @@ use tonic::{Request, Response, Status, Streaming};
 #[derive(Clone, Debug, Default)]
 pub struct Inbox {
     inner: Arc<Mutex<InboxState>>,
+    /// Counting only: the deliveries themselves are not kept (load runs).
+    counting: bool,
     /// What each delivery waits for before it is recorded (tests).
     gate: Arc<Mutex<Gate>>,
 }
@@ -48,8 +50,6 @@ struct InboxState {
     seen: HashSet<String>,
     duplicates: u64,
     received: usize,
-    /// Counting only: the deliveries themselves are not kept (load runs).
-    counting: bool,
     /// Deliveries (duplicates included) that came as messages of a `DeliverStream` call.
     streamed: usize,
     /// Answers `DeliverStream` UNIMPLEMENTED, as an institution that implements `Deliver` only.
@@ -59,9 +59,10 @@ struct InboxState {
 impl Inbox {
     /// An inbox that counts deliveries (duplicates still dropped by id) without keeping them.
     pub fn counting() -> Inbox {
-        let inbox = Inbox::default();
-        inbox.inner.lock().expect("inbox lock").counting = true;
-        inbox
+        Inbox {
+            counting: true,
+            ..Inbox::default()
+        }
     }
 
     /// From now on, holds each delivery's acknowledgement until `together` deliveries are
@@ -140,20 +141,19 @@ impl Inbox {
     /// the delivery id and acknowledges, as an institution's gateway that stores what it
     /// receives before it reads it.
     fn record(&self, delivery: &DeliveryView, streamed: bool) -> Result<bool, Status> {
+        // Decoded before the lock is taken: the inbox's other callers do not wait for it.
+        let kept = (!self.counting).then(|| Delivery::decode(delivery.encode_to_vec().as_slice()));
         let mut state = self.inner.lock().expect("inbox lock");
         state.streamed += usize::from(streamed);
-        if state.seen.contains(&delivery.delivery_id) {
+        let kept = kept.transpose().map_err(|e| {
+            Status::invalid_argument(format!("the delivery's payload does not decode: {e}"))
+        })?;
+        if !state.seen.insert(delivery.delivery_id.clone()) {
             state.duplicates += 1;
             return Ok(false);
         }
-        if !state.counting {
-            let kept = Delivery::decode(delivery.encode_to_vec().as_slice()).map_err(|e| {
-                Status::invalid_argument(format!("the delivery's payload does not decode: {e}"))
-            })?;
-            state.deliveries.push(kept);
-        }
-        state.seen.insert(delivery.delivery_id.clone());
         state.received += 1;
+        state.deliveries.extend(kept);
         Ok(true)
     }
 }

@@ -115,10 +115,7 @@ impl JournalEntry {
     pub fn compute_hash(&self, prev_hash: &[u8]) -> [u8; 32] {
         let mut unsealed = self.clone();
         unsealed.hash.clear();
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(prev_hash);
-        hasher.update(&unsealed.encode_to_vec());
-        *hasher.finalize().as_bytes()
+        chain_hash(prev_hash, &unsealed.encode_to_vec())
     }
 
     /// Chains this new entry after the entry whose hash is `prev_hash`: sets `prev_hash` and
@@ -129,10 +126,7 @@ impl JournalEntry {
         debug_assert!(self.hash.is_empty() && !self.removed, "a new entry");
         self.prev_hash = prev_hash.to_vec();
         let mut bytes = self.encode_to_vec();
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(prev_hash);
-        hasher.update(&bytes);
-        let hash = *hasher.finalize().as_bytes();
+        let hash = chain_hash(prev_hash, &bytes);
         self.hash = hash.to_vec();
         prost::encoding::bytes::encode(31, &self.hash, &mut bytes);
         debug_assert_eq!(
@@ -155,6 +149,14 @@ impl JournalEntry {
             ..Default::default()
         }
     }
+}
+
+/// `hash(n) = BLAKE3(hash(n-1) ‖ entry n encoded without its hash)`.
+fn chain_hash(prev_hash: &[u8], unsealed: &[u8]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(prev_hash);
+    hasher.update(unsealed);
+    *hasher.finalize().as_bytes()
 }
 
 /// A sealed head of the chain.

@@ -1175,12 +1175,7 @@ fn journal_query(db: &Database, query: &JournalQuery) -> Result<Vec<JournalEntry
         JournalQuery::Tickets { tickets } => {
             let table = txn.open_table(JOURNAL_BY_TICKET).or_unavailable()?;
             for ticket in tickets {
-                for item in table
-                    .range((ticket.as_str(), 0)..=(ticket.as_str(), u64::MAX))
-                    .or_unavailable()?
-                {
-                    numbers.push(item.or_unavailable()?.0.value().1);
-                }
+                numbers.extend(ticket_entries(&table, ticket)?);
             }
         }
         JournalQuery::Party {
