@@ -131,7 +131,7 @@ pub struct Size {
 /// A change to a delivery.
 #[derive(Debug)]
 pub enum Change {
-    /// Acknowledged: keep the row (for tracking), drop its payload.
+    /// Acknowledged: the row is removed (nothing is left to do); the journal keeps the delivery.
     Delivered { seq: u64, at_ms: i64 },
     /// An attempt failed; the next is due at `next_attempt_ms`.
     Attempted {

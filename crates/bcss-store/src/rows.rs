@@ -96,7 +96,7 @@ pub struct DeliveryRow {
     /// Why it became a dead letter.
     #[prost(string, tag = "12")]
     pub dead_reason: String,
-    /// The encoded `bcss.institution.v1.Delivery`, already filtered; emptied once delivered.
+    /// The encoded `bcss.institution.v1.Delivery`, already filtered (the row goes once delivered).
     #[prost(bytes = "bytes", tag = "13")]
     pub request: bytes::Bytes,
     /// For the journal: who sent it, which flow, under which deliberation, kept how long.
