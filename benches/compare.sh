@@ -7,6 +7,7 @@
 #
 #   a   load -> institution                                  (plain h2c)
 #   b   load -> nginx grpc_pass -> institution               (plain h2c both legs)
+#   bt  load -> nginx (TLS, client certs) -> institution       (mTLS in, plain out: c's legs)
 #   c   load -> hub, memory outbox, no journal -> institution (mTLS in, plain out)
 #   cu  the same hub with delivery.stream = false: one Deliver call per delivery, as a and b make
 #   d   load -> hub, durable outbox + journal -> institution  (mTLS both legs)
@@ -19,7 +20,7 @@
 # apt-get when missing). Everything it starts runs on loopback and is stopped on exit.
 #
 #   benches/compare.sh [--rounds 3] [--seconds 10] [--in-flight 64] [--connections 2]
-#                      [--base-port 47100] [--no-build] [--only "a b c cu d b2 f1 f10"]
+#                      [--base-port 47100] [--no-build] [--only "a b bt c cu d b2 f1 f10"]
 #
 # BCSS_HUB_BIN=PATH runs another build of bcss-hub (a baseline) instead of target/release's.
 set -euo pipefail
@@ -30,7 +31,7 @@ IN_FLIGHT=64
 CONNECTIONS=2
 BASE_PORT=47100
 BUILD=1
-ONLY="a b c cu d b2 f1 f10"
+ONLY="a b bt c cu d b2 f1 f10"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --rounds) ROUNDS="$2"; shift 2 ;;
@@ -86,7 +87,7 @@ CA="$PKI/ca.pem"; HUB_CERT="$PKI/hub.pem"; HUB_KEY="$PKI/hub.key"
 for f in "$CA" "$HUB_CERT" "$HUB_KEY"; do [[ -f $f ]] || { echo "no $f" >&2; cat "$WORK/pki.log" >&2; exit 1; }; done
 
 INST_PLAIN=$((BASE_PORT + 1)); INST_TLS=$((BASE_PORT + 2))
-NGINX_PLAIN=$((BASE_PORT + 3)); NGINX_TLS=$((BASE_PORT + 4))
+NGINX_PLAIN=$((BASE_PORT + 3)); NGINX_TLS=$((BASE_PORT + 4)); NGINX_TLS_IN=$((BASE_PORT + 8))
 HUB_C=$((BASE_PORT + 5)); HUB_D=$((BASE_PORT + 6)); HUB_CU=$((BASE_PORT + 7))
 INST_NAME=cpas-liege.institutions.bcss.test
 
@@ -133,6 +134,14 @@ http {
     location / { grpc_pass grpc://institution_plain; }
   }
   server {
+    listen 127.0.0.1:$NGINX_TLS_IN ssl http2;
+    ssl_certificate $HUB_CERT;
+    ssl_certificate_key $HUB_KEY;
+    ssl_client_certificate $CA;
+    ssl_verify_client on;
+    location / { grpc_pass grpc://institution_plain; }
+  }
+  server {
     listen 127.0.0.1:$NGINX_TLS ssl http2;
     ssl_certificate $HUB_CERT;
     ssl_certificate_key $HUB_KEY;
@@ -162,7 +171,7 @@ wait_port() {
   tail -n 20 "$WORK"/log.* "$WORK/nginx-error.log" >&2 || true
   exit 1
 }
-PORTS="$INST_PLAIN $INST_TLS $NGINX_PLAIN $NGINX_TLS $HUB_C $HUB_D"
+PORTS="$INST_PLAIN $INST_TLS $NGINX_PLAIN $NGINX_TLS $NGINX_TLS_IN $HUB_C $HUB_D"
 [[ " $ONLY " == *" cu "* ]] && PORTS+=" $HUB_CU"
 for port in $PORTS; do wait_port "$port"; done
 
@@ -185,6 +194,7 @@ for round in $(seq 1 "$ROUNDS"); do
     case $name in
       a)  run a "$round" --target institution --address "127.0.0.1:$INST_PLAIN" --tls off ;;
       b)  run b "$round" --target institution --address "127.0.0.1:$NGINX_PLAIN" --tls off ;;
+      bt) run bt "$round" --target institution --address "127.0.0.1:$NGINX_TLS_IN" --tls on --server-name hub.bcss.test ;;
       c)  run c "$round" --target hub --address "127.0.0.1:$HUB_C" ;;
       cu) run cu "$round" --target hub --address "127.0.0.1:$HUB_CU" ;;
       d)  run d "$round" --target hub --address "127.0.0.1:$HUB_D" ;;
@@ -211,6 +221,7 @@ for name in $ONLY; do
   case $name in
     a) what="direct to the institution server (plain h2c)" ;;
     b) what="nginx grpc_pass (plain h2c)" ;;
+    bt) what="nginx grpc_pass, mTLS in, plain out (c's legs)" ;;
     c) what="hub, memory outbox, no journal (mTLS in, plain out)" ;;
     cu) what="c with one Deliver call per delivery (no stream)" ;;
     d) what="hub, durable outbox + journal (mTLS both legs)" ;;
@@ -225,6 +236,7 @@ done
 echo
 [[ -n ${TPUT[c]:-} && -n ${TPUT[a]:-} ]] && echo "c/a  = $(ratio "${TPUT[c]}" "${TPUT[a]}")   (goal >= 0.45)"
 [[ -n ${TPUT[c]:-} && -n ${TPUT[b]:-} ]] && echo "c/b  = $(ratio "${TPUT[c]}" "${TPUT[b]}")   (goal >= 1.5)"
+[[ -n ${TPUT[c]:-} && -n ${TPUT[bt]:-} ]] && echo "c/bt = $(ratio "${TPUT[c]}" "${TPUT[bt]}")   (nginx with c's legs: mTLS in, plain out)"
 [[ -n ${TPUT[cu]:-} && -n ${TPUT[b]:-} ]] && echo "cu/b = $(ratio "${TPUT[cu]}" "${TPUT[b]}")   (deliveries as unary calls)"
 [[ -n ${TPUT[c]:-} && -n ${TPUT[cu]:-} ]] && echo "c/cu = $(ratio "${TPUT[c]}" "${TPUT[cu]}")   (what the delivery stream gives)"
 [[ -n ${TPUT[d]:-} && -n ${TPUT[b2]:-} ]] && echo "d/b' = $(ratio "${TPUT[d]}" "${TPUT[b2]}")   (goal >= 1.0)"
@@ -234,6 +246,7 @@ for round in $(seq 1 "$ROUNDS"); do
   line="round $round:"
   if [[ -f "$WORK/c.$round.json" && -f "$WORK/a.$round.json" ]]; then line+=" c/a $(ratio "$(jq .throughput "$WORK/c.$round.json")" "$(jq .throughput "$WORK/a.$round.json")")"; fi
   if [[ -f "$WORK/c.$round.json" && -f "$WORK/b.$round.json" ]]; then line+=" c/b $(ratio "$(jq .throughput "$WORK/c.$round.json")" "$(jq .throughput "$WORK/b.$round.json")")"; fi
+  if [[ -f "$WORK/c.$round.json" && -f "$WORK/bt.$round.json" ]]; then line+=" c/bt $(ratio "$(jq .throughput "$WORK/c.$round.json")" "$(jq .throughput "$WORK/bt.$round.json")")"; fi
   if [[ -f "$WORK/d.$round.json" && -f "$WORK/b2.$round.json" ]]; then line+=" d/b' $(ratio "$(jq .throughput "$WORK/d.$round.json")" "$(jq .throughput "$WORK/b2.$round.json")")"; fi
   if [[ -f "$WORK/f10.$round.json" && -f "$WORK/f1.$round.json" ]]; then line+=" f10/f1 $(ratio "$(jq .deliveries.per_second "$WORK/f10.$round.json")" "$(jq .deliveries.per_second "$WORK/f1.$round.json")")"; fi
   echo "$line"
