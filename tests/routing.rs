@@ -719,6 +719,45 @@ async fn resubmission_returns_the_original_ticket_and_delivers_nothing_new() {
     );
 }
 
+#[tokio::test]
+async fn tickets_and_their_message_ids_are_forgotten_after_storage_ticket_days() {
+    let h = Harness::start(&[]).await;
+    let niss = fresh_niss(12);
+    integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
+    let envelope = a052_envelope("forgotten-later", niss, 5);
+    let first = submit(&h, "mc", envelope.clone()).await.unwrap();
+    assert_eq!(h.received(), 1);
+    // A retention pass every 50 ms that keeps tickets for no time at all.
+    bcss_gateway::journal::spawn_retention(
+        h.hub.clone(),
+        std::time::Duration::ZERO,
+        std::time::Duration::from_millis(50),
+    );
+    common::eventually(std::time::Duration::from_secs(10), || {
+        h.hub.ledger().is_empty()
+    })
+    .await;
+    let err = h
+        .gateway("mc")
+        .await
+        .track(TrackRequest {
+            ticket: first.ticket.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(
+        err.message().contains("storage.ticket_days"),
+        "{}",
+        err.message()
+    );
+    // The store forgot the message id too (its pass runs before the ledger's): the same
+    // message is new again, gets a new ticket and is delivered again.
+    let again = submit(&h, "mc", envelope).await.unwrap();
+    assert_ne!(again.ticket, first.ticket);
+    common::eventually(std::time::Duration::from_secs(10), || h.received() == 2).await;
+}
+
 /// Sends `envelopes` on one `SubmitStream` as `party` and collects every reply.
 async fn stream_replies(
     h: &Harness,

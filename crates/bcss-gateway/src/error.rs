@@ -38,7 +38,7 @@ pub enum InputError {
     PayloadNissMismatch { flow: Flow },
     #[error("addressee \"{0}\" is not an institution of this network")]
     UnknownAddressee(String),
-    #[error("relay_of: ticket \"{0}\" is not known to the hub")]
+    #[error("relay_of: ticket \"{0}\" is not known to the hub (or older than storage.ticket_days)")]
     UnknownRelayTicket(String),
     #[error("relay_of: ticket \"{0}\" was not delivered to you, so you cannot relay it")]
     RelayNotReceived(String),

@@ -412,23 +412,57 @@ fn parse_time(text: &str, field: &str) -> Result<i64, Status> {
         })
 }
 
-/// Removes, every `every`, the journal entries whose retention has passed; counts them in the
-/// `bcss_journal_entries_removed_total` metric.
-pub fn spawn_retention(store: Arc<Store>, every: std::time::Duration) {
+/// Every `every`: removes the journal entries whose retention has passed (counted in
+/// `bcss_journal_entries_removed_total`), then forgets the tickets accepted more than
+/// `keep_tickets` ago, in the store first (so that a restart does not bring them back) and then
+/// in the ledger (counted in `bcss_tickets_forgotten_total`).
+pub fn spawn_retention(
+    hub: Arc<Hub>,
+    keep_tickets: std::time::Duration,
+    every: std::time::Duration,
+) {
+    const PASS: usize = 10_000;
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(every);
         loop {
             ticker.tick().await;
-            match store.expire(bcss_store::now_ms(), 10_000).await {
-                Ok(0) => {}
-                Ok(removed) => {
-                    metrics::counter!(crate::telemetry::JOURNAL_REMOVED).increment(removed);
-                    tracing::info!(
-                        message = "Journal entries past their retention removed.",
-                        removed
-                    );
+            let store = hub.outbox().store();
+            if let Some(store) = store {
+                match store.expire(bcss_store::now_ms(), PASS).await {
+                    Ok(0) => {}
+                    Ok(removed) => {
+                        metrics::counter!(crate::telemetry::JOURNAL_REMOVED).increment(removed);
+                        tracing::info!(
+                            message = "Journal entries past their retention removed.",
+                            removed
+                        );
+                    }
+                    Err(error) => {
+                        tracing::warn!(message = "Journal retention pass failed.", %error)
+                    }
                 }
-                Err(error) => tracing::warn!(message = "Journal retention pass failed.", %error),
+            }
+            let cutoff = time::OffsetDateTime::now_utc() - keep_tickets;
+            if let Some(store) = store {
+                let before_ms = (cutoff.unix_timestamp_nanos() / 1_000_000) as i64;
+                loop {
+                    match store.forget_tickets(before_ms, PASS).await {
+                        Ok(n) if n < PASS as u64 => break,
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::warn!(message = "Ticket retention pass failed.", %error);
+                            break;
+                        }
+                    }
+                }
+            }
+            let forgotten = hub.ledger().forget_accepted_before(cutoff);
+            if forgotten > 0 {
+                metrics::counter!(crate::telemetry::TICKETS_FORGOTTEN).increment(forgotten as u64);
+                tracing::info!(
+                    message = "Tickets past storage.ticket_days forgotten.",
+                    forgotten
+                );
             }
         }
     });

@@ -2,8 +2,9 @@
 //! the sender's message ids (for idempotent resubmission).
 //!
 //! The in-memory index of what the store (`bcss-store`) holds: every ticket is recorded there
-//! before `Submit` answers, and read back into this ledger when the hub starts. It never holds
-//! a payload.
+//! before `Submit` answers, and read back into this ledger when the hub starts. Both forget a
+//! ticket `storage.ticket_days` after it was accepted (`journal::spawn_retention`). It never
+//! holds a payload.
 
 use std::sync::{Arc, Mutex};
 
@@ -124,6 +125,21 @@ impl Ledger {
         }
     }
 
+    /// Forgets the tickets accepted before `cutoff`, and their message ids (a later message
+    /// with one of those ids is a new message); returns how many tickets went. Deliveries in
+    /// flight keep their own reference to their ticket.
+    pub fn forget_accepted_before(&self, cutoff: OffsetDateTime) -> usize {
+        let mut forgotten = 0;
+        self.tickets.retain(|_, record| {
+            let keep = record.accepted_at >= cutoff;
+            forgotten += usize::from(!keep);
+            keep
+        });
+        self.by_message
+            .retain(|_, record| record.accepted_at >= cutoff);
+        forgotten
+    }
+
     /// Number of tickets held.
     pub fn len(&self) -> usize {
         self.tickets.len()
@@ -184,5 +200,51 @@ impl Ledger {
             next += 1;
         }
         chain
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(ticket: &str, message_id: &str, accepted_at: OffsetDateTime) -> TicketRecord {
+        TicketRecord {
+            ticket: ticket.into(),
+            sender: "cpas-liege".into(),
+            sender_index: InstitutionIndex(0),
+            message_id: message_id.into(),
+            flow: Flow::A052,
+            niss: Niss::compose(850_730, 33, false).expect("valid NISS"),
+            relay_of: None,
+            contact_file: None,
+            accepted_at,
+            fingerprint: 7,
+            outcomes: Mutex::new(Vec::new()),
+            relays: Mutex::new(Vec::new()),
+        }
+    }
+
+    #[test]
+    fn tickets_accepted_before_the_cutoff_are_forgotten_with_their_message_ids() {
+        let now = OffsetDateTime::now_utc();
+        let day = time::Duration::days(1);
+        let ledger = Ledger::default();
+        // (ticket, message id, accepted days ago)
+        for (ticket, message_id, days_ago) in [("t1", "m1", 40), ("t2", "m2", 31), ("t3", "m3", 29)]
+        {
+            let (reservation, _) = ledger.insert(record(ticket, message_id, now - day * days_ago));
+            assert!(matches!(reservation, Reservation::New));
+        }
+        assert_eq!(ledger.forget_accepted_before(now - day * 30), 2);
+        assert_eq!(ledger.forget_accepted_before(now - day * 30), 0);
+        assert!(ledger.get("t1").is_none() && ledger.get("t2").is_none());
+        assert!(ledger.get("t3").is_some());
+        assert_eq!(ledger.len(), 1);
+        // A forgotten message id is new again; a kept one is still a resubmission.
+        let (reservation, _) = ledger.insert(record("t4", "m1", now));
+        assert!(matches!(reservation, Reservation::New));
+        let (reservation, existing) = ledger.insert(record("t5", "m3", now));
+        assert!(matches!(reservation, Reservation::Resubmitted(_)));
+        assert_eq!(&*existing.ticket, "t3");
     }
 }

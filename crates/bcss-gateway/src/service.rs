@@ -152,7 +152,8 @@ impl Gateway for GatewayService {
         };
         if chain.is_empty() || !visible {
             return Err(Status::not_found(format!(
-                "no exchange with ticket \"{ticket}\" among yours"
+                "no exchange with ticket \"{ticket}\" among yours (tickets are kept \
+                 storage.ticket_days after they were accepted; the journal keeps the exchange)"
             )));
         }
         let hops = chain

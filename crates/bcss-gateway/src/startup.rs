@@ -193,9 +193,7 @@ pub fn assemble_settings(
                     "storage.journal = false: exchanges are not journalled (benchmarks only)."
             );
         }
-        let store = Arc::new(store);
-        crate::journal::spawn_retention(store.clone(), Duration::from_secs(60));
-        (Some(store), recovered)
+        (Some(Arc::new(store)), recovered)
     } else {
         tracing::warn!(
             message = "storage.durable = false: accepted messages are kept in memory only and lost if the hub stops."
@@ -216,6 +214,11 @@ pub fn assemble_settings(
         deliverer,
         parts,
     ));
+    crate::journal::spawn_retention(
+        hub.clone(),
+        settings.ticket_retention(),
+        Duration::from_secs(60),
+    );
     let snapshots = hub.outbox().store().is_some().then(|| {
         let snapshots = Arc::new(crate::snapshot::Snapshots::new(hub.clone(), snapshot_file));
         snapshots.spawn_periodic(Duration::from_secs(settings.storage.directory_snapshot_s));

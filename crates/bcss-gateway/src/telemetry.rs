@@ -35,6 +35,7 @@ pub const POLICY_LAST_RELOAD_TIME: &str = "bcss_policy_last_reload_timestamp_sec
 pub const JOURNAL_ENTRIES: &str = "bcss_journal_entries";
 pub const STORE_FILE_BYTES: &str = "bcss_store_file_bytes";
 pub const JOURNAL_REMOVED: &str = "bcss_journal_entries_removed_total";
+pub const TICKETS_FORGOTTEN: &str = "bcss_tickets_forgotten_total";
 pub const CONSULTATIONS: &str = "bcss_consultations_total";
 
 /// Installs the Prometheus exporter, serving `/metrics` on `listen`, and the task that keeps
@@ -196,6 +197,10 @@ fn describe() {
     describe_counter!(
         JOURNAL_REMOVED,
         "Journal entries whose retention ended (content removed, hash kept)."
+    );
+    describe_counter!(
+        TICKETS_FORGOTTEN,
+        "Tickets forgotten storage.ticket_days after they were accepted (with their message ids)."
     );
     describe_counter!(
         CONSULTATIONS,

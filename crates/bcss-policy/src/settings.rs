@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::error::{ConfigError, read_toml};
+use crate::error::{ConfigError, Problem, read_toml};
 
 /// The hub's settings, with every path resolved against the folder of `hub.toml`.
 #[derive(Clone, Debug, Deserialize)]
@@ -195,6 +195,16 @@ pub struct StorageSettings {
     /// of `files.directory` when present. 0: on shutdown only.
     #[serde(default = "default_snapshot_interval")]
     pub directory_snapshot_s: u64,
+    /// Days a ticket is kept after it was accepted, for `Track` and relays and to answer a
+    /// resubmitted message id with it; then it leaves the ledger and the store (the journal
+    /// keeps the exchange for its deliberation's retention). At least `delivery.max_age_s`, so
+    /// no ticket goes while one of its deliveries is still tried.
+    #[serde(default = "default_ticket_days")]
+    pub ticket_days: u32,
+}
+
+fn default_ticket_days() -> u32 {
+    30
 }
 
 fn default_snapshot_interval() -> u64 {
@@ -212,6 +222,7 @@ impl Default for StorageSettings {
             durable: true,
             journal: true,
             directory_snapshot_s: default_snapshot_interval(),
+            ticket_days: default_ticket_days(),
         }
     }
 }
@@ -299,6 +310,69 @@ impl Settings {
                 *path = base.join(&*path);
             }
         }
+        settings.check(file)?;
         Ok(settings)
     }
+
+    /// What no single setting can say on its own.
+    fn check(&self, file: &Path) -> Result<(), ConfigError> {
+        if self.ticket_retention().as_secs() < self.delivery.max_age_s {
+            return Err(ConfigError::Invalid(vec![Problem {
+                file: file.to_owned(),
+                entry: "storage.ticket_days".into(),
+                problem: format!(
+                    "{} days is less than delivery.max_age_s ({} s): a ticket would go while its \
+                     deliveries are still tried; keep tickets at least {} days",
+                    self.storage.ticket_days,
+                    self.delivery.max_age_s,
+                    self.delivery.max_age_s.div_ceil(86_400)
+                ),
+            }]));
+        }
+        Ok(())
+    }
+
+    /// How long a ticket is kept after it was accepted (`storage.ticket_days`).
+    pub fn ticket_retention(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.storage.ticket_days) * 86_400)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_are_kept_at_least_as_long_as_deliveries_are_tried() {
+        let file = Path::new("hub.toml");
+        // (ticket_days, delivery.max_age_s, accepted)
+        let cases = [
+            (30, 172_800, true),
+            (2, 172_800, true),
+            (1, 172_800, false),
+            (0, 1, false),
+        ];
+        for (days, max_age_s, accepted) in cases {
+            let mut settings: Settings = toml::from_str(SHIPPED).expect("config/hub.toml");
+            settings.storage.ticket_days = days;
+            settings.delivery.max_age_s = max_age_s;
+            let checked = settings.check(file);
+            assert_eq!(
+                checked.is_ok(),
+                accepted,
+                "{days} days, max_age_s {max_age_s}"
+            );
+            if let Err(error) = checked {
+                let text = error.to_string();
+                assert!(text.contains("storage.ticket_days"), "{text}");
+                assert!(
+                    text.contains("keep tickets at least 2 days") || days == 0,
+                    "{text}"
+                );
+            }
+        }
+    }
+
+    /// The shipped configuration.
+    const SHIPPED: &str = include_str!("../../../config/hub.toml");
 }

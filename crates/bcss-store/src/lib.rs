@@ -30,7 +30,8 @@ pub use rows::{DeliveryRow, DeliveryState, OutcomeRow, TicketRow};
 
 /// Ticket → `TicketRow`.
 const TICKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("tickets");
-/// `<sender>\0<message id>` → ticket: a message id is answered with its first ticket forever.
+/// `<sender>\0<message id>` → ticket: a message id is answered with its first ticket until
+/// [`Store::forget_tickets`] removes both.
 const MESSAGE_IDS: TableDefinition<&str, &str> = TableDefinition::new("message_ids");
 /// Delivery sequence number → `DeliveryRow`, for the deliveries still to make and the dead
 /// letters: a delivery's row goes when its recipient acknowledges it (the journal keeps the
@@ -179,8 +180,8 @@ enum Op {
         entry: Box<JournalEntry>,
         reply: oneshot::Sender<Result<Option<DeliveryRow>, StoreError>>,
     },
-    Expire {
-        now_ms: i64,
+    Sweep {
+        sweep: Sweep,
         limit: usize,
         reply: oneshot::Sender<Result<Option<DeliveryRow>, StoreError>>,
         removed: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -196,6 +197,15 @@ enum Op {
         write: bool,
         reply: oneshot::Sender<Result<Option<DeliveryRow>, StoreError>>,
     },
+}
+
+/// What a retention pass removes.
+#[derive(Clone, Copy, Debug)]
+enum Sweep {
+    /// Journal entries whose retention ended before this time (ms): stubs remain.
+    Journal { now_ms: i64 },
+    /// Tickets accepted before this time (ms), with their message ids.
+    Tickets { before_ms: i64 },
 }
 
 /// Which journal entries to read.
@@ -389,10 +399,22 @@ impl Store {
     /// Removes the content of at most `limit` entries whose retention ended before `now_ms`,
     /// leaving stubs; returns how many.
     pub async fn expire(&self, now_ms: i64, limit: usize) -> Result<u64, StoreError> {
+        self.sweep(Sweep::Journal { now_ms }, limit).await
+    }
+
+    /// Removes at most `limit` tickets accepted before `before_ms` (oldest first) and their
+    /// message ids: a later message with one of those ids is a new message. Returns how many.
+    /// The journal keeps their exchanges; their deliveries' rows, if any are left (dead
+    /// letters), keep what a replay needs.
+    pub async fn forget_tickets(&self, before_ms: i64, limit: usize) -> Result<u64, StoreError> {
+        self.sweep(Sweep::Tickets { before_ms }, limit).await
+    }
+
+    async fn sweep(&self, sweep: Sweep, limit: usize) -> Result<u64, StoreError> {
         let (reply, answer) = oneshot::channel();
         let removed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        self.send(Op::Expire {
-            now_ms,
+        self.send(Op::Sweep {
+            sweep,
             limit,
             reply,
             removed: removed.clone(),
@@ -598,7 +620,7 @@ impl Writer {
                 Op::Accept { .. }
                 | Op::Change { .. }
                 | Op::Append { .. }
-                | Op::Expire { .. }
+                | Op::Sweep { .. }
                 | Op::Probe { .. } => writes.push(op),
                 _ => reads.push(op),
             }
@@ -703,12 +725,15 @@ impl Writer {
                 Ok(_) => Pending::Change(reply, None),
                 Err(error) => Pending::Failed(FailedReply::Change(reply), error),
             },
-            Op::Expire {
-                now_ms,
+            Op::Sweep {
+                sweep,
                 limit,
                 reply,
                 removed,
-            } => match expire(tables, now_ms, limit) {
+            } => match match sweep {
+                Sweep::Journal { now_ms } => expire(tables, now_ms, limit),
+                Sweep::Tickets { before_ms } => forget_tickets(tables, before_ms, limit),
+            } {
                 Ok(count) => {
                     removed.store(count, std::sync::atomic::Ordering::Relaxed);
                     Pending::Change(reply, None)
@@ -773,7 +798,7 @@ impl Writer {
         mut deliveries: Vec<DeliveryRow>,
         journal: Vec<JournalEntry>,
     ) -> Result<Accepted, StoreError> {
-        let key = format!("{}\0{}", ticket.sender, ticket.message_id);
+        let key = message_key(&ticket);
         if let Some(existing) = tables.message_ids.get(key.as_str()).or_unavailable()? {
             let row = tables
                 .tickets
@@ -867,9 +892,10 @@ fn fail_all(writes: Vec<Op>, error: &StoreError) {
         let message = StoreError::Unavailable(error.to_string());
         match op {
             Op::Accept { reply, .. } => FailedReply::Accept(reply).send(message),
-            Op::Change { reply, .. } | Op::Append { reply, .. } | Op::Expire { reply, .. } => {
-                FailedReply::Change(reply).send(message)
-            }
+            Op::Change { reply, .. }
+            | Op::Append { reply, .. }
+            | Op::Sweep { reply, .. }
+            | Op::Probe { reply, .. } => FailedReply::Change(reply).send(message),
             _ => {}
         }
     }
@@ -1135,6 +1161,39 @@ fn expire(tables: &mut Tables, now_ms: i64, limit: usize) -> Result<u64, StoreEr
         }
     }
     Ok(removed)
+}
+
+/// The `message_ids` key of a ticket: its sender and message id.
+fn message_key(ticket: &TicketRow) -> String {
+    format!("{}\0{}", ticket.sender, ticket.message_id)
+}
+
+/// Removes at most `limit` tickets accepted before `before_ms`, oldest first, with their
+/// message ids. Tickets are UUIDv7 strings, so their order is the order they were made in: the
+/// scan stops at the first one accepted since.
+fn forget_tickets(tables: &mut Tables, before_ms: i64, limit: usize) -> Result<u64, StoreError> {
+    let old: Vec<TicketRow> = {
+        let mut old = Vec::new();
+        for item in tables.tickets.iter().or_unavailable()? {
+            let row: TicketRow = decode(item.or_unavailable()?.1.value())?;
+            if row.accepted_at_ms >= before_ms || old.len() >= limit {
+                break;
+            }
+            old.push(row);
+        }
+        old
+    };
+    for row in &old {
+        tables
+            .tickets
+            .remove(row.ticket.as_str())
+            .or_unavailable()?;
+        tables
+            .message_ids
+            .remove(message_key(row).as_str())
+            .or_unavailable()?;
+    }
+    Ok(old.len() as u64)
 }
 
 /// Replaces entry `number` by its stub and removes its index rows; returns what it held, or
@@ -1419,6 +1478,49 @@ mod tests {
             panic!("new")
         };
         assert_eq!(seqs, vec![3]);
+    }
+
+    #[tokio::test]
+    async fn tickets_are_forgotten_oldest_first_with_their_message_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = Store::open(dir.path()).unwrap();
+            // (ticket, message id, accepted at): ticket ids sort in the order they were made.
+            for (id, message_id, at_ms) in [
+                ("t1", "m1", 1_000),
+                ("t2", "m2", 2_000),
+                ("t3", "m3", 3_000),
+            ] {
+                let (mut t, d) = ticket(id, message_id, &["a"]);
+                t.accepted_at_ms = at_ms;
+                store.accept(t, d, Vec::new()).await.unwrap();
+            }
+            assert_eq!(store.forget_tickets(1_000, 100).await.unwrap(), 0);
+            // The limit bounds one pass; the next goes on where it stopped.
+            assert_eq!(store.forget_tickets(2_500, 1).await.unwrap(), 1);
+            assert_eq!(store.forget_tickets(2_500, 100).await.unwrap(), 1);
+            assert_eq!(store.forget_tickets(2_500, 100).await.unwrap(), 0);
+        }
+        let (store, recovered) = Store::open(dir.path()).unwrap();
+        let kept: Vec<&str> = recovered
+            .tickets
+            .iter()
+            .map(|t| t.ticket.as_str())
+            .collect();
+        assert_eq!(kept, ["t3"]);
+        // Deliveries are not the tickets': what is left to do stays.
+        assert_eq!(recovered.pending.len(), 3);
+        // A forgotten message id is a new message; a kept one is answered with its ticket.
+        let (t, d) = ticket("t4", "m1", &["a"]);
+        assert!(matches!(
+            store.accept(t, d, Vec::new()).await.unwrap(),
+            Accepted::New { .. }
+        ));
+        let (t, d) = ticket("t5", "m3", &["a"]);
+        match store.accept(t, d, Vec::new()).await.unwrap() {
+            Accepted::Existing(row) => assert_eq!(row.ticket, "t3"),
+            Accepted::New { .. } => panic!("a kept message id must be answered with its ticket"),
+        }
     }
 
     /// A ticket from `s` about `niss` for `recipients` (each with its retention), with its
