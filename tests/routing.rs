@@ -280,14 +280,7 @@ async fn dmfa_under_10_059_is_filtered_and_relayed_to_sdpsp_with_a_chain() {
         assert_eq!(track.hops[1].relay_of, reply.ticket);
     }
     // Someone with no part in the chain cannot see it.
-    let err = h
-        .gateway("cpas-liege")
-        .await
-        .track(TrackRequest {
-            ticket: reply.ticket.clone(),
-        })
-        .await
-        .unwrap_err();
+    let err = track_refused(&h, "cpas-liege", &reply.ticket).await;
     assert_eq!(err.code(), Code::NotFound);
 
     // Only an institution that received the first ticket can relay it.
@@ -737,14 +730,7 @@ async fn tickets_and_their_message_ids_are_forgotten_after_storage_ticket_days()
         h.hub.ledger().is_empty()
     })
     .await;
-    let err = h
-        .gateway("mc")
-        .await
-        .track(TrackRequest {
-            ticket: first.ticket.clone(),
-        })
-        .await
-        .unwrap_err();
+    let err = track_refused(&h, "mc", &first.ticket).await;
     assert_eq!(err.code(), Code::NotFound);
     assert!(
         err.message().contains("storage.ticket_days"),
@@ -756,6 +742,17 @@ async fn tickets_and_their_message_ids_are_forgotten_after_storage_ticket_days()
     let again = submit(&h, "mc", envelope).await.unwrap();
     assert_ne!(again.ticket, first.ticket);
     common::eventually(std::time::Duration::from_secs(10), || h.received() == 2).await;
+}
+
+/// `Track` of `ticket` as `party`, which must be refused: the status.
+async fn track_refused(h: &Harness, party: &str, ticket: &str) -> tonic::Status {
+    h.gateway(party)
+        .await
+        .track(TrackRequest {
+            ticket: ticket.into(),
+        })
+        .await
+        .expect_err("Track must be refused")
 }
 
 /// Sends `envelopes` on one `SubmitStream` as `party` and collects every reply.

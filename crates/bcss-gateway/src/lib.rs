@@ -9,7 +9,8 @@
 //! - [`identity`]: the calling institution or operator, from its client certificate.
 //! - [`error`]: bad input and its gRPC status codes.
 //! - [`journal`]: the `Journal` service (queries, contact files, audit, sample, verify) and
-//!   the retention task.
+//!   the retention task (journal entries past their retention, tickets past
+//!   `storage.ticket_days`).
 //! - [`ledger`]: tickets, outcomes, relay chains, message ids.
 //! - [`limits`]: fan-out and the per-institution rate.
 //! - [`privacy`]: the keyed hash that stands for a person in logs.
