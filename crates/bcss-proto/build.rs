@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use prost::Message;
-use tonic_prost_build::manual::{Builder, Method, Service};
+use tonic_prost_build::manual::{Builder, Method, MethodBuilder, Service};
 
 const PUBLIC: &[&str] = &[
     "bcss/flows/v1/common.proto",
@@ -27,25 +27,24 @@ const STRICT: &str = "crate::codec::RequestCodec";
 /// Plain prost.
 const PROST: &str = "tonic_prost::ProstCodec";
 
-/// A unary method of a service described by hand.
-fn unary(codec: &str, name: &str, route: &str, input: &str, output: &str) -> Method {
+/// A method of a service described by hand, unary unless made streaming.
+fn method(codec: &str, name: &str, route: &str, input: &str, output: &str) -> MethodBuilder {
     Method::builder()
         .name(name)
         .route_name(route)
         .input_type(input)
         .output_type(output)
         .codec_path(codec)
-        .build()
+}
+
+/// A unary method of a service described by hand.
+fn unary(codec: &str, name: &str, route: &str, input: &str, output: &str) -> Method {
+    method(codec, name, route, input, output).build()
 }
 
 /// A bidirectional streaming method of a service described by hand.
 fn streaming(codec: &str, name: &str, route: &str, input: &str, output: &str) -> Method {
-    Method::builder()
-        .name(name)
-        .route_name(route)
-        .input_type(input)
-        .output_type(output)
-        .codec_path(codec)
+    method(codec, name, route, input, output)
         .client_streaming()
         .server_streaming()
         .build()

@@ -403,13 +403,11 @@ fn parse_time(text: &str, field: &str) -> Result<i64, Status> {
     } else {
         OffsetDateTime::parse(text, &Rfc3339).ok()
     };
-    parsed
-        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-        .ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "{field} is not a date (YYYY-MM-DD) or an RFC 3339 time"
-            ))
-        })
+    parsed.map(crate::ledger::unix_ms).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "{field} is not a date (YYYY-MM-DD) or an RFC 3339 time"
+        ))
+    })
 }
 
 /// Every `every`: removes the journal entries whose retention has passed (counted in
@@ -421,40 +419,14 @@ pub fn spawn_retention(
     keep_tickets: std::time::Duration,
     every: std::time::Duration,
 ) {
-    const PASS: usize = 10_000;
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(every);
         loop {
             ticker.tick().await;
-            let store = hub.outbox().store();
-            if let Some(store) = store {
-                match store.expire(bcss_store::now_ms(), PASS).await {
-                    Ok(0) => {}
-                    Ok(removed) => {
-                        metrics::counter!(crate::telemetry::JOURNAL_REMOVED).increment(removed);
-                        tracing::info!(
-                            message = "Journal entries past their retention removed.",
-                            removed
-                        );
-                    }
-                    Err(error) => {
-                        tracing::warn!(message = "Journal retention pass failed.", %error)
-                    }
-                }
-            }
-            let cutoff = time::OffsetDateTime::now_utc() - keep_tickets;
-            if let Some(store) = store {
-                let before_ms = (cutoff.unix_timestamp_nanos() / 1_000_000) as i64;
-                loop {
-                    match store.forget_tickets(before_ms, PASS).await {
-                        Ok(n) if n < PASS as u64 => break,
-                        Ok(_) => {}
-                        Err(error) => {
-                            tracing::warn!(message = "Ticket retention pass failed.", %error);
-                            break;
-                        }
-                    }
-                }
+            let cutoff = OffsetDateTime::now_utc() - keep_tickets;
+            if let Some(store) = hub.outbox().store() {
+                expire_journal(store).await;
+                forget_stored_tickets(store, crate::ledger::unix_ms(cutoff)).await;
             }
             let forgotten = hub.ledger().forget_accepted_before(cutoff);
             if forgotten > 0 {
@@ -466,4 +438,35 @@ pub fn spawn_retention(
             }
         }
     });
+}
+
+/// Most entries or tickets one store operation of the retention task removes.
+const RETENTION_PASS: usize = 10_000;
+
+async fn expire_journal(store: &Store) {
+    match store.expire(bcss_store::now_ms(), RETENTION_PASS).await {
+        Ok(0) => {}
+        Ok(removed) => {
+            metrics::counter!(crate::telemetry::JOURNAL_REMOVED).increment(removed);
+            tracing::info!(
+                message = "Journal entries past their retention removed.",
+                removed
+            );
+        }
+        Err(error) => tracing::warn!(message = "Journal retention pass failed.", %error),
+    }
+}
+
+/// Forgets every stored ticket accepted before `before_ms`, a bounded pass at a time.
+async fn forget_stored_tickets(store: &Store, before_ms: i64) {
+    loop {
+        match store.forget_tickets(before_ms, RETENTION_PASS).await {
+            Ok(n) if n < RETENTION_PASS as u64 => break,
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(message = "Ticket retention pass failed.", %error);
+                break;
+            }
+        }
+    }
 }

@@ -63,7 +63,7 @@ pub struct TicketRecord {
 impl TicketRecord {
     /// When it was accepted, in milliseconds since the Unix epoch (as the store keeps times).
     pub fn accepted_at_ms(&self) -> i64 {
-        (self.accepted_at.unix_timestamp_nanos() / 1_000_000) as i64
+        unix_ms(self.accepted_at)
     }
 
     pub fn outcomes(&self) -> Vec<Outcome> {
@@ -85,6 +85,11 @@ impl TicketRecord {
                 .iter()
                 .any(|o| &*o.institution == institution)
     }
+}
+
+/// `time` in milliseconds since the Unix epoch, as the store keeps times.
+pub(crate) fn unix_ms(time: OffsetDateTime) -> i64 {
+    (time.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 /// A resubmitted message id.

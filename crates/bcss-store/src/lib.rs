@@ -730,16 +730,19 @@ impl Writer {
                 limit,
                 reply,
                 removed,
-            } => match match sweep {
-                Sweep::Journal { now_ms } => expire(tables, now_ms, limit),
-                Sweep::Tickets { before_ms } => forget_tickets(tables, before_ms, limit),
-            } {
-                Ok(count) => {
-                    removed.store(count, std::sync::atomic::Ordering::Relaxed);
-                    Pending::Change(reply, None)
+            } => {
+                let swept = match sweep {
+                    Sweep::Journal { now_ms } => expire(tables, now_ms, limit),
+                    Sweep::Tickets { before_ms } => forget_tickets(tables, before_ms, limit),
+                };
+                match swept {
+                    Ok(count) => {
+                        removed.store(count, std::sync::atomic::Ordering::Relaxed);
+                        Pending::Change(reply, None)
+                    }
+                    Err(error) => Pending::Failed(FailedReply::Change(reply), error),
                 }
-                Err(error) => Pending::Failed(FailedReply::Change(reply), error),
-            },
+            }
             Op::Probe { write, reply } => {
                 let written = if write {
                     let room = vec![0u8; PROBE_BYTES];
