@@ -10,6 +10,7 @@ use bcss_proto::hub::v1::{
     AuditPosterioriRequest, ByInstitutionRequest, ByPersonRequest, ByTicketRequest, JournalRecord,
     RegisterContactFileRequest, SampleRequest, VerifyRequest,
 };
+use bcss_store::{EntryKind, JournalQuery};
 use common::{Harness, a052_envelope, dmfa_envelope, eventually, fresh_niss, integrate, submit};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -282,7 +283,27 @@ async fn samples_are_reproducible_the_chain_verifies_and_retention_keeps_it_veri
         .unwrap();
     }
     eventually(Duration::from_secs(10), || h.received() == 24).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A delivery's entry is written after its acknowledgement: wait for all 24, so that the
+    // samples below are drawn from a journal that no longer grows.
+    let store = h.hub.outbox().store().unwrap().clone();
+    let everything = JournalQuery::Range {
+        from_ms: 0,
+        to_ms: i64::MAX,
+    };
+    for round in 0.. {
+        let entries = store.journal(everything.clone()).await.unwrap();
+        let deliveries = entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Delivery as i32);
+        if deliveries.count() == 24 {
+            break;
+        }
+        assert!(
+            round < 500,
+            "the 24 delivery entries were not journaled in 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut auditor = journal(&h, "security-adviser").await;
     let sample = |seed: u64| SampleRequest {
         per_institution: 3,
@@ -321,7 +342,6 @@ async fn samples_are_reproducible_the_chain_verifies_and_retention_keeps_it_veri
     assert!(verified.entries > 24 * 2);
 
     // Eleven years later: the 5-year (20/130) entries are gone, the chain still verifies.
-    let store = h.hub.outbox().store().unwrap().clone();
     let eleven_years = 11 * 31_557_600_000i64;
     let removed = store
         .expire(bcss_store::now_ms() + eleven_years, 100_000)

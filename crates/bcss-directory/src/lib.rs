@@ -1172,77 +1172,87 @@ mod tests {
         directory.remove(homeless, InstitutionIndex(0), None);
         assert_eq!(*directory.writer.lock().unwrap(), 3);
         let stop = AtomicBool::new(false);
+        // What the readers saw: states of 1 to 7 rows (inline), of 8 or more (spilled),
+        // and full scans; the test runs until each was seen, not for a fixed time, so that
+        // a slow or busy machine only makes it longer.
+        let (small, large, scans, rounds) = (
+            AtomicU64::new(0),
+            AtomicU64::new(0),
+            AtomicU64::new(0),
+            AtomicU64::new(0),
+        );
         let directory = &directory;
         std::thread::scope(|scope| {
-            let writer = scope.spawn(|| {
-                let mut rounds = 0u64;
+            scope.spawn(|| {
                 for tag in (0..997u16).cycle() {
                     writer_round(directory, moving, tag);
                     writer_round(directory, homeless, tag);
-                    rounds += 1;
+                    rounds.fetch_add(1, Ordering::Relaxed);
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
                 }
-                rounds
             });
-            let readers: Vec<_> = (0..2)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let (mut small, mut large, mut scans) = (0u64, 0u64, 0u64);
-                        let (mut last_moving, mut last_homeless) = ((0, 0, 0), (0, 0, 0));
-                        while !stop.load(Ordering::Relaxed) {
-                            // Copies, checked outside: a spilled person's read holds a shard
-                            // lock that the writer waits for.
-                            let rows = directory.integrations(homeless);
-                            assert_published(&rows, &mut last_homeless);
-                            for _ in 0..100 {
-                                let rows = directory.integrations(moving);
-                                match assert_published(&rows, &mut last_moving) {
-                                    0 => {}
-                                    1..=7 => small += 1,
-                                    8.. => large += 1,
-                                }
-                                // One institution's rows: at most one, never torn.
-                                let institution = (scans % u64::from(SLIDES + GROWN)) as u16;
-                                let of = |rows: &[Integration]| rows.to_vec();
-                                let mine = directory.with_integrations_of(
-                                    moving,
-                                    InstitutionIndex(institution),
-                                    of,
-                                );
-                                assert!(mine.len() <= 1, "{mine:?}");
-                                for row in mine {
-                                    assert_eq!(row, round_row(row.quality.0, institution));
-                                }
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    let (mut last_moving, mut last_homeless) = ((0, 0, 0), (0, 0, 0));
+                    let mut scan = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        // Copies, checked outside: a spilled person's read holds a shard
+                        // lock that the writer waits for.
+                        let rows = directory.integrations(homeless);
+                        assert_published(&rows, &mut last_homeless);
+                        for _ in 0..100 {
+                            let rows = directory.integrations(moving);
+                            match assert_published(&rows, &mut last_moving) {
+                                0 => {}
+                                1..=7 => _ = small.fetch_add(1, Ordering::Relaxed),
+                                8.. => _ = large.fetch_add(1, Ordering::Relaxed),
                             }
-                            let mut seen = HashMap::new();
-                            directory.for_each_person(|key, rows| {
-                                assert!(seen.insert(key, rows.to_vec()).is_none(), "seen twice");
-                            });
-                            for rows in seen.values() {
-                                assert_published(rows, &mut (0, 0, 0));
+                            // One institution's rows: at most one, never torn.
+                            let institution = (scan % u64::from(SLIDES + GROWN)) as u16;
+                            let of = |rows: &[Integration]| rows.to_vec();
+                            let mine = directory.with_integrations_of(
+                                moving,
+                                InstitutionIndex(institution),
+                                of,
+                            );
+                            assert!(mine.len() <= 1, "{mine:?}");
+                            for row in mine {
+                                assert_eq!(row, round_row(row.quality.0, institution));
                             }
-                            scans += 1;
                         }
-                        (small, large, scans)
-                    })
-                })
-                .collect();
-            std::thread::sleep(std::time::Duration::from_millis(300));
-            stop.store(true, Ordering::Relaxed);
-            let rounds = writer.join().unwrap();
-            let (mut small, mut large) = (0, 0);
-            for reader in readers {
-                let (inline, spilled, scans) = reader.join().unwrap();
-                assert!(scans > 0);
-                (small, large) = (small + inline, large + spilled);
+                        let mut seen = HashMap::new();
+                        directory.for_each_person(|key, rows| {
+                            assert!(seen.insert(key, rows.to_vec()).is_none(), "seen twice");
+                        });
+                        for rows in seen.values() {
+                            assert_published(rows, &mut (0, 0, 0));
+                        }
+                        scan += 1;
+                        scans.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
             }
-            assert!(
-                rounds > 2 && small > 0 && large > 0,
-                "{rounds} rounds, and the readers saw inline and spilled states: {small}, {large}"
-            );
+            let seen_all = || {
+                rounds.load(Ordering::Relaxed) > 2
+                    && small.load(Ordering::Relaxed) > 0
+                    && large.load(Ordering::Relaxed) > 0
+                    && scans.load(Ordering::Relaxed) > 2
+            };
+            let started = std::time::Instant::now();
+            while !seen_all() && started.elapsed() < std::time::Duration::from_secs(60) {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            stop.store(true, Ordering::Relaxed);
         });
+        assert!(
+            rounds.load(Ordering::Relaxed) > 2
+                && small.load(Ordering::Relaxed) > 0
+                && large.load(Ordering::Relaxed) > 0,
+            "in 60 s, {rounds:?} rounds, and the readers saw inline and spilled states: \
+             {small:?}, {large:?}"
+        );
         assert_eq!(directory.persons(), 2, "only the fillers are left");
         assert_eq!(directory.integration_count(), 2);
     }
