@@ -23,6 +23,8 @@
 #                      [--base-port 47100] [--no-build] [--only "a b bt c cu d b2 f1 f10"]
 #
 # BCSS_HUB_BIN=PATH runs another build of bcss-hub (a baseline) instead of target/release's.
+# BCSS_HUB_ENV="NAME=VALUE ..." is set for the hubs of c, cu and d only (an experiment on the
+# hub's process, say TOKIO_WORKER_THREADS=1, with the same load generator and institutions).
 set -euo pipefail
 
 ROUNDS=3
@@ -100,13 +102,13 @@ RUN_CONFIG="$WORK/config/hub.toml"
 start() { "$@" >"$WORK/log.$(( ${#PIDS[@]} ))" 2>&1 & PIDS+=($!); }
 start "$BIN" institution --config "$RUN_CONFIG" --id cpas-liege --listen "127.0.0.1:$INST_PLAIN" --plain --quiet
 start "$BIN" institution --config "$RUN_CONFIG" --id cpas-liege --listen "127.0.0.1:$INST_TLS" --quiet
-start "$BIN" load --config "$RUN_CONFIG" --start-hub memory --serve-only --hub-listen "127.0.0.1:$HUB_C" \
+start env ${BCSS_HUB_ENV:-} "$BIN" load --config "$RUN_CONFIG" --start-hub memory --serve-only --hub-listen "127.0.0.1:$HUB_C" \
   --endpoint "cpas-liege=127.0.0.1:$INST_PLAIN" --delivery-tls off
 if [[ " $ONLY " == *" cu "* ]]; then
-  start "$BIN" load --config "$RUN_CONFIG" --start-hub memory --serve-only --hub-listen "127.0.0.1:$HUB_CU" \
+  start env ${BCSS_HUB_ENV:-} "$BIN" load --config "$RUN_CONFIG" --start-hub memory --serve-only --hub-listen "127.0.0.1:$HUB_CU" \
     --endpoint "cpas-liege=127.0.0.1:$INST_PLAIN" --delivery-tls off --delivery-stream off
 fi
-start "$BIN" load --config "$RUN_CONFIG" --start-hub durable --serve-only --hub-listen "127.0.0.1:$HUB_D" \
+start env ${BCSS_HUB_ENV:-} "$BIN" load --config "$RUN_CONFIG" --start-hub durable --serve-only --hub-listen "127.0.0.1:$HUB_D" \
   --endpoint "cpas-liege=127.0.0.1:$INST_TLS"
 
 USER_LINE=""
