@@ -58,6 +58,10 @@ const JOURNAL_EXPIRY: TableDefinition<(i64, u64), ()> = TableDefinition::new("jo
 const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("journal_checkpoints");
 /// Contact-file id → the journal entry that registered it.
 const CONTACT_FILES: TableDefinition<&str, u64> = TableDefinition::new("contact_files");
+/// "next_seq" → the next delivery's sequence number. The deliveries table alone cannot say: an
+/// acknowledged delivery's row goes, and a number must never be given twice (tickets keep the
+/// numbers of their deliveries).
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 /// "probe" → 1 MiB written by a health probe, removed by the next: see [`Store::probe`].
 const HEALTH: TableDefinition<&str, &[u8]> = TableDefinition::new("health");
 /// What a health probe must be able to commit for the store to count as writable again.
@@ -270,7 +274,7 @@ impl Store {
         let db = Database::create(&path).map_err(|e| unavailable(&path, e))?;
         init_tables(&db).map_err(|e| unavailable(&path, e))?;
         let recovered = recover(&db)?;
-        let next_seq = last_seq(&db)? + 1;
+        let next_seq = next_seq(&db)?;
         let journal_key = journal_key(dir)?;
         let journal_head = journal_head(&db)?;
         let (ops, rx) = mpsc::channel(4 * MAX_GROUP);
@@ -481,6 +485,7 @@ struct Tables<'txn> {
     expiry: redb::Table<'txn, (i64, u64), ()>,
     checkpoints: redb::Table<'txn, u64, &'static [u8]>,
     contact_files: redb::Table<'txn, &'static str, u64>,
+    counters: redb::Table<'txn, &'static str, u64>,
     health: redb::Table<'txn, &'static str, &'static [u8]>,
 }
 
@@ -498,6 +503,7 @@ impl<'txn> Tables<'txn> {
             expiry: txn.open_table(JOURNAL_EXPIRY)?,
             checkpoints: txn.open_table(CHECKPOINTS)?,
             contact_files: txn.open_table(CONTACT_FILES)?,
+            counters: txn.open_table(COUNTERS)?,
             health: txn.open_table(HEALTH)?,
         })
     }
@@ -550,11 +556,16 @@ fn size(db: &Database, path: &Path) -> Result<Size, StoreError> {
     })
 }
 
-fn last_seq(db: &Database) -> Result<u64, StoreError> {
+/// The next delivery's sequence number: the one recorded, or past the last row (files written
+/// before the counter was kept).
+fn next_seq(db: &Database) -> Result<u64, StoreError> {
     let txn = db.begin_read().or_unavailable()?;
     let deliveries = txn.open_table(DELIVERIES).or_unavailable()?;
     let last = deliveries.last().or_unavailable()?;
-    Ok(last.map_or(0, |(seq, _)| seq.value()))
+    let past_rows = last.map_or(0, |(seq, _)| seq.value()) + 1;
+    let counters = txn.open_table(COUNTERS).or_unavailable()?;
+    let recorded = counters.get("next_seq").or_unavailable()?;
+    Ok(recorded.map_or(past_rows, |n| n.value().max(past_rows)))
 }
 
 fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, StoreError> {
@@ -656,7 +667,23 @@ impl Writer {
         for op in writes {
             answers.push(self.write_one(&mut tables, op));
         }
+        let counted = if self.next_seq == seq_before {
+            Ok(())
+        } else {
+            tables
+                .counters
+                .insert("next_seq", self.next_seq)
+                .map(drop)
+                .or_unavailable()
+        };
         drop(tables);
+        if let Err(error) = counted {
+            // Dropping the transaction aborts it: nothing of the group is kept.
+            drop(txn);
+            self.next_seq = seq_before;
+            self.journal_head = head_before;
+            return fail_answers(answers, &error);
+        }
         let committed = txn.commit();
         self.writable
             .store(committed.is_ok(), std::sync::atomic::Ordering::Relaxed);
@@ -679,15 +706,7 @@ impl Writer {
                 self.db = None;
                 self.next_seq = seq_before;
                 self.journal_head = head_before;
-                let error = StoreError::Unavailable(error.to_string());
-                for answer in answers {
-                    let reply = match answer {
-                        Pending::Accept(reply, _) => FailedReply::Accept(reply),
-                        Pending::Change(reply, _) => FailedReply::Change(reply),
-                        Pending::Failed(reply, _) => reply,
-                    };
-                    reply.send(StoreError::Unavailable(error.to_string()));
-                }
+                fail_answers(answers, &StoreError::Unavailable(error.to_string()));
             }
         }
     }
@@ -887,6 +906,18 @@ impl FailedReply {
                 let _ = reply.send(Err(error));
             }
         }
+    }
+}
+
+/// Answers a whole group's operations with `error`: nothing of the group was kept.
+fn fail_answers(answers: Vec<Pending>, error: &StoreError) {
+    for answer in answers {
+        let reply = match answer {
+            Pending::Accept(reply, _) => FailedReply::Accept(reply),
+            Pending::Change(reply, _) => FailedReply::Change(reply),
+            Pending::Failed(reply, _) => reply,
+        };
+        reply.send(StoreError::Unavailable(error.to_string()));
     }
 }
 
@@ -1481,6 +1512,39 @@ mod tests {
             panic!("new")
         };
         assert_eq!(seqs, vec![3]);
+    }
+
+    #[tokio::test]
+    async fn sequence_numbers_are_never_given_twice_even_once_every_delivery_went() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = Store::open(dir.path()).unwrap();
+            let (t, d) = ticket("t1", "m1", &["a", "b"]);
+            store.accept(t, d, Vec::new()).await.unwrap();
+            for seq in [1, 2] {
+                store
+                    .change(Change::Delivered { seq, at_ms: 5 })
+                    .await
+                    .unwrap();
+            }
+        }
+        // No delivery row is left, but t1's outcomes still name 1 and 2.
+        for expected in [3, 4] {
+            let (store, recovered) = Store::open(dir.path()).unwrap();
+            assert!(recovered.pending.is_empty());
+            let (t, d) = ticket(&format!("t{expected}"), &format!("m{expected}"), &["a"]);
+            let Accepted::New { seqs } = store.accept(t, d, Vec::new()).await.unwrap() else {
+                panic!("new")
+            };
+            assert_eq!(seqs, vec![expected]);
+            store
+                .change(Change::Delivered {
+                    seq: expected,
+                    at_ms: 6,
+                })
+                .await
+                .unwrap();
+        }
     }
 
     #[tokio::test]
