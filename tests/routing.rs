@@ -3,7 +3,10 @@
 
 mod common;
 
+use std::time::Duration;
+
 use bcss_domain::Niss;
+use bcss_gateway::journal::Retention;
 use bcss_proto::flows::v1 as f;
 use bcss_proto::hub::v1::{
     Decision, Envelope, IntegrateRequest, ListRequest, RefusalReason, RemoveRequest, SubmitReply,
@@ -723,8 +726,11 @@ async fn tickets_and_their_message_ids_are_forgotten_after_storage_ticket_days()
     // A retention pass every 50 ms that keeps tickets for no time at all.
     bcss_gateway::journal::spawn_retention(
         h.hub.clone(),
-        std::time::Duration::ZERO,
-        std::time::Duration::from_millis(50),
+        Retention {
+            tickets: Duration::ZERO,
+            settled_held: bcss_gateway::journal::SETTLED_HELD,
+            every: Duration::from_millis(50),
+        },
     );
     common::eventually(std::time::Duration::from_secs(10), || {
         h.hub.ledger().is_empty()
@@ -742,6 +748,95 @@ async fn tickets_and_their_message_ids_are_forgotten_after_storage_ticket_days()
     let again = submit(&h, "mc", envelope).await.unwrap();
     assert_ne!(again.ticket, first.ticket);
     common::eventually(std::time::Duration::from_secs(10), || h.received() == 2).await;
+}
+
+#[tokio::test]
+async fn settled_tickets_leave_memory_and_are_read_back_from_the_store() {
+    let h = Harness::start(&[]).await;
+    let niss = fresh_niss(13);
+    integrate(&h, "sigedis", niss, 1, "2020-01-01", "").await;
+    integrate(&h, "sdpsp", niss, 1, "2020-01-01", "").await;
+    let first = dmfa_envelope("held-1", niss, true);
+    let reply = submit(&h, "onss", first.clone()).await.unwrap();
+    assert_eq!(
+        outcome(&reply, "sigedis").decision,
+        Decision::Delivered as i32
+    );
+    let tracked = track(&h, "onss", &reply.ticket).await;
+    // Tickets kept a day, but let go of in memory as soon as they are settled.
+    bcss_gateway::journal::spawn_retention(
+        h.hub.clone(),
+        Retention {
+            tickets: Duration::from_secs(86_400),
+            settled_held: Duration::ZERO,
+            every: Duration::from_millis(50),
+        },
+    );
+    common::eventually(Duration::from_secs(10), || h.hub.ledger().is_empty()).await;
+
+    // Track reads it back from the store: the same answer, to the same parties only.
+    assert_eq!(track(&h, "onss", &reply.ticket).await, tracked);
+    h.hub
+        .ledger()
+        .evict_settled(time::OffsetDateTime::now_utc());
+    let err = track_refused(&h, "cpas-liege", &reply.ticket).await;
+    assert_eq!(err.code(), Code::NotFound);
+
+    // SIGeDIS can still relay it: that it received it is read from the store.
+    let mut relay = first.clone();
+    relay.message_id = "held-relay".into();
+    relay.addressee = Some("sdpsp".into());
+    relay.relay_of = Some(reply.ticket.clone());
+    let second = submit(&h, "sigedis", relay).await.unwrap();
+    assert_eq!(
+        outcome(&second, "sdpsp").decision,
+        Decision::Delivered as i32
+    );
+    common::eventually(Duration::from_secs(10), || h.hub.ledger().is_empty()).await;
+    // The chain, both hops, from either end.
+    for ticket in [&reply.ticket, &second.ticket] {
+        let hops: Vec<(String, String)> = track(&h, "sigedis", ticket)
+            .await
+            .hops
+            .into_iter()
+            .map(|hop| (hop.ticket, hop.relay_of))
+            .collect();
+        assert_eq!(
+            hops,
+            [
+                (reply.ticket.clone(), String::new()),
+                (second.ticket.clone(), reply.ticket.clone())
+            ]
+        );
+    }
+
+    // A resubmission is answered with the original ticket and outcomes; nothing goes again.
+    h.hub
+        .ledger()
+        .evict_settled(time::OffsetDateTime::now_utc());
+    let again = submit(&h, "onss", first.clone()).await.unwrap();
+    assert_eq!(again, reply);
+    // The same message id with other content is still a conflict.
+    h.hub
+        .ledger()
+        .evict_settled(time::OffsetDateTime::now_utc());
+    let mut changed = first;
+    changed.addressee = Some("sigedis".into());
+    let err = submit(&h, "onss", changed).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    assert_eq!(h.received(), 2);
+}
+
+/// `Track` of `ticket` as `party`, which must succeed.
+async fn track(h: &Harness, party: &str, ticket: &str) -> bcss_proto::hub::v1::TrackReply {
+    h.gateway(party)
+        .await
+        .track(TrackRequest {
+            ticket: ticket.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// `Track` of `ticket` as `party`, which must be refused: the status.

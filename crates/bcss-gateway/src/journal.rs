@@ -100,13 +100,11 @@ impl pb::journal_server::Journal for JournalService {
         let policy = self.hub.policy();
         let viewer = self.viewer(&policy, &request)?;
         let ticket = request.into_inner().ticket;
-        let mut tickets: Vec<String> = self
-            .hub
-            .ledger()
-            .chain(&ticket)
-            .iter()
-            .map(|r| r.ticket.to_string())
-            .collect();
+        let chain = self.hub.chain(&ticket).await.map_err(|error| {
+            tracing::error!(message = "A ticket could not be read from the store.", %error);
+            Status::unavailable("the hub cannot read its store right now; retry later")
+        })?;
+        let mut tickets: Vec<String> = chain.iter().map(|r| r.ticket.to_string()).collect();
         if tickets.is_empty() {
             tickets.push(ticket.clone());
         }
@@ -410,24 +408,40 @@ fn parse_time(text: &str, field: &str) -> Result<i64, Status> {
     })
 }
 
-/// Every `every`: removes the journal entries whose retention has passed (counted in
+/// How long the ledger holds a ticket once nothing is left to do for it, when there is a
+/// store to read it back from: the time a sender usually takes to track or relay it.
+pub const SETTLED_HELD: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// How long the retention task keeps what.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    /// Tickets and their message ids (`storage.ticket_days`).
+    pub tickets: std::time::Duration,
+    /// Settled tickets in the ledger's memory, when there is a store ([`SETTLED_HELD`]).
+    pub settled_held: std::time::Duration,
+    /// Time between passes.
+    pub every: std::time::Duration,
+}
+
+/// Every `retention.every`: removes the journal entries whose retention has passed (counted in
 /// `bcss_journal_entries_removed_total`), then forgets the tickets accepted more than
-/// `keep_tickets` ago, in the store first (so that a restart does not bring them back) and then
-/// in the ledger (counted in `bcss_tickets_forgotten_total`).
-pub fn spawn_retention(
-    hub: Arc<Hub>,
-    keep_tickets: std::time::Duration,
-    every: std::time::Duration,
-) {
+/// `retention.tickets` ago, in the store first (so that a restart does not bring them back) and
+/// then in the ledger (counted in `bcss_tickets_forgotten_total`); with a store, the ledger
+/// then lets go of the tickets settled and older than `retention.settled_held`
+/// (`bcss_tickets_held` is what it still holds).
+pub fn spawn_retention(hub: Arc<Hub>, retention: Retention) {
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(every);
+        let mut ticker = tokio::time::interval(retention.every);
         loop {
             ticker.tick().await;
-            let cutoff = OffsetDateTime::now_utc() - keep_tickets;
+            let now = OffsetDateTime::now_utc();
+            let cutoff = now - retention.tickets;
             if let Some(store) = hub.outbox().store() {
                 expire_journal(store).await;
                 forget_stored_tickets(store, crate::ledger::unix_ms(cutoff)).await;
+                hub.ledger().evict_settled(now - retention.settled_held);
             }
+            metrics::gauge!(crate::telemetry::TICKETS_HELD).set(hub.ledger().len() as f64);
             let forgotten = hub.ledger().forget_accepted_before(cutoff);
             if forgotten > 0 {
                 metrics::counter!(crate::telemetry::TICKETS_FORGOTTEN).increment(forgotten as u64);

@@ -1,9 +1,12 @@
 //! The hub's record of tickets: what was decided for each exchange, the chain of relays, and
 //! the sender's message ids (for idempotent resubmission).
 //!
-//! The in-memory index of what the store (`bcss-store`) holds: every ticket is recorded there
-//! before `Submit` answers, and read back into this ledger when the hub starts. Both forget a
-//! ticket `storage.ticket_days` after it was accepted (`journal::spawn_retention`). It never
+//! With a store (`bcss-store`), a cache of what the store holds: every ticket is recorded there
+//! before `Submit` answers; the ledger holds the tickets with deliveries still to make and
+//! those settled in the last minutes ([`Ledger::evict_settled`]), and `Hub::recall` reads the
+//! others back from the store when they are asked for. Memory follows the load, not the days
+//! tickets are kept. Without a store the ledger is all there is. Either way a ticket is
+//! forgotten `storage.ticket_days` after it was accepted (`journal::spawn_retention`). It never
 //! holds a payload.
 
 use std::sync::{Arc, Mutex};
@@ -70,6 +73,21 @@ impl TicketRecord {
         self.outcomes.lock().expect("outcomes lock").clone()
     }
 
+    /// True when nothing is left to do for it: every candidate was delivered, refused or given
+    /// up on (a dead letter changes only by an operator's replay, which the store handles).
+    pub fn is_settled(&self) -> bool {
+        self.outcomes
+            .lock()
+            .expect("outcomes lock")
+            .iter()
+            .all(|o| {
+                matches!(
+                    o.decision,
+                    Decision::Delivered | Decision::Refused(_) | Decision::DeadLetter
+                )
+            })
+    }
+
     /// True when `institution` received (or is receiving) this exchange.
     pub fn was_delivered_to(&self, institution: &str) -> bool {
         self.outcomes()
@@ -85,6 +103,12 @@ impl TicketRecord {
                 .iter()
                 .any(|o| &*o.institution == institution)
     }
+}
+
+/// Now, to the millisecond (the store's precision).
+pub(crate) fn now_to_the_ms() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_millisecond(now.millisecond()).unwrap_or(now)
 }
 
 /// `time` in milliseconds since the Unix epoch, as the store keeps times.
@@ -143,6 +167,42 @@ impl Ledger {
         self.by_message
             .retain(|_, record| record.accepted_at >= cutoff);
         forgotten
+    }
+
+    /// Lets go of the settled tickets accepted before `before` (the store keeps them, and
+    /// `Hub::recall` reads them back); returns how many went.
+    pub fn evict_settled(&self, before: OffsetDateTime) -> usize {
+        let mut evicted = Vec::new();
+        self.tickets.retain(|_, record| {
+            let keep = record.accepted_at >= before || !record.is_settled();
+            if !keep {
+                evicted.push(record.clone());
+            }
+            keep
+        });
+        // Not inside `retain`: `insert` locks `by_message` first, then `tickets`.
+        for record in &evicted {
+            self.by_message
+                .remove_if(&(record.sender_index, record.message_id.clone()), |_, r| {
+                    Arc::ptr_eq(r, record)
+                });
+        }
+        evicted.len()
+    }
+
+    /// Holds `record`, read back from the store, unless the ticket is held already: returns
+    /// the record held.
+    pub fn hold_recalled(&self, record: TicketRecord) -> Arc<TicketRecord> {
+        let record = Arc::new(record);
+        // `by_message`, then `tickets`, as `insert` locks them.
+        let _message = self
+            .by_message
+            .entry((record.sender_index, record.message_id.clone()))
+            .or_insert_with(|| record.clone());
+        self.tickets
+            .entry(record.ticket.clone())
+            .or_insert_with(|| record.clone())
+            .clone()
     }
 
     /// Number of tickets held.
@@ -227,6 +287,69 @@ mod tests {
             outcomes: Mutex::new(Vec::new()),
             relays: Mutex::new(Vec::new()),
         }
+    }
+
+    fn decided(record: TicketRecord, decisions: &[Decision]) -> TicketRecord {
+        *record.outcomes.lock().unwrap() = decisions
+            .iter()
+            .map(|&decision| Outcome {
+                institution: "cpas-namur".into(),
+                deliberation: None,
+                decision,
+                delivery_id: None,
+                delivery_seq: None,
+                a_posteriori: false,
+                removed_fields: 0,
+                attempts: 0,
+                last_error: None,
+            })
+            .collect();
+        record
+    }
+
+    #[test]
+    fn settled_tickets_are_evicted_and_can_be_held_again() {
+        let now = OffsetDateTime::now_utc();
+        let minute = time::Duration::minutes(1);
+        let ledger = Ledger::default();
+        let refused = Decision::Refused(RefusalReason::NotIntegrated);
+        // (ticket, accepted minutes ago, decisions, evicted?)
+        let table: [(&str, i32, &[Decision], bool); 6] = [
+            ("delivered-old", 10, &[Decision::Delivered], true),
+            (
+                "mixed-old",
+                10,
+                &[Decision::Delivered, refused, Decision::DeadLetter],
+                true,
+            ),
+            (
+                "pending-old",
+                10,
+                &[Decision::Delivered, Decision::Accepted],
+                false,
+            ),
+            ("failing-old", 10, &[Decision::DeliveryFailed], false),
+            ("delivered-new", 1, &[Decision::Delivered], false),
+            ("nothing-old", 10, &[], true),
+        ];
+        for (ticket, ago, decisions, _) in table {
+            let record = decided(record(ticket, ticket, now - minute * ago), decisions);
+            assert!(matches!(ledger.insert(record).0, Reservation::New));
+        }
+        assert_eq!(ledger.evict_settled(now - minute * 5), 3);
+        for (ticket, _, _, evicted) in table {
+            assert_eq!(ledger.get(ticket).is_none(), evicted, "{ticket}");
+        }
+        // An evicted message id is no longer answered from memory (the store answers it).
+        let (reservation, _) = ledger.insert(record("again", "delivered-old", now));
+        assert!(matches!(reservation, Reservation::New));
+        // Held again from the store: one record per ticket, whoever holds it first.
+        let first = ledger.hold_recalled(record("mixed-old", "mixed-old", now - minute * 10));
+        let second = ledger.hold_recalled(record("mixed-old", "mixed-old", now - minute * 10));
+        assert!(Arc::ptr_eq(&first, &second));
+        assert!(Arc::ptr_eq(&ledger.get("mixed-old").unwrap(), &first));
+        let (reservation, _) = ledger.insert(record("other", "mixed-old", now));
+        assert!(matches!(reservation, Reservation::Resubmitted(_)));
     }
 
     #[test]

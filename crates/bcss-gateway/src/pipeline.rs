@@ -26,7 +26,8 @@ use crate::outbox::{Job, Outbox, RetryPolicy};
 use crate::privacy::PersonKey;
 use crate::telemetry;
 use bcss_store::{
-    Accepted, DeliveryRow, EntryKind, JournalEntry, OutcomeRow, Recovered, Store, TicketRow,
+    Accepted, DeliveryRow, DeliveryState, EntryKind, JournalEntry, OutcomeRow, Recovered, Store,
+    StoreError, StoredTicket, TicketRow,
 };
 use prost::Message as _;
 
@@ -311,6 +312,7 @@ impl Hub {
     ) -> Result<(Arc<TicketRecord>, bool), InputError> {
         self.parts.limits.admit(sender)?;
         let stage = std::time::Instant::now();
+        self.recall_relayed(&envelope).await?;
         let message = self.validate(policy, sender, envelope)?;
         // The person's directory slot comes into cache while the ticket and the route are made.
         self.directory.prefetch(message.niss);
@@ -332,7 +334,8 @@ impl Hub {
             niss: message.niss,
             relay_of: message.relay_of.as_ref().map(|r| r.ticket.clone()),
             contact_file: message.contact_file.clone(),
-            accepted_at: OffsetDateTime::now_utc(),
+            // To the millisecond, as the store keeps it: a ticket read back says the same.
+            accepted_at: crate::ledger::now_to_the_ms(),
             fingerprint: message.fingerprint,
             outcomes: Mutex::new(plans.iter().map(|p| initial_outcome(p, &ticket)).collect()),
             relays: Mutex::new(Vec::new()),
@@ -370,16 +373,15 @@ impl Hub {
         stage_done("persist", stage);
         let seqs = match stored {
             Ok(Accepted::New { seqs }) => seqs,
-            Ok(Accepted::Existing(row)) => {
-                // Recorded before the last start under the same message id.
+            Ok(Accepted::Existing(stored)) => {
+                // Recorded under the same message id, and no longer (or not yet) held.
                 self.outbox.release(deliveries.len());
                 self.ledger.forget(&record);
-                if row.fingerprint != record.fingerprint {
+                if stored.row.fingerprint != record.fingerprint {
                     return Err(InputError::DuplicateMessageId(message.message_id));
                 }
-                let empty = Default::default();
-                return restore_record(policy, row, &empty, &Default::default())
-                    .map(|r| (self.ledger.insert(r).1, false))
+                return stored_record(policy, stored)
+                    .map(|r| (self.ledger.hold_recalled(r), false))
                     .ok_or(InputError::StoreUnavailable);
             }
             Err(error) => {
@@ -429,15 +431,101 @@ impl Hub {
     }
 
     /// The decision `submit` would take, without recording or delivering.
-    pub fn explain(
+    pub async fn explain(
         &self,
         policy: &Policy,
         sender: &Institution,
         envelope: EnvelopeView,
     ) -> Result<Vec<Planned>, InputError> {
         self.parts.limits.admit(sender)?;
+        self.recall_relayed(&envelope).await?;
         let message = self.validate(policy, sender, envelope)?;
         self.plan(policy, sender, &message, true, &mut PlanTimes::default())
+    }
+
+    /// The ticket `envelope` relays, held in the ledger for `validate` (read back from the
+    /// store if it was let go).
+    async fn recall_relayed(&self, envelope: &EnvelopeView) -> Result<(), InputError> {
+        if let Some(ticket) = envelope.relay_of.as_deref() {
+            self.recall(ticket).await.map_err(|error| {
+                tracing::error!(message = "A relayed ticket could not be read from the store.", %error);
+                InputError::StoreUnavailable
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The ticket's record: the ledger's, or read back from the store (and held until the
+    /// next eviction). `None` if it is unknown or forgotten.
+    pub async fn recall(&self, ticket: &str) -> Result<Option<Arc<TicketRecord>>, StoreError> {
+        if let Some(record) = self.ledger.get(ticket) {
+            return Ok(Some(record));
+        }
+        let Some(store) = self.outbox.store() else {
+            return Ok(None);
+        };
+        Ok(self
+            .recall_stored(store, ticket)
+            .await?
+            .map(|(record, _)| record))
+    }
+
+    /// The ticket's record and its relays, from the store (the record held in the ledger if
+    /// there is one: its outcomes are the freshest).
+    async fn recall_stored(
+        &self,
+        store: &Store,
+        ticket: &str,
+    ) -> Result<Option<(Arc<TicketRecord>, Vec<String>)>, StoreError> {
+        let Some(mut stored) = store.ticket(ticket).await? else {
+            return Ok(None);
+        };
+        let relays = std::mem::take(&mut stored.relays);
+        let record = match self.ledger.get(ticket) {
+            Some(record) => record,
+            None => match stored_record(&self.policy(), stored) {
+                Some(record) => self.ledger.hold_recalled(record),
+                None => {
+                    tracing::warn!(message = "A stored ticket could not be read back.");
+                    return Ok(None);
+                }
+            },
+        };
+        Ok(Some((record, relays)))
+    }
+
+    /// The whole chain `ticket` belongs to, first hop first. With a store the chain is read
+    /// from it (the ledger holds only some of its tickets); without, from the ledger.
+    pub async fn chain(&self, ticket: &str) -> Result<Vec<Arc<TicketRecord>>, StoreError> {
+        let Some(store) = self.outbox.store() else {
+            return Ok(self.ledger.chain(ticket));
+        };
+        let Some(mut root) = self.recall_stored(store, ticket).await? else {
+            return Ok(Vec::new());
+        };
+        // Walk up; a chain is short, but bound the walk in case of a cycle.
+        for _ in 0..64 {
+            let Some(parent) = root.0.relay_of.clone() else {
+                break;
+            };
+            match self.recall_stored(store, &parent).await? {
+                Some(hop) => root = hop,
+                None => break,
+            }
+        }
+        let (record, relays) = root;
+        let mut chain = vec![record];
+        let mut waiting = std::collections::VecDeque::from(relays);
+        while let Some(ticket) = waiting.pop_front() {
+            if chain.len() >= 1024 {
+                break;
+            }
+            if let Some((record, relays)) = self.recall_stored(store, &ticket).await? {
+                chain.push(record);
+                waiting.extend(relays);
+            }
+        }
+        Ok(chain)
     }
 
     /// Step 1: everything about the envelope that does not depend on the recipients.
@@ -933,6 +1021,23 @@ fn ticket_row(record: &TicketRecord) -> TicketRow {
 }
 
 /// A ticket read back from the store.
+/// A ticket read back from the store, its outcomes from where its deliveries stand.
+fn stored_record(policy: &Policy, stored: StoredTicket) -> Option<TicketRecord> {
+    let pending = stored
+        .deliveries
+        .iter()
+        .filter(|d| d.state() == DeliveryState::Pending)
+        .map(|d| (d.seq, d))
+        .collect();
+    let dead = stored
+        .deliveries
+        .iter()
+        .filter(|d| d.state() == DeliveryState::DeadLetter)
+        .map(|d| d.seq)
+        .collect();
+    restore_record(policy, stored.row, &pending, &dead)
+}
+
 fn restore_record(
     policy: &Policy,
     row: TicketRow,

@@ -120,7 +120,10 @@ impl Gateway for GatewayService {
         let _slot = self.hub.open_stream(&request)?;
         let policy = self.hub.policy();
         let sender = institution(&policy, &request)?.clone();
-        let plans = self.hub.explain(&policy, &sender, request.into_inner())?;
+        let plans = self
+            .hub
+            .explain(&policy, &sender, request.into_inner())
+            .await?;
         Ok(Response::new(pb::ExplainReply {
             recipients: plans.iter().map(explained).collect(),
         }))
@@ -144,7 +147,10 @@ impl Gateway for GatewayService {
             }
         };
         let ticket = request.into_inner().ticket;
-        let chain = self.hub.ledger().chain(&ticket);
+        let chain = self.hub.chain(&ticket).await.map_err(|error| {
+            tracing::error!(message = "A ticket could not be read from the store.", %error);
+            Status::unavailable("the hub cannot read its store right now; retry later")
+        })?;
         // A ticket the caller has no part in is answered as unknown: its existence is not revealed.
         let visible = match &party {
             Some(id) => chain.iter().any(|hop| hop.involves(id)),

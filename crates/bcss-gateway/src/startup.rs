@@ -18,6 +18,7 @@ use crate::pki::Pki;
 use crate::privacy::PersonKey;
 use crate::server::{ServeOptions, ServerTls};
 use bcss_store::{Recovered, Store};
+use time::OffsetDateTime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -185,8 +186,13 @@ pub fn assemble_settings(
         }
     })?;
     let (store, recovered) = if settings.storage.durable {
-        let (store, recovered) =
-            Store::open_with(&settings.storage.data, settings.storage.journal)?;
+        // The ledger holds settled tickets for a while only: older ones stay on disk.
+        let hold_since = OffsetDateTime::now_utc() - crate::journal::SETTLED_HELD;
+        let (store, recovered) = Store::open_with(
+            &settings.storage.data,
+            settings.storage.journal,
+            crate::ledger::unix_ms(hold_since),
+        )?;
         if !settings.storage.journal {
             tracing::warn!(
                 message =
@@ -216,8 +222,11 @@ pub fn assemble_settings(
     ));
     crate::journal::spawn_retention(
         hub.clone(),
-        settings.ticket_retention(),
-        Duration::from_secs(60),
+        crate::journal::Retention {
+            tickets: settings.ticket_retention(),
+            settled_held: crate::journal::SETTLED_HELD,
+            every: Duration::from_secs(60),
+        },
     );
     let snapshots = hub.outbox().store().is_some().then(|| {
         let snapshots = Arc::new(crate::snapshot::Snapshots::new(hub.clone(), snapshot_file));

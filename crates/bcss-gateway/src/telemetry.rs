@@ -36,6 +36,7 @@ pub const JOURNAL_ENTRIES: &str = "bcss_journal_entries";
 pub const STORE_FILE_BYTES: &str = "bcss_store_file_bytes";
 pub const JOURNAL_REMOVED: &str = "bcss_journal_entries_removed_total";
 pub const TICKETS_FORGOTTEN: &str = "bcss_tickets_forgotten_total";
+pub const TICKETS_HELD: &str = "bcss_tickets_held";
 pub const CONSULTATIONS: &str = "bcss_consultations_total";
 
 /// Installs the Prometheus exporter, serving `/metrics` on `listen`, and the task that keeps
@@ -201,6 +202,10 @@ fn describe() {
     describe_counter!(
         TICKETS_FORGOTTEN,
         "Tickets forgotten storage.ticket_days after they were accepted (with their message ids)."
+    );
+    describe_gauge!(
+        TICKETS_HELD,
+        "Tickets the ledger holds in memory: with a store, those with deliveries left and those settled in the last minutes."
     );
     describe_counter!(
         CONSULTATIONS,

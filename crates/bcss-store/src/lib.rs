@@ -33,6 +33,8 @@ const TICKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("tickets");
 /// `<sender>\0<message id>` → ticket: a message id is answered with its first ticket until
 /// [`Store::forget_tickets`] removes both.
 const MESSAGE_IDS: TableDefinition<&str, &str> = TableDefinition::new("message_ids");
+/// (ticket, a ticket that relays it): the relays of a ticket, for the chain `Track` shows.
+const RELAYS: TableDefinition<(&str, &str), ()> = TableDefinition::new("relays");
 /// Delivery sequence number → `DeliveryRow`, for the deliveries still to make and the dead
 /// letters: a delivery's row goes when its recipient acknowledges it (the journal keeps the
 /// delivery, the ticket its outcome), so a restart finds exactly what is left to do.
@@ -112,10 +114,22 @@ pub enum Accepted {
     /// Recorded; the sequence numbers of the deliveries, in the order given.
     New { seqs: Vec<u64> },
     /// The sender already used this message id: here is what was recorded then.
-    Existing(TicketRow),
+    Existing(StoredTicket),
 }
 
-/// What the store holds at start: every ticket, and the deliveries still to make.
+/// A ticket as the store holds it, with what a reader needs to tell where its deliveries
+/// stand: the rows of those not delivered yet (pending or dead letters; an acknowledged
+/// delivery has no row), and the tickets that relay it.
+#[derive(Debug, Default)]
+pub struct StoredTicket {
+    pub row: TicketRow,
+    pub deliveries: Vec<DeliveryRow>,
+    pub relays: Vec<String>,
+}
+
+/// What the store holds at start: the tickets to hold in memory (those with a delivery not
+/// made yet, and those accepted since the time given to [`Store::open_with`]), and the
+/// deliveries still to make.
 #[derive(Debug, Default)]
 pub struct Recovered {
     pub tickets: Vec<TicketRow>,
@@ -175,6 +189,10 @@ enum Op {
     Delivery {
         seq: u64,
         reply: oneshot::Sender<Result<Option<DeliveryRow>, StoreError>>,
+    },
+    Ticket {
+        ticket: String,
+        reply: oneshot::Sender<Result<Option<StoredTicket>, StoreError>>,
     },
     Journal {
         query: JournalQuery,
@@ -262,18 +280,25 @@ impl std::fmt::Debug for Op {
 }
 
 impl Store {
-    /// Opens (or creates) `hub.redb` in `dir` and reads back what it holds.
+    /// Opens (or creates) `hub.redb` in `dir` and reads back what it holds, every ticket
+    /// included.
     pub fn open(dir: &Path) -> Result<(Store, Recovered), StoreError> {
-        Store::open_with(dir, true)
+        Store::open_with(dir, true, i64::MIN)
     }
 
     /// [`Store::open`]; with `journal` false nothing is journalled (benchmarks of its cost).
-    pub fn open_with(dir: &Path, journal: bool) -> Result<(Store, Recovered), StoreError> {
+    /// The tickets read back are those with a delivery not made yet and those accepted at
+    /// `hold_since_ms` or later: the others stay on disk, for [`Store::ticket`].
+    pub fn open_with(
+        dir: &Path,
+        journal: bool,
+        hold_since_ms: i64,
+    ) -> Result<(Store, Recovered), StoreError> {
         let lock = lock_data_folder(dir)?;
         let path = dir.join("hub.redb");
         let db = Database::create(&path).map_err(|e| unavailable(&path, e))?;
         init_tables(&db).map_err(|e| unavailable(&path, e))?;
-        let recovered = recover(&db)?;
+        let recovered = recover(&db, hold_since_ms)?;
         let next_seq = next_seq(&db)?;
         let journal_key = journal_key(dir)?;
         let journal_head = journal_head(&db)?;
@@ -366,6 +391,18 @@ impl Store {
     pub async fn delivery(&self, seq: u64) -> Result<Option<DeliveryRow>, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.send(Op::Delivery { seq, reply }).await?;
+        answer.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// A ticket, where its deliveries stand and its relays; `None` if it is unknown or was
+    /// forgotten (`storage.ticket_days`).
+    pub async fn ticket(&self, ticket: &str) -> Result<Option<StoredTicket>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Op::Ticket {
+            ticket: ticket.to_owned(),
+            reply,
+        })
+        .await?;
         answer.await.map_err(|_| StoreError::Stopped)?
     }
 
@@ -476,6 +513,7 @@ fn init_tables(db: &Database) -> Result<(), redb::Error> {
 struct Tables<'txn> {
     tickets: redb::Table<'txn, &'static str, &'static [u8]>,
     message_ids: redb::Table<'txn, &'static str, &'static str>,
+    relays: redb::Table<'txn, (&'static str, &'static str), ()>,
     deliveries: redb::Table<'txn, u64, &'static [u8]>,
     dead: redb::Table<'txn, u64, ()>,
     journal: redb::Table<'txn, u64, &'static [u8]>,
@@ -494,6 +532,7 @@ impl<'txn> Tables<'txn> {
         Ok(Tables {
             tickets: txn.open_table(TICKETS)?,
             message_ids: txn.open_table(MESSAGE_IDS)?,
+            relays: txn.open_table(RELAYS)?,
             deliveries: txn.open_table(DELIVERIES)?,
             dead: txn.open_table(DEAD)?,
             journal: txn.open_table(JOURNAL)?,
@@ -509,19 +548,15 @@ impl<'txn> Tables<'txn> {
     }
 }
 
-fn recover(db: &Database) -> Result<Recovered, StoreError> {
+fn recover(db: &Database, hold_since_ms: i64) -> Result<Recovered, StoreError> {
     let txn = db.begin_read().or_unavailable()?;
-    let tickets_table = txn.open_table(TICKETS).or_unavailable()?;
-    let mut tickets = Vec::new();
-    for entry in tickets_table.iter().or_unavailable()? {
-        let (_, value) = entry.or_unavailable()?;
-        tickets.push(decode::<TicketRow>(value.value())?);
-    }
-    tickets.sort_by_key(|t| t.accepted_at_ms);
     let deliveries = txn.open_table(DELIVERIES).or_unavailable()?;
     let mut pending = Vec::new();
+    // Tickets whose deliveries are not all made: pending ones and dead letters.
+    let mut unsettled = std::collections::BTreeSet::new();
     for entry in deliveries.iter().or_unavailable()? {
         let row = decode::<DeliveryRow>(entry.or_unavailable()?.1.value())?;
+        unsettled.insert(row.ticket.clone());
         // Dead letters wait for an operator (files written before delivered rows were
         // removed also hold delivered ones).
         if row.state() == DeliveryState::Pending {
@@ -533,11 +568,75 @@ fn recover(db: &Database) -> Result<Recovered, StoreError> {
     for entry in dead_table.iter().or_unavailable()? {
         dead.push(entry.or_unavailable()?.0.value());
     }
+    let tickets_table = txn.open_table(TICKETS).or_unavailable()?;
+    let mut tickets = Vec::new();
+    // The recent ones, newest first (UUIDv7 keys sort in the order they were made): the scan
+    // stops at the first one accepted before `hold_since_ms`.
+    for entry in tickets_table.iter().or_unavailable()?.rev() {
+        let (key, value) = entry.or_unavailable()?;
+        let row = decode::<TicketRow>(value.value())?;
+        if row.accepted_at_ms < hold_since_ms {
+            break;
+        }
+        unsettled.remove(key.value());
+        tickets.push(row);
+    }
+    for ticket in unsettled {
+        if let Some(value) = tickets_table.get(ticket.as_str()).or_unavailable()? {
+            tickets.push(decode::<TicketRow>(value.value())?);
+        }
+    }
+    tickets.sort_by_key(|t| t.accepted_at_ms);
     Ok(Recovered {
         tickets,
         pending,
         dead,
     })
+}
+
+/// `ticket` read from `tickets`, with its deliveries' rows and its relays.
+fn stored_ticket(
+    tickets: &impl ReadableTable<&'static str, &'static [u8]>,
+    deliveries: &impl ReadableTable<u64, &'static [u8]>,
+    relays: &impl ReadableTable<(&'static str, &'static str), ()>,
+    ticket: &str,
+) -> Result<Option<StoredTicket>, StoreError> {
+    let Some(value) = tickets.get(ticket).or_unavailable()? else {
+        return Ok(None);
+    };
+    let row: TicketRow = decode(value.value())?;
+    let mut left = Vec::new();
+    for outcome in row.outcomes.iter().filter(|o| o.delivery_seq > 0) {
+        if let Some(delivery) = deliveries.get(outcome.delivery_seq).or_unavailable()? {
+            let delivery: DeliveryRow = decode(delivery.value())?;
+            // A number is never given twice, but check the row is this ticket's.
+            if delivery.ticket == row.ticket {
+                left.push(delivery);
+            }
+        }
+    }
+    let mut relayed_by = Vec::new();
+    for entry in relays.range((ticket, "")..).or_unavailable()? {
+        let (key, _) = entry.or_unavailable()?;
+        let (parent, relay) = key.value();
+        if parent != ticket {
+            break;
+        }
+        relayed_by.push(relay.to_owned());
+    }
+    Ok(Some(StoredTicket {
+        row,
+        deliveries: left,
+        relays: relayed_by,
+    }))
+}
+
+fn ticket(db: &Database, ticket: &str) -> Result<Option<StoredTicket>, StoreError> {
+    let txn = db.begin_read().or_unavailable()?;
+    let tickets = txn.open_table(TICKETS).or_unavailable()?;
+    let deliveries = txn.open_table(DELIVERIES).or_unavailable()?;
+    let relays = txn.open_table(RELAYS).or_unavailable()?;
+    stored_ticket(&tickets, &deliveries, &relays, ticket)
 }
 
 fn size(db: &Database, path: &Path) -> Result<Size, StoreError> {
@@ -821,13 +920,20 @@ impl Writer {
         journal: Vec<JournalEntry>,
     ) -> Result<Accepted, StoreError> {
         let key = message_key(&ticket);
-        if let Some(existing) = tables.message_ids.get(key.as_str()).or_unavailable()? {
-            let row = tables
-                .tickets
-                .get(existing.value())
-                .or_unavailable()?
-                .ok_or_else(|| StoreError::Damaged("a message id without its ticket".into()))?;
-            return Ok(Accepted::Existing(decode(row.value())?));
+        let existing = tables
+            .message_ids
+            .get(key.as_str())
+            .or_unavailable()?
+            .map(|ticket| ticket.value().to_owned());
+        if let Some(existing) = existing {
+            let stored = stored_ticket(
+                &tables.tickets,
+                &tables.deliveries,
+                &tables.relays,
+                &existing,
+            )?
+            .ok_or_else(|| StoreError::Damaged("a message id without its ticket".into()))?;
+            return Ok(Accepted::Existing(stored));
         }
         let mut seqs = Vec::with_capacity(deliveries.len());
         for delivery in &mut deliveries {
@@ -850,6 +956,12 @@ impl Writer {
             .message_ids
             .insert(key.as_str(), ticket.ticket.as_str())
             .or_unavailable()?;
+        if let Some(parent) = &ticket.relay_of {
+            tables
+                .relays
+                .insert((parent.as_str(), ticket.ticket.as_str()), ())
+                .or_unavailable()?;
+        }
         tables
             .tickets
             .insert(ticket.ticket.as_str(), ticket.encode_to_vec().as_slice())
@@ -879,6 +991,9 @@ impl Writer {
             }
             Op::Delivery { seq, reply } => {
                 let _ = reply.send(self.database().and_then(|db| delivery(db, seq)));
+            }
+            Op::Ticket { ticket: id, reply } => {
+                let _ = reply.send(self.database().and_then(|db| ticket(db, &id)));
             }
             Op::Journal { query, reply } => {
                 let _ = reply.send(self.database().and_then(|db| journal_query(db, &query)));
@@ -1226,6 +1341,12 @@ fn forget_tickets(tables: &mut Tables, before_ms: i64, limit: usize) -> Result<u
             .message_ids
             .remove(message_key(row).as_str())
             .or_unavailable()?;
+        if let Some(parent) = &row.relay_of {
+            tables
+                .relays
+                .remove((parent.as_str(), row.ticket.as_str()))
+                .or_unavailable()?;
+        }
     }
     Ok(old.len() as u64)
 }
@@ -1503,7 +1624,12 @@ mod tests {
         // The same message id is answered with the original ticket.
         let (t, d) = ticket("t2", "m1", &["a"]);
         match store.accept(t, d, Vec::new()).await.unwrap() {
-            Accepted::Existing(row) => assert_eq!(row.ticket, "t1"),
+            Accepted::Existing(stored) => {
+                assert_eq!(stored.row.ticket, "t1");
+                // Where its deliveries stand: 1 was delivered (no row), 2 is pending.
+                let left: Vec<u64> = stored.deliveries.iter().map(|d| d.seq).collect();
+                assert_eq!(left, [2]);
+            }
             Accepted::New { .. } => panic!("a reused message id must not be recorded"),
         }
         // Sequence numbers continue after the last one.
@@ -1548,6 +1674,72 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_ticket_is_read_back_with_its_deliveries_left_and_its_relays() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = Store::open(dir.path()).unwrap();
+            // (ticket, relay of, accepted at, recipients)
+            for (id, relay_of, at_ms, recipients) in [
+                ("t1", None, 1_000, &["a", "b", "c"][..]),
+                ("t2", Some("t1"), 2_000, &["d"][..]),
+                ("t3", Some("t1"), 3_000, &["e"][..]),
+                ("t4", None, 4_000, &["f"][..]),
+            ] {
+                let (mut t, d) = ticket(id, &format!("m-{id}"), recipients);
+                t.relay_of = relay_of.map(str::to_owned);
+                t.accepted_at_ms = at_ms;
+                store.accept(t, d, Vec::new()).await.unwrap();
+            }
+            // t1: a delivered, b a dead letter, c pending; t2 and t3 delivered; t4 pending.
+            for change in [
+                Change::Delivered { seq: 1, at_ms: 5 },
+                Change::DeadLetter {
+                    seq: 2,
+                    attempts: 3,
+                    last_error: "UNAVAILABLE".into(),
+                    reason: "too many attempts".into(),
+                },
+                Change::Delivered { seq: 4, at_ms: 5 },
+                Change::Delivered { seq: 5, at_ms: 5 },
+            ] {
+                store.change(change).await.unwrap();
+            }
+            let t1 = store.ticket("t1").await.unwrap().expect("t1 is kept");
+            let left: Vec<(u64, DeliveryState)> =
+                t1.deliveries.iter().map(|d| (d.seq, d.state())).collect();
+            assert_eq!(
+                left,
+                [(2, DeliveryState::DeadLetter), (3, DeliveryState::Pending)]
+            );
+            assert_eq!(t1.relays, ["t2", "t3"]);
+            let t2 = store.ticket("t2").await.unwrap().expect("t2 is kept");
+            assert!(t2.deliveries.is_empty() && t2.relays.is_empty());
+            assert_eq!(t2.row.relay_of.as_deref(), Some("t1"));
+            assert!(store.ticket("t9").await.unwrap().is_none());
+            // A forgotten relay leaves its ticket's list.
+            assert_eq!(store.forget_tickets(2_500, 100).await.unwrap(), 2);
+            assert!(store.ticket("t1").await.unwrap().is_none());
+        }
+        // At start, only what must be held comes back: t3 has nothing left to do and was
+        // accepted before the time given; t4 is pending.
+        let (store, recovered) = Store::open_with(dir.path(), true, 3_500).unwrap();
+        let held: Vec<&str> = recovered
+            .tickets
+            .iter()
+            .map(|t| t.ticket.as_str())
+            .collect();
+        assert_eq!(held, ["t4"]);
+        drop(store);
+        let (_, recovered) = Store::open_with(dir.path(), true, 3_000).unwrap();
+        let held: Vec<&str> = recovered
+            .tickets
+            .iter()
+            .map(|t| t.ticket.as_str())
+            .collect();
+        assert_eq!(held, ["t3", "t4"]);
+    }
+
+    #[tokio::test]
     async fn tickets_are_forgotten_oldest_first_with_their_message_ids() {
         let dir = tempfile::tempdir().unwrap();
         {
@@ -1585,7 +1777,7 @@ mod tests {
         ));
         let (t, d) = ticket("t5", "m3", &["a"]);
         match store.accept(t, d, Vec::new()).await.unwrap() {
-            Accepted::Existing(row) => assert_eq!(row.ticket, "t3"),
+            Accepted::Existing(stored) => assert_eq!(stored.row.ticket, "t3"),
             Accepted::New { .. } => panic!("a kept message id must be answered with its ticket"),
         }
     }
