@@ -196,6 +196,16 @@ async fn a_delivery_that_keeps_failing_becomes_a_dead_letter_and_is_replayed() {
         letter.delivery_id,
         "the replay keeps the delivery id"
     );
+    // Track follows the replayed letter to its delivery.
+    let mut delivered = false;
+    for _ in 0..250 {
+        if track(&h, "solidaris", &ticket).await.decision == Decision::Delivered as i32 {
+            delivered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(delivered, "Track shows the replayed letter delivered");
     assert!(
         admin
             .list_dead_letters(ListDeadLettersRequest::default())

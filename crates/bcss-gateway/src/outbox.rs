@@ -181,8 +181,13 @@ impl Outbox {
         let _ = sender.send(job);
     }
 
-    /// A dead letter goes back to its recipient's queue.
-    pub async fn replay(self: &Arc<Self>, seq: u64) -> Result<Option<DeliveryRow>, StoreError> {
+    /// A dead letter goes back to its recipient's queue; `record`, its ticket's record in the
+    /// ledger, follows its attempts from now on.
+    pub async fn replay(
+        self: &Arc<Self>,
+        seq: u64,
+        record: Option<Arc<TicketRecord>>,
+    ) -> Result<Option<DeliveryRow>, StoreError> {
         let Some(store) = &self.store else {
             return Ok(None);
         };
@@ -191,7 +196,7 @@ impl Outbox {
             && row.state() == bcss_store::DeliveryState::Pending
         {
             self.pending.fetch_add(1, Ordering::AcqRel);
-            self.enqueue(Job {
+            let job = Job {
                 seq: row.seq,
                 recipient: row.recipient.as_str().into(),
                 niss: row.niss,
@@ -199,9 +204,11 @@ impl Outbox {
                 attempts: 0,
                 accepted_at_ms: now_ms(),
                 next_attempt_ms: 0,
-                record: None,
+                record,
                 notify: None,
-            });
+            };
+            update_outcome(&job, Decision::Accepted, None);
+            self.enqueue(job);
         }
         Ok(row)
     }

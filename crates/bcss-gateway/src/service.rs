@@ -502,10 +502,17 @@ impl pb::admin_server::Admin for AdminService {
                 ))
             })?;
         let was_dead = before.state() == bcss_store::DeliveryState::DeadLetter;
+        // Its ticket's record (read back and held if the ledger had let go of it) follows the
+        // new attempts, so that `Track` shows them.
+        let record = self
+            .hub
+            .recall(&before.ticket)
+            .await
+            .map_err(store_status)?;
         let row = self
             .hub
             .outbox()
-            .replay(seq)
+            .replay(seq, record)
             .await
             .map_err(store_status)?
             .unwrap_or(before);
