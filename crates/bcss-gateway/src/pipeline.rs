@@ -1020,7 +1020,6 @@ fn ticket_row(record: &TicketRecord) -> TicketRow {
     }
 }
 
-/// A ticket read back from the store.
 /// A ticket read back from the store, its outcomes from where its deliveries stand.
 fn stored_record(policy: &Policy, stored: StoredTicket) -> Option<TicketRecord> {
     let pending = stored
@@ -1038,6 +1037,8 @@ fn stored_record(policy: &Policy, stored: StoredTicket) -> Option<TicketRecord> 
     restore_record(policy, stored.row, &pending, &dead)
 }
 
+/// A ticket read back from the store, given its deliveries still pending (by sequence number)
+/// and its dead letters; the others were delivered.
 fn restore_record(
     policy: &Policy,
     row: TicketRow,
