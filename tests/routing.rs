@@ -8,6 +8,8 @@ use std::time::Duration;
 use bcss_domain::Niss;
 use bcss_gateway::journal::Retention;
 use bcss_proto::flows::v1 as f;
+use bcss_proto::hub::v1::ByTicketRequest;
+use bcss_proto::hub::v1::journal_client::JournalClient;
 use bcss_proto::hub::v1::{
     Decision, Envelope, IntegrateRequest, ListRequest, RefusalReason, RemoveRequest, SubmitReply,
     TrackRequest,
@@ -809,6 +811,25 @@ async fn settled_tickets_leave_memory_and_are_read_back_from_the_store() {
             ]
         );
     }
+
+    // The journal's view of a ticket covers its whole chain too.
+    h.hub
+        .ledger()
+        .evict_settled(time::OffsetDateTime::now_utc());
+    let records = JournalClient::new(h.channel("security-adviser").await)
+        .by_ticket(ByTicketRequest {
+            ticket: second.ticket.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    let tickets: std::collections::BTreeSet<&str> =
+        records.iter().map(|r| r.ticket.as_str()).collect();
+    assert_eq!(
+        tickets,
+        [reply.ticket.as_str(), second.ticket.as_str()].into()
+    );
 
     // A resubmission is answered with the original ticket and outcomes; nothing goes again.
     h.hub
