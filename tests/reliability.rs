@@ -138,15 +138,10 @@ async fn a_delivery_that_keeps_failing_becomes_a_dead_letter_and_is_replayed() {
         .await
         .unwrap()
         .ticket;
-    let mut dead = false;
-    for _ in 0..250 {
-        if track(&h, "solidaris", &ticket).await.decision == Decision::DeadLetter as i32 {
-            dead = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(dead, "three failed attempts make a dead letter");
+    assert!(
+        tracked_until(&h, &ticket, Decision::DeadLetter).await,
+        "three failed attempts make a dead letter"
+    );
     assert_eq!(track(&h, "solidaris", &ticket).await.attempts, 3);
 
     let mut admin = AdminClient::new(h.channel("hub-operations").await);
@@ -196,16 +191,10 @@ async fn a_delivery_that_keeps_failing_becomes_a_dead_letter_and_is_replayed() {
         letter.delivery_id,
         "the replay keeps the delivery id"
     );
-    // Track follows the replayed letter to its delivery.
-    let mut delivered = false;
-    for _ in 0..250 {
-        if track(&h, "solidaris", &ticket).await.decision == Decision::Delivered as i32 {
-            delivered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(delivered, "Track shows the replayed letter delivered");
+    assert!(
+        tracked_until(&h, &ticket, Decision::Delivered).await,
+        "Track follows the replayed letter to its delivery"
+    );
     assert!(
         admin
             .list_dead_letters(ListDeadLettersRequest::default())
@@ -238,6 +227,17 @@ async fn a_delivery_that_keeps_failing_becomes_a_dead_letter_and_is_replayed() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Tracks `ticket` as solidaris until it shows `decision` (true), for at most 5 s (false).
+async fn tracked_until(h: &Harness, ticket: &str, decision: Decision) -> bool {
+    for _ in 0..250 {
+        if track(h, "solidaris", ticket).await.decision == decision as i32 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
 }
 
 /// A small tmpfs mounted for the test's life (the hub's data folder on a disk that fills up).

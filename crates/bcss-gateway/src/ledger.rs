@@ -44,6 +44,27 @@ pub struct Outcome {
     pub last_error: Option<String>,
 }
 
+impl Outcome {
+    /// An outcome with no delivery behind it (a refusal, say).
+    pub fn without_delivery(
+        institution: Arc<str>,
+        deliberation: Option<Arc<str>>,
+        decision: Decision,
+    ) -> Outcome {
+        Outcome {
+            institution,
+            deliberation,
+            decision,
+            delivery_id: None,
+            delivery_seq: None,
+            a_posteriori: false,
+            removed_fields: 0,
+            attempts: 0,
+            last_error: None,
+        }
+    }
+}
+
 /// One exchange.
 #[derive(Debug)]
 pub struct TicketRecord {
@@ -292,17 +313,7 @@ mod tests {
     fn decided(record: TicketRecord, decisions: &[Decision]) -> TicketRecord {
         *record.outcomes.lock().unwrap() = decisions
             .iter()
-            .map(|&decision| Outcome {
-                institution: "cpas-namur".into(),
-                deliberation: None,
-                decision,
-                delivery_id: None,
-                delivery_seq: None,
-                a_posteriori: false,
-                removed_fields: 0,
-                attempts: 0,
-                last_error: None,
-            })
+            .map(|&decision| Outcome::without_delivery("cpas-namur".into(), None, decision))
             .collect();
         record
     }

@@ -1131,17 +1131,11 @@ fn initial_outcome(plan: &Planned, ticket: &str) -> Outcome {
             attempts: 0,
             last_error: None,
         },
-        Err((reason, deliberation)) => Outcome {
-            institution: plan.institution_id.clone(),
-            deliberation: deliberation.clone(),
-            decision: Decision::Refused(*reason),
-            delivery_id: None,
-            delivery_seq: None,
-            a_posteriori: false,
-            removed_fields: 0,
-            attempts: 0,
-            last_error: None,
-        },
+        Err((reason, deliberation)) => Outcome::without_delivery(
+            plan.institution_id.clone(),
+            deliberation.clone(),
+            Decision::Refused(*reason),
+        ),
     }
 }
 
