@@ -477,6 +477,10 @@ impl Hub {
         store: &Store,
         ticket: &str,
     ) -> Result<Option<(Arc<TicketRecord>, Vec<String>)>, StoreError> {
+        // Tickets are UUIDs: anything else is unknown without asking the store's thread.
+        if uuid::Uuid::try_parse(ticket).is_err() {
+            return Ok(None);
+        }
         let Some(mut stored) = store.ticket(ticket).await? else {
             return Ok(None);
         };
