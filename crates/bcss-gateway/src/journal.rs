@@ -100,10 +100,7 @@ impl pb::journal_server::Journal for JournalService {
         let policy = self.hub.policy();
         let viewer = self.viewer(&policy, &request)?;
         let ticket = request.into_inner().ticket;
-        let chain = self.hub.chain(&ticket).await.map_err(|error| {
-            tracing::error!(message = "A ticket could not be read from the store.", %error);
-            Status::unavailable("the hub cannot read its store right now; retry later")
-        })?;
+        let chain = self.hub.chain(&ticket).await.map_err(store_status)?;
         let mut tickets: Vec<String> = chain.iter().map(|r| r.ticket.to_string()).collect();
         if tickets.is_empty() {
             tickets.push(ticket.clone());

@@ -147,10 +147,7 @@ impl Gateway for GatewayService {
             }
         };
         let ticket = request.into_inner().ticket;
-        let chain = self.hub.chain(&ticket).await.map_err(|error| {
-            tracing::error!(message = "A ticket could not be read from the store.", %error);
-            Status::unavailable("the hub cannot read its store right now; retry later")
-        })?;
+        let chain = self.hub.chain(&ticket).await.map_err(store_status)?;
         // A ticket the caller has no part in is answered as unknown: its existence is not revealed.
         let visible = match &party {
             Some(id) => chain.iter().any(|hop| hop.involves(id)),
