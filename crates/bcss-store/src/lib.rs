@@ -39,6 +39,10 @@ const RELAYS: TableDefinition<(&str, &str), ()> = TableDefinition::new("relays")
 /// letters: a delivery's row goes when its recipient acknowledges it (the journal keeps the
 /// delivery, the ticket its outcome), so a restart finds exactly what is left to do.
 const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
+/// Sequence number of the first delivery sharing it → what follows the delivery id in the
+/// encoded `Delivery`, kept once for deliveries of one ticket that carry the same filtered
+/// message (see `DeliveryRow::payload_seq`); it goes with the last of them.
+const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");
 /// The dead letters (sequence numbers).
 const DEAD: TableDefinition<u64, ()> = TableDefinition::new("dead_letters");
 /// Journal entry number → `JournalEntry` (a stub once retention removed it).
@@ -515,6 +519,7 @@ struct Tables<'txn> {
     message_ids: redb::Table<'txn, &'static str, &'static str>,
     relays: redb::Table<'txn, (&'static str, &'static str), ()>,
     deliveries: redb::Table<'txn, u64, &'static [u8]>,
+    payloads: redb::Table<'txn, u64, &'static [u8]>,
     dead: redb::Table<'txn, u64, ()>,
     journal: redb::Table<'txn, u64, &'static [u8]>,
     by_person: redb::Table<'txn, (u64, u64), ()>,
@@ -534,6 +539,7 @@ impl<'txn> Tables<'txn> {
             message_ids: txn.open_table(MESSAGE_IDS)?,
             relays: txn.open_table(RELAYS)?,
             deliveries: txn.open_table(DELIVERIES)?,
+            payloads: txn.open_table(PAYLOADS)?,
             dead: txn.open_table(DEAD)?,
             journal: txn.open_table(JOURNAL)?,
             by_person: txn.open_table(JOURNAL_BY_PERSON)?,
@@ -551,6 +557,7 @@ impl<'txn> Tables<'txn> {
 fn recover(db: &Database, hold_since_ms: i64) -> Result<Recovered, StoreError> {
     let txn = db.begin_read().or_unavailable()?;
     let deliveries = txn.open_table(DELIVERIES).or_unavailable()?;
+    let payloads = txn.open_table(PAYLOADS).or_unavailable()?;
     let mut pending = Vec::new();
     // Tickets whose deliveries are not all made: pending ones and dead letters.
     let mut unsettled = std::collections::BTreeSet::new();
@@ -560,7 +567,7 @@ fn recover(db: &Database, hold_since_ms: i64) -> Result<Recovered, StoreError> {
         // Dead letters wait for an operator (files written before delivered rows were
         // removed also hold delivered ones).
         if row.state() == DeliveryState::Pending {
-            pending.push(row);
+            pending.push(whole(row, &payloads)?);
         }
     }
     let dead_table = txn.open_table(DEAD).or_unavailable()?;
@@ -598,6 +605,7 @@ fn recover(db: &Database, hold_since_ms: i64) -> Result<Recovered, StoreError> {
 fn stored_ticket(
     tickets: &impl ReadableTable<&'static str, &'static [u8]>,
     deliveries: &impl ReadableTable<u64, &'static [u8]>,
+    payloads: &impl ReadableTable<u64, &'static [u8]>,
     relays: &impl ReadableTable<(&'static str, &'static str), ()>,
     ticket: &str,
 ) -> Result<Option<StoredTicket>, StoreError> {
@@ -611,7 +619,7 @@ fn stored_ticket(
             let delivery: DeliveryRow = decode(delivery.value())?;
             // A number is never given twice, but check the row is this ticket's.
             if delivery.ticket == row.ticket {
-                left.push(delivery);
+                left.push(whole(delivery, payloads)?);
             }
         }
     }
@@ -635,8 +643,9 @@ fn ticket(db: &Database, ticket: &str) -> Result<Option<StoredTicket>, StoreErro
     let txn = db.begin_read().or_unavailable()?;
     let tickets = txn.open_table(TICKETS).or_unavailable()?;
     let deliveries = txn.open_table(DELIVERIES).or_unavailable()?;
+    let payloads = txn.open_table(PAYLOADS).or_unavailable()?;
     let relays = txn.open_table(RELAYS).or_unavailable()?;
-    stored_ticket(&tickets, &deliveries, &relays, ticket)
+    stored_ticket(&tickets, &deliveries, &payloads, &relays, ticket)
 }
 
 fn size(db: &Database, path: &Path) -> Result<Size, StoreError> {
@@ -929,6 +938,7 @@ impl Writer {
             let stored = stored_ticket(
                 &tables.tickets,
                 &tables.deliveries,
+                &tables.payloads,
                 &tables.relays,
                 &existing,
             )?
@@ -947,6 +957,9 @@ impl Writer {
             {
                 outcome.delivery_seq = delivery.seq;
             }
+        }
+        share_payloads(&mut tables.payloads, &mut deliveries)?;
+        for delivery in &deliveries {
             tables
                 .deliveries
                 .insert(delivery.seq, delivery.encode_to_vec().as_slice())
@@ -1058,7 +1071,10 @@ fn change_one(tables: &mut Tables, change: Change) -> Result<Option<DeliveryRow>
         | Change::Replay { seq } => *seq,
     };
     let Tables {
-        deliveries, dead, ..
+        deliveries,
+        payloads,
+        dead,
+        ..
     } = tables;
     // A delivered row goes: the journal entry is made from what it held.
     let stored = if matches!(change, Change::Delivered { .. }) {
@@ -1077,6 +1093,17 @@ fn change_one(tables: &mut Tables, change: Change) -> Result<Option<DeliveryRow>
     };
     match change {
         Change::Delivered { at_ms, .. } => {
+            let shared_left = row.payload_seq != 0
+                && deliveries
+                    .range(row.payload_seq..=row.payload_last)
+                    .or_unavailable()?
+                    .next()
+                    .is_some();
+            if row.payload_seq != 0 && !shared_left {
+                payloads.remove(row.payload_seq).or_unavailable()?;
+            }
+            row.payload_seq = 0;
+            row.payload_last = 0;
             row.state = DeliveryState::Delivered as i32;
             row.delivered_at_ms = at_ms;
             row.request = bytes::Bytes::new();
@@ -1107,7 +1134,7 @@ fn change_one(tables: &mut Tables, change: Change) -> Result<Option<DeliveryRow>
         }
         Change::Replay { .. } => {
             if row.state() != DeliveryState::DeadLetter {
-                return Ok(Some(row));
+                return whole(row, payloads).map(Some);
             }
             row.state = DeliveryState::Pending as i32;
             row.attempts = 0;
@@ -1119,13 +1146,80 @@ fn change_one(tables: &mut Tables, change: Change) -> Result<Option<DeliveryRow>
     deliveries
         .insert(seq, row.encode_to_vec().as_slice())
         .or_unavailable()?;
-    Ok(Some(row))
+    whole(row, payloads).map(Some)
+}
+
+/// Keeps once what deliveries of one ticket carry after their delivery ids when it is the
+/// same (a broadcast under one deliberation), and cuts their requests down to the delivery id
+/// (see [`DeliveryRow::payload_seq`]). `deliveries` have their sequence numbers.
+fn share_payloads(
+    payloads: &mut redb::Table<u64, &'static [u8]>,
+    deliveries: &mut [DeliveryRow],
+) -> Result<(), StoreError> {
+    if deliveries.len() < 2 {
+        return Ok(());
+    }
+    // (what follows the delivery id, the deliveries that carry it)
+    let mut groups: Vec<(bytes::Bytes, Vec<usize>)> = Vec::new();
+    for (i, delivery) in deliveries.iter().enumerate() {
+        let Some(head) = rows::delivery_id_field_len(&delivery.request) else {
+            continue;
+        };
+        let rest = &delivery.request[head..];
+        match groups
+            .iter_mut()
+            .find(|(shared, _)| shared.as_ref() == rest)
+        {
+            Some((_, members)) => members.push(i),
+            None => groups.push((delivery.request.slice(head..), vec![i])),
+        }
+    }
+    for (shared, members) in groups {
+        let (Some(&first), Some(&last)) = (members.first(), members.last()) else {
+            continue;
+        };
+        if members.len() < 2 || shared.is_empty() {
+            continue;
+        }
+        let (first, last) = (deliveries[first].seq, deliveries[last].seq);
+        payloads.insert(first, shared.as_ref()).or_unavailable()?;
+        for i in members {
+            let delivery = &mut deliveries[i];
+            let head = delivery.request.len() - shared.len();
+            delivery.request.truncate(head);
+            delivery.payload_seq = first;
+            delivery.payload_last = last;
+        }
+    }
+    Ok(())
+}
+
+/// `row` with its request whole again, from the payload it shares if it does.
+fn whole(
+    mut row: DeliveryRow,
+    payloads: &impl ReadableTable<u64, &'static [u8]>,
+) -> Result<DeliveryRow, StoreError> {
+    if row.payload_seq == 0 {
+        return Ok(row);
+    }
+    let shared = payloads
+        .get(row.payload_seq)
+        .or_unavailable()?
+        .ok_or_else(|| StoreError::Damaged("a delivery without its payload".into()))?;
+    let mut request = bytes::BytesMut::with_capacity(row.request.len() + shared.value().len());
+    request.extend_from_slice(&row.request);
+    request.extend_from_slice(shared.value());
+    row.request = request.freeze();
+    row.payload_seq = 0;
+    row.payload_last = 0;
+    Ok(row)
 }
 
 fn dead_letters(db: &Database, after: u64, limit: usize) -> Result<Vec<DeliveryRow>, StoreError> {
     let txn = db.begin_read().or_unavailable()?;
     let dead = txn.open_table(DEAD).or_unavailable()?;
     let deliveries = txn.open_table(DELIVERIES).or_unavailable()?;
+    let payloads = txn.open_table(PAYLOADS).or_unavailable()?;
     let mut rows = Vec::new();
     for entry in dead.range(after.saturating_add(1)..).or_unavailable()? {
         if rows.len() >= limit {
@@ -1133,7 +1227,7 @@ fn dead_letters(db: &Database, after: u64, limit: usize) -> Result<Vec<DeliveryR
         }
         let (seq, _) = entry.or_unavailable()?;
         if let Some(row) = deliveries.get(seq.value()).or_unavailable()? {
-            rows.push(decode(row.value())?);
+            rows.push(whole(decode(row.value())?, &payloads)?);
         }
     }
     Ok(rows)
@@ -1142,10 +1236,11 @@ fn dead_letters(db: &Database, after: u64, limit: usize) -> Result<Vec<DeliveryR
 fn delivery(db: &Database, seq: u64) -> Result<Option<DeliveryRow>, StoreError> {
     let txn = db.begin_read().or_unavailable()?;
     let deliveries = txn.open_table(DELIVERIES).or_unavailable()?;
+    let payloads = txn.open_table(PAYLOADS).or_unavailable()?;
     deliveries
         .get(seq)
         .or_unavailable()?
-        .map(|row| decode(row.value()))
+        .map(|row| whole(decode(row.value())?, &payloads))
         .transpose()
 }
 
@@ -1638,6 +1733,99 @@ mod tests {
             panic!("new")
         };
         assert_eq!(seqs, vec![3]);
+    }
+
+    /// An encoded `Delivery` as the gateway makes it: the delivery id field, then the rest.
+    fn request(delivery_id: &str, rest: &[u8]) -> bytes::Bytes {
+        let mut bytes = vec![0x0a, delivery_id.len() as u8];
+        bytes.extend_from_slice(delivery_id.as_bytes());
+        bytes.extend_from_slice(rest);
+        bytes.into()
+    }
+
+    /// (payload rows, bytes of every delivery row) of a closed store.
+    fn payload_rows(dir: &Path) -> (u64, usize) {
+        let db = Database::create(dir.join("hub.redb")).unwrap();
+        let txn = db.begin_read().unwrap();
+        let deliveries = txn.open_table(DELIVERIES).unwrap();
+        let bytes = deliveries
+            .iter()
+            .unwrap()
+            .map(|row| row.unwrap().1.value().len())
+            .sum();
+        (txn.open_table(PAYLOADS).unwrap().len().unwrap(), bytes)
+    }
+
+    #[tokio::test]
+    async fn deliveries_that_carry_the_same_message_share_one_payload_row() {
+        let dir = tempfile::tempdir().unwrap();
+        // a, b and c get the same filtered message, d another (another deliberation).
+        let shared = [0x12u8; 300];
+        let (t, mut d) = ticket("t1", "m1", &["a", "b", "c", "d"]);
+        for delivery in &mut d {
+            let rest: &[u8] = if delivery.recipient == "d" {
+                b"\x12\x01x"
+            } else {
+                &shared
+            };
+            delivery.request = request(&delivery.delivery_id, rest);
+        }
+        let sent: Vec<bytes::Bytes> = d.iter().map(|d| d.request.clone()).collect();
+        {
+            let (store, _) = Store::open(dir.path()).unwrap();
+            store.accept(t, d, Vec::new()).await.unwrap();
+            // A single delivery keeps its request whole.
+            let (t, mut d) = ticket("t2", "m2", &["a"]);
+            d[0].request = request(&d[0].delivery_id, &shared);
+            store.accept(t, d, Vec::new()).await.unwrap();
+        }
+        let (payloads, bytes) = payload_rows(dir.path());
+        assert_eq!(payloads, 1, "one row for what a, b and c share");
+        assert!(bytes < 2 * shared.len(), "{bytes} bytes of delivery rows");
+        // Every row the store hands out is whole: after a restart, listed, read, replayed.
+        let (store, recovered) = Store::open(dir.path()).unwrap();
+        let mut pending = recovered.pending.clone();
+        pending.sort_by_key(|d| d.seq);
+        let read_back: Vec<bytes::Bytes> = pending[..4].iter().map(|d| d.request.clone()).collect();
+        assert_eq!(read_back, sent);
+        assert!(pending.iter().all(|d| d.payload_seq == 0));
+        assert_eq!(pending[4].request.len(), 2 + "t2/a".len() + shared.len());
+        for seq in [1, 2] {
+            store
+                .change(Change::Delivered { seq, at_ms: 5 })
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.delivery(3).await.unwrap().unwrap().request, sent[2]);
+        store
+            .change(Change::DeadLetter {
+                seq: 3,
+                attempts: 3,
+                last_error: "no answer".into(),
+                reason: "too many attempts".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.dead_letters(0, 10).await.unwrap()[0].request, sent[2]);
+        let replayed = store.change(Change::Replay { seq: 3 }).await.unwrap();
+        assert_eq!(replayed.unwrap().request, sent[2]);
+        let stored = store.ticket("t1").await.unwrap().unwrap();
+        let left: Vec<_> = stored
+            .deliveries
+            .iter()
+            .map(|d| (d.seq, d.request.clone()))
+            .collect();
+        assert_eq!(left, [(3, sent[2].clone()), (4, sent[3].clone())]);
+        // The payload row goes with the last delivery that shares it.
+        store
+            .change(Change::Delivered { seq: 3, at_ms: 6 })
+            .await
+            .unwrap();
+        drop(store);
+        assert_eq!(payload_rows(dir.path()).0, 0);
+        let (_store, recovered) = Store::open(dir.path()).unwrap();
+        let left: Vec<u64> = recovered.pending.iter().map(|d| d.seq).collect();
+        assert_eq!(left, [4, 5]);
     }
 
     #[tokio::test]

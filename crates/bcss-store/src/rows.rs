@@ -110,4 +110,29 @@ pub struct DeliveryRow {
     pub keep_until_ms: i64,
     #[prost(bool, tag = "18")]
     pub a_posteriori: bool,
+    /// Set by the store only, on disk: when deliveries of one ticket carry the same filtered
+    /// message (a broadcast to ten CPAS under one deliberation), the store keeps what follows
+    /// the delivery id once, in its payloads table under this number (the first such
+    /// delivery's); `request` then holds only the delivery id field. 0: `request` is whole, as
+    /// in every row the store hands out.
+    #[prost(uint64, tag = "19")]
+    pub payload_seq: u64,
+    /// The last delivery sharing `payload_seq`'s payload: the payload row goes once no
+    /// delivery between the two is left.
+    #[prost(uint64, tag = "20")]
+    pub payload_last: u64,
+}
+
+/// The length of an encoded `Delivery`'s first field, its delivery id (key, length, bytes), or
+/// `None` when the request does not start with one: what differs between deliveries of one
+/// ticket that carry the same filtered message.
+pub(crate) fn delivery_id_field_len(request: &[u8]) -> Option<usize> {
+    const DELIVERY_ID_KEY: u8 = 1 << 3 | 2;
+    if request.first() != Some(&DELIVERY_ID_KEY) {
+        return None;
+    }
+    let mut rest = &request[1..];
+    let len = prost::encoding::decode_varint(&mut rest).ok()?;
+    let field = request.len() - rest.len() + usize::try_from(len).ok()?;
+    (field <= request.len()).then_some(field)
 }
