@@ -1093,13 +1093,14 @@ fn change_one(tables: &mut Tables, change: Change) -> Result<Option<DeliveryRow>
     };
     match change {
         Change::Delivered { at_ms, .. } => {
-            let shared_left = row.payload_seq != 0
+            // The shared payload goes with the last delivery that may need it.
+            if row.payload_seq != 0
                 && deliveries
                     .range(row.payload_seq..=row.payload_last)
                     .or_unavailable()?
                     .next()
-                    .is_some();
-            if row.payload_seq != 0 && !shared_left {
+                    .is_none()
+            {
                 payloads.remove(row.payload_seq).or_unavailable()?;
             }
             row.payload_seq = 0;
