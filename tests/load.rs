@@ -1,6 +1,6 @@
 //! `bcss-hub load` end to end: the real binary starts the hub and the reference institutions on
-//! loopback, drives a mix of flows, and its reports say every message was answered, nothing
-//! failed, and the recipients saw every delivery the hub reported.
+//! loopback, drives a mix of flows and deliberations, and its reports say every message was
+//! answered, nothing failed, and the recipients saw every delivery the hub reported.
 
 use std::path::Path;
 use std::process::Command;
@@ -78,4 +78,56 @@ fn load_fan_out_reaches_every_cpas() {
     );
     check(&report, 100);
     assert_eq!(report["deliveries"]["expected"], 1000, "{report:#}");
+}
+
+#[test]
+fn load_mix_of_deliberations_is_addressed_and_admitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = load(
+        dir.path(),
+        "deliberations",
+        &[
+            "--messages",
+            "300",
+            "--mix",
+            "a052=1,dmfa@10/059=1,dmfa@19/010=1,dimona@19/010=1",
+        ],
+    );
+    check(&report, 300);
+    // Addressed under the deliberation named: one recipient each, every one admitted.
+    assert_eq!(report["deliveries"]["expected"], 300, "{report:#}");
+    assert_eq!(report["deliveries"]["refused"], 0, "{report:#}");
+    let under = report["by_deliberation"].as_object().unwrap();
+    let names: Vec<&str> = under.keys().map(String::as_str).collect();
+    assert_eq!(names, ["10/059", "19/010", "20/130"], "{report:#}");
+    let delivered: u64 = under
+        .values()
+        .map(|u| u["delivered"].as_u64().unwrap())
+        .sum();
+    assert_eq!(delivered, 300, "{report:#}");
+    // About a quarter of the messages under 10/059 and 20/130, half under 19/010.
+    for (name, share) in [("10/059", 0.25), ("19/010", 0.5), ("20/130", 0.25)] {
+        let got = under[name]["delivered"].as_u64().unwrap() as f64 / 300.0;
+        assert!((got - share).abs() < 0.12, "{name}: {got} of the messages");
+    }
+}
+
+#[test]
+fn load_refuses_a_mix_the_configuration_cannot_carry() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/hub.toml");
+    for (mix, error) in [
+        ("dmfa@16/046=1", "16/046 is checked a posteriori"),
+        ("dimona@10/059=1", "10/059 does not cover Dimona"),
+        ("a052@42/000=1", "no deliberation \"42/000\""),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_bcss-hub"))
+            .args(["load", "--config"])
+            .arg(&config)
+            .args(["--quiet", "--mix", mix])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{mix} was accepted");
+        assert!(stderr.contains(error), "{mix}: {stderr}");
+    }
 }

@@ -4,8 +4,11 @@
 //! Closed loop (`--in-flight C`: C calls always open, spread over `--connections N` HTTP/2
 //! connections) or open loop (`--rate R` calls per second, latency measured from the time each
 //! call was due, so a slow server cannot hide its queue). Latencies go into an HDR histogram;
-//! the report gives throughput, p50/p90/p99/p99.9, errors by status and deliveries, as text,
-//! JSON (`--json`) and a self-contained HTML page with SVG plots (`--report`).
+//! the report gives throughput, p50/p90/p99/p99.9, errors by status, deliveries and the
+//! recipients' outcomes per deliberation, as text, JSON (`--json`) and a self-contained HTML
+//! page with SVG plots (`--report`). The mix weighs flows, each optionally under a named
+//! deliberation (`dmfa@10/059=1`: addressed to a recipient that deliberation reaches, about a
+//! person it admits there).
 //!
 //! It can start what it measures: the hub in-process on the shipped configuration
 //! (`--start-hub durable|memory`, with a fresh data folder) and a network of reference
@@ -19,10 +22,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bcss_domain::Niss;
+use bcss_domain::{CheckMode, Deliberation, Integration, Niss};
 use bcss_gateway::pki::Pki;
 use bcss_gateway::startup;
-use bcss_policy::{Policy, Settings};
+use bcss_policy::{Institution, Policy, Settings};
 use bcss_proto::flows::v1 as f;
 use bcss_proto::gateway_view::gateway_client::GatewayClient;
 use bcss_proto::hub::v1::directory_client::DirectoryClient;
@@ -113,9 +116,14 @@ pub struct LoadArgs {
     /// Send exactly this many messages.
     #[arg(long)]
     pub messages: Option<u64>,
-    /// Flows, by weight: `a052=…,dmfa=…,dimona=…`. A052s go from `--as` to `--recipient` (or
-    /// to every CPAS of `--fan-out`) about persons this run integrates there; DmfA and Dimona
-    /// go from ONSS to whoever integrated workers of the shipped directory.
+    /// Flows and deliberations, by weight: `FLOW[@DELIBERATION]=WEIGHT,…`, e.g.
+    /// `a052=2,dmfa@10/059=1,dmfa@19/010=1,dimona@19/010=1`. A052s go from `--as` to
+    /// `--recipient` (or to every CPAS of `--fan-out`) about persons this run integrates there.
+    /// DmfA and Dimona go from ONSS: with a deliberation, addressed to an institution it lets
+    /// receive them, about a person that institution integrated in a way the deliberation
+    /// admits; without one, broadcast about persons of the shipped directory (every
+    /// institution that integrated them is a candidate). The report counts outcomes per
+    /// deliberation.
     #[arg(long, default_value = "a052=1")]
     pub mix: String,
     /// Submit over `SubmitStream` (one stream per connection) instead of unary `Submit`.
@@ -243,18 +251,27 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn of(reply: &SubmitReply) -> Outcome {
-        let mut outcome = Outcome::default();
-        for r in &reply.recipients {
-            match Decision::try_from(r.decision).unwrap_or(Decision::Unspecified) {
-                Decision::Delivered => outcome.delivered += 1,
-                Decision::Accepted => outcome.pending += 1,
-                Decision::Refused => outcome.refused += 1,
-                _ => outcome.failed += 1,
-            }
+    fn count(&mut self, decision: i32) {
+        match Decision::try_from(decision).unwrap_or(Decision::Unspecified) {
+            Decision::Delivered => self.delivered += 1,
+            Decision::Accepted => self.pending += 1,
+            Decision::Refused => self.refused += 1,
+            _ => self.failed += 1,
         }
-        outcome
     }
+
+    fn add(&mut self, other: Outcome) {
+        self.delivered += other.delivered;
+        self.pending += other.pending;
+        self.failed += other.failed;
+        self.refused += other.refused;
+    }
+}
+
+/// What an answered call said: the hub's reply, or an institution's acknowledgement.
+enum Answer {
+    Reply(SubmitReply),
+    Acknowledged,
 }
 
 /// Latencies and counts, shared by the callers.
@@ -268,10 +285,14 @@ pub struct Recorder {
     pub errors: BTreeMap<String, u64>,
     pub errors_per_second: Vec<u64>,
     outcome: Outcome,
+    /// The configuration's deliberations, and the outcomes under each (one more at the end:
+    /// refusals under no deliberation).
+    deliberations: Vec<String>,
+    by_deliberation: Vec<Outcome>,
 }
 
 impl Recorder {
-    pub fn new(started: Instant) -> Recorder {
+    pub fn new(started: Instant, deliberations: Vec<String>) -> Recorder {
         Recorder {
             started,
             overall: Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds"),
@@ -279,6 +300,8 @@ impl Recorder {
             errors: BTreeMap::new(),
             errors_per_second: Vec::new(),
             outcome: Outcome::default(),
+            by_deliberation: vec![Outcome::default(); deliberations.len() + 1],
+            deliberations,
         }
     }
 
@@ -300,15 +323,28 @@ impl Recorder {
         self.per_second[second].saturating_record(micros);
     }
 
-    fn record(&mut self, due: Instant, result: Result<Outcome, tonic::Code>) {
+    fn record(&mut self, due: Instant, result: Result<Answer, tonic::Code>) {
         let now = Instant::now();
         match result {
-            Ok(outcome) => {
+            Ok(answer) => {
                 self.answered(now.saturating_duration_since(due).as_micros() as u64, now);
-                self.outcome.delivered += outcome.delivered;
-                self.outcome.pending += outcome.pending;
-                self.outcome.failed += outcome.failed;
-                self.outcome.refused += outcome.refused;
+                match answer {
+                    Answer::Reply(reply) => {
+                        for recipient in &reply.recipients {
+                            let under = self
+                                .deliberations
+                                .iter()
+                                .position(|d| *d == recipient.deliberation)
+                                .unwrap_or(self.deliberations.len());
+                            self.by_deliberation[under].count(recipient.decision);
+                            self.outcome.count(recipient.decision);
+                        }
+                    }
+                    Answer::Acknowledged => self.outcome.add(Outcome {
+                        delivered: 1,
+                        ..Outcome::default()
+                    }),
+                }
             }
             Err(code) => {
                 *self.errors.entry(format!("{code:?}")).or_default() += 1;
@@ -372,9 +408,22 @@ pub struct Report {
     /// Deliveries counted by the recipients (only with `--start-network`).
     pub deliveries_seen: Option<u64>,
     pub deliveries_per_second: f64,
+    /// The recipients' outcomes per deliberation, for the deliberations that had any ("none":
+    /// refused under no deliberation).
+    pub by_deliberation: Vec<UnderDeliberation>,
     pub timeline: Vec<Second>,
     /// (upper bound ms, count) over log-spaced buckets.
     pub buckets: Vec<(f64, u64)>,
+}
+
+/// What the replies said of the recipients under one deliberation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnderDeliberation {
+    pub deliberation: String,
+    pub delivered: u64,
+    pub pending: u64,
+    pub refused: u64,
+    pub failed: u64,
 }
 
 impl Report {
@@ -414,6 +463,21 @@ impl Report {
             deliveries_expected: o.delivered + o.pending + o.failed,
             deliveries_seen: None,
             deliveries_per_second: o.delivered as f64 / seconds,
+            by_deliberation: recorder
+                .deliberations
+                .iter()
+                .map(String::as_str)
+                .chain(["none"])
+                .zip(&recorder.by_deliberation)
+                .filter(|(_, o)| o.delivered + o.pending + o.refused + o.failed > 0)
+                .map(|(deliberation, o)| UnderDeliberation {
+                    deliberation: deliberation.to_owned(),
+                    delivered: o.delivered,
+                    pending: o.pending,
+                    refused: o.refused,
+                    failed: o.failed,
+                })
+                .collect(),
             timeline,
             buckets,
         }
@@ -438,11 +502,21 @@ impl Report {
         let seen = self
             .deliveries_seen
             .map_or_else(|| "not counted".to_owned(), |n| n.to_string());
+        let under: String = self
+            .by_deliberation
+            .iter()
+            .map(|u| {
+                format!(
+                    "\n  under {:<10} {} delivered, {} pending, {} refused, {} failed",
+                    u.deliberation, u.delivered, u.pending, u.refused, u.failed
+                )
+            })
+            .collect();
         format!(
             "{label}: {target}\n  answered   {answered} in {secs:.1} s = {tput:.0} msg/s\n  \
              latency    p50 {p50:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, max {max:.2} ms (mean {mean:.2} ms)\n  \
              errors     {errors}\n  \
-             deliveries {rep} made ({dps:.0}/s), {pend} pending, {exp} expected, {refused} refused by policy; seen by recipients: {seen}",
+             deliveries {rep} made ({dps:.0}/s), {pend} pending, {exp} expected, {refused} refused by policy; seen by recipients: {seen}{under}",
             label = self.label,
             target = self.target,
             answered = self.answered,
@@ -481,6 +555,7 @@ impl Report {
                 "seen": self.deliveries_seen,
                 "per_second": self.deliveries_per_second,
             },
+            "by_deliberation": self.by_deliberation.iter().map(|u| (u.deliberation.clone(), serde_json::json!({"delivered": u.delivered, "pending": u.pending, "refused": u.refused, "failed": u.failed}))).collect::<serde_json::Map<_, _>>(),
             "timeline": self.timeline.iter().map(|(s, n, p50, p99, e)| serde_json::json!({"second": s, "answered": n, "p50_ms": p50, "p99_ms": p99, "errors": e})).collect::<Vec<_>>(),
         })
     }
@@ -613,14 +688,26 @@ fn axes(w: f64, h: f64, left: f64, bottom: f64) -> String {
     )
 }
 
-/// Parses `a052=3,dmfa=1` into weights per flow.
-fn parse_mix(mix: &str) -> Result<Vec<(Flow, u32)>, Error> {
-    let mut weights = Vec::new();
+/// One entry of `--mix`: a flow, the deliberation it is sent under if one is named, a weight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct MixEntry {
+    flow: Flow,
+    deliberation: Option<String>,
+    weight: u32,
+}
+
+/// Parses `a052=3,dmfa@10/059=1` into weighted entries.
+fn parse_mix(mix: &str) -> Result<Vec<MixEntry>, Error> {
+    let mut entries = Vec::new();
     for part in mix.split(',').filter(|p| !p.trim().is_empty()) {
-        let (name, weight) = part
-            .split_once('=')
-            .ok_or_else(|| format!("--mix: \"{part}\" is not flow=weight"))?;
-        let flow = match name.trim().to_ascii_lowercase().as_str() {
+        let (name, weight) = part.split_once('=').ok_or_else(|| {
+            format!("--mix: \"{part}\" is not flow=weight or flow@deliberation=weight")
+        })?;
+        let (flow, deliberation) = match name.split_once('@') {
+            Some((flow, deliberation)) => (flow, Some(deliberation.trim().to_owned())),
+            None => (name, None),
+        };
+        let flow = match flow.trim().to_ascii_lowercase().as_str() {
             "a052" => Flow::A052,
             "dmfa" => Flow::Dmfa,
             "dimona" => Flow::Dimona,
@@ -631,13 +718,155 @@ fn parse_mix(mix: &str) -> Result<Vec<(Flow, u32)>, Error> {
             .parse()
             .map_err(|_| format!("--mix: \"{weight}\" is not a whole number"))?;
         if weight > 0 {
-            weights.push((flow, weight));
+            entries.push(MixEntry {
+                flow,
+                deliberation,
+                weight,
+            });
         }
     }
-    if weights.is_empty() {
+    if entries.is_empty() {
         return Err("--mix names no flow with a weight above 0".into());
     }
-    Ok(weights)
+    Ok(entries)
+}
+
+fn domain_flow(flow: Flow) -> bcss_domain::Flow {
+    match flow {
+        Flow::A052 => bcss_domain::Flow::A052,
+        Flow::Dmfa => bcss_domain::Flow::Dmfa,
+        _ => bcss_domain::Flow::Dimona,
+    }
+}
+
+fn flow_name(flow: Flow) -> &'static str {
+    match flow {
+        Flow::A052 => "A052",
+        Flow::Dmfa => "DmfA",
+        _ => "Dimona",
+    }
+}
+
+/// The institution each flow of the run is sent by: A052s by `--as`, DmfA and Dimona by ONSS.
+fn sender_of<'p>(
+    args: &LoadArgs,
+    policy: &'p Policy,
+    flow: Flow,
+) -> Result<&'p Institution, Error> {
+    let id = if flow == Flow::A052 {
+        args.sender.as_str()
+    } else {
+        SENDERS[0]
+    };
+    policy
+        .institution_by_id(id)
+        .ok_or_else(|| format!("no institution \"{id}\" in the configuration").into())
+}
+
+/// The recipients of the run's A052s: `--recipient`, or the first `--fan-out` CPAS.
+fn a052_recipients(args: &LoadArgs, policy: &Policy) -> Result<Vec<String>, Error> {
+    match args.fan_out {
+        None => Ok(vec![args.recipient.clone()]),
+        Some(n) => {
+            let cpas: Vec<String> = policy
+                .institutions()
+                .iter()
+                .filter(|i| policy.sector(i.sector).id == "cpas")
+                .map(|i| i.id.to_string())
+                .take(n)
+                .collect();
+            if cpas.len() < n {
+                return Err(format!(
+                    "--fan-out {n}: the configuration has only {} CPAS",
+                    cpas.len()
+                )
+                .into());
+            }
+            Ok(cpas)
+        }
+    }
+}
+
+/// The institutions an entry's messages may be addressed to under its deliberation, or an error
+/// a user can act on when the deliberation cannot carry them: unknown, not covering the flow,
+/// checked a posteriori (each message would have to cite a contact file), or not letting the
+/// run's sender reach the run's A052 recipients. `None` for an entry without a deliberation.
+fn deliberation_recipients<'p>(
+    args: &LoadArgs,
+    policy: &'p Policy,
+    entry: &MixEntry,
+) -> Result<Option<(&'p Deliberation, Vec<&'p Institution>)>, Error> {
+    let Some(id) = &entry.deliberation else {
+        return Ok(None);
+    };
+    let flow = flow_name(entry.flow);
+    let deliberation = policy.deliberation(id).ok_or_else(|| {
+        let known: Vec<&str> = policy.deliberations().iter().map(|d| &*d.id).collect();
+        format!(
+            "--mix: no deliberation \"{id}\" in the configuration (it has {})",
+            known.join(", ")
+        )
+    })?;
+    if !deliberation.flows.contains(&domain_flow(entry.flow)) {
+        return Err(format!("--mix: deliberation {id} does not cover {flow}").into());
+    }
+    if matches!(deliberation.check, CheckMode::APosteriori) {
+        return Err(format!(
+            "--mix: deliberation {id} is checked a posteriori (each message must cite a contact \
+             file); load sends messages checked against the directory"
+        )
+        .into());
+    }
+    let sender = sender_of(args, policy, entry.flow)?;
+    let routed = |r: &Institution| deliberation.route(sender.party(), r.party()).is_some();
+    let recipients: Vec<&Institution> = if entry.flow == Flow::A052 {
+        let mut recipients = Vec::new();
+        for id in a052_recipients(args, policy)? {
+            let recipient = policy
+                .institution_by_id(&id)
+                .ok_or_else(|| format!("--recipient: no institution \"{id}\""))?;
+            if !routed(recipient) {
+                return Err(format!(
+                    "--mix: deliberation {} does not let {} send A052 to {id}",
+                    deliberation.id, sender.id
+                )
+                .into());
+            }
+            recipients.push(recipient);
+        }
+        recipients
+    } else {
+        policy.institutions().iter().filter(|r| routed(r)).collect()
+    };
+    if recipients.is_empty() {
+        return Err(format!(
+            "--mix: deliberation {id} does not let {} send {flow} to anyone",
+            sender.id
+        )
+        .into());
+    }
+    Ok(Some((deliberation, recipients)))
+}
+
+/// Persons a deliberation admits at one of its recipients: (recipient, candidates with their
+/// rows there).
+type Admitted<'p> = Vec<(&'p Institution, Vec<(Niss, Vec<Integration>)>)>;
+
+fn admitted_candidates<'p>(
+    directory: &bcss_directory::Directory,
+    recipients: &[&'p Institution],
+) -> Admitted<'p> {
+    recipients
+        .iter()
+        .map(|recipient| {
+            let mut persons: BTreeMap<Niss, Vec<Integration>> = BTreeMap::new();
+            for (niss, row) in directory.list(recipient.index, None, 0, usize::MAX).0 {
+                persons.entry(niss).or_default().push(row);
+            }
+            (*recipient, persons.into_iter().collect())
+        })
+        .filter(|(_, persons): &(_, Vec<_>)| !persons.is_empty())
+        .collect()
 }
 
 /// The persons this run's A052s are about: BIS numbers with the month + 20 (which the sample
@@ -650,11 +879,29 @@ fn load_person(n: u32) -> Niss {
 
 const SENDERS: [&str; 1] = ["onss"];
 
+/// A person `deliberation` admits at one of its recipients for `message` (sender, flow,
+/// period), drawn at random from `candidates`: (recipient, person).
+fn draw_admitted<'p>(
+    rng: &mut ChaCha8Rng,
+    deliberation: &Deliberation,
+    candidates: &Admitted<'p>,
+    message: &bcss_domain::decision::Message,
+) -> Option<(&'p Institution, Niss)> {
+    for _ in 0..256 {
+        let (recipient, persons) = candidates.choose(rng)?;
+        let (niss, rows) = persons.choose(rng)?;
+        if bcss_domain::check_recipient(message, recipient.party(), [deliberation], rows).is_ok() {
+            return Some((*recipient, *niss));
+        }
+    }
+    None
+}
+
 fn templates(
     args: &LoadArgs,
     policy: &Policy,
     directory: Option<&bcss_directory::Directory>,
-    mix: &[(Flow, u32)],
+    mix: &[MixEntry],
 ) -> Result<Vec<Template>, Error> {
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     let half_year = (date!(2025 - 01 - 01), date!(2025 - 06 - 30));
@@ -676,23 +923,65 @@ fn templates(
         Some(_) => "300",
         None => return Err(format!("--as: no institution \"{}\"", args.sender).into()),
     };
-    let total: u32 = mix.iter().map(|m| m.1).sum();
+    // Per entry: the deliberation it names, and for DmfA and Dimona the persons it admits.
+    let mut under = Vec::with_capacity(mix.len());
+    for entry in mix {
+        let resolved = deliberation_recipients(args, policy, entry)?;
+        let candidates = match (&resolved, directory) {
+            (Some((_, recipients)), Some(directory)) if entry.flow != Flow::A052 => {
+                admitted_candidates(directory, recipients)
+            }
+            _ => Vec::new(),
+        };
+        under.push((resolved.map(|(deliberation, _)| deliberation), candidates));
+    }
+    let onss = sender_of(args, policy, Flow::Dmfa)?.party();
+    let today = time::OffsetDateTime::now_utc().date();
+    // A person the entry's deliberation admits for a message about `period`, and where to
+    // address it; `None` without a deliberation (a broadcast).
+    let addressed = |rng: &mut ChaCha8Rng,
+                     entry: usize,
+                     period: bcss_domain::Period|
+     -> Result<Option<(String, Niss)>, Error> {
+        let (Some(deliberation), candidates) = &under[entry] else {
+            return Ok(None);
+        };
+        let message = bcss_domain::decision::Message {
+            sender: onss,
+            flow: domain_flow(mix[entry].flow),
+            period,
+            relays: false,
+            cites_contact_file: false,
+            today,
+        };
+        let (recipient, niss) =
+            draw_admitted(rng, deliberation, candidates, &message).ok_or_else(|| {
+                format!(
+                    "--mix: the directory has no person that deliberation {} admits for {} at \
+                     the institutions it lets ONSS reach",
+                    deliberation.id,
+                    flow_name(mix[entry].flow)
+                )
+            })?;
+        Ok(Some((recipient.id.to_string(), niss)))
+    };
+    let total: u32 = mix.iter().map(|m| m.weight).sum();
     let count = 1024;
     let mut out = Vec::with_capacity(count);
     for n in 0..count {
         let mut roll = rng.random_range(0..total);
-        let flow = mix
+        let entry = mix
             .iter()
-            .find(|(_, w)| {
-                if roll < *w {
+            .position(|m| {
+                if roll < m.weight {
                     true
                 } else {
-                    roll -= w;
+                    roll -= m.weight;
                     false
                 }
             })
-            .map(|m| m.0)
-            .unwrap_or(Flow::A052);
+            .unwrap_or(0);
+        let flow = mix[entry].flow;
         let template = match flow {
             Flow::A052 => {
                 let niss = load_person(n as u32 % args.persons.max(1));
@@ -710,9 +999,17 @@ fn templates(
                 }
             }
             Flow::Dmfa => {
-                let niss = *workers
-                    .choose(&mut rng)
-                    .ok_or("no worker in the directory for DmfA")?;
+                let quarter = (date!(2025 - 04 - 01), date!(2025 - 06 - 30));
+                let period = bcss_domain::Period::new(quarter.0, Some(quarter.1))?;
+                let (addressee, niss) = match addressed(&mut rng, entry, period)? {
+                    Some((recipient, niss)) => (Some(recipient), niss),
+                    None => (
+                        None,
+                        *workers
+                            .choose(&mut rng)
+                            .ok_or("no worker in the directory for DmfA")?,
+                    ),
+                };
                 let public = rng.random_bool(0.4);
                 let message = payloads::dmfa(&mut rng, niss, 2025, 2, public);
                 Template {
@@ -720,28 +1017,39 @@ fn templates(
                     sender: 1,
                     niss: niss.digits(),
                     period: f::Period {
-                        start: "2025-04-01".into(),
-                        end: "2025-06-30".into(),
+                        start: iso(quarter.0),
+                        end: iso(quarter.1),
                     },
-                    addressee: None,
+                    addressee,
                     payload: message.encode_to_vec().into(),
                 }
             }
             _ => {
-                let niss = *holiday
-                    .choose(&mut rng)
-                    .ok_or("no ONVA person in the directory for Dimona")?;
-                let entry = date!(2025 - 03 - 01) + time::Duration::days(rng.random_range(0..120));
-                let message = payloads::dimona(&mut rng, niss, entry, None);
+                let (addressee, niss, entry_day) = if under[entry].0.is_some() {
+                    let day =
+                        date!(2025 - 03 - 01) + time::Duration::days(rng.random_range(0..120));
+                    let period = bcss_domain::Period::new(day, None)?;
+                    let (recipient, niss) =
+                        addressed(&mut rng, entry, period)?.expect("a deliberation was named");
+                    (Some(recipient), niss, day)
+                } else {
+                    let niss = *holiday
+                        .choose(&mut rng)
+                        .ok_or("no ONVA person in the directory for Dimona")?;
+                    let day =
+                        date!(2025 - 03 - 01) + time::Duration::days(rng.random_range(0..120));
+                    (None, niss, day)
+                };
+                let message = payloads::dimona(&mut rng, niss, entry_day, None);
                 Template {
                     flow,
                     sender: 1,
                     niss: niss.digits(),
                     period: f::Period {
-                        start: iso(entry),
+                        start: iso(entry_day),
                         end: String::new(),
                     },
-                    addressee: None,
+                    addressee,
                     payload: message.encode_to_vec().into(),
                 }
             }
@@ -859,26 +1167,7 @@ async fn integrate_persons(
     hub: SocketAddr,
     hub_name: &str,
 ) -> Result<Vec<String>, Error> {
-    let recipients: Vec<String> = match args.fan_out {
-        None => vec![args.recipient.clone()],
-        Some(n) => {
-            let cpas: Vec<String> = policy
-                .institutions()
-                .iter()
-                .filter(|i| policy.sector(i.sector).id == "cpas")
-                .map(|i| i.id.to_string())
-                .take(n)
-                .collect();
-            if cpas.len() < n {
-                return Err(format!(
-                    "--fan-out {n}: the configuration has only {} CPAS",
-                    cpas.len()
-                )
-                .into());
-            }
-            cpas
-        }
-    };
+    let recipients = a052_recipients(args, policy)?;
     for recipient in &recipients {
         let channel = crate::client::connect(hub, pki, recipient, hub_name).await?;
         let directory = DirectoryClient::new(channel);
@@ -917,6 +1206,10 @@ pub async fn run(args: LoadArgs) -> Result<Report, Error> {
         settings.tls.pki = pki.clone();
     }
     let policy = Policy::load(&settings)?;
+    // A mix the configuration cannot carry is refused before anything starts.
+    for entry in parse_mix(&args.mix)? {
+        deliberation_recipients(&args, &policy, &entry)?;
+    }
     let pki = startup::ensure_pki(&settings, &policy)?;
     let network = if args.start_network {
         Some(
@@ -955,7 +1248,7 @@ pub async fn run(args: LoadArgs) -> Result<Report, Error> {
             "serve-only".into(),
             "none".into(),
             1.0,
-            &Recorder::new(Instant::now()),
+            &Recorder::new(Instant::now(), Vec::new()),
         ));
     }
     let result = drive(&args, &settings, &policy, &pki, &started, network.as_ref()).await;
@@ -986,7 +1279,7 @@ async fn drive(
     network: Option<&Network>,
 ) -> Result<Report, Error> {
     let mix = parse_mix(&args.mix)?;
-    let needs_directory = mix.iter().any(|m| m.0 != Flow::A052);
+    let needs_directory = mix.iter().any(|m| m.flow != Flow::A052);
     let directory = if needs_directory {
         Some(startup::load_directory(&settings.files.directory, policy)?)
     } else {
@@ -1011,7 +1304,7 @@ async fn drive(
                 .server_name
                 .as_deref()
                 .unwrap_or(&settings.tls.hub_name);
-            if mix.iter().any(|m| m.0 == Flow::A052) {
+            if mix.iter().any(|m| m.flow == Flow::A052) {
                 integrate_persons(args, policy, pki, address, hub_name).await?;
             }
             let mut per_sender = Vec::new();
@@ -1123,7 +1416,14 @@ async fn drive(
         limit,
         deadline,
         run_id,
-        recorder: Mutex::new(Recorder::new(start)),
+        recorder: Mutex::new(Recorder::new(
+            start,
+            policy
+                .deliberations()
+                .iter()
+                .map(|d| d.id.to_string())
+                .collect(),
+        )),
         client,
     });
     let ticker = {
@@ -1211,7 +1511,7 @@ impl Shared {
         (n < self.limit).then_some(n)
     }
 
-    async fn call(&self, n: u64) -> Result<Outcome, tonic::Code> {
+    async fn call(&self, n: u64) -> Result<Answer, tonic::Code> {
         let template = &self.templates[(n % self.templates.len() as u64) as usize];
         let id = format!("load-{}-{n}", self.run_id);
         match &self.client[0] {
@@ -1222,7 +1522,7 @@ impl Shared {
                 client
                     .submit(template.envelope(id))
                     .await
-                    .map(|r| Outcome::of(r.get_ref()))
+                    .map(|r| Answer::Reply(r.into_inner()))
                     .map_err(|s| s.code())
             }
             Client::Institution(..) => {
@@ -1235,10 +1535,7 @@ impl Shared {
                 client
                     .deliver(template.delivery(id, sender))
                     .await
-                    .map(|_| Outcome {
-                        delivered: 1,
-                        ..Outcome::default()
-                    })
+                    .map(|_| Answer::Acknowledged)
                     .map_err(|s| s.code())
             }
         }
@@ -1371,7 +1668,7 @@ async fn run_streams(shared: &Arc<Shared>, connections: usize, in_flight: usize)
                 let due = open.lock().expect("open").remove(&reply.message_id);
                 let result = match reply.result {
                     Some(bcss_proto::hub::v1::submit_stream_reply::Result::Reply(r)) => {
-                        Ok(Outcome::of(&r))
+                        Ok(Answer::Reply(r))
                     }
                     Some(bcss_proto::hub::v1::submit_stream_reply::Result::Error(e)) => {
                         Err(tonic::Code::from_i32(e.code))
@@ -1419,7 +1716,7 @@ mod tests {
 
     #[test]
     fn percentiles_of_a_known_distribution() {
-        let mut recorder = Recorder::new(Instant::now());
+        let mut recorder = Recorder::new(Instant::now(), Vec::new());
         let now = Instant::now();
         for micros in 1..=10_000u64 {
             recorder.answered(micros, now);
@@ -1445,19 +1742,113 @@ mod tests {
 
     #[test]
     fn percentiles_of_nothing_are_zero() {
-        let recorder = Recorder::new(Instant::now());
+        let recorder = Recorder::new(Instant::now(), Vec::new());
         assert_eq!(Percentiles::of(&recorder.overall), Percentiles::default());
     }
 
     #[test]
     fn mix_parses_and_refuses() {
+        let entry = |flow, deliberation: Option<&str>, weight| MixEntry {
+            flow,
+            deliberation: deliberation.map(str::to_owned),
+            weight,
+        };
         assert_eq!(
             parse_mix("a052=3,dmfa=1").unwrap(),
-            vec![(Flow::A052, 3), (Flow::Dmfa, 1)]
+            [entry(Flow::A052, None, 3), entry(Flow::Dmfa, None, 1)]
         );
-        assert!(parse_mix("a052=x").is_err());
-        assert!(parse_mix("foo=1").is_err());
-        assert!(parse_mix("a052=0").is_err());
+        assert_eq!(
+            parse_mix("DmfA@10/059=2, dimona@19/010=1,a052@20/130=0").unwrap(),
+            [
+                entry(Flow::Dmfa, Some("10/059"), 2),
+                entry(Flow::Dimona, Some("19/010"), 1)
+            ]
+        );
+        for (mix, error) in [
+            ("a052=x", "is not a whole number"),
+            ("foo=1", "unknown flow"),
+            ("foo@10/059=1", "unknown flow"),
+            ("a052", "is not flow=weight"),
+            ("a052=0", "no flow with a weight above 0"),
+        ] {
+            let refused = parse_mix(mix).unwrap_err().to_string();
+            assert!(refused.contains(error), "{mix}: {refused}");
+        }
+    }
+
+    /// The shipped configuration, and `bcss-hub load` arguments.
+    fn shipped(args: &[&str]) -> (LoadArgs, Policy) {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            load: LoadArgs,
+        }
+        let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/hub.toml");
+        let policy = Policy::load(&Settings::load(&config).unwrap()).unwrap();
+        let args =
+            <Cli as clap::Parser>::parse_from(std::iter::once("load").chain(args.iter().copied()));
+        (args.load, policy)
+    }
+
+    #[test]
+    fn a_deliberation_in_the_mix_names_where_its_messages_may_go_or_why_not() {
+        let ok: [(&[&str], &[&str]); 5] = [
+            (&["--mix", "dmfa@10/059=1"], &["sigedis"]),
+            (&["--mix", "dmfa@19/010=1"], &["onva-inspection"]),
+            (&["--mix", "dimona@19/010=1"], &["onva-inspection"]),
+            (&["--mix", "a052@20/130=1"], &["cpas-liege"]),
+            (
+                &["--mix", "a052@20/130=1", "--recipient", "spp-is"],
+                &["spp-is"],
+            ),
+        ];
+        for (args, expected) in ok {
+            let (args, policy) = shipped(args);
+            let entry = &parse_mix(&args.mix).unwrap()[0];
+            let (_, recipients) = deliberation_recipients(&args, &policy, entry)
+                .unwrap()
+                .expect("a deliberation was named");
+            let ids: Vec<&str> = recipients.iter().map(|r| &*r.id).collect();
+            assert_eq!(ids, expected, "{args:?}");
+        }
+        let (args, policy) = shipped(&["--mix", "dmfa=1"]);
+        let entry = &parse_mix(&args.mix).unwrap()[0];
+        assert!(
+            deliberation_recipients(&args, &policy, entry)
+                .unwrap()
+                .is_none()
+        );
+        let refused: [(&[&str], &str); 5] = [
+            (
+                &["--mix", "dimona@10/059=1"],
+                "deliberation 10/059 does not cover Dimona",
+            ),
+            (
+                &["--mix", "dmfa@16/046=1"],
+                "16/046 is checked a posteriori",
+            ),
+            (
+                &["--mix", "dmfa@99/999=1"],
+                "no deliberation \"99/999\" in the configuration (it has 10/059, 16/046, 19/010, 20/130)",
+            ),
+            (
+                &["--mix", "a052@20/130=1", "--recipient", "sigedis"],
+                "deliberation 20/130 does not let solidaris send A052 to sigedis",
+            ),
+            (
+                &["--mix", "a052@19/010=1"],
+                "deliberation 19/010 does not cover A052",
+            ),
+        ];
+        for (args, error) in refused {
+            let (args, policy) = shipped(args);
+            let entry = &parse_mix(&args.mix).unwrap()[0];
+            let refusal = deliberation_recipients(&args, &policy, entry)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} accepted"))
+                .to_string();
+            assert!(refusal.contains(error), "{args:?}: {refusal}");
+        }
     }
 
     #[test]
