@@ -1025,6 +1025,9 @@ fn templates(
                 }
             }
             _ => {
+                // Under a deliberation the day comes first (the person must be admitted for
+                // it); a broadcast draws the person first, as it always did, so that a seed
+                // gives the same messages as before.
                 let (addressee, niss, entry_day) = if under[entry].0.is_some() {
                     let day =
                         date!(2025 - 03 - 01) + time::Duration::days(rng.random_range(0..120));
