@@ -76,7 +76,7 @@ const PROBE_BYTES: usize = 1 << 20;
 /// Most changes committed together.
 pub const MAX_GROUP: usize = 1024;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The data folder cannot be written (full, read-only, missing). Nothing of the change was
     /// kept; retrying later is safe.
@@ -1045,13 +1045,13 @@ fn fail_answers(answers: Vec<Pending>, error: &StoreError) {
             Pending::Change(reply, _) => FailedReply::Change(reply),
             Pending::Failed(reply, _) => reply,
         };
-        reply.send(StoreError::Unavailable(error.to_string()));
+        reply.send(error.clone());
     }
 }
 
 fn fail_all(writes: Vec<Op>, error: &StoreError) {
     for op in writes {
-        let message = StoreError::Unavailable(error.to_string());
+        let message = error.clone();
         match op {
             Op::Accept { reply, .. } => FailedReply::Accept(reply).send(message),
             Op::Change { reply, .. }
