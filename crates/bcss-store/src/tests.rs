@@ -1,0 +1,719 @@
+//! The store's tests: durability of groups, recovery, shared payloads, the journal's
+//! indexes, retention and tampering.
+
+use prost::Message;
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+use super::*;
+use crate::tables::{
+    DELIVERIES, JOURNAL, JOURNAL_BY_PARTY, JOURNAL_BY_PERSON, JOURNAL_BY_TICKET, JOURNAL_EXPIRY,
+    PAYLOADS,
+};
+
+fn ticket(id: &str, message_id: &str, recipients: &[&str]) -> (TicketRow, Vec<DeliveryRow>) {
+    let outcomes = recipients
+        .iter()
+        .map(|r| OutcomeRow {
+            institution: (*r).into(),
+            ..Default::default()
+        })
+        .collect();
+    let deliveries = recipients
+        .iter()
+        .map(|r| DeliveryRow {
+            delivery_id: format!("{id}/{r}"),
+            ticket: id.into(),
+            recipient: (*r).into(),
+            request: bytes::Bytes::from_static(b"payload"),
+            ..Default::default()
+        })
+        .collect();
+    (
+        TicketRow {
+            ticket: id.into(),
+            sender: "s".into(),
+            message_id: message_id.into(),
+            outcomes,
+            ..Default::default()
+        },
+        deliveries,
+    )
+}
+
+#[tokio::test]
+async fn accepted_deliveries_survive_a_reopen_until_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, recovered) = Store::open(dir.path()).unwrap();
+        assert!(recovered.pending.is_empty());
+        let (t, d) = ticket("t1", "m1", &["a", "b"]);
+        let Accepted::New { seqs } = store.accept(t, d, Vec::new()).await.unwrap() else {
+            panic!("new")
+        };
+        assert_eq!(seqs, vec![1, 2]);
+        store
+            .change(Change::Delivered { seq: 1, at_ms: 5 })
+            .await
+            .unwrap();
+    }
+    let (store, recovered) = Store::open(dir.path()).unwrap();
+    assert_eq!(recovered.tickets.len(), 1);
+    assert_eq!(recovered.tickets[0].outcomes[1].delivery_seq, 2);
+    let pending: Vec<u64> = recovered.pending.iter().map(|d| d.seq).collect();
+    assert_eq!(pending, vec![2]);
+    // The same message id is answered with the original ticket.
+    let (t, d) = ticket("t2", "m1", &["a"]);
+    match store.accept(t, d, Vec::new()).await.unwrap() {
+        Accepted::Existing(stored) => {
+            assert_eq!(stored.row.ticket, "t1");
+            // Where its deliveries stand: 1 was delivered (no row), 2 is pending.
+            let left: Vec<u64> = stored.deliveries.iter().map(|d| d.seq).collect();
+            assert_eq!(left, [2]);
+        }
+        Accepted::New { .. } => panic!("a reused message id must not be recorded"),
+    }
+    // Sequence numbers continue after the last one.
+    let (t, d) = ticket("t3", "m3", &["a"]);
+    let Accepted::New { seqs } = store.accept(t, d, Vec::new()).await.unwrap() else {
+        panic!("new")
+    };
+    assert_eq!(seqs, vec![3]);
+}
+
+/// An encoded `Delivery` as the gateway makes it: the delivery id field, then the rest.
+fn request(delivery_id: &str, rest: &[u8]) -> bytes::Bytes {
+    let mut bytes = vec![0x0a, delivery_id.len() as u8];
+    bytes.extend_from_slice(delivery_id.as_bytes());
+    bytes.extend_from_slice(rest);
+    bytes.into()
+}
+
+/// (payload rows, bytes of every delivery row) of a closed store.
+fn payload_rows(dir: &Path) -> (u64, usize) {
+    let db = Database::create(dir.join("hub.redb")).unwrap();
+    let txn = db.begin_read().unwrap();
+    let deliveries = txn.open_table(DELIVERIES).unwrap();
+    let bytes = deliveries
+        .iter()
+        .unwrap()
+        .map(|row| row.unwrap().1.value().len())
+        .sum();
+    (txn.open_table(PAYLOADS).unwrap().len().unwrap(), bytes)
+}
+
+#[tokio::test]
+async fn deliveries_that_carry_the_same_message_share_one_payload_row() {
+    let dir = tempfile::tempdir().unwrap();
+    // a, b and c get the same filtered message, d another (another deliberation).
+    let shared = [0x12u8; 300];
+    let (t, mut d) = ticket("t1", "m1", &["a", "b", "c", "d"]);
+    for delivery in &mut d {
+        let rest: &[u8] = if delivery.recipient == "d" {
+            b"\x12\x01x"
+        } else {
+            &shared
+        };
+        delivery.request = request(&delivery.delivery_id, rest);
+    }
+    let sent: Vec<bytes::Bytes> = d.iter().map(|d| d.request.clone()).collect();
+    {
+        let (store, _) = Store::open(dir.path()).unwrap();
+        store.accept(t, d, Vec::new()).await.unwrap();
+        // A single delivery keeps its request whole.
+        let (t, mut d) = ticket("t2", "m2", &["a"]);
+        d[0].request = request(&d[0].delivery_id, &shared);
+        store.accept(t, d, Vec::new()).await.unwrap();
+    }
+    let (payloads, bytes) = payload_rows(dir.path());
+    assert_eq!(payloads, 1, "one row for what a, b and c share");
+    assert!(bytes < 2 * shared.len(), "{bytes} bytes of delivery rows");
+    // Every row the store hands out is whole: after a restart, listed, read, replayed.
+    let (store, recovered) = Store::open(dir.path()).unwrap();
+    let mut pending = recovered.pending.clone();
+    pending.sort_by_key(|d| d.seq);
+    let read_back: Vec<bytes::Bytes> = pending[..4].iter().map(|d| d.request.clone()).collect();
+    assert_eq!(read_back, sent);
+    assert!(pending.iter().all(|d| d.payload_seq == 0));
+    assert_eq!(pending[4].request.len(), 2 + "t2/a".len() + shared.len());
+    for seq in [1, 2] {
+        store
+            .change(Change::Delivered { seq, at_ms: 5 })
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.delivery(3).await.unwrap().unwrap().request, sent[2]);
+    store
+        .change(Change::DeadLetter {
+            seq: 3,
+            attempts: 3,
+            last_error: "no answer".into(),
+            reason: "too many attempts".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.dead_letters(0, 10).await.unwrap()[0].request, sent[2]);
+    let replayed = store.change(Change::Replay { seq: 3 }).await.unwrap();
+    assert_eq!(replayed.unwrap().request, sent[2]);
+    let stored = store.ticket("t1").await.unwrap().unwrap();
+    let left: Vec<_> = stored
+        .deliveries
+        .iter()
+        .map(|d| (d.seq, d.request.clone()))
+        .collect();
+    assert_eq!(left, [(3, sent[2].clone()), (4, sent[3].clone())]);
+    // The payload row goes with the last delivery that shares it.
+    store
+        .change(Change::Delivered { seq: 3, at_ms: 6 })
+        .await
+        .unwrap();
+    drop(store);
+    assert_eq!(payload_rows(dir.path()).0, 0);
+    let (_store, recovered) = Store::open(dir.path()).unwrap();
+    let left: Vec<u64> = recovered.pending.iter().map(|d| d.seq).collect();
+    assert_eq!(left, [4, 5]);
+}
+
+#[tokio::test]
+async fn sequence_numbers_are_never_given_twice_even_once_every_delivery_went() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let (t, d) = ticket("t1", "m1", &["a", "b"]);
+        store.accept(t, d, Vec::new()).await.unwrap();
+        for seq in [1, 2] {
+            store
+                .change(Change::Delivered { seq, at_ms: 5 })
+                .await
+                .unwrap();
+        }
+    }
+    // No delivery row is left, but t1's outcomes still name 1 and 2.
+    for expected in [3, 4] {
+        let (store, recovered) = Store::open(dir.path()).unwrap();
+        assert!(recovered.pending.is_empty());
+        let (t, d) = ticket(&format!("t{expected}"), &format!("m{expected}"), &["a"]);
+        let Accepted::New { seqs } = store.accept(t, d, Vec::new()).await.unwrap() else {
+            panic!("new")
+        };
+        assert_eq!(seqs, vec![expected]);
+        store
+            .change(Change::Delivered {
+                seq: expected,
+                at_ms: 6,
+            })
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_ticket_is_read_back_with_its_deliveries_left_and_its_relays() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = Store::open(dir.path()).unwrap();
+        // (ticket, relay of, accepted at, recipients)
+        for (id, relay_of, at_ms, recipients) in [
+            ("t1", None, 1_000, &["a", "b", "c"][..]),
+            ("t2", Some("t1"), 2_000, &["d"][..]),
+            ("t3", Some("t1"), 3_000, &["e"][..]),
+            ("t4", None, 4_000, &["f"][..]),
+        ] {
+            let (mut t, d) = ticket(id, &format!("m-{id}"), recipients);
+            t.relay_of = relay_of.map(str::to_owned);
+            t.accepted_at_ms = at_ms;
+            store.accept(t, d, Vec::new()).await.unwrap();
+        }
+        // t1: a delivered, b a dead letter, c pending; t2 and t3 delivered; t4 pending.
+        for change in [
+            Change::Delivered { seq: 1, at_ms: 5 },
+            Change::DeadLetter {
+                seq: 2,
+                attempts: 3,
+                last_error: "UNAVAILABLE".into(),
+                reason: "too many attempts".into(),
+            },
+            Change::Delivered { seq: 4, at_ms: 5 },
+            Change::Delivered { seq: 5, at_ms: 5 },
+        ] {
+            store.change(change).await.unwrap();
+        }
+        let t1 = store.ticket("t1").await.unwrap().expect("t1 is kept");
+        let left: Vec<(u64, DeliveryState)> =
+            t1.deliveries.iter().map(|d| (d.seq, d.state())).collect();
+        assert_eq!(
+            left,
+            [(2, DeliveryState::DeadLetter), (3, DeliveryState::Pending)]
+        );
+        assert_eq!(t1.relays, ["t2", "t3"]);
+        let t2 = store.ticket("t2").await.unwrap().expect("t2 is kept");
+        assert!(t2.deliveries.is_empty() && t2.relays.is_empty());
+        assert_eq!(t2.row.relay_of.as_deref(), Some("t1"));
+        assert!(store.ticket("t9").await.unwrap().is_none());
+        // A forgotten relay leaves its ticket's list.
+        assert_eq!(store.forget_tickets(2_500, 100).await.unwrap(), 2);
+        assert!(store.ticket("t1").await.unwrap().is_none());
+    }
+    // At start, only what must be held comes back: t3 has nothing left to do and was
+    // accepted before the time given; t4 is pending.
+    let (store, recovered) = Store::open_with(dir.path(), true, 3_500).unwrap();
+    let held: Vec<&str> = recovered
+        .tickets
+        .iter()
+        .map(|t| t.ticket.as_str())
+        .collect();
+    assert_eq!(held, ["t4"]);
+    drop(store);
+    let (_, recovered) = Store::open_with(dir.path(), true, 3_000).unwrap();
+    let held: Vec<&str> = recovered
+        .tickets
+        .iter()
+        .map(|t| t.ticket.as_str())
+        .collect();
+    assert_eq!(held, ["t3", "t4"]);
+}
+
+#[tokio::test]
+async fn tickets_are_forgotten_oldest_first_with_their_message_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = Store::open(dir.path()).unwrap();
+        // (ticket, message id, accepted at): ticket ids sort in the order they were made.
+        for (id, message_id, at_ms) in [
+            ("t1", "m1", 1_000),
+            ("t2", "m2", 2_000),
+            ("t3", "m3", 3_000),
+        ] {
+            let (mut t, d) = ticket(id, message_id, &["a"]);
+            t.accepted_at_ms = at_ms;
+            store.accept(t, d, Vec::new()).await.unwrap();
+        }
+        assert_eq!(store.forget_tickets(1_000, 100).await.unwrap(), 0);
+        // The limit bounds one pass; the next goes on where it stopped.
+        assert_eq!(store.forget_tickets(2_500, 1).await.unwrap(), 1);
+        assert_eq!(store.forget_tickets(2_500, 100).await.unwrap(), 1);
+        assert_eq!(store.forget_tickets(2_500, 100).await.unwrap(), 0);
+    }
+    let (store, recovered) = Store::open(dir.path()).unwrap();
+    let kept: Vec<&str> = recovered
+        .tickets
+        .iter()
+        .map(|t| t.ticket.as_str())
+        .collect();
+    assert_eq!(kept, ["t3"]);
+    // Deliveries are not the tickets': what is left to do stays.
+    assert_eq!(recovered.pending.len(), 3);
+    // A forgotten message id is a new message; a kept one is answered with its ticket.
+    let (t, d) = ticket("t4", "m1", &["a"]);
+    assert!(matches!(
+        store.accept(t, d, Vec::new()).await.unwrap(),
+        Accepted::New { .. }
+    ));
+    let (t, d) = ticket("t5", "m3", &["a"]);
+    match store.accept(t, d, Vec::new()).await.unwrap() {
+        Accepted::Existing(stored) => assert_eq!(stored.row.ticket, "t3"),
+        Accepted::New { .. } => panic!("a kept message id must be answered with its ticket"),
+    }
+}
+
+/// A ticket from `s` about `niss` for `recipients` (each with its retention), with its
+/// journal entries as the pipeline makes them: the submission, then one admission each.
+fn journalled(
+    id: &str,
+    niss: u64,
+    recipients: &[(&str, i64)],
+) -> (TicketRow, Vec<DeliveryRow>, Vec<JournalEntry>) {
+    let names: Vec<&str> = recipients.iter().map(|(r, _)| *r).collect();
+    let (mut t, mut d) = ticket(id, &format!("m-{id}"), &names);
+    t.niss = niss;
+    for (row, (_, keep)) in d.iter_mut().zip(recipients) {
+        (row.niss, row.sender, row.keep_until_ms) = (niss, "s".into(), *keep);
+    }
+    let base = JournalEntry {
+        at_ms: 1_000,
+        ticket: id.into(),
+        sender: "s".into(),
+        niss,
+        ..Default::default()
+    };
+    let mut journal = vec![JournalEntry {
+        kind: EntryKind::Submission as i32,
+        keep_until_ms: recipients.iter().map(|(_, k)| *k).max().unwrap(),
+        ..base.clone()
+    }];
+    for row in &d {
+        journal.push(JournalEntry {
+            kind: EntryKind::Admission as i32,
+            recipient: row.recipient.clone(),
+            delivery_id: row.delivery_id.clone(),
+            keep_until_ms: row.keep_until_ms,
+            ..base.clone()
+        });
+    }
+    (t, d, journal)
+}
+
+/// Rows per index table, read from the closed store's file.
+fn index_rows(dir: &Path) -> [u64; 4] {
+    let db = Database::create(dir.join("hub.redb")).unwrap();
+    let txn = db.begin_read().unwrap();
+    [
+        txn.open_table(JOURNAL_BY_PERSON).unwrap().len().unwrap(),
+        txn.open_table(JOURNAL_BY_TICKET).unwrap().len().unwrap(),
+        txn.open_table(JOURNAL_BY_PARTY).unwrap().len().unwrap(),
+        txn.open_table(JOURNAL_EXPIRY).unwrap().len().unwrap(),
+    ]
+}
+
+#[tokio::test]
+async fn later_entries_are_found_and_expired_through_their_ticket() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let (t, d, j) = journalled("t1", 42, &[("a", 5_000), ("b", 9_000)]);
+    store.accept(t, d, j).await.unwrap();
+    let (t, d, j) = journalled("t2", 43, &[("a", 9_000)]);
+    store.accept(t, d, j).await.unwrap();
+    store
+        .change(Change::Delivered {
+            seq: 1,
+            at_ms: 2_000,
+        })
+        .await
+        .unwrap();
+    let attempt = Change::Attempted {
+        seq: 2,
+        attempts: 1,
+        last_error: "unavailable".into(),
+        next_attempt_ms: 3_000,
+    };
+    store.change(attempt).await.unwrap();
+    // (ticket, kind, recipient) of each entry, in order.
+    type Shape = Vec<(String, i32, String)>;
+    let shape = |entries: Vec<JournalEntry>| -> Shape {
+        entries
+            .into_iter()
+            .map(|e| (e.ticket, e.kind, e.recipient))
+            .collect()
+    };
+    let person = |niss| store.journal(JournalQuery::Person { niss });
+    let party = |institution: &str, to_ms| JournalQuery::Party {
+        institution: institution.into(),
+        from_ms: 0,
+        to_ms,
+    };
+    let (sub, adm, del, att) = (0, 2, 4, 3);
+    let e = |t: &str, kind: i32, r: &str| (t.to_owned(), kind, r.to_owned());
+    let cases: Vec<(&str, JournalQuery, Shape)> = vec![
+        (
+            "the person: every entry of their ticket, none of another's",
+            JournalQuery::Person { niss: 42 },
+            vec![
+                e("t1", sub, ""),
+                e("t1", adm, "a"),
+                e("t1", adm, "b"),
+                e("t1", del, "a"),
+                e("t1", att, "b"),
+            ],
+        ),
+        (
+            "a recipient: its admissions and what became of them, not the others'",
+            party("a", i64::MAX),
+            vec![e("t1", adm, "a"), e("t2", adm, "a"), e("t1", del, "a")],
+        ),
+        (
+            "the sender: everything it sent",
+            party("s", i64::MAX),
+            vec![
+                e("t1", sub, ""),
+                e("t1", adm, "a"),
+                e("t1", adm, "b"),
+                e("t2", sub, ""),
+                e("t2", adm, "a"),
+                e("t1", del, "a"),
+                e("t1", att, "b"),
+            ],
+        ),
+        (
+            "an exchange accepted after the range is not in it",
+            party("a", 999),
+            vec![],
+        ),
+    ];
+    for (name, query, expected) in cases {
+        assert_eq!(
+            shape(store.journal(query).await.unwrap()),
+            expected,
+            "{name}"
+        );
+    }
+    // Retention at t=5,000: the admission to "a" and its delivery go, nothing else.
+    assert_eq!(store.expire(5_000, 100).await.unwrap(), 2);
+    assert_eq!(
+        shape(person(42).await.unwrap()),
+        vec![e("t1", sub, ""), e("t1", adm, "b"), e("t1", att, "b")]
+    );
+    assert_eq!(
+        shape(store.journal(party("a", i64::MAX)).await.unwrap()),
+        vec![e("t2", adm, "a")]
+    );
+    drop(store);
+    // Index rows: one person and one sender row per ticket, one recipient and one expiry
+    // row per candidate (and the submission's), every entry in by_ticket.
+    assert_eq!(index_rows(dir.path()), [2, 5, 3 + 1, 2 + 2]);
+    let (store, _) = Store::open(dir.path()).unwrap();
+    assert_eq!(store.expire(9_000, 100).await.unwrap(), 5);
+    assert!(
+        store
+            .journal(JournalQuery::Person { niss: 42 })
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.verify().await.unwrap().first_problem, None);
+    drop(store);
+    assert_eq!(index_rows(dir.path()), [0; 4], "no row outlives retention");
+}
+
+#[tokio::test]
+async fn size_counts_journal_entries_and_file_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let empty = store.size().await.unwrap();
+    assert_eq!(empty.journal_entries, 0);
+    assert_eq!(
+        empty.file_bytes,
+        std::fs::metadata(dir.path().join("hub.redb"))
+            .unwrap()
+            .len()
+    );
+    let (t, d) = ticket("t1", "m1", &["a", "b"]);
+    store.accept(t, d, Vec::new()).await.unwrap();
+    store
+        .change(Change::Delivered { seq: 1, at_ms: 5 })
+        .await
+        .unwrap();
+    assert_eq!(store.size().await.unwrap().journal_entries, 1);
+    store
+        .change(Change::DeadLetter {
+            seq: 2,
+            attempts: 3,
+            last_error: "no answer".into(),
+            reason: "too many attempts".into(),
+        })
+        .await
+        .unwrap();
+    let size = store.size().await.unwrap();
+    assert_eq!(size.journal_entries, 2);
+    assert!(size.file_bytes > 0);
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_and_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let (t, d) = ticket("t1", "m1", &["a", "b", "c"]);
+    store.accept(t, d, Vec::new()).await.unwrap();
+    for seq in [1, 3] {
+        store
+            .change(Change::DeadLetter {
+                seq,
+                attempts: 3,
+                last_error: "no answer".into(),
+                reason: "too many attempts".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let dead: Vec<u64> = store
+        .dead_letters(0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.seq)
+        .collect();
+    assert_eq!(dead, vec![1, 3]);
+    assert_eq!(store.dead_letters(1, 10).await.unwrap().len(), 1);
+    let row = store
+        .change(Change::Replay { seq: 3 })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.state(), DeliveryState::Pending);
+    assert_eq!(store.dead_letters(0, 10).await.unwrap().len(), 1);
+    assert_eq!(store.delivery(3).await.unwrap().unwrap().attempts, 0);
+}
+
+#[tokio::test]
+async fn concurrent_accepts_share_commits_and_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let store = std::sync::Arc::new(store);
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let (t, d) = ticket(&format!("t{i}"), &format!("m{i}"), &["a"]);
+                store.accept(t, d, Vec::new()).await.unwrap()
+            })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    for task in tasks {
+        if let Accepted::New { seqs: s } = task.await.unwrap() {
+            seqs.extend(s);
+        }
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
+}
+
+fn entry(ticket: &str, niss: u64, keep_until_ms: i64) -> JournalEntry {
+    JournalEntry {
+        at_ms: 1_000,
+        kind: EntryKind::Admission as i32,
+        ticket: ticket.into(),
+        sender: "s".into(),
+        recipient: "r".into(),
+        niss,
+        keep_until_ms,
+        ..Default::default()
+    }
+}
+
+/// A store with `n` journal entries (closed), and its folder.
+async fn journal_of(n: u64, keep_until_ms: impl Fn(u64) -> i64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    for i in 1..=n {
+        store
+            .append(entry(&format!("t{i}"), 1000 + i % 3, keep_until_ms(i)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.verify().await.unwrap().first_problem, None);
+    drop(store);
+    dir
+}
+
+/// Changes the stored journal directly, as someone with access to the file would.
+fn tamper(dir: &Path, edit: impl FnOnce(&mut redb::Table<u64, &[u8]>)) {
+    let db = Database::create(dir.join("hub.redb")).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut journal = txn.open_table(JOURNAL).unwrap();
+        edit(&mut journal);
+    }
+    txn.commit().unwrap();
+}
+
+fn read(journal: &redb::Table<u64, &[u8]>, n: u64) -> JournalEntry {
+    JournalEntry::decode(journal.get(n).unwrap().unwrap().value()).unwrap()
+}
+
+#[tokio::test]
+async fn verify_names_the_entry_that_was_changed_removed_or_reordered() {
+    let n = journal::CHECKPOINT_EVERY + 10;
+    type Edit = Box<dyn FnOnce(&mut redb::Table<u64, &[u8]>)>;
+    let cases: Vec<(&str, Edit, Tamper)> = vec![
+        (
+            "changed",
+            Box::new(|journal| {
+                let mut e = read(journal, 7);
+                e.recipient = "someone-else".into();
+                journal.insert(7, e.encode_to_vec().as_slice()).unwrap();
+            }),
+            Tamper::Changed { number: 7 },
+        ),
+        (
+            "removed",
+            Box::new(|journal| {
+                journal.remove(9).unwrap();
+            }),
+            Tamper::Removed { after: 8, next: 10 },
+        ),
+        (
+            "reordered",
+            Box::new(|journal| {
+                let (a, b) = (read(journal, 3), read(journal, 4));
+                journal.insert(3, b.encode_to_vec().as_slice()).unwrap();
+                journal.insert(4, a.encode_to_vec().as_slice()).unwrap();
+            }),
+            Tamper::Reordered {
+                position: 3,
+                claims: 4,
+            },
+        ),
+        (
+            "rewritten from entry 5 on, hashes recomputed",
+            Box::new(move |journal| {
+                let mut prev = read(journal, 4).hash;
+                for number in 5..=n {
+                    let mut e = read(journal, number);
+                    e.sender = "forged".into();
+                    e.prev_hash = prev.clone();
+                    e.hash = e.compute_hash(&prev).to_vec();
+                    prev = e.hash.clone();
+                    journal
+                        .insert(number, e.encode_to_vec().as_slice())
+                        .unwrap();
+                }
+            }),
+            Tamper::BadSeal {
+                checkpoint: journal::CHECKPOINT_EVERY,
+            },
+        ),
+        (
+            "the newest entries cut off",
+            Box::new(move |journal| {
+                for number in journal::CHECKPOINT_EVERY..=n {
+                    journal.remove(number).unwrap();
+                }
+            }),
+            Tamper::Removed {
+                after: journal::CHECKPOINT_EVERY - 1,
+                next: journal::CHECKPOINT_EVERY + 1,
+            },
+        ),
+    ];
+    for (case, edit, expected) in cases {
+        let dir = journal_of(n, |_| 0).await;
+        tamper(dir.path(), edit);
+        let report = verify_folder(dir.path()).unwrap();
+        assert_eq!(report.first_problem, Some(expected), "{case}");
+    }
+}
+
+#[tokio::test]
+async fn retention_leaves_stubs_and_the_chain_still_verifies() {
+    // Odd entries are kept until t=5,000 ms, even ones forever.
+    let dir = journal_of(20, |i| if i % 2 == 1 { 5_000 } else { 0 }).await;
+    let (store, _) = Store::open(dir.path()).unwrap();
+    assert_eq!(store.expire(4_999, 100).await.unwrap(), 0);
+    assert_eq!(store.expire(5_000, 100).await.unwrap(), 10);
+    let report = store.verify().await.unwrap();
+    assert_eq!((report.first_problem, report.stubs), (None, 10));
+    // Expired entries are gone from the queries, the others stay.
+    let person = store
+        .journal(JournalQuery::Person { niss: 1000 })
+        .await
+        .unwrap();
+    assert!(person.iter().all(|e| e.number % 2 == 0 && !e.removed));
+    assert!(!person.is_empty());
+    let gone = store
+        .journal(JournalQuery::Tickets {
+            tickets: vec!["t3".into()],
+        })
+        .await
+        .unwrap();
+    assert!(gone.is_empty());
+    drop(store);
+    // A stub edited afterwards is caught too.
+    tamper(dir.path(), |journal| {
+        let mut stub = read(journal, 3);
+        stub.hash = vec![1; 32];
+        journal.insert(3, stub.encode_to_vec().as_slice()).unwrap();
+    });
+    assert_eq!(
+        verify_folder(dir.path()).unwrap().first_problem,
+        Some(Tamper::Changed { number: 4 })
+    );
+}

@@ -1,0 +1,823 @@
+//! The store's writer thread: every change, applied in groups with one commit (one fsync)
+//! per group; journal appends with their index rows; retention.
+
+use std::path::PathBuf;
+
+use prost::Message;
+use redb::{Database, ReadableTable};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::journal::{self, Checkpoint, EntryKind, JournalEntry, Verified};
+use crate::read::{
+    dead_letters, delivery, journal_query, size, stored_ticket, ticket, verify_db, whole,
+};
+use crate::rows::{self, DeliveryRow, DeliveryState, TicketRow};
+use crate::tables::{OrUnavailable, Tables, decode, unavailable};
+use crate::{Accepted, Change, JournalQuery, MAX_GROUP, Size, StoreError, StoredTicket, now_ms};
+
+/// What a health probe must be able to commit for the store to count as writable again.
+pub(crate) const PROBE_BYTES: usize = 1 << 20;
+
+pub(crate) enum Op {
+    Accept {
+        ticket: Box<TicketRow>,
+        deliveries: Vec<DeliveryRow>,
+        journal: Vec<JournalEntry>,
+        reply: oneshot::Sender<Result<Accepted, StoreError>>,
+    },
+    Change {
+        change: Change,
+        reply: oneshot::Sender<Result<Option<DeliveryRow>, StoreError>>,
+    },
+    DeadLetters {
+        after: u64,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<DeliveryRow>, StoreError>>,
+    },
+    Delivery {
+        seq: u64,
+        reply: oneshot::Sender<Result<Option<DeliveryRow>, StoreError>>,
+    },
+    Ticket {
+        ticket: String,
+        reply: oneshot::Sender<Result<Option<StoredTicket>, StoreError>>,
+    },
+    Journal {
+        query: JournalQuery,
+        reply: oneshot::Sender<Result<Vec<JournalEntry>, StoreError>>,
+    },
+    Append {
+        entry: Box<JournalEntry>,
+        reply: oneshot::Sender<Result<Option<DeliveryRow>, StoreError>>,
+    },
+    Sweep {
+        sweep: Sweep,
+        limit: usize,
+        reply: oneshot::Sender<Result<Option<DeliveryRow>, StoreError>>,
+        removed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    },
+    Verify {
+        reply: oneshot::Sender<Result<Verified, StoreError>>,
+    },
+    Size {
+        reply: oneshot::Sender<Result<Size, StoreError>>,
+    },
+    Probe {
+        /// Write the probe's 1 MiB (true) or remove it (false).
+        write: bool,
+        reply: oneshot::Sender<Result<Option<DeliveryRow>, StoreError>>,
+    },
+}
+
+/// What a retention pass removes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Sweep {
+    /// Journal entries whose retention ended before this time (ms): stubs remain.
+    Journal { now_ms: i64 },
+    /// Tickets accepted before this time (ms), with their message ids.
+    Tickets { before_ms: i64 },
+}
+
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Op")
+    }
+}
+
+/// The one thread that writes.
+pub(crate) struct Writer {
+    pub(crate) writable: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// `None` after a failed commit: reopened before the next group.
+    pub(crate) db: Option<Database>,
+    pub(crate) path: PathBuf,
+    pub(crate) next_seq: u64,
+    pub(crate) journal_key: [u8; 32],
+    /// The last entry's number and hash.
+    pub(crate) journal_head: (u64, [u8; 32]),
+    pub(crate) journal: bool,
+}
+
+/// What a group's operation answers once the commit is known.
+pub(crate) enum Pending {
+    Accept(oneshot::Sender<Result<Accepted, StoreError>>, Accepted),
+    Change(
+        oneshot::Sender<Result<Option<DeliveryRow>, StoreError>>,
+        Option<DeliveryRow>,
+    ),
+    Failed(FailedReply, StoreError),
+}
+
+pub(crate) enum FailedReply {
+    Accept(oneshot::Sender<Result<Accepted, StoreError>>),
+    Change(oneshot::Sender<Result<Option<DeliveryRow>, StoreError>>),
+}
+
+impl Writer {
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(op) => group.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.apply(group);
+        }
+    }
+
+    fn database(&mut self) -> Result<&Database, StoreError> {
+        if self.db.is_none() {
+            let db = Database::create(&self.path).map_err(|e| unavailable(&self.path, e))?;
+            self.db = Some(db);
+            tracing::info!(message = "Store reopened.");
+        }
+        Ok(self.db.as_ref().expect("just opened"))
+    }
+
+    fn apply(&mut self, group: Vec<Op>) {
+        let mut writes = Vec::new();
+        let mut reads = Vec::new();
+        for op in group {
+            match op {
+                Op::Accept { .. }
+                | Op::Change { .. }
+                | Op::Append { .. }
+                | Op::Sweep { .. }
+                | Op::Probe { .. } => writes.push(op),
+                _ => reads.push(op),
+            }
+        }
+        if !writes.is_empty() {
+            self.write_group(writes);
+        }
+        for op in reads {
+            self.read(op);
+        }
+    }
+
+    fn write_group(&mut self, writes: Vec<Op>) {
+        let seq_before = self.next_seq;
+        let head_before = self.journal_head;
+        let outcome = self.database().and_then(|db| {
+            db.begin_write()
+                .map_err(|e| StoreError::Unavailable(e.to_string()))
+        });
+        let txn = match outcome {
+            Ok(txn) => txn,
+            Err(error) => {
+                self.writable
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                return fail_all(writes, &error);
+            }
+        };
+        let mut tables = match Tables::open(&txn) {
+            Ok(tables) => tables,
+            Err(error) => return fail_all(writes, &StoreError::Unavailable(error.to_string())),
+        };
+        let mut answers = Vec::with_capacity(writes.len());
+        for op in writes {
+            answers.push(self.write_one(&mut tables, op));
+        }
+        let counted = if self.next_seq == seq_before {
+            Ok(())
+        } else {
+            tables
+                .counters
+                .insert("next_seq", self.next_seq)
+                .map(drop)
+                .or_unavailable()
+        };
+        drop(tables);
+        if let Err(error) = counted {
+            // Dropping the transaction aborts it: nothing of the group is kept.
+            drop(txn);
+            self.next_seq = seq_before;
+            self.journal_head = head_before;
+            return fail_answers(answers, &error);
+        }
+        let committed = txn.commit();
+        self.writable
+            .store(committed.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        match committed {
+            Ok(()) => {
+                for answer in answers {
+                    match answer {
+                        Pending::Accept(reply, accepted) => {
+                            let _ = reply.send(Ok(accepted));
+                        }
+                        Pending::Change(reply, row) => {
+                            let _ = reply.send(Ok(row));
+                        }
+                        Pending::Failed(reply, error) => reply.send(error),
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::error!(message = "Store commit failed; nothing of this group was kept.", %error);
+                self.db = None;
+                self.next_seq = seq_before;
+                self.journal_head = head_before;
+                fail_answers(answers, &StoreError::Unavailable(error.to_string()));
+            }
+        }
+    }
+
+    fn write_one(&mut self, tables: &mut Tables, op: Op) -> Pending {
+        match op {
+            Op::Accept {
+                ticket,
+                deliveries,
+                journal,
+                reply,
+            } => match self.accept(tables, *ticket, deliveries, journal) {
+                Ok(accepted) => Pending::Accept(reply, accepted),
+                Err(error) => Pending::Failed(FailedReply::Accept(reply), error),
+            },
+            Op::Change { change, reply } => {
+                let kind = match &change {
+                    Change::Delivered { .. } => EntryKind::Delivery,
+                    Change::Attempted { .. } => EntryKind::Attempt,
+                    Change::DeadLetter { .. } => EntryKind::DeadLetter,
+                    Change::Replay { .. } => EntryKind::Replay,
+                };
+                let result = change_one(tables, change).and_then(|row| {
+                    if let Some(row) = &row {
+                        self.append(tables, delivery_entry(row, kind), Rows::FollowUp)?;
+                    }
+                    Ok(row)
+                });
+                match result {
+                    Ok(row) => Pending::Change(reply, row),
+                    Err(error) => Pending::Failed(FailedReply::Change(reply), error),
+                }
+            }
+            Op::Append { entry, reply } => match self.append(tables, *entry, Rows::All) {
+                Ok(_) => Pending::Change(reply, None),
+                Err(error) => Pending::Failed(FailedReply::Change(reply), error),
+            },
+            Op::Sweep {
+                sweep,
+                limit,
+                reply,
+                removed,
+            } => {
+                let swept = match sweep {
+                    Sweep::Journal { now_ms } => expire(tables, now_ms, limit),
+                    Sweep::Tickets { before_ms } => forget_tickets(tables, before_ms, limit),
+                };
+                match swept {
+                    Ok(count) => {
+                        removed.store(count, std::sync::atomic::Ordering::Relaxed);
+                        Pending::Change(reply, None)
+                    }
+                    Err(error) => Pending::Failed(FailedReply::Change(reply), error),
+                }
+            }
+            Op::Probe { write, reply } => {
+                let written = if write {
+                    let room = vec![0u8; PROBE_BYTES];
+                    tables.health.insert("probe", room.as_slice()).map(|_| ())
+                } else {
+                    tables.health.remove("probe").map(|_| ())
+                }
+                .or_unavailable();
+                match written {
+                    Ok(()) => Pending::Change(reply, None),
+                    Err(error) => Pending::Failed(FailedReply::Change(reply), error),
+                }
+            }
+            _ => unreachable!("reads are not written"),
+        }
+    }
+
+    /// Appends one entry to the chain, with its indexes, and seals the head when due.
+    fn append(
+        &mut self,
+        tables: &mut Tables,
+        mut entry: JournalEntry,
+        rows: Rows,
+    ) -> Result<u64, StoreError> {
+        if !self.journal {
+            return Ok(0);
+        }
+        let (last, prev_hash) = self.journal_head;
+        entry.number = last + 1;
+        let (bytes, hash) = entry.chain(&prev_hash);
+        tables
+            .journal
+            .insert(entry.number, bytes.as_slice())
+            .or_unavailable()?;
+        index(tables, &entry, rows, true)?;
+        if entry.number.is_multiple_of(journal::CHECKPOINT_EVERY) {
+            let checkpoint = Checkpoint {
+                number: entry.number,
+                hash: hash.to_vec(),
+                at_ms: entry.at_ms,
+                seal: journal::seal(&self.journal_key, entry.number, &hash).to_vec(),
+            };
+            tables
+                .checkpoints
+                .insert(entry.number, checkpoint.encode_to_vec().as_slice())
+                .or_unavailable()?;
+        }
+        self.journal_head = (entry.number, hash);
+        Ok(entry.number)
+    }
+
+    fn accept(
+        &mut self,
+        tables: &mut Tables,
+        mut ticket: TicketRow,
+        mut deliveries: Vec<DeliveryRow>,
+        journal: Vec<JournalEntry>,
+    ) -> Result<Accepted, StoreError> {
+        let key = message_key(&ticket);
+        let existing = tables
+            .message_ids
+            .get(key.as_str())
+            .or_unavailable()?
+            .map(|ticket| ticket.value().to_owned());
+        if let Some(existing) = existing {
+            let stored = stored_ticket(
+                &tables.tickets,
+                &tables.deliveries,
+                &tables.payloads,
+                &tables.relays,
+                &existing,
+            )?
+            .ok_or_else(|| StoreError::Damaged("a message id without its ticket".into()))?;
+            return Ok(Accepted::Existing(stored));
+        }
+        let mut seqs = Vec::with_capacity(deliveries.len());
+        for delivery in &mut deliveries {
+            delivery.seq = self.next_seq;
+            self.next_seq += 1;
+            seqs.push(delivery.seq);
+            if let Some(outcome) = ticket
+                .outcomes
+                .iter_mut()
+                .find(|o| o.institution == delivery.recipient && o.refusal == 0)
+            {
+                outcome.delivery_seq = delivery.seq;
+            }
+        }
+        share_payloads(&mut tables.payloads, &mut deliveries)?;
+        for delivery in &deliveries {
+            tables
+                .deliveries
+                .insert(delivery.seq, delivery.encode_to_vec().as_slice())
+                .or_unavailable()?;
+        }
+        tables
+            .message_ids
+            .insert(key.as_str(), ticket.ticket.as_str())
+            .or_unavailable()?;
+        if let Some(parent) = &ticket.relay_of {
+            tables
+                .relays
+                .insert((parent.as_str(), ticket.ticket.as_str()), ())
+                .or_unavailable()?;
+        }
+        tables
+            .tickets
+            .insert(ticket.ticket.as_str(), ticket.encode_to_vec().as_slice())
+            .or_unavailable()?;
+        for entry in journal {
+            let rows = if entry.kind == EntryKind::Submission as i32 {
+                Rows::All
+            } else {
+                Rows::Candidate
+            };
+            self.append(tables, entry, rows)?;
+        }
+        Ok(Accepted::New { seqs })
+    }
+
+    fn read(&mut self, op: Op) {
+        match op {
+            Op::DeadLetters {
+                after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(
+                    self.database()
+                        .and_then(|db| dead_letters(db, after, limit)),
+                );
+            }
+            Op::Delivery { seq, reply } => {
+                let _ = reply.send(self.database().and_then(|db| delivery(db, seq)));
+            }
+            Op::Ticket { ticket: id, reply } => {
+                let _ = reply.send(self.database().and_then(|db| ticket(db, &id)));
+            }
+            Op::Journal { query, reply } => {
+                let _ = reply.send(self.database().and_then(|db| journal_query(db, &query)));
+            }
+            Op::Verify { reply } => {
+                let key = self.journal_key;
+                let _ = reply.send(self.database().and_then(|db| verify_db(db, &key)));
+            }
+            Op::Size { reply } => {
+                let path = self.path.clone();
+                let _ = reply.send(self.database().and_then(|db| size(db, &path)));
+            }
+            _ => unreachable!("writes are not read"),
+        }
+    }
+}
+
+impl FailedReply {
+    fn send(self, error: StoreError) {
+        match self {
+            FailedReply::Accept(reply) => {
+                let _ = reply.send(Err(error));
+            }
+            FailedReply::Change(reply) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
+
+/// Answers a whole group's operations with `error`: nothing of the group was kept.
+pub(crate) fn fail_answers(answers: Vec<Pending>, error: &StoreError) {
+    for answer in answers {
+        let reply = match answer {
+            Pending::Accept(reply, _) => FailedReply::Accept(reply),
+            Pending::Change(reply, _) => FailedReply::Change(reply),
+            Pending::Failed(reply, _) => reply,
+        };
+        reply.send(error.clone());
+    }
+}
+
+pub(crate) fn fail_all(writes: Vec<Op>, error: &StoreError) {
+    for op in writes {
+        let message = error.clone();
+        match op {
+            Op::Accept { reply, .. } => FailedReply::Accept(reply).send(message),
+            Op::Change { reply, .. }
+            | Op::Append { reply, .. }
+            | Op::Sweep { reply, .. }
+            | Op::Probe { reply, .. } => FailedReply::Change(reply).send(message),
+            _ => {}
+        }
+    }
+}
+
+pub(crate) fn change_one(
+    tables: &mut Tables,
+    change: Change,
+) -> Result<Option<DeliveryRow>, StoreError> {
+    let seq = match &change {
+        Change::Delivered { seq, .. }
+        | Change::Attempted { seq, .. }
+        | Change::DeadLetter { seq, .. }
+        | Change::Replay { seq } => *seq,
+    };
+    let Tables {
+        deliveries,
+        payloads,
+        dead,
+        ..
+    } = tables;
+    // A delivered row goes: the journal entry is made from what it held.
+    let stored = if matches!(change, Change::Delivered { .. }) {
+        deliveries
+            .remove(seq)
+            .or_unavailable()?
+            .map(|row| decode::<DeliveryRow>(row.value()))
+    } else {
+        deliveries
+            .get(seq)
+            .or_unavailable()?
+            .map(|row| decode::<DeliveryRow>(row.value()))
+    };
+    let Some(mut row) = stored.transpose()? else {
+        return Ok(None);
+    };
+    match change {
+        Change::Delivered { at_ms, .. } => {
+            // The shared payload goes with the last delivery that may need it.
+            if row.payload_seq != 0
+                && deliveries
+                    .range(row.payload_seq..=row.payload_last)
+                    .or_unavailable()?
+                    .next()
+                    .is_none()
+            {
+                payloads.remove(row.payload_seq).or_unavailable()?;
+            }
+            row.payload_seq = 0;
+            row.payload_last = 0;
+            row.state = DeliveryState::Delivered as i32;
+            row.delivered_at_ms = at_ms;
+            row.request = bytes::Bytes::new();
+            row.attempts += 1;
+            return Ok(Some(row));
+        }
+        Change::Attempted {
+            attempts,
+            last_error,
+            next_attempt_ms,
+            ..
+        } => {
+            row.attempts = attempts;
+            row.last_error = last_error;
+            row.next_attempt_ms = next_attempt_ms;
+        }
+        Change::DeadLetter {
+            attempts,
+            last_error,
+            reason,
+            ..
+        } => {
+            row.state = DeliveryState::DeadLetter as i32;
+            row.attempts = attempts;
+            row.last_error = last_error;
+            row.dead_reason = reason;
+            dead.insert(seq, ()).or_unavailable()?;
+        }
+        Change::Replay { .. } => {
+            if row.state() != DeliveryState::DeadLetter {
+                return whole(row, payloads).map(Some);
+            }
+            row.state = DeliveryState::Pending as i32;
+            row.attempts = 0;
+            row.next_attempt_ms = 0;
+            row.dead_reason.clear();
+            dead.remove(seq).or_unavailable()?;
+        }
+    }
+    deliveries
+        .insert(seq, row.encode_to_vec().as_slice())
+        .or_unavailable()?;
+    whole(row, payloads).map(Some)
+}
+
+/// Keeps once what deliveries of one ticket carry after their delivery ids when it is the
+/// same (a broadcast under one deliberation), and cuts their requests down to the delivery id
+/// (see [`DeliveryRow::payload_seq`]). `deliveries` have their sequence numbers.
+pub(crate) fn share_payloads(
+    payloads: &mut redb::Table<u64, &'static [u8]>,
+    deliveries: &mut [DeliveryRow],
+) -> Result<(), StoreError> {
+    if deliveries.len() < 2 {
+        return Ok(());
+    }
+    // (what follows the delivery id, the deliveries that carry it)
+    let mut groups: Vec<(bytes::Bytes, Vec<usize>)> = Vec::new();
+    for (i, delivery) in deliveries.iter().enumerate() {
+        let Some(head) = rows::delivery_id_field_len(&delivery.request) else {
+            continue;
+        };
+        let rest = &delivery.request[head..];
+        match groups
+            .iter_mut()
+            .find(|(shared, _)| shared.as_ref() == rest)
+        {
+            Some((_, members)) => members.push(i),
+            None => groups.push((delivery.request.slice(head..), vec![i])),
+        }
+    }
+    for (shared, members) in groups {
+        let (Some(&first), Some(&last)) = (members.first(), members.last()) else {
+            continue;
+        };
+        if members.len() < 2 || shared.is_empty() {
+            continue;
+        }
+        let (first, last) = (deliveries[first].seq, deliveries[last].seq);
+        payloads.insert(first, shared.as_ref()).or_unavailable()?;
+        for i in members {
+            let delivery = &mut deliveries[i];
+            let head = delivery.request.len() - shared.len();
+            delivery.request.truncate(head);
+            delivery.payload_seq = first;
+            delivery.payload_last = last;
+        }
+    }
+    Ok(())
+}
+
+/// The journal entry for a change to a delivery.
+pub(crate) fn delivery_entry(row: &DeliveryRow, kind: EntryKind) -> JournalEntry {
+    JournalEntry {
+        at_ms: now_ms(),
+        kind: kind as i32,
+        ticket: row.ticket.clone(),
+        sender: row.sender.clone(),
+        recipient: row.recipient.clone(),
+        flow: row.flow,
+        niss: row.niss,
+        deliberation: row.deliberation.clone(),
+        reason: match kind {
+            EntryKind::Delivery => "delivered".into(),
+            EntryKind::Attempt => row.last_error.clone(),
+            EntryKind::DeadLetter => row.dead_reason.clone(),
+            EntryKind::Replay => "replayed".into(),
+            _ => String::new(),
+        },
+        attempt: row.attempts,
+        a_posteriori: row.a_posteriori,
+        keep_until_ms: row.keep_until_ms,
+        delivery_id: row.delivery_id.clone(),
+        ..Default::default()
+    }
+}
+
+/// Which index rows an entry gets. Every entry of a ticket is in `journal_by_ticket`; what an
+/// earlier entry of the same ticket already indexes is not indexed again, and the queries reach
+/// it through the ticket. This halves the rows a delivery writes (docs/BENCHMARKS.md, "Profile,
+/// sixth round").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rows {
+    /// A ticket's submission, and entries of their own (consultations, contact files): person,
+    /// ticket, sender and recipient, retention.
+    All,
+    /// An admission or a refusal of an accepted message: ticket, recipient, retention. Its person
+    /// and its sender are its submission's.
+    Candidate,
+    /// A later event of an admitted delivery (attempt, delivery, dead letter, replay): ticket
+    /// only. Its person, parties and retention are its admission's.
+    FollowUp,
+}
+
+/// Adds (or, with `add` false, removes) an entry's index rows.
+pub(crate) fn index(
+    tables: &mut Tables,
+    entry: &JournalEntry,
+    rows: Rows,
+    add: bool,
+) -> Result<(), StoreError> {
+    let Tables {
+        by_person: person,
+        by_ticket: ticket,
+        by_party: party,
+        expiry,
+        contact_files: contact,
+        ..
+    } = tables;
+    let n = entry.number;
+    macro_rules! apply {
+        ($table:expr, $key:expr) => {
+            if add {
+                $table.insert($key, ()).or_unavailable()?;
+            } else {
+                $table.remove($key).or_unavailable()?;
+            }
+        };
+    }
+    if rows == Rows::All && entry.niss != 0 {
+        apply!(person, (entry.niss, n));
+    }
+    if !entry.ticket.is_empty() {
+        apply!(ticket, (entry.ticket.as_str(), n));
+    }
+    if rows == Rows::All && !entry.sender.is_empty() {
+        apply!(party, (entry.sender.as_str(), entry.at_ms, n));
+    }
+    if rows != Rows::FollowUp && !entry.recipient.is_empty() {
+        apply!(party, (entry.recipient.as_str(), entry.at_ms, n));
+    }
+    if rows != Rows::FollowUp && entry.keep_until_ms > 0 {
+        apply!(expiry, (entry.keep_until_ms, n));
+    }
+    if entry.kind == EntryKind::ContactFile as i32 && !entry.contact_file.is_empty() {
+        if add {
+            contact
+                .insert(entry.contact_file.as_str(), n)
+                .or_unavailable()?;
+        } else {
+            contact
+                .remove(entry.contact_file.as_str())
+                .or_unavailable()?;
+        }
+    }
+    Ok(())
+}
+
+/// The numbers of a ticket's entries.
+pub(crate) fn ticket_entries(
+    by_ticket: &impl ReadableTable<(&'static str, u64), ()>,
+    ticket: &str,
+) -> Result<Vec<u64>, StoreError> {
+    let mut numbers = Vec::new();
+    for item in by_ticket
+        .range((ticket, 0)..=(ticket, u64::MAX))
+        .or_unavailable()?
+    {
+        numbers.push(item.or_unavailable()?.0.value().1);
+    }
+    Ok(numbers)
+}
+
+/// Replaces the content of entries past their retention by stubs, and removes their index
+/// rows. An admission takes its later entries (attempts, delivery, dead letter), which share its
+/// retention and have no expiry row of their own, with it.
+pub(crate) fn expire(tables: &mut Tables, now_ms: i64, limit: usize) -> Result<u64, StoreError> {
+    let due: Vec<u64> = {
+        let mut due = Vec::new();
+        for item in tables
+            .expiry
+            .range((i64::MIN, 0)..=(now_ms, u64::MAX))
+            .or_unavailable()?
+        {
+            if due.len() >= limit {
+                break;
+            }
+            due.push(item.or_unavailable()?.0.value().1);
+        }
+        due
+    };
+    let mut removed = 0;
+    for number in due {
+        let Some(entry) = stub(tables, number)? else {
+            continue;
+        };
+        removed += 1;
+        if entry.kind == EntryKind::Admission as i32 && !entry.delivery_id.is_empty() {
+            for later in ticket_entries(&tables.by_ticket, &entry.ticket)? {
+                let follows = {
+                    let Some(bytes) = tables.journal.get(later).or_unavailable()? else {
+                        continue;
+                    };
+                    let e: JournalEntry = decode(bytes.value())?;
+                    e.delivery_id == entry.delivery_id
+                        && e.kind != EntryKind::Admission as i32
+                        && e.keep_until_ms <= now_ms
+                };
+                if follows && stub(tables, later)?.is_some() {
+                    removed += 1;
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// The `message_ids` key of a ticket: its sender and message id.
+pub(crate) fn message_key(ticket: &TicketRow) -> String {
+    format!("{}\0{}", ticket.sender, ticket.message_id)
+}
+
+/// Removes at most `limit` tickets accepted before `before_ms`, oldest first, with their
+/// message ids. Tickets are UUIDv7 strings, so their order is the order they were made in: the
+/// scan stops at the first one accepted since.
+pub(crate) fn forget_tickets(
+    tables: &mut Tables,
+    before_ms: i64,
+    limit: usize,
+) -> Result<u64, StoreError> {
+    let old: Vec<TicketRow> = {
+        let mut old = Vec::new();
+        for item in tables.tickets.iter().or_unavailable()? {
+            let row: TicketRow = decode(item.or_unavailable()?.1.value())?;
+            if row.accepted_at_ms >= before_ms || old.len() >= limit {
+                break;
+            }
+            old.push(row);
+        }
+        old
+    };
+    for row in &old {
+        tables
+            .tickets
+            .remove(row.ticket.as_str())
+            .or_unavailable()?;
+        tables
+            .message_ids
+            .remove(message_key(row).as_str())
+            .or_unavailable()?;
+        if let Some(parent) = &row.relay_of {
+            tables
+                .relays
+                .remove((parent.as_str(), row.ticket.as_str()))
+                .or_unavailable()?;
+        }
+    }
+    Ok(old.len() as u64)
+}
+
+/// Replaces entry `number` by its stub and removes its index rows; returns what it held, or
+/// `None` if it is missing or already a stub.
+pub(crate) fn stub(tables: &mut Tables, number: u64) -> Result<Option<JournalEntry>, StoreError> {
+    let entry: JournalEntry = {
+        let Some(bytes) = tables.journal.get(number).or_unavailable()? else {
+            return Ok(None);
+        };
+        decode(bytes.value())?
+    };
+    if entry.removed {
+        return Ok(None);
+    }
+    // Removing a row an entry never had is a no-op, so `All` covers every kind of entry.
+    index(tables, &entry, Rows::All, false)?;
+    tables
+        .journal
+        .insert(number, entry.stub().encode_to_vec().as_slice())
+        .or_unavailable()?;
+    Ok(Some(entry))
+}
