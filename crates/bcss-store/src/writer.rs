@@ -18,6 +18,8 @@ use crate::{Accepted, Change, JournalQuery, MAX_GROUP, Size, StoreError, StoredT
 /// What a health probe must be able to commit for the store to count as writable again.
 pub(crate) const PROBE_BYTES: usize = 1 << 20;
 
+/// A request to the writer thread: a change, applied in the next group and answered once it is
+/// committed, or a read, answered after that group's commit.
 pub(crate) enum Op {
     Accept {
         ticket: Box<TicketRow>,
