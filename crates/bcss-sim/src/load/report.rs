@@ -1,0 +1,460 @@
+//! What a load run recorded (latencies, errors, the recipients' outcomes per deliberation) and
+//! its report: text, JSON and a self-contained HTML page with SVG plots.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use bcss_proto::hub::v1::{Decision, SubmitReply};
+use hdrhistogram::Histogram;
+
+/// What one answered call said about deliveries.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Outcome {
+    pub(super) delivered: u64,
+    pub(super) pending: u64,
+    pub(super) failed: u64,
+    pub(super) refused: u64,
+}
+
+impl Outcome {
+    pub(super) fn count(&mut self, decision: i32) {
+        match Decision::try_from(decision).unwrap_or(Decision::Unspecified) {
+            Decision::Delivered => self.delivered += 1,
+            Decision::Accepted => self.pending += 1,
+            Decision::Refused => self.refused += 1,
+            _ => self.failed += 1,
+        }
+    }
+
+    pub(super) fn add(&mut self, other: Outcome) {
+        self.delivered += other.delivered;
+        self.pending += other.pending;
+        self.failed += other.failed;
+        self.refused += other.refused;
+    }
+}
+
+/// What an answered call said: the hub's reply, or an institution's acknowledgement.
+pub(super) enum Answer {
+    Reply(SubmitReply),
+    Acknowledged,
+}
+
+/// Latencies and counts, shared by the callers.
+#[derive(Debug)]
+pub struct Recorder {
+    pub(super) started: Instant,
+    /// Every latency, in microseconds.
+    pub overall: Histogram<u64>,
+    /// Per second of the run: latencies (µs, 2 significant figures).
+    pub per_second: Vec<Histogram<u64>>,
+    pub errors: BTreeMap<String, u64>,
+    pub errors_per_second: Vec<u64>,
+    pub(super) outcome: Outcome,
+    /// The configuration's deliberations, and the outcomes under each (one more at the end:
+    /// refusals under no deliberation).
+    pub(super) deliberations: Vec<String>,
+    pub(super) by_deliberation: Vec<Outcome>,
+}
+
+impl Recorder {
+    pub fn new(started: Instant, deliberations: Vec<String>) -> Recorder {
+        Recorder {
+            started,
+            overall: Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds"),
+            per_second: Vec::new(),
+            errors: BTreeMap::new(),
+            errors_per_second: Vec::new(),
+            outcome: Outcome::default(),
+            by_deliberation: vec![Outcome::default(); deliberations.len() + 1],
+            deliberations,
+        }
+    }
+
+    pub(super) fn second(&mut self, at: Instant) -> usize {
+        let second = at.saturating_duration_since(self.started).as_secs() as usize;
+        while self.per_second.len() <= second {
+            self.per_second
+                .push(Histogram::new_with_bounds(1, 120_000_000, 2).expect("valid bounds"));
+            self.errors_per_second.push(0);
+        }
+        second
+    }
+
+    /// Records an answered call that took `micros`.
+    pub fn answered(&mut self, micros: u64, now: Instant) {
+        let micros = micros.clamp(1, 120_000_000);
+        self.overall.saturating_record(micros);
+        let second = self.second(now);
+        self.per_second[second].saturating_record(micros);
+    }
+
+    pub(super) fn record(&mut self, due: Instant, result: Result<Answer, tonic::Code>) {
+        let now = Instant::now();
+        match result {
+            Ok(answer) => {
+                self.answered(now.saturating_duration_since(due).as_micros() as u64, now);
+                match answer {
+                    Answer::Reply(reply) => {
+                        for recipient in &reply.recipients {
+                            let under = self
+                                .deliberations
+                                .iter()
+                                .position(|d| *d == recipient.deliberation)
+                                .unwrap_or(self.deliberations.len());
+                            self.by_deliberation[under].count(recipient.decision);
+                            self.outcome.count(recipient.decision);
+                        }
+                    }
+                    Answer::Acknowledged => self.outcome.add(Outcome {
+                        delivered: 1,
+                        ..Outcome::default()
+                    }),
+                }
+            }
+            Err(code) => {
+                *self.errors.entry(format!("{code:?}")).or_default() += 1;
+                let second = self.second(now);
+                self.errors_per_second[second] += 1;
+            }
+        }
+    }
+}
+
+/// Latency percentiles of a histogram, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Percentiles {
+    /// From a histogram of microseconds.
+    pub fn of(histogram: &Histogram<u64>) -> Percentiles {
+        if histogram.is_empty() {
+            return Percentiles::default();
+        }
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Percentiles {
+            p50: ms(histogram.value_at_quantile(0.50)),
+            p90: ms(histogram.value_at_quantile(0.90)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            p999: ms(histogram.value_at_quantile(0.999)),
+            max: ms(histogram.max()),
+            mean: histogram.mean() / 1000.0,
+        }
+    }
+}
+
+/// One second of a run: (second, calls answered, p50 ms, p99 ms, errors).
+pub type Second = (usize, u64, f64, f64, u64);
+
+/// The result of a run.
+#[derive(Debug)]
+pub struct Report {
+    pub label: String,
+    pub target: String,
+    pub seconds: f64,
+    pub answered: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub throughput: f64,
+    pub latency: Percentiles,
+    /// Deliveries the replies reported made (for `--target institution`: acknowledged calls).
+    pub deliveries_reported: u64,
+    /// Deliveries the replies reported accepted and not yet made.
+    pub deliveries_pending: u64,
+    /// Recipients refused by policy.
+    pub refused: u64,
+    /// Deliveries expected: every recipient not refused.
+    pub deliveries_expected: u64,
+    /// Deliveries counted by the recipients (only with `--start-network`).
+    pub deliveries_seen: Option<u64>,
+    pub deliveries_per_second: f64,
+    /// The recipients' outcomes per deliberation, for the deliberations that had any ("none":
+    /// refused under no deliberation).
+    pub by_deliberation: Vec<UnderDeliberation>,
+    pub timeline: Vec<Second>,
+    /// (upper bound ms, count) over log-spaced buckets.
+    pub buckets: Vec<(f64, u64)>,
+}
+
+/// What the replies said of the recipients under one deliberation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnderDeliberation {
+    pub deliberation: String,
+    pub delivered: u64,
+    pub pending: u64,
+    pub refused: u64,
+    pub failed: u64,
+}
+
+impl Report {
+    pub(super) fn build(
+        label: String,
+        target: String,
+        seconds: f64,
+        recorder: &Recorder,
+    ) -> Report {
+        let answered = recorder.overall.len();
+        let o = recorder.outcome;
+        let timeline = recorder
+            .per_second
+            .iter()
+            .zip(&recorder.errors_per_second)
+            .enumerate()
+            .map(|(second, (h, errors))| {
+                let p = Percentiles::of(h);
+                (second, h.len(), p.p50, p.p99, *errors)
+            })
+            .collect();
+        let mut buckets = Vec::new();
+        if !recorder.overall.is_empty() {
+            for step in recorder.overall.iter_log(10, 1.25) {
+                buckets.push((
+                    step.value_iterated_to() as f64 / 1000.0,
+                    step.count_since_last_iteration(),
+                ));
+            }
+        }
+        Report {
+            label,
+            target,
+            seconds,
+            answered,
+            errors: recorder.errors.clone(),
+            throughput: answered as f64 / seconds,
+            latency: Percentiles::of(&recorder.overall),
+            deliveries_reported: o.delivered,
+            deliveries_pending: o.pending,
+            refused: o.refused,
+            deliveries_expected: o.delivered + o.pending + o.failed,
+            deliveries_seen: None,
+            deliveries_per_second: o.delivered as f64 / seconds,
+            by_deliberation: recorder
+                .deliberations
+                .iter()
+                .map(String::as_str)
+                .chain(["none"])
+                .zip(&recorder.by_deliberation)
+                .filter(|(_, o)| o.delivered + o.pending + o.refused + o.failed > 0)
+                .map(|(deliberation, o)| UnderDeliberation {
+                    deliberation: deliberation.to_owned(),
+                    delivered: o.delivered,
+                    pending: o.pending,
+                    refused: o.refused,
+                    failed: o.failed,
+                })
+                .collect(),
+            timeline,
+            buckets,
+        }
+    }
+
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// The report for people.
+    pub fn text(&self) -> String {
+        let l = &self.latency;
+        let errors = if self.errors.is_empty() {
+            "none".to_owned()
+        } else {
+            self.errors
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let seen = self
+            .deliveries_seen
+            .map_or_else(|| "not counted".to_owned(), |n| n.to_string());
+        let under: String = self
+            .by_deliberation
+            .iter()
+            .map(|u| {
+                format!(
+                    "\n  under {:<10} {} delivered, {} pending, {} refused, {} failed",
+                    u.deliberation, u.delivered, u.pending, u.refused, u.failed
+                )
+            })
+            .collect();
+        format!(
+            "{label}: {target}\n  answered   {answered} in {secs:.1} s = {tput:.0} msg/s\n  \
+             latency    p50 {p50:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, max {max:.2} ms (mean {mean:.2} ms)\n  \
+             errors     {errors}\n  \
+             deliveries {rep} made ({dps:.0}/s), {pend} pending, {exp} expected, {refused} refused by policy; seen by recipients: {seen}{under}",
+            label = self.label,
+            target = self.target,
+            answered = self.answered,
+            secs = self.seconds,
+            tput = self.throughput,
+            p50 = l.p50,
+            p90 = l.p90,
+            p99 = l.p99,
+            p999 = l.p999,
+            max = l.max,
+            mean = l.mean,
+            rep = self.deliveries_reported,
+            dps = self.deliveries_per_second,
+            pend = self.deliveries_pending,
+            exp = self.deliveries_expected,
+            refused = self.refused,
+        )
+    }
+
+    /// The report for scripts.
+    pub fn json(&self) -> serde_json::Value {
+        let l = &self.latency;
+        serde_json::json!({
+            "label": self.label,
+            "target": self.target,
+            "seconds": self.seconds,
+            "answered": self.answered,
+            "errors": self.errors,
+            "throughput": self.throughput,
+            "latency_ms": {"p50": l.p50, "p90": l.p90, "p99": l.p99, "p99_9": l.p999, "max": l.max, "mean": l.mean},
+            "deliveries": {
+                "reported": self.deliveries_reported,
+                "pending": self.deliveries_pending,
+                "expected": self.deliveries_expected,
+                "refused": self.refused,
+                "seen": self.deliveries_seen,
+                "per_second": self.deliveries_per_second,
+            },
+            "by_deliberation": self.by_deliberation.iter().map(|u| (u.deliberation.clone(), serde_json::json!({"delivered": u.delivered, "pending": u.pending, "refused": u.refused, "failed": u.failed}))).collect::<serde_json::Map<_, _>>(),
+            "timeline": self.timeline.iter().map(|(s, n, p50, p99, e)| serde_json::json!({"second": s, "answered": n, "p50_ms": p50, "p99_ms": p99, "errors": e})).collect::<Vec<_>>(),
+        })
+    }
+
+    /// A self-contained HTML page: the figures, latency over time and the latency histogram as
+    /// inline SVG (no script, nothing fetched).
+    pub fn html(&self) -> String {
+        let escape = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        };
+        let mut page = String::new();
+        page.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>bcss-hub load report</title>\n<style>body{font-family:sans-serif;margin:2em;max-width:960px}td,th{padding:2px 10px;text-align:right}th{text-align:left}svg{background:#fafafa;border:1px solid #ddd}</style></head><body>\n");
+        page.push_str(&format!(
+            "<h1>bcss-hub load report</h1>\n<pre>{}</pre>\n",
+            escape(&self.text())
+        ));
+        page.push_str("<h2>Latency over time</h2>\n");
+        page.push_str(&self.svg_timeline());
+        page.push_str("<h2>Latency histogram</h2>\n");
+        page.push_str(&self.svg_histogram());
+        page.push_str("</body></html>\n");
+        page
+    }
+
+    pub(super) fn svg_timeline(&self) -> String {
+        let (w, h, left, bottom) = (900.0, 300.0, 60.0, 30.0);
+        let seconds = self.timeline.len().max(1) as f64;
+        let top = self
+            .timeline
+            .iter()
+            .map(|t| t.3)
+            .fold(0.0f64, f64::max)
+            .max(0.001)
+            * 1.1;
+        let x = |s: f64| left + (w - left - 10.0) * (s + 0.5) / seconds;
+        let y = |ms: f64| (h - bottom) - (h - bottom - 10.0) * ms / top;
+        let line = |pick: &dyn Fn(&Second) -> f64| {
+            self.timeline
+                .iter()
+                .filter(|t| t.1 > 0)
+                .map(|t| format!("{:.1},{:.1}", x(t.0 as f64), y(pick(t))))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let mut svg = format!(
+            "<svg id=\"latency-over-time\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">\n"
+        );
+        svg.push_str(&axes(w, h, left, bottom));
+        for i in 0..=4 {
+            let ms = top * f64::from(i) / 4.0;
+            svg.push_str(&format!(
+                "<text x=\"{:.0}\" y=\"{:.0}\" font-size=\"11\" text-anchor=\"end\">{ms:.1} ms</text>\n",
+                left - 4.0,
+                y(ms) + 4.0
+            ));
+        }
+        svg.push_str(&format!(
+            "<text x=\"{:.0}\" y=\"{:.0}\" font-size=\"11\" text-anchor=\"middle\">seconds ({} s)</text>\n",
+            (w + left) / 2.0,
+            h - 8.0,
+            self.timeline.len()
+        ));
+        svg.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"{}\"><title>p50</title></polyline>\n",
+            line(&|t| t.2)
+        ));
+        svg.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"#d62728\" stroke-width=\"2\" points=\"{}\"><title>p99</title></polyline>\n",
+            line(&|t| t.3)
+        ));
+        svg.push_str(&format!(
+            "<text x=\"{:.0}\" y=\"20\" font-size=\"12\" fill=\"#1f77b4\">p50</text><text x=\"{:.0}\" y=\"20\" font-size=\"12\" fill=\"#d62728\">p99</text>\n",
+            w - 90.0,
+            w - 50.0
+        ));
+        svg.push_str("</svg>\n");
+        svg
+    }
+
+    pub(super) fn svg_histogram(&self) -> String {
+        let (w, h, left, bottom) = (900.0, 300.0, 60.0, 30.0);
+        let buckets: Vec<&(f64, u64)> = {
+            let first = self.buckets.iter().position(|b| b.1 > 0).unwrap_or(0);
+            let last = self.buckets.iter().rposition(|b| b.1 > 0).unwrap_or(0);
+            self.buckets
+                .get(first..=last)
+                .map(|s| s.iter().collect())
+                .unwrap_or_default()
+        };
+        let most = buckets.iter().map(|b| b.1).max().unwrap_or(1).max(1) as f64;
+        let n = buckets.len().max(1) as f64;
+        let bar = (w - left - 10.0) / n;
+        let mut svg = format!(
+            "<svg id=\"latency-histogram\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">\n"
+        );
+        svg.push_str(&axes(w, h, left, bottom));
+        for (i, (upper, count)) in buckets.iter().enumerate() {
+            let height = (h - bottom - 10.0) * *count as f64 / most;
+            let x = left + bar * i as f64;
+            svg.push_str(&format!(
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{height:.1}\" fill=\"#1f77b4\"><title>≤ {upper:.3} ms: {count}</title></rect>\n",
+                h - bottom - height,
+                (bar - 1.0).max(0.5)
+            ));
+            if i % (buckets.len() / 8).max(1) == 0 {
+                svg.push_str(&format!(
+                    "<text x=\"{:.1}\" y=\"{:.0}\" font-size=\"11\" text-anchor=\"middle\">{upper:.2}</text>\n",
+                    x + bar / 2.0,
+                    h - bottom + 14.0
+                ));
+            }
+        }
+        svg.push_str(&format!(
+            "<text x=\"{:.0}\" y=\"{:.0}\" font-size=\"11\" text-anchor=\"middle\">latency, ms (log-spaced buckets)</text>\n",
+            (w + left) / 2.0,
+            h - 4.0
+        ));
+        svg.push_str("</svg>\n");
+        svg
+    }
+}
+
+pub(super) fn axes(w: f64, h: f64, left: f64, bottom: f64) -> String {
+    format!(
+        "<line x1=\"{left}\" y1=\"10\" x2=\"{left}\" y2=\"{b}\" stroke=\"#333\"/><line x1=\"{left}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"#333\"/>\n",
+        b = h - bottom,
+        r = w - 10.0
+    )
+}
