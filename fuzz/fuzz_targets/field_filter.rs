@@ -1,7 +1,8 @@
 //! Fuzzes `bcss_wire::filter` with the shipped deliberations' field trees: the first byte picks
 //! one (deliberation, flow) grant from `config/`, the rest is the payload. Besides never
-//! panicking, the filter must only shrink, be idempotent, keep a valid payload valid (and
-//! decodable), and never bring out a NISS value that was not in the input.
+//! panicking, the filter must give exactly what the untuned reference filter gives (bytes,
+//! statistics, error), only shrink, be idempotent, keep a valid payload valid (and decodable),
+//! and never bring out a NISS value that was not in the input.
 #![no_main]
 
 use bcss_hub_fuzz::{decodes, grants, schema};
@@ -16,7 +17,19 @@ fuzz_target!(|data: &[u8]| {
     let flow_schema = schema().flow(grant.flow);
     let scanned = bcss_wire::scan(&flow_schema.tree, &flow_schema.niss_path, input);
 
-    let Ok((output, _stats)) = bcss_wire::filter(grant.tree, input) else {
+    // The tuned filter (key tables, fast paths, guessed length widths) must do exactly what
+    // the untuned one did: same bytes, same statistics, same error.
+    let filtered = bcss_wire::filter(grant.tree, input);
+    let reference = bcss_wire::reference::filter(grant.tree, input);
+    assert_eq!(
+        filtered.as_ref().map(|(out, stats)| (&out[..], *stats)),
+        reference.as_ref().map(|(out, stats)| (&out[..], *stats)),
+        "{} {}: the tuned filter and the reference filter disagree",
+        grant.deliberation,
+        grant.flow
+    );
+
+    let Ok((output, _stats)) = filtered else {
         // The grant's tree is part of the flow's schema: what scan accepts, filter accepts.
         assert!(
             scanned.is_err(),

@@ -24,8 +24,9 @@ pub mod walk;
 
 #[cfg(test)]
 mod differential;
-#[cfg(test)]
-mod reference;
+/// The untuned filter, as an oracle for the differential tests and the fuzz target.
+#[cfg(any(test, feature = "reference"))]
+pub mod reference;
 
 pub use dropped::for_each_dropped;
 pub use filter::{FilterStats, filter, filter_to_vec};

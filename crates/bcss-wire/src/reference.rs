@@ -8,7 +8,7 @@ use crate::varint;
 use crate::walk::{WireError, read_field};
 
 /// Filters `input` as the untuned filter did.
-pub(crate) fn filter(tree: &FieldTree, input: &[u8]) -> Result<(Vec<u8>, FilterStats), WireError> {
+pub fn filter(tree: &FieldTree, input: &[u8]) -> Result<(Vec<u8>, FilterStats), WireError> {
     let mut out = Vec::new();
     let mut stats = FilterStats::default();
     filter_node(tree, tree.root(), input, &mut out, &mut stats)?;
