@@ -16,8 +16,11 @@
 #   f10 the same, A052 broadcast to 10 CPAS that integrated the person } (fan-out ratio)
 #
 # Prints throughput and p99 per configuration (median of the rounds) and the ratios c/a, c/b,
-# d/b' and f10/f1 (deliveries per second). Needs: cargo, and nginx (installed from Debian with
-# apt-get when missing). Everything it starts runs on loopback and is stopped on exit.
+# d/b' and f10/f1 (deliveries per second); then the CPU each process spent per answered message
+# (the load generator, nginx or the hub, the institution server; f1 and f10 run all three in one
+# process), read from /proc: on cores the processes share, it tells what bounds each ratio.
+# Needs: cargo, and nginx (installed from Debian with apt-get when missing). Everything it
+# starts runs on loopback and is stopped on exit.
 #
 #   benches/compare.sh [--rounds 3] [--seconds 10] [--in-flight 64] [--connections 2]
 #                      [--base-port 47100] [--no-build] [--only "a b bt c cu d b2 f1 f10"]
@@ -101,15 +104,22 @@ RUN_CONFIG="$WORK/config/hub.toml"
 
 start() { "$@" >"$WORK/log.$(( ${#PIDS[@]} ))" 2>&1 & PIDS+=($!); }
 start "$BIN" institution --config "$RUN_CONFIG" --id cpas-liege --listen "127.0.0.1:$INST_PLAIN" --plain --quiet
+PID_INST_PLAIN=$!
 start "$BIN" institution --config "$RUN_CONFIG" --id cpas-liege --listen "127.0.0.1:$INST_TLS" --quiet
+PID_INST_TLS=$!
+# `env` execs the hub, so $! is the hub's pid.
 start env ${BCSS_HUB_ENV:-} "$BIN" load --config "$RUN_CONFIG" --start-hub memory --serve-only --hub-listen "127.0.0.1:$HUB_C" \
   --endpoint "cpas-liege=127.0.0.1:$INST_PLAIN" --delivery-tls off
+PID_HUB_C=$!
+PID_HUB_CU=""
 if [[ " $ONLY " == *" cu "* ]]; then
   start env ${BCSS_HUB_ENV:-} "$BIN" load --config "$RUN_CONFIG" --start-hub memory --serve-only --hub-listen "127.0.0.1:$HUB_CU" \
     --endpoint "cpas-liege=127.0.0.1:$INST_PLAIN" --delivery-tls off --delivery-stream off
+  PID_HUB_CU=$!
 fi
 start env ${BCSS_HUB_ENV:-} "$BIN" load --config "$RUN_CONFIG" --start-hub durable --serve-only --hub-listen "127.0.0.1:$HUB_D" \
   --endpoint "cpas-liege=127.0.0.1:$INST_TLS"
+PID_HUB_D=$!
 
 USER_LINE=""
 [[ $(id -u) -eq 0 ]] && USER_LINE="user root;"
@@ -163,6 +173,7 @@ http {
 }
 EOF
 start "$NGINX" -p "$WORK" -c "$WORK/nginx.conf"
+PID_NGINX=$!
 
 wait_port() {
   for _ in $(seq 1 300); do
@@ -177,13 +188,46 @@ PORTS="$INST_PLAIN $INST_TLS $NGINX_PLAIN $NGINX_TLS $NGINX_TLS_IN $HUB_C $HUB_D
 [[ " $ONLY " == *" cu "* ]] && PORTS+=" $HUB_CU"
 for port in $PORTS; do wait_port "$port"; done
 
+# CPU time, in clock ticks, of processes and their children (nginx's workers), every thread.
+TICK_HZ=$(getconf CLK_TCK)
+ticks() {
+  local total=0 pid child tid fields
+  for pid in "$@"; do
+    for child in $pid $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
+      for tid in /proc/"$child"/task/*; do
+        read -r -a fields 2>/dev/null <"$tid/stat" || continue
+        # utime and stime; a thread name with spaces would shift them, ours have none.
+        total=$((total + fields[13] + fields[14]))
+      done
+    done
+  done
+  echo "$total"
+}
+# User + system seconds of this shell's finished children (`times`' second line), into
+# CHILDREN_SECONDS; `times` must run in this shell, not in a subshell, to see them.
+children_seconds() {
+  times >"$WORK/times"
+  CHILDREN_SECONDS=$(awk 'NR == 2 { s = 0; for (i = 1; i <= 2; i++) { split($i, t, "m"); s += t[1] * 60 + t[2] } printf "%.3f", s }' "$WORK/times")
+}
+middle_of() { case $1 in b|bt|b2) echo "$PID_NGINX" ;; c) echo "$PID_HUB_C" ;; cu) echo "$PID_HUB_CU" ;; d) echo "$PID_HUB_D" ;; esac; }
+institution_of() { case $1 in a|b|bt|c|cu) echo "$PID_INST_PLAIN" ;; d|b2) echo "$PID_INST_TLS" ;; esac; }
+
 COMMON=(--config "$RUN_CONFIG" --duration "$SECONDS_EACH" --in-flight "$IN_FLIGHT" --connections "$CONNECTIONS" --quiet)
 run() { # name, load arguments...
   local name=$1 round=$2; shift 2
+  local middle institution g0 g1 m0 m1 i0 i1
+  middle=$(middle_of "$name"); institution=$(institution_of "$name")
+  m0=$(ticks $middle); i0=$(ticks $institution)
+  children_seconds; g0=$CHILDREN_SECONDS
   if ! "$BIN" load "${COMMON[@]}" --label "$name" --json "$WORK/$name.$round.json" "$@" >"$WORK/$name.$round.txt" 2>&1; then
     echo "  $name failed:" >&2; tail -n 5 "$WORK/$name.$round.txt" >&2
     return 0
   fi
+  children_seconds; g1=$CHILDREN_SECONDS
+  m1=$(ticks $middle); i1=$(ticks $institution)
+  # Microseconds of CPU per answered message: generator (for f1 and f10, the one process), middle, institution.
+  awk -v n="$(jq .answered "$WORK/$name.$round.json")" -v g0="$g0" -v g1="$g1" -v m=$((m1 - m0)) -v i=$((i1 - i0)) -v hz="$TICK_HZ" \
+    'BEGIN { if (n > 0) printf "%.1f %.1f %.1f\n", (g1 - g0) * 1e6 / n, m * 1e6 / hz / n, i * 1e6 / hz / n }' >"$WORK/$name.$round.cpu"
   printf '  %-4s %9.0f msg/s  p99 %7.2f ms  %9.0f deliveries/s\n' "$name" \
     "$(jq .throughput "$WORK/$name.$round.json")" "$(jq .latency_ms.p99 "$WORK/$name.$round.json")" \
     "$(jq .deliveries.per_second "$WORK/$name.$round.json")"
@@ -252,4 +296,23 @@ for round in $(seq 1 "$ROUNDS"); do
   if [[ -f "$WORK/d.$round.json" && -f "$WORK/b2.$round.json" ]]; then line+=" d/b' $(ratio "$(jq .throughput "$WORK/d.$round.json")" "$(jq .throughput "$WORK/b2.$round.json")")"; fi
   if [[ -f "$WORK/f10.$round.json" && -f "$WORK/f1.$round.json" ]]; then line+=" f10/f1 $(ratio "$(jq .deliveries.per_second "$WORK/f10.$round.json")" "$(jq .deliveries.per_second "$WORK/f1.$round.json")")"; fi
   echo "$line"
+done
+
+# What each process spent per answered message, medians of the rounds. "available" is what the
+# cores offered per message (CPUs / messages per second): a total well below it means the
+# processes waited (on commits, on each other) rather than used the cores.
+echo
+echo "CPU per answered message, microseconds (medians of $ROUNDS rounds; user + system, all threads)"
+printf '%-4s %10s %10s %12s %8s %10s\n' cfg generator "nginx/hub" institution total available
+for name in $ONLY; do
+  ls "$WORK/$name".*.cpu >/dev/null 2>&1 || continue
+  cpu_median() { for f in "$WORK/$name".*.cpu; do awk -v k="$1" '{ print $k }' "$f"; done | sort -g |
+    awk '{v[NR]=$1} END {if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
+  g=$(cpu_median 1); m=$(cpu_median 2); i=$(cpu_median 3)
+  available=$(awk -v c="$(nproc)" -v t="${TPUT[$name]}" 'BEGIN { if (t > 0) printf "%.1f", c * 1e6 / t; else print "n/a" }')
+  case $name in
+    f1|f10) printf '%-4s %10s %10s %12s %8.1f %10s   (generator, hub and institutions: one process)\n' "$name" - - - "$g" "$available" ;;
+    a) printf '%-4s %10.1f %10s %12.1f %8.1f %10s\n' "$name" "$g" - "$i" "$(awk -v a="$g" -v c="$i" 'BEGIN { print a + c }')" "$available" ;;
+    *) printf '%-4s %10.1f %10.1f %12.1f %8.1f %10s\n' "$name" "$g" "$m" "$i" "$(awk -v a="$g" -v b="$m" -v c="$i" 'BEGIN { print a + b + c }')" "$available" ;;
+  esac
 done
