@@ -251,11 +251,15 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
+# The median of the numbers on stdin, one per line (0 when there are none).
+median_of_lines() {
+  sort -g | awk '{v[NR]=$1} END {if (NR == 0) print 0; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'
+}
 median() { # name, jq path
-  local values
-  values=$(for f in "$WORK/$1".*.json; do [[ -f $f ]] && jq "$2" "$f"; done | sort -g)
-  [[ -z $values ]] && { echo 0; return; }
-  echo "$values" | awk '{v[NR]=$1} END {if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'
+  for f in "$WORK/$1".*.json; do if [[ -f $f ]]; then jq "$2" "$f"; fi; done | median_of_lines
+}
+cpu_median() { # name, column of the .cpu files
+  for f in "$WORK/$1".*.cpu; do if [[ -f $f ]]; then awk -v k="$2" '{ print $k }' "$f"; fi; done | median_of_lines
 }
 ratio() { awk -v x="$1" -v y="$2" 'BEGIN { if (y > 0) printf "%.2f", x / y; else print "n/a" }'; }
 
@@ -306,9 +310,7 @@ echo "CPU per answered message, microseconds (medians of $ROUNDS rounds; user + 
 printf '%-4s %10s %10s %12s %8s %10s\n' cfg generator "nginx/hub" institution total available
 for name in $ONLY; do
   ls "$WORK/$name".*.cpu >/dev/null 2>&1 || continue
-  cpu_median() { for f in "$WORK/$name".*.cpu; do awk -v k="$1" '{ print $k }' "$f"; done | sort -g |
-    awk '{v[NR]=$1} END {if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
-  g=$(cpu_median 1); m=$(cpu_median 2); i=$(cpu_median 3)
+  g=$(cpu_median "$name" 1); m=$(cpu_median "$name" 2); i=$(cpu_median "$name" 3)
   available=$(awk -v c="$(nproc)" -v t="${TPUT[$name]}" 'BEGIN { if (t > 0) printf "%.1f", c * 1e6 / t; else print "n/a" }')
   case $name in
     f1|f10) printf '%-4s %10s %10s %12s %8.1f %10s   (generator, hub and institutions: one process)\n' "$name" - - - "$g" "$available" ;;
