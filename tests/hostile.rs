@@ -467,6 +467,7 @@ async fn a_broadcast_over_the_fan_out_limit_is_refused_whole() {
     let mut envelope = a052_envelope("narrow", niss, 1);
     envelope.addressee = Some("cpas-mons".into());
     submit(&h, "solidaris", envelope).await.unwrap();
+    common::eventually(Duration::from_secs(10), || h.received() >= 1).await;
     assert_eq!(h.received(), 1);
 }
 

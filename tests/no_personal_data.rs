@@ -7,12 +7,13 @@ mod common;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bcss_proto::hub::v1::{
     ConsultRequest, Envelope, Flow, IntegrateRequest, ListRequest, TrackRequest,
 };
 use bcss_sim::envelope::{FlowMessage, envelope};
-use common::{Harness, a052_envelope, fresh_niss, integrate, rng, submit};
+use common::{Harness, a052_envelope, eventually, fresh_niss, integrate, rng, submit};
 use time::macros::date;
 
 /// Everything written by the tracing subscriber of this test process.
@@ -60,7 +61,7 @@ async fn an_end_to_end_run_logs_no_personal_data() {
         }
     }
     let reply = submit(&h, "solidaris", a052.clone()).await.unwrap();
-    assert!(h.received() >= 1, "the A052 was delivered: {reply:?}");
+    eventually(Duration::from_secs(10), || h.received() >= 1).await;
     // A Dimona with a known name.
     let mut dimona = bcss_sim::payloads::dimona(&mut rng(5), niss, date!(2025 - 05 - 02), None);
     if let Some(worker) = &mut dimona.worker {
@@ -74,7 +75,10 @@ async fn an_end_to_end_run_logs_no_personal_data() {
         None,
         FlowMessage::Dimona(dimona),
     );
-    let _ = submit(&h, "onss", dimona_envelope.clone()).await;
+    // Accepted and delivered, so that the name goes through the delivery path too.
+    let delivered_before = h.received();
+    submit(&h, "onss", dimona_envelope.clone()).await.unwrap();
+    eventually(Duration::from_secs(10), || h.received() > delivered_before).await;
 
     // Bad input of every kind, each of which could tempt an error message to quote a value.
     let mut mismatch = a052.clone();
@@ -181,9 +185,9 @@ async fn an_end_to_end_run_logs_no_personal_data() {
     }
 
     let person = h.hub.person_key().person(niss).to_string();
-    // Let the last log lines land.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Stop the hub (its workers and delivery streams log as they end) before reading the logs.
     drop(h);
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(
         logs.contains("Message accepted.") && logs.contains(&reply.ticket),

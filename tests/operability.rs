@@ -143,6 +143,8 @@ async fn metrics_cover_every_stage_the_last_reload_and_the_journal() {
         Some(1.0)
     );
     assert!(sample(&text, "bcss_policy_last_reload_timestamp_seconds").unwrap() >= started);
+    // Set with the reload's result, not at the next 5 s refresh: a refused reload that took
+    // effect would show here.
     assert_eq!(sample(&text, "bcss_policy_generation"), Some(1.0));
 
     std::fs::remove_file(&broken).unwrap();
@@ -153,6 +155,7 @@ async fn metrics_cover_every_stage_the_last_reload_and_the_journal() {
         sample(&text, "bcss_policy_reloads_total{result=\"ok\"}"),
         Some(1.0)
     );
+    assert_eq!(sample(&text, "bcss_policy_generation"), Some(2.0));
 
     // Every stage has a histogram with observations.
     for stage in ["validate", "route", "check", "filter", "persist", "deliver"] {

@@ -333,7 +333,7 @@ impl Directory {
             None => self.for_each_person(mine),
         }
         found.sort_by_key(|(niss, row)| (*niss, row.quality, row.period.start));
-        let more = found.len() > skip + limit;
+        let more = found.len() > skip.saturating_add(limit);
         let page = found.into_iter().skip(skip).take(limit).collect();
         (page, more)
     }
@@ -788,10 +788,17 @@ mod tests {
                 directory.list(InstitutionIndex(1), Some(a), 0, 10).0.len(),
                 2
             );
-            assert_eq!(
-                directory.list(InstitutionIndex(1), None, 0, 2),
-                (directory.list(InstitutionIndex(1), None, 0, 2).0, true)
+            let (page, more) = directory.list(InstitutionIndex(1), None, 0, 2);
+            assert_eq!((page.len(), more), (2, true));
+            let (rest, more) = directory.list(InstitutionIndex(1), None, 2, 2);
+            assert_eq!((rest.len(), more), (1, false));
+            assert!(
+                page.iter().all(|row| !rest.contains(row)),
+                "pages do not overlap"
             );
+            // A page past the end, however far (the skip comes from a client's page token).
+            let (none, more) = directory.list(InstitutionIndex(1), None, usize::MAX, 10);
+            assert_eq!((none.len(), more), (0, false));
             assert_eq!(
                 directory.remove(a, InstitutionIndex(1), Some(QualityCode(2))),
                 1

@@ -421,7 +421,7 @@ mod tests {
     struct Policy;
     impl Resolver for Policy {
         fn institution(&self, id: &str) -> Option<InstitutionIndex> {
-            // The policy lists the institutions in another order than the snapshot.
+            // The order the snapshot below is written in.
             ["onss", "cpas-liege", "mut-100"]
                 .iter()
                 .position(|known| *known == id)
@@ -505,14 +505,26 @@ mod tests {
             }
         }
         let back = read(snapshot(&sample()).as_slice(), &Reordered).unwrap();
-        let onss_rows: usize = {
-            let mut n = 0;
-            back.for_each_person(|_, rows| {
-                n += rows.iter().filter(|r| r.institution.0 == 2).count();
-            });
-            n
+        // Written as onss 0, cpas-liege 1, mut-100 2; read back under mut-100 0, cpas-liege 1,
+        // onss 2: every row keeps its institution's id, so onss's and mut-100's indices swap.
+        let renumbered = |index: u16| match index {
+            0 => 2,
+            2 => 0,
+            other => other,
         };
-        assert_eq!(onss_rows, 1, "the row written for onss is onss's again");
+        let mut expected = sorted(&sample());
+        for (_, rows) in &mut expected {
+            for row in rows.iter_mut() {
+                row.institution = InstitutionIndex(renumbered(row.institution.0));
+            }
+            rows.sort_by_key(|r| (r.institution.0, r.quality.0, r.period.start));
+        }
+        assert_eq!(sorted(&back), expected);
+        assert_ne!(
+            sorted(&back),
+            sorted(&sample()),
+            "the two orders must differ"
+        );
     }
 
     #[test]

@@ -438,8 +438,8 @@ pub fn spawn_retention(hub: Arc<Hub>, retention: Retention) {
                 forget_stored_tickets(store, crate::ledger::unix_ms(cutoff)).await;
                 hub.ledger().evict_settled(now - retention.settled_held);
             }
-            metrics::gauge!(crate::telemetry::TICKETS_HELD).set(hub.ledger().len() as f64);
             let forgotten = hub.ledger().forget_accepted_before(cutoff);
+            metrics::gauge!(crate::telemetry::TICKETS_HELD).set(hub.ledger().len() as f64);
             if forgotten > 0 {
                 metrics::counter!(crate::telemetry::TICKETS_FORGOTTEN).increment(forgotten as u64);
                 tracing::info!(

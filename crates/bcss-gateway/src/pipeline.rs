@@ -202,7 +202,7 @@ impl Hub {
     /// the snapshot they took; an invalid policy changes nothing.
     pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
         let result = self.reload_policy().await;
-        telemetry::reloaded(result.is_ok());
+        telemetry::reloaded(result.is_ok(), self.generation());
         result
     }
 

@@ -90,9 +90,10 @@ async fn store_gauges(hub: &Hub) {
     }
 }
 
-/// Records a reload's result: the counter by result, the last result (1 ok, 0 refused) and
-/// when it happened.
-pub fn reloaded(ok: bool) {
+/// Records a reload's result: the counter by result, the last result (1 ok, 0 refused), when
+/// it happened and the generation now in force (at once, not at the next 5 s refresh).
+pub fn reloaded(ok: bool, generation: u64) {
+    metrics::gauge!(POLICY_GENERATION).set(generation as f64);
     metrics::counter!(POLICY_RELOADS, "result" => if ok { "ok" } else { "refused" }).increment(1);
     metrics::gauge!(POLICY_LAST_RELOAD_SUCCESS).set(if ok { 1.0 } else { 0.0 });
     metrics::gauge!(POLICY_LAST_RELOAD_TIME).set(unix_seconds());

@@ -4,7 +4,7 @@
 //!
 //! What is exercised is what the Gateway does with a request, without the network: the envelope
 //! decoded as an `EnvelopeView` (prost, as tonic does), then `Hub::explain` (validate → route →
-//! check → filter, and the removed-field names through prost-reflect) against the shipped
+//! check → filter, and the removed-field names from the wire walk) against the shipped
 //! configuration and directory; and, on every payload whatever its envelope, the wire calls
 //! directly: `bcss_wire::scan` against each flow's schema tree, `bcss_wire::filter` with every
 //! grant, `Schema::removed_fields`. Beyond "no panic", two invariants of the data path are
@@ -233,13 +233,14 @@ enum Wire {
 }
 
 /// A payload shaped like `message` on the wire: each field 0 to 2 times (singular fields too),
-/// strings of any bytes (invalid UTF-8 included), varints of any width, unknown fields, in any
-/// order. The fields along `niss_path` are present and carry `niss`, so that the payload can
-/// pass validation and reach the filter.
+/// strings of any text (with `raw_strings`, half of them any bytes), varints of any width,
+/// unknown fields, in any order. The fields along `niss_path` are present and carry `niss`, so
+/// that the payload can pass validation and reach the filter.
 fn hostile(
     message: &MessageDescriptor,
     niss_path: &[u32],
     niss: &'static str,
+    raw_strings: bool,
 ) -> BoxedStrategy<Vec<Wire>> {
     let mut parts: Vec<BoxedStrategy<Vec<Wire>>> = Vec::new();
     for field in message.fields() {
@@ -247,18 +248,23 @@ fn hostile(
         let on_path = niss_path.first() == Some(&number);
         let rest = if on_path { &niss_path[1..] } else { &[][..] };
         let one: BoxedStrategy<Wire> = match field.kind() {
-            Kind::Message(inner) => hostile(&inner, rest, niss)
+            Kind::Message(inner) => hostile(&inner, rest, niss, raw_strings)
                 .prop_map(move |fields| Wire::Message(number, fields))
                 .boxed(),
             Kind::String | Kind::Bytes if on_path && rest.is_empty() => {
                 Just(Wire::Len(number, niss.as_bytes().to_vec())).boxed()
             }
-            Kind::String | Kind::Bytes => prop_oneof![
-                "[ -~]{0,16}".prop_map(String::into_bytes),
+            // Any text; in a payload with raw strings, half of them any bytes (most not UTF-8,
+            // which `scan` refuses: one is enough to keep the whole payload from the filter).
+            Kind::String | Kind::Bytes if raw_strings => prop_oneof![
+                ".{0,16}".prop_map(String::into_bytes),
                 vec(any::<u8>(), 0..16),
             ]
             .prop_map(move |bytes| Wire::Len(number, bytes))
             .boxed(),
+            Kind::String | Kind::Bytes => ".{0,16}"
+                .prop_map(move |text| Wire::Len(number, text.into_bytes()))
+                .boxed(),
             Kind::Fixed32 | Kind::Sfixed32 | Kind::Float => {
                 any::<u32>().prop_map(move |v| Wire::I32(number, v)).boxed()
             }
@@ -328,13 +334,20 @@ fn encode_wire(fields: &[Wire], out: &mut Vec<u8>) {
     }
 }
 
-/// A scenario and a hostile payload for its flow and person.
+/// A scenario and a hostile payload for its flow and person; one payload in four has raw bytes
+/// in its strings.
 fn hostile_case() -> impl Strategy<Value = (usize, Hex)> {
-    (0..SCENARIOS.len()).prop_flat_map(|which| {
+    (0..SCENARIOS.len(), prop::bool::weighted(0.25)).prop_flat_map(|(which, raw_strings)| {
         let scenario = SCENARIOS[which];
         let policy = HUB.policy();
         let schema = policy.schema().flow(scenario.flow);
-        hostile(&schema.message, &schema.niss_path, scenario.niss).prop_map(move |fields| {
+        let fields = hostile(
+            &schema.message,
+            &schema.niss_path,
+            scenario.niss,
+            raw_strings,
+        );
+        fields.prop_map(move |fields| {
             let mut payload = Vec::new();
             encode_wire(&fields, &mut payload);
             (which, Hex(payload))
@@ -548,11 +561,47 @@ proptest! {
     }
 }
 
+/// The hostile payloads do reach the filter: without this, a generator whose payloads `scan`
+/// always refused (as one that put random bytes in half the string fields did) would leave the
+/// two properties below exercising validation only. Counted over a fixed sample.
+#[test]
+fn hostile_payloads_reach_the_filter() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let policy = HUB.policy();
+    let strategy = hostile_case();
+    let mut runner = TestRunner::deterministic();
+    let (mut admitted, mut refused_by_scan) = (0, 0);
+    const CASES: usize = 300;
+    for _ in 0..CASES {
+        let (which, payload) = strategy.new_tree(&mut runner).unwrap().current();
+        let scenario = &SCENARIOS[which];
+        let schema = policy.schema().flow(scenario.flow);
+        if bcss_wire::scan(&schema.tree, &schema.niss_path, &payload.0).is_err() {
+            refused_by_scan += 1;
+            continue;
+        }
+        let envelope = envelope(scenario, payload.0.into());
+        if explain(&policy, &sender(scenario.sender), envelope)
+            .is_ok_and(|plans| plans.iter().any(|plan| plan.result.is_ok()))
+        {
+            admitted += 1;
+        }
+    }
+    // Both outcomes are exercised in earnest: most cases reach a recipient's filter, and some
+    // are refused for their bytes.
+    assert!(
+        admitted * 2 > CASES && refused_by_scan > 0,
+        "{admitted} of {CASES} hostile payloads admitted, {refused_by_scan} refused by scan"
+    );
+}
+
 proptest! {
     #![proptest_config(config(256))]
 
     /// Payloads well formed on the wire but with any content: most pass `scan` and reach the
-    /// filter of every admitted recipient and the removed-field names.
+    /// filter of every admitted recipient and the removed-field names (see
+    /// `hostile_payloads_reach_the_filter`).
     #[test]
     fn hostile_well_formed_payloads_never_panic((which, payload) in hostile_case()) {
         let scenario = &SCENARIOS[which];

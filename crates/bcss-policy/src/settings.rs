@@ -240,8 +240,8 @@ pub struct LimitSettings {
     /// integrated for the person).
     #[serde(default = "default_max_fan_out")]
     pub max_fan_out: usize,
-    /// HTTP/2 streams (calls) one connection may have open at once; a client opening more
-    /// waits for one to finish.
+    /// Calls one connection may have open at once; one more is answered `RESOURCE_EXHAUSTED`
+    /// (HTTP/2 itself makes a client wait only at twice this, `server::run`).
     #[serde(default = "default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
     /// Envelopes of one `SubmitStream` handled at once; the hub reads the next as earlier ones

@@ -220,18 +220,19 @@ fn the_niss_is_found_at_every_occurrence() {
     );
 }
 
-/// Inputs a fuzz target crashed on, kept as files under `tests/fuzz-regressions/<target>/`
-/// (the target's selector byte first). Each one replays through `scan` and `filter` with this
-/// file's schema and grant: no panic, and a filtered output that is no longer than its input,
-/// filters to itself again, and scans as valid when the input did.
+/// Inputs a fuzz target or a property test failed on, kept as files under
+/// `tests/fuzz-regressions/<target>/` (the target's selector byte first). Each one replays
+/// through `scan` and `filter` with this file's schema and grant: no panic, and a filtered
+/// output that is no longer than its input, filters to itself again, and scans as valid when
+/// the input did.
 #[test]
 fn fuzz_regression_files_replay_without_panics() {
     let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions");
-    let Ok(targets) = std::fs::read_dir(&folder) else {
-        return;
-    };
+    let targets =
+        std::fs::read_dir(&folder).unwrap_or_else(|e| panic!("{}: {e}", folder.display()));
     let schema = schema();
     let grant = grant();
+    let mut replayed = 0;
     for target in targets {
         let target = target.unwrap().path();
         if !target.is_dir() {
@@ -254,6 +255,8 @@ fn fuzz_regression_files_replay_without_panics() {
                     assert!(scan(&schema, NISS_PATH, &out).is_ok(), "{}", file.display());
                 }
             }
+            replayed += 1;
         }
     }
+    assert!(replayed > 0, "no file under {}", folder.display());
 }
