@@ -357,6 +357,30 @@ async fn a_full_disk_refuses_submissions_keeps_what_was_accepted_and_recovers() 
     .await
     .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
+    // A sender that sends a message again while its first call is still being committed is
+    // not told "accepted" when that commit fails: 20 messages, each sent twice at once.
+    let gateway = h.gateway("solidaris").await;
+    let twice = (0..20u64).map(|i| {
+        let envelope = addressed(&format!("twice-{i}"), niss, "cpas-liege", i);
+        let (mut first, mut second) = (gateway.clone(), gateway.clone());
+        async move {
+            let (a, b) = tokio::join!(first.submit(envelope.clone()), second.submit(envelope));
+            [a.map(drop), b.map(drop)]
+        }
+    });
+    for (i, answers) in futures_util::future::join_all(twice)
+        .await
+        .iter()
+        .enumerate()
+    {
+        for answer in answers {
+            assert_eq!(
+                answer.as_ref().map_err(|status| status.code()),
+                Err(Code::Unavailable),
+                "twice-{i}: {answer:?}"
+            );
+        }
+    }
 
     // Room again: health says so by itself (its probe writes), before any message arrives.
     std::fs::remove_file(&filler).unwrap();
@@ -610,4 +634,53 @@ async fn a_stream_that_does_not_acknowledge_in_time_is_replaced() {
     );
     assert_eq!(inbox.streamed(), 1, "delivered over a stream");
     assert_eq!(inbox.duplicates(), 0);
+}
+
+/// A sender that gives up on its calls (a `grpc-timeout` shorter than the store's commit) must
+/// not strand what the hub was in the middle of: every message is delivered once, the outbox's
+/// reservations are all released, and resubmitting under the same message ids answers each
+/// with its ticket. (Before submissions ran in their own task, a call dropped while waiting on
+/// the commit left its ticket on disk undelivered until a restart and its reservation held.)
+#[tokio::test]
+async fn calls_the_sender_gives_up_on_are_still_recorded_and_delivered_once() {
+    let h = Harness::start_with(&[], |settings| settings.delivery.max_pending = 8).await;
+    let niss = fresh_niss(76);
+    integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
+    const MESSAGES: u64 = 30;
+    let mut gateway = h.gateway("solidaris").await;
+    let mut cut_short = 0;
+    for i in 0..MESSAGES {
+        let mut request =
+            tonic::Request::new(addressed(&format!("gone-{i}"), niss, "cpas-liege", i));
+        request.set_timeout(Duration::from_micros(500));
+        if gateway.submit(request).await.is_err() {
+            cut_short += 1;
+        }
+    }
+    assert!(
+        cut_short > 0,
+        "no call was cut short: the test proves nothing"
+    );
+    // What the hub took in goes out, and its reservations with it (a call cut short before the
+    // hub read it is simply not there).
+    eventually(Duration::from_secs(10), || h.hub.outbox().pending() == 0).await;
+    let delivered_before = h.network.inbox("cpas-liege").len();
+    // The sender retries each message under its id; each is answered with a ticket (its first
+    // one if the hub had it) and delivered, none twice.
+    for i in 0..MESSAGES {
+        submit(
+            &h,
+            "solidaris",
+            addressed(&format!("gone-{i}"), niss, "cpas-liege", i),
+        )
+        .await
+        .unwrap_or_else(|status| panic!("gone-{i}: {status:?}"));
+    }
+    eventually(Duration::from_secs(20), || {
+        h.network.inbox("cpas-liege").len() as u64 == MESSAGES
+    })
+    .await;
+    eventually(Duration::from_secs(5), || h.hub.outbox().pending() == 0).await;
+    assert_eq!(h.network.inbox("cpas-liege").duplicates(), 0);
+    eprintln!("{cut_short} calls cut short, {delivered_before} delivered before the retries");
 }

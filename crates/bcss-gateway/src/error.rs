@@ -88,6 +88,11 @@ pub enum InputError {
     )]
     StoreUnavailable,
     #[error(
+        "the hub failed while handling this message (a fault of the hub, logged): it may have \
+         been accepted; resubmit it under the same message id to learn its ticket"
+    )]
+    Internal,
+    #[error(
         "institution \"{institution}\" is over limits.rate_per_second = {rate} messages per second \
          (burst {burst}): retry in {retry_after_ms} ms"
     )]
@@ -112,6 +117,7 @@ impl InputError {
             | InputError::TooManyStreams { .. }
             | InputError::OutboxFull { .. } => Code::ResourceExhausted,
             InputError::StoreUnavailable => Code::Unavailable,
+            InputError::Internal => Code::Internal,
             _ => Code::InvalidArgument,
         }
     }

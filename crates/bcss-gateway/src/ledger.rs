@@ -82,6 +82,65 @@ pub struct TicketRecord {
     pub outcomes: Mutex<Vec<Outcome>>,
     /// Tickets that relay this one.
     pub relays: Mutex<Vec<Arc<str>>>,
+    /// Whether the ticket is recorded (in the store, or numbered without one): a resubmission
+    /// that finds the record while its first submission is still being committed waits for it.
+    pub recording: Recording,
+}
+
+/// Whether a ticket's first submission got it recorded: under way, recorded, or not (the
+/// commit failed, or the store already had the message id, and the record left the ledger).
+#[derive(Debug, Default)]
+pub struct Recording {
+    /// 0 under way, 1 recorded, 2 not recorded.
+    state: std::sync::atomic::AtomicU8,
+    settled: tokio::sync::Notify,
+}
+
+impl Recording {
+    const UNDER_WAY: u8 = 0;
+    const RECORDED: u8 = 1;
+    const NOT_RECORDED: u8 = 2;
+
+    /// A ticket that is recorded already (read back from the store).
+    pub fn recorded() -> Recording {
+        Recording {
+            state: std::sync::atomic::AtomicU8::new(Self::RECORDED),
+            settled: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Says how the first submission ended, and wakes whoever waits for it. Only the first
+    /// call counts.
+    pub fn finish(&self, recorded: bool) {
+        let state = if recorded {
+            Self::RECORDED
+        } else {
+            Self::NOT_RECORDED
+        };
+        use std::sync::atomic::Ordering;
+        let _ = self.state.compare_exchange(
+            Self::UNDER_WAY,
+            state,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.settled.notify_waiters();
+    }
+
+    /// Waits until the first submission ended: true if the ticket is recorded.
+    pub async fn wait(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            // Registered before the state is read, so a `finish` in between is not missed.
+            settled.as_mut().enable();
+            match self.state.load(Ordering::Acquire) {
+                Self::UNDER_WAY => settled.await,
+                state => return state == Self::RECORDED,
+            }
+        }
+    }
 }
 
 impl TicketRecord {
@@ -307,6 +366,7 @@ mod tests {
             fingerprint: 7,
             outcomes: Mutex::new(Vec::new()),
             relays: Mutex::new(Vec::new()),
+            recording: Recording::recorded(),
         }
     }
 

@@ -20,7 +20,7 @@ use time::{Date, OffsetDateTime};
 
 use crate::delivery::Deliverer;
 use crate::error::InputError;
-use crate::ledger::{Decision, Ledger, Outcome, Reservation, TicketRecord};
+use crate::ledger::{Decision, Ledger, Outcome, Recording, Reservation, TicketRecord};
 use crate::limits::Limits;
 use crate::outbox::{Job, Outbox, RetryPolicy};
 use crate::privacy::PersonKey;
@@ -270,6 +270,30 @@ impl Hub {
         &self.ledger
     }
 
+    /// [`Hub::submit`] in a task of its own, which runs to its end even if the caller stops
+    /// waiting. A call is dropped when its client resets it or its `grpc-timeout` passes; a
+    /// submission dropped between its ledger entry and the outbox would leave a ticket on disk
+    /// whose deliveries wait for the next restart, its outbox reservation never released, and
+    /// a resubmission answered from the stranded ticket. The gRPC services submit through this.
+    pub async fn submit_detached(
+        self: &Arc<Self>,
+        policy: Arc<Policy>,
+        sender: Arc<Institution>,
+        envelope: EnvelopeView,
+    ) -> Result<Arc<TicketRecord>, InputError> {
+        let hub = self.clone();
+        let task = tokio::spawn(async move { hub.submit(&policy, &sender, envelope).await });
+        match task.await {
+            Ok(result) => result,
+            Err(failed) => {
+                // A panic in the pipeline is a bug; the submission's state is whatever the
+                // store committed, and the sender may resubmit under the same message id.
+                tracing::error!(message = "Submission task failed.", error = %failed);
+                Err(InputError::Internal)
+            }
+        }
+    }
+
     /// Submits an envelope from `sender`: decides, records durably, hands the deliveries to
     /// the outbox, and returns the ticket record with every recipient's outcome (waiting a
     /// little for the first attempts, so that a quick recipient is reported delivered).
@@ -339,10 +363,19 @@ impl Hub {
             fingerprint: message.fingerprint,
             outcomes: Mutex::new(plans.iter().map(|p| initial_outcome(p, &ticket)).collect()),
             relays: Mutex::new(Vec::new()),
+            recording: Recording::default(),
         };
         let record = match self.ledger.insert(record) {
             (Reservation::New, record) => record,
-            (Reservation::Resubmitted(original), _) => return Ok((original, false)),
+            (Reservation::Resubmitted(original), _) => {
+                // Answered with the original's ticket only once that ticket is recorded: if
+                // its commit fails, this resubmission was not accepted either.
+                return if original.recording.wait().await {
+                    Ok((original, false))
+                } else {
+                    Err(InputError::StoreUnavailable)
+                };
+            }
             (Reservation::Conflict, _) => {
                 return Err(InputError::DuplicateMessageId(message.message_id));
             }
@@ -353,6 +386,8 @@ impl Hub {
         } else {
             Vec::new()
         };
+        // Whatever way this ends, whoever waits on the record hears of it.
+        let recording = FinishRecording(record.clone());
         let deliveries = self.deliveries(policy, sender, &message, &record, plans);
         if let Err(full) = self.outbox.reserve(deliveries.len()) {
             self.ledger.forget(&record);
@@ -372,7 +407,10 @@ impl Hub {
         };
         stage_done("persist", stage);
         let seqs = match stored {
-            Ok(Accepted::New { seqs }) => seqs,
+            Ok(Accepted::New { seqs }) => {
+                recording.recorded();
+                seqs
+            }
             Ok(Accepted::Existing(stored)) => {
                 // Recorded under the same message id, and no longer (or not yet) held.
                 self.outbox.release(deliveries.len());
@@ -1106,7 +1144,26 @@ fn restore_record(
         fingerprint: row.fingerprint,
         outcomes: Mutex::new(outcomes),
         relays: Mutex::new(Vec::new()),
+        recording: Recording::recorded(),
     })
+}
+
+/// Tells a ticket's [`Recording`] how its first submission ended: recorded if
+/// [`FinishRecording::recorded`] was called, not recorded otherwise (an error, a refusal by
+/// the store, a panic).
+struct FinishRecording(Arc<TicketRecord>);
+
+impl FinishRecording {
+    fn recorded(&self) {
+        self.0.recording.finish(true);
+    }
+}
+
+impl Drop for FinishRecording {
+    fn drop(&mut self) {
+        // A no-op after `recorded`: only the first finish counts.
+        self.0.recording.finish(false);
+    }
 }
 
 fn refusal_number(reason: RefusalReason) -> u32 {

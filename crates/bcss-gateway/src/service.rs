@@ -33,13 +33,13 @@ pub struct GatewayService {
 /// The reply to one envelope of a `SubmitStream`: what `Submit` would have answered, an error
 /// entry instead of an error status.
 async fn stream_reply(
-    hub: &Hub,
-    sender: &bcss_policy::Institution,
+    hub: &Arc<Hub>,
+    sender: &Arc<bcss_policy::Institution>,
     envelope: EnvelopeView,
 ) -> pb::SubmitStreamReply {
     let message_id = envelope.message_id.clone();
     let policy = hub.policy();
-    let result = match hub.submit(&policy, sender, envelope).await {
+    let result = match hub.submit_detached(policy, sender.clone(), envelope).await {
         Ok(record) => pb::submit_stream_reply::Result::Reply(submit_reply(&record)),
         Err(error) => pb::submit_stream_reply::Result::Error(pb::StreamError {
             code: error.code() as i32,
@@ -60,10 +60,10 @@ impl Gateway for GatewayService {
     ) -> Result<Response<pb::SubmitReply>, Status> {
         let _slot = self.hub.open_stream(&request)?;
         let policy = self.hub.policy();
-        let sender = institution(&policy, &request)?.clone();
+        let sender = Arc::new(institution(&policy, &request)?.clone());
         let record = self
             .hub
-            .submit(&policy, &sender, request.into_inner())
+            .submit_detached(policy, sender, request.into_inner())
             .await?;
         Ok(Response::new(submit_reply(&record)))
     }
