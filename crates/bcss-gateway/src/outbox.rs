@@ -182,7 +182,8 @@ impl Outbox {
     }
 
     /// A dead letter goes back to its recipient's queue; `record`, its ticket's record in the
-    /// ledger, follows its attempts from now on.
+    /// ledger, follows its attempts from now on. `None` when `seq` is not a dead letter (any
+    /// more): nothing is queued.
     pub async fn replay(
         self: &Arc<Self>,
         seq: u64,
@@ -192,9 +193,7 @@ impl Outbox {
             return Ok(None);
         };
         let row = store.change(Change::Replay { seq }).await?;
-        if let Some(row) = &row
-            && row.state() == bcss_store::DeliveryState::Pending
-        {
+        if let Some(row) = &row {
             self.pending.fetch_add(1, Ordering::AcqRel);
             let job = Job {
                 seq: row.seq,

@@ -498,7 +498,6 @@ impl pb::admin_server::Admin for AdminService {
                     "no dead letter {seq}: it was delivered (delivered letters are not kept) or never existed"
                 ))
             })?;
-        let was_dead = before.state() == bcss_store::DeliveryState::DeadLetter;
         // Its ticket's record (read back and held if the ledger had let go of it) follows the
         // new attempts, so that `Track` shows them.
         let record = self
@@ -506,19 +505,22 @@ impl pb::admin_server::Admin for AdminService {
             .recall(&before.ticket)
             .await
             .map_err(store_status)?;
-        let row = self
+        // The store decides, in its commit, whether the row was a dead letter: two replays at
+        // once queue it once.
+        let replayed = self
             .hub
             .outbox()
             .replay(seq, record)
             .await
-            .map_err(store_status)?
-            .unwrap_or(before);
-        if was_dead {
+            .map_err(store_status)?;
+        let requeued = replayed.is_some();
+        let row = replayed.unwrap_or(before);
+        if requeued {
             tracing::info!(message = "Dead letter replayed.", operator = %who, seq, recipient = %row.recipient);
         }
         Ok(Response::new(pb::ReplayDeadLetterReply {
             dead_letter: Some(dead_letter(&row)),
-            requeued: was_dead,
+            requeued,
         }))
     }
 }

@@ -135,7 +135,9 @@ pub enum Change {
         last_error: String,
         reason: String,
     },
-    /// A dead letter goes back to pending, with its attempts reset.
+    /// A dead letter goes back to pending, with its attempts reset. A row that is not a dead
+    /// letter (replayed already, still being retried) is left alone: `None`, nothing
+    /// journalled, so that nothing is queued twice.
     Replay { seq: u64 },
 }
 
@@ -267,7 +269,8 @@ impl Store {
         answer.await.map_err(|_| StoreError::Stopped)?
     }
 
-    /// Applies a change to a delivery, durably; returns the row as it now is.
+    /// Applies a change to a delivery, durably; returns the row as it now is, or `None` when
+    /// there is no such row or (a replay) it was not a dead letter.
     pub async fn change(&self, change: Change) -> Result<Option<DeliveryRow>, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.send(Op::Change { change, reply }).await?;

@@ -717,3 +717,48 @@ async fn retention_leaves_stubs_and_the_chain_still_verifies() {
         Some(Tamper::Changed { number: 4 })
     );
 }
+
+/// Two replays of one dead letter (an operator's retry, two operators) queue it once and
+/// journal one replay; a delivery acknowledged after it was given up on leaves no dead letter
+/// behind, in the table or after a reopen.
+#[tokio::test]
+async fn a_dead_letter_is_replayed_once_and_a_late_delivery_clears_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let (t, d) = ticket("t1", "m1", &["a"]);
+    store.accept(t, d, Vec::new()).await.unwrap();
+    let given_up = || Change::DeadLetter {
+        seq: 1,
+        attempts: 3,
+        last_error: "no answer".into(),
+        reason: "too many attempts".into(),
+    };
+    store.change(given_up()).await.unwrap();
+    let first = store.change(Change::Replay { seq: 1 }).await.unwrap();
+    assert_eq!(first.map(|row| row.state()), Some(DeliveryState::Pending));
+    let second = store.change(Change::Replay { seq: 1 }).await.unwrap();
+    assert!(
+        second.is_none(),
+        "a pending row is not replayed: {second:?}"
+    );
+    let replays = store
+        .journal(JournalQuery::Tickets {
+            tickets: vec!["t1".into()],
+        })
+        .await
+        .unwrap()
+        .iter()
+        .filter(|entry| entry.kind == journal::EntryKind::Replay as i32)
+        .count();
+    assert_eq!(replays, 1);
+    // Given up on again while an attempt was under way, which then is acknowledged.
+    store.change(given_up()).await.unwrap();
+    store
+        .change(Change::Delivered { seq: 1, at_ms: 9 })
+        .await
+        .unwrap();
+    assert!(store.dead_letters(0, 10).await.unwrap().is_empty());
+    drop(store);
+    let (_store, recovered) = Store::open(dir.path()).unwrap();
+    assert_eq!((recovered.dead.len(), recovered.pending.len()), (0, 0));
+}

@@ -502,6 +502,10 @@ pub(crate) fn change_one(
     };
     match change {
         Change::Delivered { at_ms, .. } => {
+            if row.state() == DeliveryState::DeadLetter {
+                // Acknowledged after all (an attempt under way when it was given up on).
+                dead.remove(seq).or_unavailable()?;
+            }
             // The shared payload goes with the last delivery that may need it.
             if row.payload_seq != 0
                 && deliveries
@@ -544,7 +548,7 @@ pub(crate) fn change_one(
         }
         Change::Replay { .. } => {
             if row.state() != DeliveryState::DeadLetter {
-                return whole(row, payloads).map(Some);
+                return Ok(None);
             }
             row.state = DeliveryState::Pending as i32;
             row.attempts = 0;
