@@ -184,6 +184,13 @@ impl Drop for Store {
     }
 }
 
+/// How the store opens `hub.redb`.
+pub(crate) type OpenDatabase = fn(&Path) -> Result<Database, redb::DatabaseError>;
+
+fn create_database(path: &Path) -> Result<Database, redb::DatabaseError> {
+    Database::create(path)
+}
+
 impl Store {
     /// Opens (or creates) `hub.redb` in `dir` and reads back what it holds, every ticket
     /// included.
@@ -199,9 +206,20 @@ impl Store {
         journal: bool,
         hold_since_ms: i64,
     ) -> Result<(Store, Recovered), StoreError> {
+        Store::open_through(dir, journal, hold_since_ms, create_database)
+    }
+
+    /// [`Store::open_with`], opening `hub.redb` (at start, and again after a failure) with
+    /// `open`: tests hand in a storage backend that fails on cue.
+    pub(crate) fn open_through(
+        dir: &Path,
+        journal: bool,
+        hold_since_ms: i64,
+        open: OpenDatabase,
+    ) -> Result<(Store, Recovered), StoreError> {
         let lock = lock_data_folder(dir)?;
         let path = dir.join("hub.redb");
-        let db = Database::create(&path).map_err(|e| unavailable(&path, e))?;
+        let db = open(&path).map_err(|e| unavailable(&path, e))?;
         init_tables(&db).map_err(|e| unavailable(&path, e))?;
         let recovered = recover(&db, hold_since_ms)?;
         let next_seq = next_seq(&db)?;
@@ -212,6 +230,7 @@ impl Store {
         let writer = Writer {
             writable: writable.clone(),
             db: Some(db),
+            open,
             path: path.clone(),
             next_seq,
             journal_key,

@@ -762,3 +762,114 @@ async fn a_dead_letter_is_replayed_once_and_a_late_delivery_clears_it() {
     let (_store, recovered) = Store::open(dir.path()).unwrap();
     assert_eq!((recovered.dead.len(), recovered.pending.len()), (0, 0));
 }
+
+/// Fails the next `sync_data` when [`SYNC_FAILS`] is set, after the file was synced: a commit
+/// that reports an error though the file holds it (redb writes its header, then syncs). Fails
+/// the next read when [`READ_FAILS`] is set.
+#[derive(Debug)]
+struct FailsOnCue(redb::backends::FileBackend);
+
+static SYNC_FAILS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static READ_FAILS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Held by each test that sets the flags above (tests run in parallel).
+static ON_CUE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+impl redb::StorageBackend for FailsOnCue {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        if READ_FAILS.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected: a read failed"));
+        }
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.0.sync_data()?;
+        if SYNC_FAILS.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other(
+                "injected: the sync reported a failure",
+            ));
+        }
+        Ok(())
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.0.write(offset, data)
+    }
+    fn close(&self) -> Result<(), std::io::Error> {
+        self.0.close()
+    }
+}
+
+/// With no page cache, so that every read reaches the backend.
+fn open_fails_on_cue(path: &Path) -> Result<redb::Database, redb::DatabaseError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    redb::Database::builder()
+        .set_cache_size(0)
+        .create_with_backend(FailsOnCue(redb::backends::FileBackend::new(file)?))
+}
+
+/// A commit that reports a failure may still be on disk. The writer reopens the file and
+/// takes its sequence numbers and journal head from it, not from before the group: the next
+/// ticket's deliveries get numbers of their own (they once overwrote the first ticket's rows)
+/// and the journal's chain stays whole.
+#[tokio::test]
+async fn after_a_commit_that_reported_a_failure_numbers_come_from_the_file() {
+    let _alone = ON_CUE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open_through(dir.path(), true, i64::MIN, open_fails_on_cue).unwrap();
+    let entry = |ticket: &str| JournalEntry {
+        kind: journal::EntryKind::Submission as i32,
+        ticket: ticket.into(),
+        niss: 1000,
+        ..Default::default()
+    };
+    let (t, d) = ticket("t1", "m1", &["a", "b"]);
+    SYNC_FAILS.store(true, std::sync::atomic::Ordering::SeqCst);
+    let failed = store.accept(t, d, vec![entry("t1")]).await;
+    assert!(failed.is_err(), "{failed:?}");
+    let (t, d) = ticket("t2", "m2", &["a", "b"]);
+    let Accepted::New { seqs } = store.accept(t, d, vec![entry("t2")]).await.unwrap() else {
+        panic!("t2 is new");
+    };
+    // The scenario: the first commit did reach the file.
+    let first = store.ticket("t1").await.unwrap().expect("t1 is on disk");
+    let first_seqs: Vec<u64> = first.deliveries.iter().map(|d| d.seq).collect();
+    assert_eq!(first_seqs.len(), 2);
+    assert!(
+        seqs.iter().all(|seq| !first_seqs.contains(seq)),
+        "t2 got {seqs:?}, t1 holds {first_seqs:?}"
+    );
+    for seq in first_seqs {
+        assert_eq!(store.delivery(seq).await.unwrap().unwrap().ticket, "t1");
+    }
+    let report = store.verify().await.unwrap();
+    assert_eq!(report.first_problem, None);
+}
+
+/// Once an I/O error happened, redb refuses every later transaction. A read that failed (not
+/// only a commit) makes the writer reopen the file, so the store takes messages again instead
+/// of refusing them until a restart.
+#[tokio::test]
+async fn after_a_failed_read_the_store_reopens_and_accepts_again() {
+    let _alone = ON_CUE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open_through(dir.path(), true, i64::MIN, open_fails_on_cue).unwrap();
+    let (t, d) = ticket("t1", "m1", &["a"]);
+    store.accept(t, d, Vec::new()).await.unwrap();
+    READ_FAILS.store(true, std::sync::atomic::Ordering::SeqCst);
+    let failed = store.ticket("t1").await;
+    assert!(failed.is_err(), "the injected read failure: {failed:?}");
+    let (t, d) = ticket("t2", "m2", &["a"]);
+    store.accept(t, d, Vec::new()).await.unwrap();
+    assert!(store.ticket("t1").await.unwrap().is_some());
+    assert!(store.writable());
+}

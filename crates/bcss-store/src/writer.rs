@@ -9,7 +9,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::journal::{self, Checkpoint, EntryKind, JournalEntry, Verified};
 use crate::read::{
-    dead_letters, delivery, journal_query, size, stored_ticket, ticket, verify_db, whole,
+    dead_letters, delivery, journal_head, journal_query, next_seq, size, stored_ticket, ticket,
+    verify_db, whole,
 };
 use crate::rows::{self, DeliveryRow, DeliveryState, TicketRow};
 use crate::tables::{OrUnavailable, Tables, decode, unavailable};
@@ -89,8 +90,10 @@ impl std::fmt::Debug for Op {
 /// The one thread that writes.
 pub(crate) struct Writer {
     pub(crate) writable: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// `None` after a failed commit: reopened before the next group.
+    /// `None` after a failure (redb refuses every transaction once an I/O error happened):
+    /// reopened before the next group or read.
     pub(crate) db: Option<Database>,
+    pub(crate) open: crate::OpenDatabase,
     pub(crate) path: PathBuf,
     pub(crate) next_seq: u64,
     pub(crate) journal_key: [u8; 32],
@@ -130,11 +133,43 @@ impl Writer {
 
     fn database(&mut self) -> Result<&Database, StoreError> {
         if self.db.is_none() {
-            let db = Database::create(&self.path).map_err(|e| unavailable(&self.path, e))?;
+            let db = (self.open)(&self.path).map_err(|e| unavailable(&self.path, e))?;
+            // What the file holds, not what this thread last believed: a commit that reported
+            // an error may still have reached the disk (redb writes the header, then syncs),
+            // and numbers it used must not be given again.
+            self.next_seq = next_seq(&db)?;
+            self.journal_head = journal_head(&db)?;
             self.db = Some(db);
             tracing::info!(message = "Store reopened.");
         }
         Ok(self.db.as_ref().expect("just opened"))
+    }
+
+    /// After an error from redb: the database is closed and reopened before its next use
+    /// (once an I/O error happened, redb refuses every later transaction).
+    fn close_after(&mut self, error: &StoreError) {
+        if matches!(error, StoreError::Unavailable(_)) {
+            self.db = None;
+        }
+    }
+
+    /// A write group failed before its commit: nothing can be accepted until one succeeds.
+    fn write_failed(&mut self, error: &StoreError) {
+        self.close_after(error);
+        self.writable
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A read, on the database as it is after the last commit.
+    fn reading<T>(
+        &mut self,
+        read: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let result = self.database().and_then(read);
+        if let Err(error) = &result {
+            self.close_after(error);
+        }
+        result
     }
 
     fn apply(&mut self, group: Vec<Op>) {
@@ -168,14 +203,17 @@ impl Writer {
         let txn = match outcome {
             Ok(txn) => txn,
             Err(error) => {
-                self.writable
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                self.write_failed(&error);
                 return fail_all(writes, &error);
             }
         };
         let mut tables = match Tables::open(&txn) {
             Ok(tables) => tables,
-            Err(error) => return fail_all(writes, &StoreError::Unavailable(error.to_string())),
+            Err(error) => {
+                let error = StoreError::Unavailable(error.to_string());
+                self.write_failed(&error);
+                return fail_all(writes, &error);
+            }
         };
         let mut answers = Vec::with_capacity(writes.len());
         for op in writes {
@@ -196,6 +234,7 @@ impl Writer {
             drop(txn);
             self.next_seq = seq_before;
             self.journal_head = head_before;
+            self.write_failed(&error);
             return fail_answers(answers, &error);
         }
         let committed = txn.commit();
@@ -216,7 +255,8 @@ impl Writer {
                 }
             }
             Err(error) => {
-                tracing::error!(message = "Store commit failed; nothing of this group was kept.", %error);
+                tracing::error!(message = "Store commit failed; the group is answered as not recorded.", %error);
+                // Reopening reads the numbers back from the file (`database`).
                 self.db = None;
                 self.next_seq = seq_before;
                 self.journal_head = head_before;
@@ -403,27 +443,24 @@ impl Writer {
                 limit,
                 reply,
             } => {
-                let _ = reply.send(
-                    self.database()
-                        .and_then(|db| dead_letters(db, after, limit)),
-                );
+                let _ = reply.send(self.reading(|db| dead_letters(db, after, limit)));
             }
             Op::Delivery { seq, reply } => {
-                let _ = reply.send(self.database().and_then(|db| delivery(db, seq)));
+                let _ = reply.send(self.reading(|db| delivery(db, seq)));
             }
             Op::Ticket { ticket: id, reply } => {
-                let _ = reply.send(self.database().and_then(|db| ticket(db, &id)));
+                let _ = reply.send(self.reading(|db| ticket(db, &id)));
             }
             Op::Journal { query, reply } => {
-                let _ = reply.send(self.database().and_then(|db| journal_query(db, &query)));
+                let _ = reply.send(self.reading(|db| journal_query(db, &query)));
             }
             Op::Verify { reply } => {
                 let key = self.journal_key;
-                let _ = reply.send(self.database().and_then(|db| verify_db(db, &key)));
+                let _ = reply.send(self.reading(|db| verify_db(db, &key)));
             }
             Op::Size { reply } => {
                 let path = self.path.clone();
-                let _ = reply.send(self.database().and_then(|db| size(db, &path)));
+                let _ = reply.send(self.reading(|db| size(db, &path)));
             }
             _ => unreachable!("writes are not read"),
         }
