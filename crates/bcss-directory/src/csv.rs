@@ -59,15 +59,27 @@ fn parse_line(line: &str, resolver: &impl Resolver) -> Result<(Niss, Integration
     };
     let niss = Niss::parse(next("niss")?).map_err(|e| e.to_string())?;
     let id = next("institution")?;
-    let institution = resolver
-        .institution(id)
-        .ok_or_else(|| format!("unknown institution \"{id}\""))?;
+    // A value is quoted back only when it has the form expected there: a wrong file (a name
+    // in the institution column, say) must not put a person's data into an error.
+    let institution = resolver.institution(id).ok_or_else(|| {
+        if bcss_domain::valid_id(id) {
+            format!("unknown institution \"{id}\"")
+        } else {
+            "the institution column does not hold an institution id".to_owned()
+        }
+    })?;
     let code = next("quality_code")?;
     let quality = code
         .parse::<u16>()
         .ok()
         .and_then(QualityCode::new)
-        .ok_or_else(|| format!("quality code \"{code}\" is not 000-999"))?;
+        .ok_or_else(|| {
+            if code.len() <= 4 && code.bytes().all(|b| b.is_ascii_digit()) {
+                format!("quality code \"{code}\" is not 000-999")
+            } else {
+                "the quality_code column does not hold a code 000-999".to_owned()
+            }
+        })?;
     if !resolver.quality_exists(institution, quality) {
         return Err(format!(
             "quality code {quality} is not defined for the sector of \"{id}\""
@@ -90,8 +102,14 @@ fn parse_line(line: &str, resolver: &impl Resolver) -> Result<(Niss, Integration
 }
 
 fn parse_date(text: &str) -> Result<Date, String> {
-    Date::parse(text, format_description!("[year]-[month]-[day]"))
-        .map_err(|_| format!("\"{text}\" is not a date YYYY-MM-DD"))
+    Date::parse(text, format_description!("[year]-[month]-[day]")).map_err(|_| {
+        // Quoted only when it looks like a date (a wrong column could hold anything).
+        if text.len() <= 10 && text.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+            format!("\"{text}\" is not a date YYYY-MM-DD")
+        } else {
+            "a date column does not hold a date YYYY-MM-DD".to_owned()
+        }
+    })
 }
 
 /// Formats one row as a line of the file.
@@ -105,4 +123,68 @@ pub fn line(niss: Niss, institution_id: &str, row: &Integration) -> String {
         date(row.period.start),
         row.period.end.map(date).unwrap_or_default()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct OneInstitution;
+    impl Resolver for OneInstitution {
+        fn institution(&self, id: &str) -> Option<InstitutionIndex> {
+            (id == "cpas-liege").then_some(InstitutionIndex(0))
+        }
+        fn quality_exists(&self, _: InstitutionIndex, code: QualityCode) -> bool {
+            code.0 < 900
+        }
+    }
+
+    /// Each bad line's error: it names the line and the problem, and quotes a value only when
+    /// it has the form that column expects (a wrong file must not put a person's data, a name
+    /// or a NISS, into an error and the logs).
+    #[test]
+    fn bad_lines_are_named_without_quoting_what_could_be_personal() {
+        // (line, what the error says, what it must not say)
+        let table: [(&str, &str, &[&str]); 6] = [
+            (
+                "85073003328,cpas-namur,001,2024-01-01,",
+                "unknown institution \"cpas-namur\"",
+                &[],
+            ),
+            (
+                "85073003328,Dupont Jean,001,2024-01-01,",
+                "the institution column does not hold an institution id",
+                &["Dupont", "Jean"],
+            ),
+            (
+                "85073003328,cpas-liege,1200,2024-01-01,",
+                "quality code \"1200\" is not 000-999",
+                &[],
+            ),
+            (
+                "85073003328,cpas-liege,Dupont,2024-01-01,",
+                "the quality_code column does not hold a code 000-999",
+                &["Dupont"],
+            ),
+            (
+                "85073003328,cpas-liege,001,2024-13-01,",
+                "\"2024-13-01\" is not a date YYYY-MM-DD",
+                &[],
+            ),
+            (
+                "85073003328,cpas-liege,001,17012500130,",
+                "a date column does not hold a date YYYY-MM-DD",
+                &["17012500130"],
+            ),
+        ];
+        for (line, says, never) in table {
+            let error = load(&Directory::new(), line, &OneInstitution).unwrap_err();
+            let text = error.to_string();
+            assert!(text.contains(says), "{line}: {text}");
+            assert!(text.contains("line 1"), "{line}: {text}");
+            for value in never {
+                assert!(!text.contains(value), "{line}: {text} quotes {value}");
+            }
+        }
+    }
 }

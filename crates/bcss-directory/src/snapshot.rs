@@ -101,7 +101,9 @@ impl<W: Write> SnapshotWriter<W> {
         out.put(MAGIC)?;
         out.put(&persons_hint.to_le_bytes())?;
         let count = u32::try_from(institution_ids.len())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many institutions"))?;
+            .ok()
+            .filter(|&count| count as usize <= MAX_INSTITUTIONS)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "too many institutions"))?;
         out.put(&count.to_le_bytes())?;
         for id in institution_ids {
             let len = u8::try_from(id.len()).map_err(|_| {
@@ -148,6 +150,9 @@ pub fn read(input: impl Read, resolver: &impl Resolver) -> Result<Directory, Sna
     read_sized(input, u64::MAX, resolver)
 }
 
+/// Institutions a snapshot may list: rows name them by a 16-bit position.
+const MAX_INSTITUTIONS: usize = 1 << 16;
+
 /// Bytes of the smallest person in a snapshot: the NISS, the row count, one row.
 const SMALLEST_PERSON: u64 = 8 + 2 + 12;
 
@@ -168,12 +173,22 @@ pub fn read_sized(
         .min(size / SMALLEST_PERSON)
         .min(100_000_000) as usize;
     let institutions = u32::from_le_bytes(input.array()?) as usize;
-    let mut ids = Vec::with_capacity(institutions.min(65_536));
-    let mut indices = Vec::with_capacity(institutions.min(65_536));
+    // A row names its institution by a 16-bit position; a larger count is damage (and would
+    // size the quality table below by it before the checksum is read).
+    if institutions > MAX_INSTITUTIONS {
+        return Err(SnapshotError::Damaged(
+            "more institutions than a row can name",
+        ));
+    }
+    let mut ids = Vec::with_capacity(institutions);
+    let mut indices = Vec::with_capacity(institutions);
     for _ in 0..institutions {
         let len = input.take(1)?[0] as usize;
         let id = std::str::from_utf8(input.take(len)?)
-            .map_err(|_| SnapshotError::Damaged("an institution id is not UTF-8"))?
+            .ok()
+            .filter(|id| bcss_domain::valid_id(id))
+            // Not quoted: damaged bytes here could be anything, a person's included.
+            .ok_or(SnapshotError::Damaged("an institution id is not an id"))?
             .to_owned();
         indices.push(resolver.institution(&id));
         ids.push(id);
@@ -527,6 +542,18 @@ mod tests {
         );
     }
 
+    /// A snapshot's start: the magic, a persons hint, `count` institutions and these ids.
+    fn header(count: u32, ids: &[&[u8]]) -> Vec<u8> {
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend(1u64.to_le_bytes());
+        bytes.extend(count.to_le_bytes());
+        for id in ids {
+            bytes.push(id.len() as u8);
+            bytes.extend_from_slice(id);
+        }
+        bytes
+    }
+
     #[test]
     fn every_damage_is_refused_without_naming_a_person() {
         let good = snapshot(&sample());
@@ -566,13 +593,27 @@ mod tests {
                 [good.as_slice(), b"x"].concat(),
                 "follow the checksum",
             ),
+            (
+                // Refused before anything is sized by the count (a table of 1,000 quality
+                // codes per institution).
+                "more institutions than a row can name",
+                header(70_000, &[]),
+                "more institutions than a row can name",
+            ),
+            (
+                "an institution id that is not an id",
+                header(1, &[b"Dupont Jean"]),
+                "an institution id is not an id",
+            ),
         ];
         for (case, bytes, expected) in cases {
             let error = read(bytes.as_slice(), &Policy).expect_err(case).to_string();
             assert!(error.contains(expected), "{case}: {error}");
             assert!(
-                !error.contains("85073003328") && !error.contains("17012500130"),
-                "{case}"
+                !error.contains("85073003328")
+                    && !error.contains("17012500130")
+                    && !error.contains("Dupont"),
+                "{case}: {error}"
             );
         }
     }

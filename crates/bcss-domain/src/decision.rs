@@ -61,7 +61,9 @@ pub enum RefusalReason {
 }
 
 impl RefusalReason {
-    /// Every reason, in the order of their numbers in the contracts (1-based).
+    /// Every reason. The store keeps a refusal as its 1-based position here
+    /// (`OutcomeRow.refusal`), so this order never changes: a new reason goes at the end. (The
+    /// contract's `RefusalReason` numbers are another order, mapped by name in the gateway.)
     pub const ALL: [RefusalReason; 9] = [
         RefusalReason::NoDeliberation,
         RefusalReason::DeliberationNotYetValid,
@@ -215,6 +217,26 @@ pub fn check_recipient<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Stored tickets keep refusals by position in `ALL`: the order is pinned here.
+    #[test]
+    fn the_stored_numbering_of_refusals_does_not_change() {
+        let names: Vec<&str> = RefusalReason::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "no_deliberation",
+                "deliberation_not_yet_valid",
+                "deliberation_expired",
+                "relay_required",
+                "contact_file_missing",
+                "not_integrated",
+                "quality_code_not_accepted",
+                "period_outside_integration",
+                "agent_not_allowed",
+            ]
+        );
+    }
     use crate::deliberation::{PartySet, Route};
     use crate::party::{SectorIndex, SectorQuality};
     use time::macros::date;

@@ -25,5 +25,5 @@ pub use decision::{Admission, Integration, Refusal, RefusalReason, check_recipie
 pub use deliberation::{CheckMode, Consultation, Deliberation, DeliberationId, PartySet, Route};
 pub use flow::Flow;
 pub use niss::{Niss, NissError, NissKind};
-pub use party::{InstitutionIndex, Party, QualityCode, SectorIndex, SectorQuality};
+pub use party::{InstitutionIndex, Party, QualityCode, SectorIndex, SectorQuality, valid_id};
 pub use period::{Period, PeriodError, iso_date};

@@ -6,6 +6,15 @@
 
 use std::fmt;
 
+/// Whether `id` has the form of a sector or institution id: lowercase ASCII letters, digits and
+/// `-`, at least one. Only such an id is ever quoted back in an error.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 /// Index of a sector in the policy's sector table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SectorIndex(pub u16);

@@ -221,7 +221,7 @@ impl Policy {
         }
         for entry in parsed.institutions {
             let what = format!("institution \"{}\"", entry.id);
-            if !valid_id(&entry.id) {
+            if !bcss_domain::valid_id(&entry.id) {
                 problems.add(
                     file,
                     &what,
@@ -270,7 +270,7 @@ impl Policy {
         }
         for entry in parsed.operators {
             let what = format!("operator \"{}\"", entry.id);
-            if !valid_id(&entry.id) {
+            if !bcss_domain::valid_id(&entry.id) {
                 problems.add(
                     file,
                     &what,
@@ -806,7 +806,22 @@ impl Policy {
     pub fn check_successor(&self, next: &Policy) -> Result<(), String> {
         for institution in &self.institutions {
             match next.institutions.get(institution.index.0 as usize) {
-                Some(same) if same.id == institution.id => {}
+                Some(same) if same.id == institution.id => {
+                    // A directory row holds (institution, quality code), and a code means
+                    // something only in the institution's sector.
+                    let (was, is) = (
+                        &self.sector(institution.sector).id,
+                        &next.sector(same.sector).id,
+                    );
+                    if was != is {
+                        return Err(format!(
+                            "institution \"{}\" moved from sector \"{was}\" to \"{is}\": the quality \
+                             codes of its integrations would change meaning (restart the hub to \
+                             change an institution's sector)",
+                            institution.id
+                        ));
+                    }
+                }
                 _ => {
                     return Err(format!(
                         "institution \"{}\" was removed or moved in the file; while the hub runs, \
@@ -814,6 +829,33 @@ impl Policy {
                         institution.id
                     ));
                 }
+            }
+        }
+        // Integrations may hold any code defined now; a snapshot holding a removed one would
+        // not load at the next start.
+        let mut defined: Vec<(&str, u16)> = self
+            .qualities
+            .keys()
+            .map(|q| (self.sector(q.sector).id.as_str(), q.code.0))
+            .collect();
+        defined.sort_unstable();
+        for (sector, code) in defined {
+            let kept = next
+                .sectors
+                .iter()
+                .find(|s| s.id == sector)
+                .is_some_and(|s| {
+                    next.qualities.contains_key(&SectorQuality {
+                        sector: s.index,
+                        code: QualityCode(code),
+                    })
+                });
+            if !kept {
+                return Err(format!(
+                    "quality code {code:03} of sector \"{sector}\" was removed: integrations may \
+                     hold it (restart the hub, with a directory that no longer uses it, to remove \
+                     a code)"
+                ));
             }
         }
         Ok(())
@@ -870,13 +912,6 @@ impl Policy {
     pub fn schema(&self) -> &Schema {
         &self.schema
     }
-}
-
-fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// An agent id as consulting institutions send it: 1-64 printable ASCII characters.

@@ -72,7 +72,9 @@ impl Schema {
         &self.flows[flows_index(flow)]
     }
 
-    /// Compiles a field list into a tree, or says which paths do not exist.
+    /// Compiles a field list into a tree, or says which paths do not exist. A path that names a
+    /// sub-message keeps each field the contract gives it, not its bytes: a field the contract
+    /// does not know (a sender's addition) is dropped there as anywhere else.
     pub fn compile(&self, flow: Flow, paths: &[String]) -> Result<FieldTree, Vec<String>> {
         let message = &self.flow(flow).message;
         let mut builder = FieldTreeBuilder::default();
@@ -84,7 +86,14 @@ impl Schema {
                     for (i, field) in fields.iter().enumerate() {
                         let Some(at) = node else { break };
                         if i + 1 == fields.len() {
-                            builder.keep(at, field.number(), wire_types(field));
+                            match field.kind() {
+                                Kind::Message(inner) => {
+                                    if let Some(child) = builder.descend(at, field.number()) {
+                                        add_all(&mut builder, child, &inner, fields.len());
+                                    }
+                                }
+                                _ => builder.keep(at, field.number(), wire_types(field)),
+                            }
                         } else {
                             node = builder.descend(at, field.number());
                         }
@@ -327,6 +336,32 @@ mod tests {
             "{}",
             problems[1]
         );
+    }
+
+    /// A052 `risks.period` granted whole, and a payload whose period carries a field 15 the
+    /// contract does not have: the start and end go through, field 15 does not.
+    #[test]
+    fn a_sub_message_granted_whole_keeps_its_known_fields_only() {
+        fn len_field(number: u8, content: &[u8]) -> Vec<u8> {
+            let mut out = vec![number << 3 | 2, content.len() as u8];
+            out.extend_from_slice(content);
+            out
+        }
+        let schema = Schema::load();
+        let tree = schema
+            .compile(Flow::A052, &["niss".into(), "risks.period".into()])
+            .unwrap();
+        let mut period = len_field(1, b"2024-01-01");
+        period.extend(len_field(2, b"2024-03-31"));
+        period.extend(len_field(15, b"burn-out diagnosis"));
+        let mut payload = len_field(1, b"85073003328");
+        payload.extend(len_field(5, &len_field(3, &period)));
+        let (out, _) = bcss_wire::filter(&tree, &payload).unwrap();
+        let mut expected_period = len_field(1, b"2024-01-01");
+        expected_period.extend(len_field(2, b"2024-03-31"));
+        let mut expected = len_field(1, b"85073003328");
+        expected.extend(len_field(5, &len_field(3, &expected_period)));
+        assert_eq!(&out[..], &expected[..]);
     }
 
     #[test]

@@ -282,3 +282,53 @@ fn consultation_sections_are_checked_at_load() {
         }
     }
 }
+
+/// A live reload may add institutions and codes, and change deliberations; it may not change
+/// what the directory's rows mean. (edited file, edit, what the refusal says; None: accepted)
+#[test]
+fn a_reload_may_not_change_what_directory_rows_mean() {
+    type Edit = fn(String) -> String;
+    let table: [(&str, Edit, Option<&str>); 4] = [
+        ("institutions.toml", |text| text, None),
+        (
+            "institutions.toml",
+            |text| text.replacen("sector = \"cpas\"", "sector = \"health_insurance\"", 1),
+            Some("moved from sector \"cpas\" to \"health_insurance\""),
+        ),
+        (
+            "quality_codes.toml",
+            |text| {
+                text.replacen(
+                    "  { code = 902, name = \"provisional registration\" },\n",
+                    "",
+                    1,
+                )
+            },
+            Some("quality code 902 of sector \"national_social_security\" was removed"),
+        ),
+        (
+            "quality_codes.toml",
+            |text| {
+                text.replacen(
+                    "  { code = 902, name = \"provisional registration\" },\n",
+                    "  { code = 902, name = \"provisional registration\" },\n  { code = 777, name = \"added\" },\n",
+                    1,
+                )
+            },
+            None,
+        ),
+    ];
+    let shipped_policy = load(&shipped()).unwrap();
+    for (file, edit, refusal) in table {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&shipped(), dir.path());
+        let target = dir.path().join(file);
+        std::fs::write(&target, edit(std::fs::read_to_string(&target).unwrap())).unwrap();
+        let next = load(dir.path()).unwrap();
+        match (shipped_policy.check_successor(&next), refusal) {
+            (Ok(()), None) => {}
+            (Err(error), Some(says)) => assert!(error.contains(says), "{file}: {error}"),
+            (result, expected) => panic!("{file}: {result:?}, expected {expected:?}"),
+        }
+    }
+}

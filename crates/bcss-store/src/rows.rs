@@ -39,7 +39,8 @@ pub struct OutcomeRow {
     pub institution: String,
     #[prost(string, optional, tag = "2")]
     pub deliberation: Option<String>,
-    /// 0 when admitted; otherwise the refusal reason's number (`bcss.hub.v1.RefusalReason`).
+    /// 0 when admitted; otherwise the refusal reason's 1-based position in
+    /// `bcss_domain::RefusalReason::ALL` (the store's own numbering, not the contract's).
     #[prost(uint32, tag = "3")]
     pub refusal: u32,
     /// The delivery's sequence number when admitted (0 when refused).
