@@ -269,3 +269,57 @@ async fn reloading_under_load_fails_no_submission() {
     common::eventually(Duration::from_secs(30), || h.received() >= delivered).await;
     assert_eq!(h.received(), delivered);
 }
+
+/// A reload that re-points an institution's certificate name cuts that certificate off (the
+/// way to do so while the hub runs), on a `SubmitStream` already open too: its next envelope is
+/// answered `UNAUTHENTICATED` and nothing of it is delivered.
+#[tokio::test]
+async fn a_reload_that_cuts_a_certificate_off_stops_its_open_stream() {
+    use bcss_proto::hub::v1::submit_stream_reply::Result as Answer;
+    let h = Harness::start(&[]).await;
+    let niss = common::fresh_niss(77);
+    common::integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
+    let addressed = |id: &str| {
+        let mut envelope = common::a052_envelope(id, niss, 1);
+        envelope.addressee = Some("cpas-liege".into());
+        envelope
+    };
+    let (envelopes, sent) = tokio::sync::mpsc::channel(4);
+    let mut replies = h
+        .gateway("solidaris")
+        .await
+        .submit_stream(tokio_stream::wrappers::ReceiverStream::new(sent))
+        .await
+        .unwrap()
+        .into_inner();
+    envelopes.send(addressed("cut-1")).await.unwrap();
+    let first = replies.message().await.unwrap().unwrap();
+    assert!(matches!(first.result, Some(Answer::Reply(_))), "{first:?}");
+    common::eventually(Duration::from_secs(10), || h.received() == 1).await;
+
+    let institutions = h.config_dir.join("institutions.toml");
+    let text = std::fs::read_to_string(&institutions).unwrap();
+    let retired = text.replacen(
+        "id = \"solidaris\"\n",
+        "id = \"solidaris\"\ncertificate_name = \"retired.institutions.bcss.test\"\n",
+        1,
+    );
+    assert_ne!(retired, text);
+    std::fs::write(&institutions, retired).unwrap();
+    h.hub.reload().await.unwrap();
+
+    envelopes.send(addressed("cut-2")).await.unwrap();
+    let second = replies.message().await.unwrap().unwrap();
+    match &second.result {
+        Some(Answer::Error(error)) => {
+            assert_eq!(error.code, tonic::Code::Unauthenticated as i32, "{error:?}")
+        }
+        other => panic!("the cut-off certificate's envelope was answered {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        h.received(),
+        1,
+        "nothing of the second envelope is delivered"
+    );
+}

@@ -29,6 +29,11 @@ pub fn caller<'p, T>(
     policy: &'p Policy,
     request: &tonic::Request<T>,
 ) -> Result<Caller<'p>, Status> {
+    caller_named(policy, &certificate_names(request)?)
+}
+
+/// The DNS names of the request's (verified) client certificate.
+pub fn certificate_names<T>(request: &tonic::Request<T>) -> Result<Arc<[String]>, Status> {
     let certs = request.peer_certs().ok_or_else(|| {
         Status::unauthenticated(
             "no client certificate: connect with mutual TLS and your institution's certificate",
@@ -37,8 +42,12 @@ pub fn caller<'p, T>(
     let leaf = certs
         .first()
         .ok_or_else(|| Status::unauthenticated("the client certificate chain is empty"))?;
-    let names = known_dns_names(leaf.as_ref())
-        .ok_or_else(|| Status::unauthenticated("the client certificate cannot be parsed"))?;
+    known_dns_names(leaf.as_ref())
+        .ok_or_else(|| Status::unauthenticated("the client certificate cannot be parsed"))
+}
+
+/// The party a certificate with these names proves under `policy`, or `UNAUTHENTICATED`.
+pub fn caller_named<'p>(policy: &'p Policy, names: &[String]) -> Result<Caller<'p>, Status> {
     names
         .iter()
         .find_map(|name| {
@@ -60,7 +69,16 @@ pub fn institution<'p, T>(
     policy: &'p Policy,
     request: &tonic::Request<T>,
 ) -> Result<&'p Institution, Status> {
-    match caller(policy, request)? {
+    institution_named(policy, &certificate_names(request)?)
+}
+
+/// [`institution`], for a certificate's names read earlier (a stream's envelopes are
+/// authenticated against the policy in force for each, not the one of the stream's opening).
+pub fn institution_named<'p>(
+    policy: &'p Policy,
+    names: &[String],
+) -> Result<&'p Institution, Status> {
+    match caller_named(policy, names)? {
         Caller::Institution(institution) => Ok(institution),
         Caller::Operator(operator) => Err(Status::permission_denied(format!(
             "\"{}\" is an operator certificate: only an institution's certificate may call this",

@@ -30,21 +30,52 @@ pub struct GatewayService {
     pub stream_in_flight: usize,
 }
 
+/// Who sends on a `SubmitStream`: the certificate's names, and the institution they named
+/// under the last policy looked at. A reload can re-point or remove a certificate name (the
+/// way to cut a certificate off while the hub runs), so each envelope is authenticated against
+/// the policy in force for it; the institution is looked up again only when the policy changed.
+struct StreamSender {
+    names: Arc<[String]>,
+    last: std::sync::Mutex<(Arc<bcss_policy::Policy>, Arc<bcss_policy::Institution>)>,
+}
+
+impl StreamSender {
+    /// The policy in force and the sender under it, or the status a new call would get.
+    fn now(
+        &self,
+        hub: &Hub,
+    ) -> Result<(Arc<bcss_policy::Policy>, Arc<bcss_policy::Institution>), Status> {
+        let policy = hub.policy();
+        let mut last = self.last.lock().expect("stream sender lock");
+        if !Arc::ptr_eq(&last.0, &policy) {
+            let sender =
+                Arc::new(crate::identity::institution_named(&policy, &self.names)?.clone());
+            *last = (policy.clone(), sender);
+        }
+        Ok((policy, last.1.clone()))
+    }
+}
+
 /// The reply to one envelope of a `SubmitStream`: what `Submit` would have answered, an error
 /// entry instead of an error status.
 async fn stream_reply(
     hub: &Arc<Hub>,
-    sender: &Arc<bcss_policy::Institution>,
+    sender: &StreamSender,
     envelope: EnvelopeView,
 ) -> pb::SubmitStreamReply {
     let message_id = envelope.message_id.clone();
-    let policy = hub.policy();
-    let result = match hub.submit_detached(policy, sender.clone(), envelope).await {
-        Ok(record) => pb::submit_stream_reply::Result::Reply(submit_reply(&record)),
-        Err(error) => pb::submit_stream_reply::Result::Error(pb::StreamError {
-            code: error.code() as i32,
-            message: error.to_string(),
-        }),
+    let error = |code: tonic::Code, message: String| {
+        pb::submit_stream_reply::Result::Error(pb::StreamError {
+            code: code as i32,
+            message,
+        })
+    };
+    let result = match sender.now(hub) {
+        Err(status) => error(status.code(), status.message().to_owned()),
+        Ok((policy, sender)) => match hub.submit_detached(policy, sender, envelope).await {
+            Ok(record) => pb::submit_stream_reply::Result::Reply(submit_reply(&record)),
+            Err(failed) => error(failed.code(), failed.to_string()),
+        },
     };
     pb::SubmitStreamReply {
         message_id,
@@ -76,7 +107,13 @@ impl Gateway for GatewayService {
         request: Request<Streaming<EnvelopeView>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
         let slot = self.hub.open_stream(&request)?;
-        let sender = Arc::new(institution(&self.hub.policy(), &request)?.clone());
+        let policy = self.hub.policy();
+        let names = crate::identity::certificate_names(&request)?;
+        let opened_by = Arc::new(crate::identity::institution_named(&policy, &names)?.clone());
+        let sender = Arc::new(StreamSender {
+            names,
+            last: std::sync::Mutex::new((policy, opened_by)),
+        });
         let hub = self.hub.clone();
         let limit = self.max_message_bytes;
         // Up to `stream_in_flight` envelopes go through the pipeline at once; `buffered` reads
