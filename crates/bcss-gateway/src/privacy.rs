@@ -36,11 +36,10 @@ impl PersonKey {
             }),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 let key: [u8; 32] = rand::random();
-                if let Some(parent) = file.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
                 let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-                std::fs::write(file, hex + "\n")?;
+                // With the key, every `p:…` of the logs could be reversed by hashing all NISS:
+                // the owner alone may read it.
+                bcss_store::create_secret_file(file, (hex + "\n").as_bytes())?;
                 Ok(PersonKey(key))
             }
             Err(error) => Err(error),
@@ -105,6 +104,10 @@ mod tests {
         let first = PersonKey::load_or_create(&file).unwrap().person(niss);
         let again = PersonKey::load_or_create(&file).unwrap().person(niss);
         assert_eq!(first, again);
+        // The owner alone may read it.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
         std::fs::write(&file, "not hex").unwrap();
         assert!(PersonKey::load_or_create(&file).is_err());
     }

@@ -223,7 +223,7 @@ impl Store {
         init_tables(&db).map_err(|e| unavailable(&path, e))?;
         let recovered = recover(&db, hold_since_ms)?;
         let next_seq = next_seq(&db)?;
-        let journal_key = journal_key(dir)?;
+        let journal_key = journal_key(dir, true)?;
         let journal_head = journal_head(&db)?;
         let (ops, rx) = mpsc::channel(4 * MAX_GROUP);
         let writable = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -428,5 +428,36 @@ pub fn now_ms() -> i64 {
 pub fn verify_folder(dir: &Path) -> Result<Verified, StoreError> {
     let path = dir.join("hub.redb");
     let db = Database::open(&path).map_err(|e| unavailable(&path, e))?;
-    verify_db(&db, &journal_key(dir)?)
+    // Checking writes nothing: without its key the journal cannot be checked.
+    verify_db(&db, &journal_key(dir, false)?)
+}
+
+/// Creates a key file of the data folder (`journal.key`, the logs' person key): whole or not
+/// at all (written to a temporary file, synced, renamed, the folder synced), readable and
+/// writable by the owner only. Fails if `path` exists.
+pub fn create_secret_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let folder = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(folder)?;
+    let partial = path.with_extension("partial");
+    // A partial file left by a crash is not a key: start it afresh.
+    let _ = std::fs::remove_file(&partial);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    drop(file);
+    if path.exists() {
+        let _ = std::fs::remove_file(&partial);
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} exists", path.display()),
+        ));
+    }
+    std::fs::rename(&partial, path)?;
+    std::fs::File::open(folder)?.sync_all()
 }

@@ -350,8 +350,9 @@ pub(crate) fn verify_db(db: &Database, key: &[u8; 32]) -> Result<Verified, Store
     Ok(journal::verify(key, entries, &checkpoints))
 }
 
-/// The key that seals checkpoints: `journal.key` in the data folder, created on first start.
-pub(crate) fn journal_key(dir: &Path) -> Result<[u8; 32], StoreError> {
+/// The key that seals checkpoints: `journal.key` in the data folder, created on first start
+/// (by [`crate::create_secret_file`]) when `create` is set.
+pub(crate) fn journal_key(dir: &Path, create: bool) -> Result<[u8; 32], StoreError> {
     let file = dir.join("journal.key");
     match std::fs::read(&file) {
         Ok(bytes) if bytes.len() == 32 => Ok(bytes.try_into().expect("32 bytes")),
@@ -359,10 +360,16 @@ pub(crate) fn journal_key(dir: &Path) -> Result<[u8; 32], StoreError> {
             "{} is not a 32-byte key",
             file.display()
         ))),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound && create => {
             let key: [u8; 32] = rand::random();
-            std::fs::write(&file, key).map_err(|e| unavailable(&file, e))?;
+            crate::create_secret_file(&file, &key).map_err(|e| unavailable(&file, e))?;
             Ok(key)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            Err(StoreError::Damaged(format!(
+                "{} is missing: checkpoints cannot be checked without the key that sealed them",
+                file.display()
+            )))
         }
         Err(error) => Err(unavailable(&file, error)),
     }

@@ -873,3 +873,28 @@ async fn after_a_failed_read_the_store_reopens_and_accepts_again() {
     assert!(store.ticket("t1").await.unwrap().is_some());
     assert!(store.writable());
 }
+
+/// `journal.key` is created whole, for the owner only; checking a folder writes nothing, and
+/// without the key it says what is missing instead of making a new key (which would have
+/// reported every sealed checkpoint as tampered with).
+#[tokio::test]
+async fn the_journal_key_is_private_and_checking_never_makes_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    drop(store);
+    let key = dir.path().join("journal.key");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    assert!(verify_folder(dir.path()).is_ok());
+    std::fs::remove_file(&key).unwrap();
+    let error = verify_folder(dir.path()).unwrap_err().to_string();
+    assert!(error.contains("journal.key is missing"), "{error}");
+    assert!(!key.exists(), "checking made a key");
+    assert!(create_secret_file(&key, b"x").is_ok());
+    assert!(
+        create_secret_file(&key, b"y").is_err(),
+        "an existing key is never replaced"
+    );
+    assert_eq!(std::fs::read(&key).unwrap(), b"x");
+}
