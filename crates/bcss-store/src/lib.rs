@@ -154,7 +154,8 @@ pub enum JournalQuery {
         from_ms: i64,
         to_ms: i64,
     },
-    /// Every entry in a time range (ms, inclusive), at most `limit`.
+    /// Every entry in a time range (ms, inclusive). Read, like a verification, on the store's
+    /// reader thread: a wide range costs time and memory, never the commits.
     Range { from_ms: i64, to_ms: i64 },
     /// The contact-file registration with this id, if any.
     ContactFile { id: String },
@@ -169,6 +170,7 @@ pub struct Store {
     writable: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ops: Option<mpsc::Sender<Op>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    reader: Option<std::thread::JoinHandle<()>>,
     path: PathBuf,
     /// Held for the store's life: see [`lock_data_folder`].
     _lock: std::fs::File,
@@ -180,6 +182,10 @@ impl Drop for Store {
         self.ops.take();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
+        }
+        // The writer's end closes the reader's queue; the reader ends after its current read.
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
         }
     }
 }
@@ -226,11 +232,17 @@ impl Store {
         let journal_key = journal_key(dir, true)?;
         let journal_head = journal_head(&db)?;
         let (ops, rx) = mpsc::channel(4 * MAX_GROUP);
+        let (reads, to_read) = std::sync::mpsc::channel();
+        let reader = std::thread::Builder::new()
+            .name("bcss-store-reader".into())
+            .spawn(move || writer::serve_reads(to_read, journal_key))
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let writable = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let writer = Writer {
             writable: writable.clone(),
-            db: Some(db),
+            db: Some(std::sync::Arc::new(db)),
             open,
+            reader: reads,
             path: path.clone(),
             next_seq,
             journal_key,
@@ -247,6 +259,7 @@ impl Store {
                 writable,
                 ops: Some(ops),
                 writer: Some(writer),
+                reader: Some(reader),
                 path,
                 _lock: lock,
             },

@@ -319,35 +319,35 @@ pub(crate) fn read_entries(
     Ok(entries)
 }
 
+/// Checks the journal: its entries are read one at a time, in order, as the check walks them
+/// (the journal can hold millions), on one read transaction.
 pub(crate) fn verify_db(db: &Database, key: &[u8; 32]) -> Result<Verified, StoreError> {
     let txn = db.begin_read().or_unavailable()?;
-    let journal = txn.open_table(JOURNAL).or_unavailable()?;
-    let mut entries = Vec::new();
-    for item in journal.iter().or_unavailable()? {
-        let (number, bytes) = item.or_unavailable()?;
-        let entry = JournalEntry::decode(bytes.value()).unwrap_or_else(|_| JournalEntry {
-            // An entry that no longer decodes was changed.
-            number: u64::MAX,
-            ..Default::default()
-        });
-        let entry = if entry.number == u64::MAX {
-            JournalEntry {
-                number: number.value(),
-                hash: vec![0xff],
-                ..Default::default()
-            }
-        } else {
-            entry
-        };
-        entries.push((number.value(), entry));
-    }
     let table = txn.open_table(CHECKPOINTS).or_unavailable()?;
     let mut checkpoints = Vec::new();
     for item in table.iter().or_unavailable()? {
         let (_, bytes) = item.or_unavailable()?;
         checkpoints.push(decode(bytes.value())?);
     }
-    Ok(journal::verify(key, entries, &checkpoints))
+    let journal = txn.open_table(JOURNAL).or_unavailable()?;
+    let mut failed = None;
+    let entries = journal.iter().or_unavailable()?.map_while(|item| {
+        let (number, bytes) = item
+            .map_err(|error| failed = Some(StoreError::Unavailable(error.to_string())))
+            .ok()?;
+        let entry = JournalEntry::decode(bytes.value()).unwrap_or_else(|_| JournalEntry {
+            // An entry that no longer decodes was changed.
+            number: number.value(),
+            hash: vec![0xff],
+            ..Default::default()
+        });
+        Some((number.value(), entry))
+    });
+    let verified = journal::verify(key, entries, &checkpoints);
+    match failed {
+        Some(error) => Err(error),
+        None => Ok(verified),
+    }
 }
 
 /// The key that seals checkpoints: `journal.key` in the data folder, created on first start

@@ -898,3 +898,50 @@ async fn the_journal_key_is_private_and_checking_never_makes_one() {
     );
     assert_eq!(std::fs::read(&key).unwrap(), b"x");
 }
+
+/// Held while set: the reader thread waits before each read it is handed.
+pub(crate) static READS_HELD: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// A verification (which reads the whole journal, millions of entries on a real hub) or a
+/// journal query runs beside the commits, not between them: while one is under way, messages
+/// are still accepted.
+#[tokio::test]
+async fn messages_are_accepted_while_the_journal_is_being_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let store = std::sync::Arc::new(store);
+    READS_HELD.store(true, std::sync::atomic::Ordering::SeqCst);
+    let verifying = tokio::spawn({
+        let store = store.clone();
+        async move { store.verify().await }
+    });
+    let querying = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .journal(JournalQuery::Range {
+                    from_ms: i64::MIN,
+                    to_ms: i64::MAX,
+                })
+                .await
+        }
+    });
+    // Let both reach the store before the message does.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let (t, d) = ticket("t1", "m1", &["a"]);
+    let accepted = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        store.accept(t, d, Vec::new()),
+    )
+    .await;
+    let still_reading = !verifying.is_finished() && !querying.is_finished();
+    READS_HELD.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        matches!(accepted, Ok(Ok(Accepted::New { .. }))),
+        "accepted while a verification was under way: {accepted:?}"
+    );
+    assert!(still_reading, "the reads were held");
+    assert_eq!(verifying.await.unwrap().unwrap().first_problem, None);
+    querying.await.unwrap().unwrap();
+}

@@ -2,6 +2,7 @@
 //! per group; journal appends with their index rows; retention.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use prost::Message;
 use redb::{Database, ReadableTable};
@@ -72,6 +73,58 @@ pub(crate) enum Op {
     },
 }
 
+/// The reader thread: the reads handed to it, in turn, each on the database as it was when
+/// handed over. An error is answered, and the writer reopens the database at its next use if
+/// redb refuses it from then on.
+pub(crate) fn serve_reads(reads: std::sync::mpsc::Receiver<(Arc<Database>, Op)>, key: [u8; 32]) {
+    for (db, op) in reads {
+        #[cfg(test)]
+        while crate::tests::READS_HELD.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // The database is let go of before answering: whoever waits may then close the store
+        // and open the file again.
+        match op {
+            Op::Journal { query, reply } => {
+                let result = journal_query(&db, &query);
+                drop(db);
+                let _ = reply.send(result);
+            }
+            Op::Verify { reply } => {
+                let result = verify_db(&db, &key);
+                drop(db);
+                let _ = reply.send(result);
+            }
+            other => refuse(other, StoreError::Stopped),
+        }
+    }
+}
+
+/// Answers a read with `error`.
+fn refuse(op: Op, error: StoreError) {
+    match op {
+        Op::Journal { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Op::Verify { reply } => {
+            let _ = reply.send(Err(error));
+        }
+        Op::DeadLetters { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Op::Delivery { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Op::Ticket { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Op::Size { reply } => {
+            let _ = reply.send(Err(error));
+        }
+        _ => {}
+    }
+}
+
 /// What a retention pass removes.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Sweep {
@@ -92,8 +145,12 @@ pub(crate) struct Writer {
     pub(crate) writable: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// `None` after a failure (redb refuses every transaction once an I/O error happened):
     /// reopened before the next group or read.
-    pub(crate) db: Option<Database>,
+    pub(crate) db: Option<Arc<Database>>,
     pub(crate) open: crate::OpenDatabase,
+    /// The reader thread, for the reads that may walk the whole journal (verification, a
+    /// time range): they take a read transaction of their own, begun after the last commit,
+    /// so the commits go on meanwhile.
+    pub(crate) reader: std::sync::mpsc::Sender<(Arc<Database>, Op)>,
     pub(crate) path: PathBuf,
     pub(crate) next_seq: u64,
     pub(crate) journal_key: [u8; 32],
@@ -139,7 +196,7 @@ impl Writer {
             // and numbers it used must not be given again.
             self.next_seq = next_seq(&db)?;
             self.journal_head = journal_head(&db)?;
-            self.db = Some(db);
+            self.db = Some(Arc::new(db));
             tracing::info!(message = "Store reopened.");
         }
         Ok(self.db.as_ref().expect("just opened"))
@@ -451,13 +508,15 @@ impl Writer {
             Op::Ticket { ticket: id, reply } => {
                 let _ = reply.send(self.reading(|db| ticket(db, &id)));
             }
-            Op::Journal { query, reply } => {
-                let _ = reply.send(self.reading(|db| journal_query(db, &query)));
-            }
-            Op::Verify { reply } => {
-                let key = self.journal_key;
-                let _ = reply.send(self.reading(|db| verify_db(db, &key)));
-            }
+            Op::Journal { .. } | Op::Verify { .. } => match self.database() {
+                Ok(_) => {
+                    let db = self.db.clone().expect("just opened");
+                    if let Err(refused) = self.reader.send((db, op)) {
+                        refuse(refused.0.1, StoreError::Stopped);
+                    }
+                }
+                Err(error) => refuse(op, error),
+            },
             Op::Size { reply } => {
                 let path = self.path.clone();
                 let _ = reply.send(self.reading(|db| size(db, &path)));
