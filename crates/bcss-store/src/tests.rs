@@ -457,8 +457,10 @@ async fn later_entries_are_found_and_expired_through_their_ticket() {
     );
     drop(store);
     // Index rows: one person and one sender row per ticket, one recipient and one expiry
-    // row per candidate (and the submission's), every entry in by_ticket.
-    assert_eq!(index_rows(dir.path()), [2, 5, 3 + 1, 2 + 2]);
+    // row per candidate (and the submission's), every entry in by_ticket; and an expiry row of
+    // its own for the attempt to b, which this test's clock writes after b's retention (t=9,000
+    // ms) ended.
+    assert_eq!(index_rows(dir.path()), [2, 5, 3 + 1, 2 + 2 + 1]);
     let (store, _) = Store::open(dir.path()).unwrap();
     assert_eq!(store.expire(9_000, 100).await.unwrap(), 5);
     assert!(
@@ -944,4 +946,76 @@ async fn messages_are_accepted_while_the_journal_is_being_verified() {
     assert!(still_reading, "the reads were held");
     assert_eq!(verifying.await.unwrap().unwrap().first_problem, None);
     querying.await.unwrap().unwrap();
+}
+
+/// Entries added to a delivery after its admission's retention ended (a dead letter replayed
+/// late) expire too: they have an expiry row of their own, since the admission that would have
+/// taken them along is a stub already.
+#[tokio::test]
+async fn entries_added_after_retention_ended_expire_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let (t, d, j) = journalled("t1", 42, &[("a", 5_000)]);
+    store.accept(t, d, j).await.unwrap();
+    // The submission and the admission.
+    assert_eq!(store.expire(5_000, 100).await.unwrap(), 2);
+    store
+        .change(Change::DeadLetter {
+            seq: 1,
+            attempts: 3,
+            last_error: "no answer".into(),
+            reason: "too many attempts".into(),
+        })
+        .await
+        .unwrap();
+    store.change(Change::Replay { seq: 1 }).await.unwrap();
+    store
+        .change(Change::Delivered {
+            seq: 1,
+            at_ms: 6_000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.expire(6_000, 100).await.unwrap(), 3);
+    let report = store.verify().await.unwrap();
+    assert_eq!((report.entries, report.stubs), (5, 5));
+    assert_eq!(report.first_problem, None);
+}
+
+/// A change that fails changes nothing: a delivery row that does not decode stays as it was
+/// (it was once removed with no journal entry). And an entry due for retention that does not
+/// decode does not stop retention of the others.
+#[test]
+fn damaged_rows_fail_their_change_and_do_not_stop_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::create(dir.path().join("hub.redb")).unwrap();
+    crate::tables::init_tables(&db).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut tables = crate::tables::Tables::open(&txn).unwrap();
+        tables.deliveries.insert(1, &[0xff, 0xff][..]).unwrap();
+        let failed = crate::writer::change_one(&mut tables, Change::Delivered { seq: 1, at_ms: 5 });
+        assert!(matches!(failed, Err(StoreError::Damaged(_))), "{failed:?}");
+        assert_eq!(
+            tables.deliveries.get(1).unwrap().unwrap().value(),
+            &[0xff, 0xff]
+        );
+        // Retention: entry 1 does not decode, entry 2 does; both are due.
+        tables.journal.insert(1, &[0xff, 0xff][..]).unwrap();
+        tables.expiry.insert((10, 1), ()).unwrap();
+        let good = JournalEntry {
+            number: 2,
+            keep_until_ms: 10,
+            ..Default::default()
+        };
+        tables
+            .journal
+            .insert(2, good.encode_to_vec().as_slice())
+            .unwrap();
+        tables.expiry.insert((10, 2), ()).unwrap();
+        assert_eq!(crate::writer::expire(&mut tables, 10, 100).unwrap(), 1);
+        assert!(tables.expiry.is_empty().unwrap());
+        assert!(read(&tables.journal, 2).removed);
+    }
+    txn.commit().unwrap();
 }

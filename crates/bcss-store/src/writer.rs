@@ -581,12 +581,23 @@ pub(crate) fn change_one(
         dead,
         ..
     } = tables;
-    // A delivered row goes: the journal entry is made from what it held.
+    // A delivered row goes: the journal entry is made from what it held (and a row that does
+    // not decode is put back: a failed change changes nothing).
     let stored = if matches!(change, Change::Delivered { .. }) {
-        deliveries
-            .remove(seq)
-            .or_unavailable()?
-            .map(|row| decode::<DeliveryRow>(row.value()))
+        let decoded = {
+            let removed = deliveries.remove(seq).or_unavailable()?;
+            removed.map(|row| {
+                decode::<DeliveryRow>(row.value()).map_err(|e| (e, row.value().to_vec()))
+            })
+        };
+        match decoded {
+            Some(Err((damaged, bytes))) => {
+                deliveries.insert(seq, bytes.as_slice()).or_unavailable()?;
+                return Err(damaged);
+            }
+            Some(Ok(row)) => Some(Ok(row)),
+            None => None,
+        }
     } else {
         deliveries
             .get(seq)
@@ -653,10 +664,12 @@ pub(crate) fn change_one(
             dead.remove(seq).or_unavailable()?;
         }
     }
+    // Whole before it is written: a row whose payload is missing fails the change unwritten.
+    let answer = whole(row.clone(), payloads)?;
     deliveries
         .insert(seq, row.encode_to_vec().as_slice())
         .or_unavailable()?;
-    whole(row, payloads).map(Some)
+    Ok(Some(answer))
 }
 
 /// Keeps once what deliveries of one ticket carry after their delivery ids when it is the
@@ -784,7 +797,9 @@ pub(crate) fn index(
     if rows != Rows::FollowUp && !entry.recipient.is_empty() {
         apply!(party, (entry.recipient.as_str(), entry.at_ms, n));
     }
-    if rows != Rows::FollowUp && entry.keep_until_ms > 0 {
+    // A follow-up goes with its admission at retention, unless it comes after that (a dead
+    // letter replayed past its retention): then it has a row of its own, or it would stay.
+    if entry.keep_until_ms > 0 && (rows != Rows::FollowUp || entry.keep_until_ms <= entry.at_ms) {
         apply!(expiry, (entry.keep_until_ms, n));
     }
     if entry.kind == EntryKind::ContactFile as i32 && !entry.contact_file.is_empty() {
@@ -820,7 +835,7 @@ pub(crate) fn ticket_entries(
 /// rows. An admission takes its later entries (attempts, delivery, dead letter), which share its
 /// retention and have no expiry row of their own, with it.
 pub(crate) fn expire(tables: &mut Tables, now_ms: i64, limit: usize) -> Result<u64, StoreError> {
-    let due: Vec<u64> = {
+    let due: Vec<(i64, u64)> = {
         let mut due = Vec::new();
         for item in tables
             .expiry
@@ -830,14 +845,30 @@ pub(crate) fn expire(tables: &mut Tables, now_ms: i64, limit: usize) -> Result<u
             if due.len() >= limit {
                 break;
             }
-            due.push(item.or_unavailable()?.0.value().1);
+            due.push(item.or_unavailable()?.0.value());
         }
         due
     };
     let mut removed = 0;
-    for number in due {
-        let Some(entry) = stub(tables, number)? else {
-            continue;
+    for (keep_until, number) in due {
+        let entry = match stub(tables, number) {
+            Ok(Some(entry)) => entry,
+            Ok(None) => continue,
+            Err(StoreError::Damaged(_)) => {
+                // An entry that no longer decodes (verification reports it) must not stop
+                // retention for every entry after it: its row goes, the entry stays as it is.
+                tracing::warn!(
+                    message =
+                        "A journal entry due for retention does not decode; left for verification.",
+                    entry = number
+                );
+                tables
+                    .expiry
+                    .remove((keep_until, number))
+                    .or_unavailable()?;
+                continue;
+            }
+            Err(error) => return Err(error),
         };
         removed += 1;
         if entry.kind == EntryKind::Admission as i32 && !entry.delivery_id.is_empty() {
