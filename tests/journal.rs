@@ -200,6 +200,13 @@ async fn the_a_posteriori_audit_finds_each_unjustified_consultation() {
         .register_contact_file(register("CF-LATER", person, "2099-01-01T09:00:00Z"))
         .await
         .unwrap();
+    // Another centre's file of the same reference is its own (here about the stranger): it
+    // neither collides with mycareer's nor stands for it in the audit below.
+    journal(&h, "mypension-contact-centre")
+        .await
+        .register_contact_file(register("CF-OK", stranger, "2025-01-01T09:00:00Z"))
+        .await
+        .expect("contact-file ids are per centre");
     // Registering twice, or as an institution with no a-posteriori consultations, is refused.
     assert_eq!(
         centre

@@ -53,9 +53,9 @@ impl Harness {
     pub async fn start_with(extra: ExtraFiles<'_>, adjust: impl FnOnce(&mut Settings)) -> Harness {
         let pki_dir = tempfile::tempdir().unwrap();
         let mut dirs = Vec::new();
-        let config_dir = if extra.is_empty() {
-            shipped_config()
-        } else {
+        // Always a copy: a test that edits its configuration (a reload) never touches the
+        // shipped one.
+        let config_dir = {
             let dir = tempfile::tempdir().unwrap();
             copy_dir(&shipped_config(), dir.path());
             for (name, text) in extra {

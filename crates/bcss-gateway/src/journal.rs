@@ -173,6 +173,7 @@ impl pb::journal_server::Journal for JournalService {
         let store = self.store()?;
         let existing = store
             .journal(JournalQuery::ContactFile {
+                institution: me.id.to_string(),
                 id: request.contact_file.clone(),
             })
             .await
@@ -201,6 +202,7 @@ impl pb::journal_server::Journal for JournalService {
             .map_err(store_status)?;
         let number = store
             .journal(JournalQuery::ContactFile {
+                institution: me.id.to_string(),
                 id: request.contact_file,
             })
             .await
@@ -229,8 +231,10 @@ impl pb::journal_server::Journal for JournalService {
             let problem = if consultation.contact_file.is_empty() {
                 Some("no_contact_file")
             } else {
+                // The consulting centre's own file: the same id may be another centre's.
                 let files = self
                     .query(JournalQuery::ContactFile {
+                        institution: consultation.recipient.clone(),
                         id: consultation.contact_file.clone(),
                     })
                     .await?;

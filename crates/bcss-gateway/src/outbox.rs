@@ -73,6 +73,8 @@ pub struct Job {
     /// The encoded, filtered `Delivery`.
     pub request: Bytes,
     pub attempts: u32,
+    /// Where its age limit (`delivery.max_age_s`) counts from: its acceptance, or its last
+    /// replay (`DeliveryRow::age_from_ms`).
     pub accepted_at_ms: i64,
     pub next_attempt_ms: i64,
     /// The ticket, to keep its outcome current for `Track`.
@@ -201,7 +203,7 @@ impl Outbox {
                 niss: row.niss,
                 request: row.request.clone(),
                 attempts: 0,
-                accepted_at_ms: now_ms(),
+                accepted_at_ms: row.age_from_ms(),
                 next_attempt_ms: 0,
                 record,
                 notify: None,
@@ -212,14 +214,17 @@ impl Outbox {
         Ok(row)
     }
 
-    async fn record(&self, change: Change) {
+    /// Records a change of a delivery; false if the store refused it.
+    async fn record(&self, change: Change) -> bool {
         if let Some(store) = &self.store
             && let Err(error) = store.change(change).await
         {
             // The delivery stays pending on disk: after a restart it is made again, and the
             // recipient drops the duplicate by its delivery id.
             tracing::warn!(message = "Delivery state not recorded.", %error);
+            return false;
         }
+        true
     }
 
     fn backoff(&self, attempts: u32) -> Duration {
@@ -347,7 +352,9 @@ async fn worker(outbox: Arc<Outbox>, recipient: Arc<str>, mut rx: mpsc::Unbounde
                         let change = delivered(&outbox, job, now);
                         if outbox.store.is_some() {
                             let outbox = outbox.clone();
-                            recording.push(async move { outbox.record(change).await });
+                            recording.push(async move {
+                                outbox.record(change).await;
+                            });
                         }
                     }
                     Err(error) => {
@@ -430,21 +437,25 @@ async fn failed(
             },
             job.attempts
         );
-        tracing::warn!(message = "Delivery became a dead letter.", recipient, seq = job.seq, attempts = job.attempts, %error);
-        metrics::counter!(telemetry::DEAD_LETTERS, "recipient" => recipient.to_owned())
-            .increment(1);
-        update_outcome(&job, Decision::DeadLetter, Some(reason.clone()));
-        tell();
-        outbox.pending.fetch_sub(1, Ordering::AcqRel);
-        outbox
+        // A dead letter only once the store has it as one: until then the delivery stays
+        // queued and is tried again (it would otherwise be neither retried nor listed).
+        let recorded = outbox
             .record(Change::DeadLetter {
                 seq: job.seq,
                 attempts: job.attempts,
-                last_error: error,
-                reason,
+                last_error: error.clone(),
+                reason: reason.clone(),
             })
             .await;
-        return None;
+        if recorded {
+            tracing::warn!(message = "Delivery became a dead letter.", recipient, seq = job.seq, attempts = job.attempts, %error);
+            metrics::counter!(telemetry::DEAD_LETTERS, "recipient" => recipient.to_owned())
+                .increment(1);
+            update_outcome(&job, Decision::DeadLetter, Some(reason));
+            tell();
+            outbox.pending.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
     }
     metrics::counter!(telemetry::DELIVERY_RETRIES, "recipient" => recipient.to_owned())
         .increment(1);

@@ -179,7 +179,7 @@ impl Hub {
                 niss: row.niss,
                 request: row.request,
                 attempts: row.attempts,
-                accepted_at_ms: row.accepted_at_ms,
+                accepted_at_ms: row.age_from_ms(),
                 next_attempt_ms: row.next_attempt_ms,
                 record,
                 notify: None,
@@ -270,17 +270,22 @@ impl Hub {
         &self.ledger
     }
 
-    /// [`Hub::submit`] in a task of its own, which runs to its end even if the caller stops
-    /// waiting. A call is dropped when its client resets it or its `grpc-timeout` passes; a
-    /// submission dropped between its ledger entry and the outbox would leave a ticket on disk
-    /// whose deliveries wait for the next restart, its outbox reservation never released, and
-    /// a resubmission answered from the stranded ticket. The gRPC services submit through this.
+    /// [`Hub::submit`], run to its end even if the caller stops waiting. A call is dropped
+    /// when its client resets it or its `grpc-timeout` passes; a submission dropped while the
+    /// store commits it would leave a ticket on disk whose deliveries wait for the next
+    /// restart, its outbox reservation never released, and a resubmission answered from the
+    /// stranded ticket. With a store it therefore runs in a task of its own; without one
+    /// nothing is awaited between the ledger entry and the outbox, and it runs in place. The
+    /// gRPC services submit through this.
     pub async fn submit_detached(
         self: &Arc<Self>,
         policy: Arc<Policy>,
         sender: Arc<Institution>,
         envelope: EnvelopeView,
     ) -> Result<Arc<TicketRecord>, InputError> {
+        if self.outbox.store().is_none() {
+            return self.submit(&policy, &sender, envelope).await;
+        }
         let hub = self.clone();
         let task = tokio::spawn(async move { hub.submit(&policy, &sender, envelope).await });
         match task.await {

@@ -654,6 +654,30 @@ impl Policy {
     /// the hub could not tell which field list applies.
     fn check_overlaps(&self, problems: &mut Problems) {
         let sector_of = |i: InstitutionIndex| self.institutions[i.0 as usize].sector;
+        // Within one deliberation, the first route that matches decides; two that may match
+        // the same sender and recipient must then agree on whether the leg is a relay, or
+        // the second's rule would be silently ignored.
+        for (d, deliberation) in self.deliberations.iter().enumerate() {
+            for (i, a) in deliberation.routes.iter().enumerate() {
+                for (j, b) in deliberation.routes.iter().enumerate().skip(i + 1) {
+                    if a.relay != b.relay
+                        && a.senders.may_intersect(&b.senders, sector_of)
+                        && a.recipients.may_intersect(&b.recipients, sector_of)
+                    {
+                        problems.add(
+                            &self.sources[d],
+                            format!("deliberation {}", deliberation.id),
+                            format!(
+                                "routes {} and {} may both join the same sender and recipient, one as \
+                                 a relay and one not: make them disjoint or give them the same `relay`",
+                                i + 1,
+                                j + 1
+                            ),
+                        );
+                    }
+                }
+            }
+        }
         for (i, a) in self.deliberations.iter().enumerate() {
             for (j, b) in self.deliberations.iter().enumerate().skip(i + 1) {
                 let common_flow = a.flows.iter().find(|f| b.flows.contains(f));

@@ -97,6 +97,22 @@ fn broken_configurations_are_refused_with_file_entry_and_problem() {
             ],
         ),
         (
+            "two routes that may join the same parties, one a relay",
+            "deliberations/10-059.toml",
+            Box::new(|t| {
+                t.replace(
+                    "senders = [\"sigedis\"]\nrecipients = [\"sdpsp\"]\nrelay = true",
+                    "senders = [\"sigedis\"]\nrecipients = [\"sdpsp\"]\nrelay = true\n\n\
+                     [[route]]\nsenders = [\"sector:*\"]\nrecipients = [\"sdpsp\"]",
+                )
+            }),
+            &[
+                "10-059.toml",
+                "deliberation 10/059",
+                "routes 2 and 3 may both join the same sender and recipient",
+            ],
+        ),
+        (
             "path through a scalar",
             "deliberations/20-130.toml",
             Box::new(|t| t.replace("\"niss\"", "\"niss.digits\"")),

@@ -108,6 +108,10 @@ pub struct JournalEntry {
     /// True once retention removed the content: only number, time and hashes remain.
     #[prost(bool, tag = "32")]
     pub removed: bool,
+    /// A stub's seal ([`stub_seal`]): only the holder of the journal key can turn an entry
+    /// into a stub, so removing an entry's content by hand is caught like changing it.
+    #[prost(bytes = "vec", tag = "33")]
+    pub stub_seal: Vec<u8>,
 }
 
 impl JournalEntry {
@@ -137,8 +141,8 @@ impl JournalEntry {
         (bytes, hash)
     }
 
-    /// The stub retention leaves: number, time, hashes.
-    pub fn stub(&self) -> JournalEntry {
+    /// The stub retention leaves: number, time, hashes, sealed with the journal key.
+    pub fn stub(&self, key: &[u8; 32]) -> JournalEntry {
         JournalEntry {
             number: self.number,
             at_ms: self.at_ms,
@@ -146,6 +150,7 @@ impl JournalEntry {
             prev_hash: self.prev_hash.clone(),
             hash: self.hash.clone(),
             removed: true,
+            stub_seal: stub_seal(key, self.number, &self.hash).to_vec(),
             ..Default::default()
         }
     }
@@ -176,6 +181,16 @@ pub struct Checkpoint {
 /// The seal of a checkpoint.
 pub fn seal(key: &[u8; 32], number: u64, hash: &[u8]) -> [u8; 32] {
     let mut hasher = blake3::Hasher::new_keyed(key);
+    hasher.update(&number.to_le_bytes());
+    hasher.update(hash);
+    *hasher.finalize().as_bytes()
+}
+
+/// A stub's seal: a keyed BLAKE3 MAC of the entry's number and hash, apart from checkpoint
+/// seals by its first bytes.
+pub fn stub_seal(key: &[u8; 32], number: u64, hash: &[u8]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_keyed(key);
+    hasher.update(b"stub");
     hasher.update(&number.to_le_bytes());
     hasher.update(hash);
     *hasher.finalize().as_bytes()
@@ -263,6 +278,9 @@ pub fn verify(
                 return Some(Tamper::Changed { number: position });
             }
             if entry.removed {
+                if entry.stub_seal[..] != stub_seal(key, position, &entry.hash)[..] {
+                    return Some(Tamper::Changed { number: position });
+                }
                 report.stubs += 1;
             } else if entry.compute_hash(&prev_hash)[..] != entry.hash[..] {
                 return Some(Tamper::Changed { number: position });

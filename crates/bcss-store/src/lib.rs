@@ -157,8 +157,9 @@ pub enum JournalQuery {
     /// Every entry in a time range (ms, inclusive). Read, like a verification, on the store's
     /// reader thread: a wide range costs time and memory, never the commits.
     Range { from_ms: i64, to_ms: i64 },
-    /// The contact-file registration with this id, if any.
-    ContactFile { id: String },
+    /// The registration of contact file `id` by `institution` (a contact centre's own
+    /// reference: two centres may use the same one), if any.
+    ContactFile { institution: String, id: String },
 }
 
 /// The store. Cheap to share behind an `Arc`; dropping the last handle stops the writer after

@@ -239,9 +239,10 @@ pub(crate) fn journal_query(
                 }
             }
         }
-        JournalQuery::ContactFile { id } => {
+        JournalQuery::ContactFile { institution, id } => {
             let table = txn.open_table(CONTACT_FILES).or_unavailable()?;
-            if let Some(number) = table.get(id.as_str()).or_unavailable()? {
+            let key = crate::tables::contact_file_key(institution, id);
+            if let Some(number) = table.get(key.as_str()).or_unavailable()? {
                 numbers.push(number.value());
             }
         }

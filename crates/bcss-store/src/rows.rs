@@ -122,6 +122,17 @@ pub struct DeliveryRow {
     /// delivery between the two is left.
     #[prost(uint64, tag = "20")]
     pub payload_last: u64,
+    /// When an operator last replayed it as a dead letter (0: never): its attempts and its age
+    /// limit (`delivery.max_age_s`) count from then.
+    #[prost(int64, tag = "21")]
+    pub replayed_at_ms: i64,
+}
+
+impl DeliveryRow {
+    /// Where its age limit counts from: its acceptance, or its last replay.
+    pub fn age_from_ms(&self) -> i64 {
+        self.accepted_at_ms.max(self.replayed_at_ms)
+    }
 }
 
 /// The length of an encoded `Delivery`'s first field, its delivery id (key, length, bytes), or

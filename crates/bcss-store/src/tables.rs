@@ -43,8 +43,14 @@ pub(crate) const JOURNAL_EXPIRY: TableDefinition<(i64, u64), ()> =
 /// Checkpoint entry number → `Checkpoint`.
 pub(crate) const CHECKPOINTS: TableDefinition<u64, &[u8]> =
     TableDefinition::new("journal_checkpoints");
-/// Contact-file id → the journal entry that registered it.
+/// `<institution>\0<contact-file id>` → the journal entry that registered it: an id is the
+/// contact centre's own reference, unique for that centre only.
 pub(crate) const CONTACT_FILES: TableDefinition<&str, u64> = TableDefinition::new("contact_files");
+
+/// A `CONTACT_FILES` key.
+pub(crate) fn contact_file_key(institution: &str, id: &str) -> String {
+    format!("{institution}\0{id}")
+}
 /// "next_seq" → the next delivery's sequence number. The deliveries table alone cannot say: an
 /// acknowledged delivery's row goes, and a number must never be given twice (tickets keep the
 /// numbers of their deliveries).

@@ -664,6 +664,15 @@ async fn verify_names_the_entry_that_was_changed_removed_or_reordered() {
             },
         ),
         (
+            // A stub made without the journal key: content removed by hand, not by retention.
+            "turned into a stub by hand",
+            Box::new(|journal| {
+                let stub = read(journal, 7).stub(&[0; 32]);
+                journal.insert(7, stub.encode_to_vec().as_slice()).unwrap();
+            }),
+            Tamper::Changed { number: 7 },
+        ),
+        (
             "the newest entries cut off",
             Box::new(move |journal| {
                 for number in journal::CHECKPOINT_EVERY..=n {
@@ -736,8 +745,13 @@ async fn a_dead_letter_is_replayed_once_and_a_late_delivery_clears_it() {
         reason: "too many attempts".into(),
     };
     store.change(given_up()).await.unwrap();
-    let first = store.change(Change::Replay { seq: 1 }).await.unwrap();
-    assert_eq!(first.map(|row| row.state()), Some(DeliveryState::Pending));
+    let before = now_ms();
+    let first = store.change(Change::Replay { seq: 1 }).await.unwrap().unwrap();
+    assert_eq!(first.state(), DeliveryState::Pending);
+    // Its age limit counts from the replay, on disk too (a restart resumes it so).
+    assert!(first.replayed_at_ms >= before && first.age_from_ms() >= before);
+    let on_disk = store.delivery(1).await.unwrap().unwrap();
+    assert_eq!(on_disk.replayed_at_ms, first.replayed_at_ms);
     let second = store.change(Change::Replay { seq: 1 }).await.unwrap();
     assert!(
         second.is_none(),
@@ -1013,7 +1027,7 @@ fn damaged_rows_fail_their_change_and_do_not_stop_retention() {
             .insert(2, good.encode_to_vec().as_slice())
             .unwrap();
         tables.expiry.insert((10, 2), ()).unwrap();
-        assert_eq!(crate::writer::expire(&mut tables, 10, 100).unwrap(), 1);
+        assert_eq!(crate::writer::expire(&mut tables, &[7; 32], 10, 100).unwrap(), 1);
         assert!(tables.expiry.is_empty().unwrap());
         assert!(read(&tables.journal, 2).removed);
     }

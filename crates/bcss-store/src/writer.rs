@@ -362,7 +362,7 @@ impl Writer {
                 removed,
             } => {
                 let swept = match sweep {
-                    Sweep::Journal { now_ms } => expire(tables, now_ms, limit),
+                    Sweep::Journal { now_ms } => expire(tables, &self.journal_key, now_ms, limit),
                     Sweep::Tickets { before_ms } => forget_tickets(tables, before_ms, limit),
                 };
                 match swept {
@@ -660,6 +660,7 @@ pub(crate) fn change_one(
             row.state = DeliveryState::Pending as i32;
             row.attempts = 0;
             row.next_attempt_ms = 0;
+            row.replayed_at_ms = now_ms();
             row.dead_reason.clear();
             dead.remove(seq).or_unavailable()?;
         }
@@ -803,14 +804,11 @@ pub(crate) fn index(
         apply!(expiry, (entry.keep_until_ms, n));
     }
     if entry.kind == EntryKind::ContactFile as i32 && !entry.contact_file.is_empty() {
+        let key = crate::tables::contact_file_key(&entry.sender, &entry.contact_file);
         if add {
-            contact
-                .insert(entry.contact_file.as_str(), n)
-                .or_unavailable()?;
+            contact.insert(key.as_str(), n).or_unavailable()?;
         } else {
-            contact
-                .remove(entry.contact_file.as_str())
-                .or_unavailable()?;
+            contact.remove(key.as_str()).or_unavailable()?;
         }
     }
     Ok(())
@@ -834,7 +832,12 @@ pub(crate) fn ticket_entries(
 /// Replaces the content of entries past their retention by stubs, and removes their index
 /// rows. An admission takes its later entries (attempts, delivery, dead letter), which share its
 /// retention and have no expiry row of their own, with it.
-pub(crate) fn expire(tables: &mut Tables, now_ms: i64, limit: usize) -> Result<u64, StoreError> {
+pub(crate) fn expire(
+    tables: &mut Tables,
+    key: &[u8; 32],
+    now_ms: i64,
+    limit: usize,
+) -> Result<u64, StoreError> {
     let due: Vec<(i64, u64)> = {
         let mut due = Vec::new();
         for item in tables
@@ -851,7 +854,7 @@ pub(crate) fn expire(tables: &mut Tables, now_ms: i64, limit: usize) -> Result<u
     };
     let mut removed = 0;
     for (keep_until, number) in due {
-        let entry = match stub(tables, number) {
+        let entry = match stub(tables, key, number) {
             Ok(Some(entry)) => entry,
             Ok(None) => continue,
             Err(StoreError::Damaged(_)) => {
@@ -882,7 +885,7 @@ pub(crate) fn expire(tables: &mut Tables, now_ms: i64, limit: usize) -> Result<u
                         && e.kind != EntryKind::Admission as i32
                         && e.keep_until_ms <= now_ms
                 };
-                if follows && stub(tables, later)?.is_some() {
+                if follows && stub(tables, key, later)?.is_some() {
                     removed += 1;
                 }
             }
@@ -936,7 +939,11 @@ pub(crate) fn forget_tickets(
 
 /// Replaces entry `number` by its stub and removes its index rows; returns what it held, or
 /// `None` if it is missing or already a stub.
-pub(crate) fn stub(tables: &mut Tables, number: u64) -> Result<Option<JournalEntry>, StoreError> {
+pub(crate) fn stub(
+    tables: &mut Tables,
+    key: &[u8; 32],
+    number: u64,
+) -> Result<Option<JournalEntry>, StoreError> {
     let entry: JournalEntry = {
         let Some(bytes) = tables.journal.get(number).or_unavailable()? else {
             return Ok(None);
@@ -950,7 +957,7 @@ pub(crate) fn stub(tables: &mut Tables, number: u64) -> Result<Option<JournalEnt
     index(tables, &entry, Rows::All, false)?;
     tables
         .journal
-        .insert(number, entry.stub().encode_to_vec().as_slice())
+        .insert(number, entry.stub(key).encode_to_vec().as_slice())
         .or_unavailable()?;
     Ok(Some(entry))
 }
