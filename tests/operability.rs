@@ -277,7 +277,11 @@ async fn reloading_under_load_fails_no_submission() {
 async fn a_reload_that_cuts_a_certificate_off_stops_its_open_stream() {
     use bcss_proto::hub::v1::submit_stream_reply::Result as Answer;
     let h = Harness::start(&[]).await;
-    assert_ne!(h.config_dir, common::shipped_config(), "the harness's own copy is edited");
+    assert_ne!(
+        h.config_dir,
+        common::shipped_config(),
+        "the harness's own copy is edited"
+    );
     let niss = common::fresh_niss(77);
     common::integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
     let addressed = |id: &str| {

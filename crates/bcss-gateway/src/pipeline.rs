@@ -173,13 +173,14 @@ impl Hub {
         }
         for row in recovered.pending {
             let record = records.get(row.ticket.as_str()).cloned();
+            let age_from_ms = row.age_from_ms();
             self.outbox.enqueue(Job {
                 seq: row.seq,
                 recipient: row.recipient.as_str().into(),
                 niss: row.niss,
                 request: row.request,
                 attempts: row.attempts,
-                accepted_at_ms: row.age_from_ms(),
+                accepted_at_ms: age_from_ms,
                 next_attempt_ms: row.next_attempt_ms,
                 record,
                 notify: None,
