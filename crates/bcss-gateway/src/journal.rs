@@ -199,7 +199,14 @@ impl pb::journal_server::Journal for JournalService {
                 ..Default::default()
             })
             .await
-            .map_err(store_status)?;
+            .map_err(|error| match error {
+                // Registered by a call that overtook this one since the check above.
+                bcss_store::StoreError::AlreadyRegistered(_) => Status::already_exists(format!(
+                    "contact file \"{}\" is already registered",
+                    request.contact_file
+                )),
+                other => store_status(other),
+            })?;
         let number = store
             .journal(JournalQuery::ContactFile {
                 institution: me.id.to_string(),

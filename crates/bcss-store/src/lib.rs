@@ -51,6 +51,10 @@ pub enum StoreError {
     Stopped,
     #[error("stored record is damaged: {0}")]
     Damaged(String),
+    /// The entry would register again what is registered once (a contact file): nothing of it
+    /// was written.
+    #[error("already registered: {0}")]
+    AlreadyRegistered(String),
     #[error(
         "the data folder {0} is in use by another hub process (its hub.lock is held); stop that \
          hub first"

@@ -1041,3 +1041,40 @@ fn damaged_rows_fail_their_change_and_do_not_stop_retention() {
     }
     txn.commit().unwrap();
 }
+
+/// A contact file is registered once per contact centre, checked in the commit itself: two
+/// registrations sent at once cannot both succeed; another centre's file of the same id can.
+#[tokio::test]
+async fn a_contact_file_is_registered_once_per_centre_even_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let file = |centre: &str, niss: u64| JournalEntry {
+        kind: journal::EntryKind::ContactFile as i32,
+        sender: centre.into(),
+        contact_file: "CF-1".into(),
+        niss,
+        ..Default::default()
+    };
+    let (a, b) = tokio::join!(
+        store.append(file("centre-a", 1000)),
+        store.append(file("centre-a", 1000))
+    );
+    assert!(
+        matches!(
+            (&a, &b),
+            (Ok(()), Err(StoreError::AlreadyRegistered(_)))
+                | (Err(StoreError::AlreadyRegistered(_)), Ok(()))
+        ),
+        "{a:?} {b:?}"
+    );
+    store.append(file("centre-b", 2000)).await.unwrap();
+    let found = store
+        .journal(JournalQuery::ContactFile {
+            institution: "centre-b".into(),
+            id: "CF-1".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.iter().map(|e| e.niss).collect::<Vec<_>>(), [2000]);
+    assert_eq!(store.verify().await.unwrap().first_problem, None);
+}

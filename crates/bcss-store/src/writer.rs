@@ -400,6 +400,19 @@ impl Writer {
         if !self.journal {
             return Ok(0);
         }
+        // Checked in the commit that would register it, so two registrations at once cannot
+        // both succeed; before anything of the entry is written.
+        if entry.kind == EntryKind::ContactFile as i32 {
+            let key = crate::tables::contact_file_key(&entry.sender, &entry.contact_file);
+            if tables
+                .contact_files
+                .get(key.as_str())
+                .or_unavailable()?
+                .is_some()
+            {
+                return Err(StoreError::AlreadyRegistered("the contact file".into()));
+            }
+        }
         let (last, prev_hash) = self.journal_head;
         entry.number = last + 1;
         let (bytes, hash) = entry.chain(&prev_hash);
