@@ -1024,3 +1024,55 @@ async fn institutions_change_and_list_only_their_own_integrations() {
         err.message()
     );
 }
+
+/// `Directory.List` pages through an institution's integrations with the tokens it returns:
+/// every row once, in pages no larger than asked; a token it did not make is `INVALID_ARGUMENT`.
+#[tokio::test]
+async fn directory_list_pages_through_every_row_once() {
+    use bcss_proto::hub::v1::ListRequest;
+    let h = Harness::start(&[]).await;
+    let mut directory = h.directory("cpas-namur").await;
+    let list = |token: String| ListRequest {
+        niss: None,
+        page_size: 7,
+        page_token: token,
+    };
+    let mut rows = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let reply = directory.list(list(token)).await.unwrap().into_inner();
+        assert!(reply.integrations.len() <= 7);
+        pages += 1;
+        rows.extend(
+            reply
+                .integrations
+                .into_iter()
+                .map(|row| (row.niss, row.quality_code, row.period.unwrap().start)),
+        );
+        if reply.next_page_token.is_empty() {
+            break;
+        }
+        token = reply.next_page_token;
+    }
+    let everything = directory
+        .list(ListRequest {
+            niss: None,
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(pages > 2, "{pages} pages of {} rows", rows.len());
+    let all: Vec<_> = everything
+        .integrations
+        .into_iter()
+        .map(|row| (row.niss, row.quality_code, row.period.unwrap().start))
+        .collect();
+    assert_eq!(rows, all, "the pages, end to end, are the whole list");
+    for token in ["12", "not-a-token", "1.2.3.4.5"] {
+        let status = directory.list(list(token.into())).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{token}");
+    }
+}

@@ -182,6 +182,49 @@ impl Default for Directory {
     }
 }
 
+/// A place in [`Directory::list`]'s order: by person, then quality code, then period. A page
+/// continues after the cursor of the previous one's last row (its token, for a client, is
+/// [`ListCursor::token`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ListCursor {
+    niss: u64,
+    quality: u16,
+    start: i32,
+    end: i32,
+}
+
+impl ListCursor {
+    fn of(niss: Niss, row: &Integration) -> ListCursor {
+        ListCursor {
+            niss: niss.as_u64(),
+            quality: row.quality.0,
+            start: row.period.start.to_julian_day(),
+            end: row.period.end.map_or(i32::MAX, |end| end.to_julian_day()),
+        }
+    }
+
+    /// The cursor as a page token: opaque to clients (hex digits).
+    pub fn token(self) -> String {
+        format!(
+            "{:x}.{:x}.{:x}.{:x}",
+            self.niss, self.quality, self.start as u32, self.end as u32
+        )
+    }
+
+    /// A token [`ListCursor::token`] made, or `None`.
+    pub fn from_token(token: &str) -> Option<ListCursor> {
+        let mut parts = token.split('.');
+        let mut next = || u64::from_str_radix(parts.next()?, 16).ok();
+        let cursor = ListCursor {
+            niss: next()?,
+            quality: u16::try_from(next()?).ok()?,
+            start: u32::try_from(next()?).ok()? as i32,
+            end: u32::try_from(next()?).ok()? as i32,
+        };
+        parts.next().is_none().then_some(cursor)
+    }
+}
+
 impl Directory {
     /// An empty directory without a base table: everything goes to the spill map (small
     /// directories, tests, the CSV form).
@@ -307,35 +350,53 @@ impl Directory {
         })
     }
 
-    /// `institution`'s integrations, of one person or of everyone, skipping the first `skip`
-    /// and returning at most `limit`, with whether more remain. Listing everyone scans the
-    /// whole directory.
+    /// `institution`'s integrations, of one person or of everyone, in the order of
+    /// [`ListCursor`]: at most `limit` after `after`, and the cursor of the last one returned
+    /// when more remain. Listing everyone scans the whole directory; what it holds meanwhile is
+    /// about a page (twice `limit`), not every row of the institution.
     pub fn list(
         &self,
         institution: InstitutionIndex,
         niss: Option<Niss>,
-        skip: usize,
+        after: Option<ListCursor>,
         limit: usize,
-    ) -> (Vec<(Niss, Integration)>, bool) {
-        let mut found: Vec<(Niss, Integration)> = Vec::new();
+    ) -> (Vec<(Niss, Integration)>, Option<ListCursor>) {
+        // One more than the page, to know whether more remain.
+        let keep = limit.saturating_add(1);
+        let mut found: Vec<(ListCursor, Niss, Integration)> = Vec::new();
         let mut mine = |key: u64, rows: &[Integration]| {
             let Ok(niss) = Niss::from_number(key) else {
                 return;
             };
-            found.extend(
-                rows.iter()
-                    .filter(|r| r.institution == institution)
-                    .map(|r| (niss, *r)),
-            );
+            for row in rows.iter().filter(|r| r.institution == institution) {
+                let at = ListCursor::of(niss, row);
+                if after.is_none_or(|after| at > after) {
+                    found.push((at, niss, *row));
+                }
+            }
+            // Only the first `keep` in order can be on the page: the rest goes as it grows.
+            if found.len() >= keep.saturating_mul(2) {
+                found.select_nth_unstable_by_key(keep - 1, |(at, ..)| *at);
+                found.truncate(keep);
+            }
         };
         match niss {
             Some(niss) => self.with_integrations(niss, |rows| mine(niss.as_u64(), rows)),
             None => self.for_each_person(mine),
         }
-        found.sort_by_key(|(niss, row)| (*niss, row.quality, row.period.start));
-        let more = found.len() > skip.saturating_add(limit);
-        let page = found.into_iter().skip(skip).take(limit).collect();
-        (page, more)
+        found.sort_unstable_by_key(|(at, ..)| *at);
+        let more = found.len() > limit;
+        found.truncate(limit);
+        let next = if more {
+            found.last().map(|(at, ..)| *at)
+        } else {
+            None
+        };
+        let page = found
+            .into_iter()
+            .map(|(_, niss, row)| (niss, row))
+            .collect();
+        (page, next)
     }
 
     /// Sets a person's integrations at load time (`rows` without duplicates), merging with
@@ -783,22 +844,33 @@ mod tests {
             assert!(directory.integrate(a, row(2, 1)));
             assert!(directory.integrate(b, row(1, 3)));
             assert_eq!(directory.integration_count(), 4);
-            assert_eq!(directory.list(InstitutionIndex(1), None, 0, 10).0.len(), 3);
             assert_eq!(
-                directory.list(InstitutionIndex(1), Some(a), 0, 10).0.len(),
+                directory.list(InstitutionIndex(1), None, None, 10).0.len(),
+                3
+            );
+            assert_eq!(
+                directory
+                    .list(InstitutionIndex(1), Some(a), None, 10)
+                    .0
+                    .len(),
                 2
             );
-            let (page, more) = directory.list(InstitutionIndex(1), None, 0, 2);
-            assert_eq!((page.len(), more), (2, true));
-            let (rest, more) = directory.list(InstitutionIndex(1), None, 2, 2);
-            assert_eq!((rest.len(), more), (1, false));
+            let (page, next) = directory.list(InstitutionIndex(1), None, None, 2);
+            assert_eq!(page.len(), 2);
+            let next = ListCursor::from_token(&next.expect("more").token()).unwrap();
+            let (rest, last) = directory.list(InstitutionIndex(1), None, Some(next), 2);
+            assert_eq!((rest.len(), last), (1, None));
             assert!(
                 page.iter().all(|row| !rest.contains(row)),
                 "pages do not overlap"
             );
-            // A page past the end, however far (the skip comes from a client's page token).
-            let (none, more) = directory.list(InstitutionIndex(1), None, usize::MAX, 10);
-            assert_eq!((none.len(), more), (0, false));
+            // A page past the end (the cursor comes from a client's page token).
+            let end = ListCursor::from_token("ffffffffffffffff.ffff.ffffffff.ffffffff").unwrap();
+            let (none, more) = directory.list(InstitutionIndex(1), None, Some(end), 10);
+            assert_eq!((none.len(), more), (0, None));
+            for bad in ["", "1.2.3", "1.2.3.4.5", "x.1.1.1", "1.10000.1.1"] {
+                assert_eq!(ListCursor::from_token(bad), None, "{bad}");
+            }
             assert_eq!(
                 directory.remove(a, InstitutionIndex(1), Some(QualityCode(2))),
                 1
@@ -994,17 +1066,33 @@ mod tests {
                 .filter(|(_, row)| row.institution == institution)
                 .collect();
             expected.sort_by_key(|(key, row)| (*key, sort_key(row)));
-            let (page, more) = directory.list(institution, None, 0, usize::MAX / 2);
+            let (page, more) = directory.list(institution, None, None, usize::MAX / 2);
             let mut listed: Vec<(u64, Integration)> = page
                 .into_iter()
                 .map(|(niss, row)| (niss.as_u64(), row))
                 .collect();
             listed.sort_by_key(|(key, row)| (*key, sort_key(row)));
             assert_eq!(listed, expected, "{at}: list");
-            assert!(!more);
-            let (first, more) = directory.list(institution, None, 0, 2);
-            assert_eq!(first.len(), expected.len().min(2), "{at}: a page");
-            assert_eq!(more, expected.len() > 2, "{at}: more");
+            assert!(more.is_none());
+            // Page by page, three at a time (held in memory meanwhile: about six), the same
+            // rows in the same order.
+            let mut paged = Vec::new();
+            let mut after = None;
+            loop {
+                let (page, next) = directory.list(institution, None, after, 3);
+                assert!(page.len() <= 3, "{at}: a page");
+                paged.extend(page.into_iter().map(|(niss, row)| (niss.as_u64(), row)));
+                match next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            let mut in_list_order = expected.clone();
+            in_list_order.sort_by_key(|(key, row)| {
+                let niss = Niss::from_number(*key).unwrap();
+                ListCursor::of(niss, row)
+            });
+            assert_eq!(paged, in_list_order, "{at}: pages");
         }
     }
 

@@ -381,13 +381,15 @@ impl pb::directory_server::Directory for DirectoryService {
             0 => MAX_PAGE,
             n => n.min(MAX_PAGE),
         };
-        let skip = match request.page_token.as_str() {
-            "" => 0,
-            token => token.parse::<usize>().map_err(|_| {
-                Status::invalid_argument("page_token is not one this service returned")
-            })?,
+        let after = match request.page_token.as_str() {
+            "" => None,
+            token => Some(
+                bcss_directory::ListCursor::from_token(token).ok_or_else(|| {
+                    Status::invalid_argument("page_token is not one this service returned")
+                })?,
+            ),
         };
-        let (rows, more) = self.hub.directory().list(me.index, niss, skip, limit);
+        let (rows, next) = self.hub.directory().list(me.index, niss, after, limit);
         let integrations = rows
             .iter()
             .map(|(niss, row)| pb::IntegrationEntry {
@@ -403,11 +405,7 @@ impl pb::directory_server::Directory for DirectoryService {
                 period: Some(wire_period(&row.period)),
             })
             .collect();
-        let next_page_token = if more {
-            (skip + limit).to_string()
-        } else {
-            String::new()
-        };
+        let next_page_token = next.map(|at| at.token()).unwrap_or_default();
         Ok(Response::new(pb::ListReply {
             integrations,
             next_page_token,

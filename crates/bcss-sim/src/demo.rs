@@ -90,7 +90,9 @@ fn population(policy: &Policy, hub: &bcss_gateway::Hub) -> Population {
     let mut population = Population::default();
     let mut everyone = std::collections::BTreeSet::new();
     for institution in policy.institutions() {
-        let (rows, _) = hub.directory().list(institution.index, None, 0, usize::MAX);
+        let (rows, _) = hub
+            .directory()
+            .list(institution.index, None, None, usize::MAX);
         let sector = policy.sector(institution.sector).id.as_str();
         for (niss, row) in &rows {
             everyone.insert(*niss);

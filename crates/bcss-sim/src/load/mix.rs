@@ -245,7 +245,7 @@ pub(super) fn admitted_candidates<'p>(
         .iter()
         .map(|recipient| {
             let mut persons: BTreeMap<Niss, Vec<Integration>> = BTreeMap::new();
-            for (niss, row) in directory.list(recipient.index, None, 0, usize::MAX).0 {
+            for (niss, row) in directory.list(recipient.index, None, None, usize::MAX).0 {
                 persons.entry(niss).or_default().push(row);
             }
             (*recipient, persons.into_iter().collect())
@@ -296,7 +296,7 @@ pub(super) fn templates(
             return Vec::new();
         };
         directory
-            .list(institution.index, None, 0, usize::MAX)
+            .list(institution.index, None, None, usize::MAX)
             .0
             .into_iter()
             .map(|(niss, _)| niss)
