@@ -110,7 +110,7 @@ impl Recording {
     }
 
     /// Says how the first submission ended, and wakes whoever waits for it. Only the first
-    /// call counts.
+    /// call counts (later ones wake nobody).
     pub fn finish(&self, recorded: bool) {
         let state = if recorded {
             Self::RECORDED
@@ -118,13 +118,13 @@ impl Recording {
             Self::NOT_RECORDED
         };
         use std::sync::atomic::Ordering;
-        let _ = self.state.compare_exchange(
-            Self::UNDER_WAY,
-            state,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
-        self.settled.notify_waiters();
+        let first = self
+            .state
+            .compare_exchange(Self::UNDER_WAY, state, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if first {
+            self.settled.notify_waiters();
+        }
     }
 
     /// Waits until the first submission ended: true if the ticket is recorded.

@@ -73,55 +73,57 @@ pub(crate) enum Op {
     },
 }
 
+/// A read that may walk the whole journal, for the reader thread.
+pub(crate) enum LongRead {
+    Journal {
+        query: JournalQuery,
+        reply: oneshot::Sender<Result<Vec<JournalEntry>, StoreError>>,
+    },
+    Verify {
+        reply: oneshot::Sender<Result<Verified, StoreError>>,
+    },
+}
+
+impl LongRead {
+    /// Answers it with `error`.
+    fn refuse(self, error: StoreError) {
+        match self {
+            LongRead::Journal { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            LongRead::Verify { reply } => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
+
 /// The reader thread: the reads handed to it, in turn, each on the database as it was when
 /// handed over. An error is answered, and the writer reopens the database at its next use if
 /// redb refuses it from then on.
-pub(crate) fn serve_reads(reads: std::sync::mpsc::Receiver<(Arc<Database>, Op)>, key: [u8; 32]) {
-    for (db, op) in reads {
+pub(crate) fn serve_reads(
+    reads: std::sync::mpsc::Receiver<(Arc<Database>, LongRead)>,
+    key: [u8; 32],
+) {
+    for (db, read) in reads {
         #[cfg(test)]
         while crate::tests::READS_HELD.load(std::sync::atomic::Ordering::SeqCst) {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         // The database is let go of before answering: whoever waits may then close the store
         // and open the file again.
-        match op {
-            Op::Journal { query, reply } => {
+        match read {
+            LongRead::Journal { query, reply } => {
                 let result = journal_query(&db, &query);
                 drop(db);
                 let _ = reply.send(result);
             }
-            Op::Verify { reply } => {
+            LongRead::Verify { reply } => {
                 let result = verify_db(&db, &key);
                 drop(db);
                 let _ = reply.send(result);
             }
-            other => refuse(other, StoreError::Stopped),
         }
-    }
-}
-
-/// Answers a read with `error`.
-fn refuse(op: Op, error: StoreError) {
-    match op {
-        Op::Journal { reply, .. } => {
-            let _ = reply.send(Err(error));
-        }
-        Op::Verify { reply } => {
-            let _ = reply.send(Err(error));
-        }
-        Op::DeadLetters { reply, .. } => {
-            let _ = reply.send(Err(error));
-        }
-        Op::Delivery { reply, .. } => {
-            let _ = reply.send(Err(error));
-        }
-        Op::Ticket { reply, .. } => {
-            let _ = reply.send(Err(error));
-        }
-        Op::Size { reply } => {
-            let _ = reply.send(Err(error));
-        }
-        _ => {}
     }
 }
 
@@ -150,7 +152,7 @@ pub(crate) struct Writer {
     /// The reader thread, for the reads that may walk the whole journal (verification, a
     /// time range): they take a read transaction of their own, begun after the last commit,
     /// so the commits go on meanwhile.
-    pub(crate) reader: std::sync::mpsc::Sender<(Arc<Database>, Op)>,
+    pub(crate) reader: std::sync::mpsc::Sender<(Arc<Database>, LongRead)>,
     pub(crate) path: PathBuf,
     pub(crate) next_seq: u64,
     pub(crate) journal_key: [u8; 32],
@@ -217,6 +219,18 @@ impl Writer {
             .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Hands a long read to the reader thread, with the database as it is after the last
+    /// commit.
+    fn read_long(&mut self, read: LongRead) {
+        if let Err(error) = self.database() {
+            return read.refuse(error);
+        }
+        let db = self.db.clone().expect("just opened");
+        if let Err(refused) = self.reader.send((db, read)) {
+            refused.0.1.refuse(StoreError::Stopped);
+        }
+    }
+
     /// A read, on the database as it is after the last commit.
     fn reading<T>(
         &mut self,
@@ -252,7 +266,6 @@ impl Writer {
 
     fn write_group(&mut self, writes: Vec<Op>) {
         let seq_before = self.next_seq;
-        let head_before = self.journal_head;
         let outcome = self.database().and_then(|db| {
             db.begin_write()
                 .map_err(|e| StoreError::Unavailable(e.to_string()))
@@ -289,8 +302,7 @@ impl Writer {
         if let Err(error) = counted {
             // Dropping the transaction aborts it: nothing of the group is kept.
             drop(txn);
-            self.next_seq = seq_before;
-            self.journal_head = head_before;
+            // Closed: reopening reads the numbers back from the file (`database`).
             self.write_failed(&error);
             return fail_answers(answers, &error);
         }
@@ -315,8 +327,6 @@ impl Writer {
                 tracing::error!(message = "Store commit failed; the group is answered as not recorded.", %error);
                 // Reopening reads the numbers back from the file (`database`).
                 self.db = None;
-                self.next_seq = seq_before;
-                self.journal_head = head_before;
                 fail_answers(answers, &StoreError::Unavailable(error.to_string()));
             }
         }
@@ -521,15 +531,8 @@ impl Writer {
             Op::Ticket { ticket: id, reply } => {
                 let _ = reply.send(self.reading(|db| ticket(db, &id)));
             }
-            Op::Journal { .. } | Op::Verify { .. } => match self.database() {
-                Ok(_) => {
-                    let db = self.db.clone().expect("just opened");
-                    if let Err(refused) = self.reader.send((db, op)) {
-                        refuse(refused.0.1, StoreError::Stopped);
-                    }
-                }
-                Err(error) => refuse(op, error),
-            },
+            Op::Journal { query, reply } => self.read_long(LongRead::Journal { query, reply }),
+            Op::Verify { reply } => self.read_long(LongRead::Verify { reply }),
             Op::Size { reply } => {
                 let path = self.path.clone();
                 let _ = reply.send(self.reading(|db| size(db, &path)));
@@ -844,7 +847,7 @@ pub(crate) fn ticket_entries(
 
 /// Replaces the content of entries past their retention by stubs, and removes their index
 /// rows. An admission takes its later entries (attempts, delivery, dead letter), which share its
-/// retention and have no expiry row of their own, with it.
+/// retention and have no expiry row of their own unless written after it ended, with it.
 pub(crate) fn expire(
     tables: &mut Tables,
     key: &[u8; 32],
