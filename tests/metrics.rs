@@ -1,0 +1,127 @@
+//! Prometheus metrics, scraped as Prometheus does. In a test binary of its own: the metrics
+//! recorder is installed once per process, and every hub of the process reports to it, so a
+//! test that reloads policy beside this one would change the series it reads.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Harness;
+
+/// `GET /metrics` over plain HTTP/1.0 (no chunking), the body only.
+async fn scrape(address: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+/// The value of one series, named as the exposition prints it (`name` or `name{labels}`).
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().unwrap())
+    })
+}
+
+#[tokio::test]
+async fn metrics_cover_every_stage_the_last_reload_and_the_journal() {
+    // A copy of the configuration, so that a broken deliberation can be dropped in.
+    let shipped = std::fs::read_to_string(common::shipped_config().join("hub.toml")).unwrap();
+    let h = Harness::start(&[("hub.toml", &shipped)]).await;
+    let metrics = {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        free.local_addr().unwrap()
+    };
+    bcss_gateway::telemetry::serve(metrics, h.hub.clone()).unwrap();
+
+    // Traffic: one message admitted and delivered, one refused (the person is not integrated).
+    let integrated = common::fresh_niss(60);
+    let stranger = common::fresh_niss(61);
+    common::integrate(&h, "cpas-liege", integrated, 1, "2024-01-01", "").await;
+    for (id, niss) in [("metrics-1", integrated), ("metrics-2", stranger)] {
+        let mut envelope = common::a052_envelope(id, niss, 1);
+        envelope.addressee = Some("cpas-liege".into());
+        common::submit(&h, "solidaris", envelope).await.unwrap();
+    }
+    common::eventually(Duration::from_secs(10), || h.received() >= 1).await;
+
+    // The start counts as a good load.
+    let text = scrape(metrics).await;
+    assert_eq!(sample(&text, "bcss_policy_last_reload_success"), Some(1.0));
+    let started = sample(&text, "bcss_policy_last_reload_timestamp_seconds").unwrap();
+    assert!(started > 1.7e9, "a Unix time: {started}");
+
+    let broken = h.config_dir.join("deliberations/zz-broken.toml");
+    std::fs::write(
+        &broken,
+        "id = \"99/999\"\ntitle = \"missing everything else\"\n",
+    )
+    .unwrap();
+    h.hub.reload().await.unwrap_err();
+    let text = scrape(metrics).await;
+    assert_eq!(sample(&text, "bcss_policy_last_reload_success"), Some(0.0));
+    assert_eq!(
+        sample(&text, "bcss_policy_reloads_total{result=\"refused\"}"),
+        Some(1.0)
+    );
+    assert!(sample(&text, "bcss_policy_last_reload_timestamp_seconds").unwrap() >= started);
+    // Set with the reload's result, not at the next 5 s refresh: a refused reload that took
+    // effect would show here.
+    assert_eq!(sample(&text, "bcss_policy_generation"), Some(1.0));
+
+    std::fs::remove_file(&broken).unwrap();
+    h.hub.reload().await.unwrap();
+    let text = scrape(metrics).await;
+    assert_eq!(sample(&text, "bcss_policy_last_reload_success"), Some(1.0));
+    assert_eq!(
+        sample(&text, "bcss_policy_reloads_total{result=\"ok\"}"),
+        Some(1.0)
+    );
+    assert_eq!(sample(&text, "bcss_policy_generation"), Some(2.0));
+
+    // Every stage has a histogram with observations.
+    for stage in ["validate", "route", "check", "filter", "persist", "deliver"] {
+        let count = sample(
+            &text,
+            &format!("bcss_stage_seconds_count{{stage=\"{stage}\"}}"),
+        );
+        assert!(count.is_some_and(|c| c >= 1.0), "stage {stage}: {count:?}");
+        let le = format!("bcss_stage_seconds_bucket{{stage=\"{stage}\",le=\"+Inf\"}}");
+        assert_eq!(sample(&text, &le), count, "stage {stage}");
+    }
+    assert!(!text.contains("stage=\"plan\""), "plan is split in three");
+
+    // The journal's size and the file's are refreshed every 5 s, like the outbox gauge. redb
+    // grows and trims its file as it commits, so the gauge is compared with the file's length
+    // once the hub is idle: the next refresh must report exactly that length.
+    let store_file = h.hub.outbox().store().unwrap().path().to_path_buf();
+    let file_len = || store_file.metadata().unwrap().len() as f64;
+    let mut text = text;
+    for _ in 0..150 {
+        let entries_seen = sample(&text, "bcss_journal_entries").is_some_and(|n| n >= 2.0);
+        if entries_seen && sample(&text, "bcss_store_file_bytes") == Some(file_len()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        text = scrape(metrics).await;
+    }
+    let entries = sample(&text, "bcss_journal_entries").unwrap();
+    assert!(
+        entries >= 2.0,
+        "a submission and a delivery at least: {entries}"
+    );
+    let bytes = sample(&text, "bcss_store_file_bytes").unwrap();
+    let data = file_len();
+    assert!(bytes > 0.0 && bytes == data, "gauge {bytes}, file {data}");
+}
