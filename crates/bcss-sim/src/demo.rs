@@ -194,7 +194,7 @@ pub async fn run_with(
     );
     // In flight concurrently, answers kept in submission order, so that the relays drawn from
     // them (and so the whole run) are the same for the same seed.
-    let first_hops = futures_util::stream::iter(plan.into_iter().map(|step| {
+    let mut first_hops = futures_util::stream::iter(plan.into_iter().map(|step| {
         let client = GatewayClient::new(channels[&step.sender].clone());
         let progress = progress.clone();
         async move {
@@ -206,6 +206,9 @@ pub async fn run_with(
     .buffered(16)
     .collect::<Vec<_>>()
     .await;
+    for (step, result) in &mut first_hops {
+        settle(&channels[&step.sender], result).await;
+    }
 
     // Second hop of the CAPELO chain: SIGeDIS relays to SdPSP what it received.
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed ^ 0x5eed);
@@ -237,14 +240,17 @@ pub async fn run_with(
     progress.inc_length(relays.len() as u64);
     let mut outcomes: Vec<Submitted> = first_hops.into_iter().map(|(_, r)| r).collect();
     for step in relays {
-        outcomes.push(submit(GatewayClient::new(channels[&step.sender].clone()), &step).await);
+        let channel = &channels[&step.sender];
+        let mut result = submit(GatewayClient::new(channel.clone()), &step).await;
+        settle(channel, &mut result).await;
+        outcomes.push(result);
         progress.inc(1);
     }
     progress.finish_and_clear();
 
     let consulted = consultations(&channels, &population, options.seed).await;
 
-    // Deliveries are acknowledged before Submit answers; give nothing time to drift.
+    // Every delivery was settled above: the institutions have received all they will.
     let mut report = report(&outcomes, network.received());
     consult_report(&consulted, &mut report);
     println!("{}", report.table);
@@ -272,6 +278,48 @@ pub async fn run_with(
         .into());
     }
     Ok(report)
+}
+
+/// How long [`settle`] waits for a delivery still in progress.
+const SETTLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Waits until no recipient of an accepted message is still being delivered, and puts the
+/// outcomes `Track` then gives into the reply. Submit answers after `delivery.reply_wait_ms`
+/// even when a first delivery takes longer (a loaded machine, a connection still opening), so
+/// without this the report would count deliveries by how fast they were, and a same-seed run
+/// would not be the same run. A delivery still pending after [`SETTLE_WITHIN`] stays as the
+/// hub last reported it, and the final comparison with what the institutions received fails.
+async fn settle(channel: &Channel, result: &mut Submitted) {
+    use bcss_proto::hub::v1::{RecipientOutcome, TrackRequest};
+    let Submitted::Reply { reply, .. } = result else {
+        return;
+    };
+    let pending = |recipients: &[RecipientOutcome]| {
+        recipients.iter().any(|r| {
+            r.decision == Decision::Accepted as i32 || r.decision == Decision::DeliveryFailed as i32
+        })
+    };
+    let deadline = tokio::time::Instant::now() + SETTLE_WITHIN;
+    let mut client = GatewayClient::new(channel.clone());
+    while pending(&reply.recipients) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let Ok(tracked) = client
+            .track(TrackRequest {
+                ticket: reply.ticket.clone(),
+            })
+            .await
+        else {
+            continue;
+        };
+        if let Some(hop) = tracked
+            .into_inner()
+            .hops
+            .into_iter()
+            .find(|hop| hop.ticket == reply.ticket)
+        {
+            reply.recipients = hop.recipients;
+        }
+    }
 }
 
 /// One message to submit, and who submits it.
