@@ -464,7 +464,7 @@ async fn the_a_posteriori_audit_finds_contact_centre_consultations_a_file_does_n
 
 #[tokio::test]
 async fn a_slow_source_gives_deadline_exceeded_and_nothing_partial() {
-    let h = Harness::start_with(&[], |settings| settings.delivery.consult_timeout_ms = 300).await;
+    let h = Harness::start_with(&[], |settings| settings.delivery.consult_timeout_ms = 1000).await;
     let niss = fresh_niss(140);
     integrate(&h, "onva-inspection", niss, 1, "2020-01-01", "").await;
     h.network.source("onss").set_delay(Duration::from_secs(6));
@@ -497,16 +497,26 @@ async fn a_slow_source_gives_deadline_exceeded_and_nothing_partial() {
         "{records:?}"
     );
     assert!(!records.iter().any(|r| r.reason == "answered"));
-    // Back to normal speed, the same consultation is answered.
+    // Back to normal speed, the same consultation is answered (within a few tries: a loaded
+    // machine may take longer than the 1 s deadline once).
     h.network.source("onss").set_delay(Duration::ZERO);
-    let reply = consult(
-        &h,
-        "onva-inspection",
-        request(Flow::Dmfa, niss, "onva-insp-01", None),
-    )
-    .await
-    .unwrap();
-    assert!(reply.into_inner().payload.is_some());
+    let mut answer = None;
+    for _ in 0..5 {
+        match consult(
+            &h,
+            "onva-inspection",
+            request(Flow::Dmfa, niss, "onva-insp-01", None),
+        )
+        .await
+        {
+            Ok(reply) => {
+                answer = Some(reply.into_inner());
+                break;
+            }
+            Err(status) => assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}"),
+        }
+    }
+    assert!(answer.expect("answered at normal speed").payload.is_some());
 }
 
 #[tokio::test]

@@ -42,7 +42,7 @@ async fn the_citizens_view_names_every_recipient_when_and_why_and_no_value() {
     // The delivery's entry is written after the acknowledgement: wait for it.
     let mut auditor = journal(&h, "security-adviser").await;
     let mut records = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..500 {
         records = auditor
             .by_person(ByPersonRequest {
                 niss: niss.digits(),

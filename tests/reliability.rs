@@ -55,7 +55,15 @@ async fn track(h: &Harness, party: &str, ticket: &str) -> bcss_proto::hub::v1::R
 
 #[tokio::test]
 async fn a_recipient_down_gets_everything_in_order_once_back_and_others_are_not_slowed() {
-    let h = Harness::start(&[("hub.toml", &quick_retries(1000, 5))]).await;
+    // The circuit stays closed (this test is not about it: an open circuit's window doubles
+    // with the outage's length, which would make the wait after the restart depend on how
+    // slow the machine was); cpas-ghent's deliveries must each be acknowledged within the
+    // reply's 1 s wait while cpas-liege is down (each submission to cpas-liege waits that
+    // long, so it is not longer).
+    let h = Harness::start_with(&[("hub.toml", &quick_retries(1000, 1000))], |settings| {
+        settings.delivery.reply_wait_ms = 1000;
+    })
+    .await;
     let (first, second, other) = (fresh_niss(70), fresh_niss(71), fresh_niss(72));
     for niss in [first, second] {
         integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
@@ -121,10 +129,7 @@ async fn a_recipient_down_gets_everything_in_order_once_back_and_others_are_not_
             .collect();
         assert_eq!(arrived, expected, "in order per person");
     }
-    assert_eq!(
-        track(&h, "solidaris", &sent[0].1).await.decision,
-        Decision::Delivered as i32
-    );
+    assert!(tracked_until(&h, &sent[0].1, Decision::Delivered).await);
     assert_eq!(h.network.inbox("cpas-ghent").len(), 20);
 }
 
@@ -229,9 +234,9 @@ async fn a_delivery_that_keeps_failing_becomes_a_dead_letter_and_is_replayed() {
     }
 }
 
-/// Tracks `ticket` as solidaris until it shows `decision` (true), for at most 5 s (false).
+/// Tracks `ticket` as solidaris until it shows `decision` (true), for at most 10 s (false).
 async fn tracked_until(h: &Harness, ticket: &str, decision: Decision) -> bool {
-    for _ in 0..250 {
+    for _ in 0..500 {
         if track(h, "solidaris", ticket).await.decision == decision as i32 {
             return true;
         }
@@ -419,10 +424,7 @@ async fn a_full_disk_refuses_submissions_keeps_what_was_accepted_and_recovers() 
         tickets, accepted,
         "every accepted message, in order, nothing else"
     );
-    assert_eq!(
-        track(&h, "solidaris", &accepted[0]).await.decision,
-        Decision::Delivered as i32
-    );
+    assert!(tracked_until(&h, &accepted[0], Decision::Delivered).await);
 }
 
 fn fs_free_bytes(path: &std::path::Path) -> u64 {
@@ -628,10 +630,8 @@ async fn a_stream_that_does_not_acknowledge_in_time_is_replaced() {
 
     inbox.delay_each(Duration::ZERO);
     eventually(Duration::from_secs(10), || inbox.len() == 1).await;
-    assert_eq!(
-        track(&h, "solidaris", &reply.ticket).await.decision,
-        Decision::Delivered as i32
-    );
+    // The inbox records a delivery before it acknowledges it: Delivered follows shortly.
+    assert!(tracked_until(&h, &reply.ticket, Decision::Delivered).await);
     assert_eq!(inbox.streamed(), 1, "delivered over a stream");
     assert_eq!(inbox.duplicates(), 0);
 }

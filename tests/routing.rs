@@ -926,12 +926,12 @@ async fn submit_stream_answers_each_envelope_in_order() {
 
 #[tokio::test]
 async fn submit_stream_handles_envelopes_concurrently() {
-    // The recipient acknowledges only once 4 deliveries wait together. A hub that handled a
-    // stream's envelopes one at a time would have one delivery waiting: each reply would come
-    // after reply_wait_ms (2 s) with the delivery still in progress, not delivered. Four
-    // persons on four different delivery lanes (a lane is the NISS modulo the recipient's 64
-    // lanes, and keeps one person's deliveries in order).
-    let h = Harness::start(&[]).await;
+    // The recipient acknowledges only once 4 deliveries wait together (or after 30 s). A hub
+    // that handled a stream's envelopes one at a time would have one delivery waiting: each
+    // reply would come after reply_wait_ms (15 s) with the delivery still in progress, not
+    // delivered. Four persons on four different delivery lanes (a lane is the NISS modulo the
+    // recipient's 64 lanes, and keeps one person's deliveries in order).
+    let h = Harness::start_with(&[], |settings| settings.delivery.reply_wait_ms = 15_000).await;
     let mut lanes = std::collections::HashSet::new();
     let persons: Vec<Niss> = (100..)
         .map(fresh_niss)
@@ -941,7 +941,9 @@ async fn submit_stream_handles_envelopes_concurrently() {
     for niss in &persons {
         integrate(&h, "cpas-liege", *niss, 1, "2024-01-01", "").await;
     }
-    h.network.inbox("cpas-liege").hold_until_together(4);
+    h.network
+        .inbox("cpas-liege")
+        .hold_until_together(4, Duration::from_secs(30));
     let envelopes: Vec<_> = persons
         .iter()
         .enumerate()

@@ -38,8 +38,8 @@ pub struct Inbox {
 /// What each delivery waits for before it is recorded.
 #[derive(Debug, Default)]
 struct Gate {
-    /// Acknowledged only once this many wait together.
-    together: Option<Arc<tokio::sync::Barrier>>,
+    /// Acknowledged only once this many wait together, or after the duration.
+    together: Option<(Arc<tokio::sync::Barrier>, std::time::Duration)>,
     /// Recorded only after this long (a slow institution).
     delay: std::time::Duration,
 }
@@ -66,10 +66,10 @@ impl Inbox {
     }
 
     /// From now on, holds each delivery's acknowledgement until `together` deliveries are
-    /// waiting at once (or 5 s have passed): shows whether the hub delivers concurrently.
-    pub fn hold_until_together(&self, together: usize) {
+    /// waiting at once (or `at_most` has passed): shows whether the hub delivers concurrently.
+    pub fn hold_until_together(&self, together: usize, at_most: std::time::Duration) {
         self.gate.lock().expect("inbox gate").together =
-            Some(Arc::new(tokio::sync::Barrier::new(together)));
+            Some((Arc::new(tokio::sync::Barrier::new(together)), at_most));
     }
 
     /// From now on, records (and acknowledges) each delivery only after `delay`; a delivery
@@ -87,8 +87,8 @@ impl Inbox {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        if let Some(barrier) = together {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), barrier.wait()).await;
+        if let Some((barrier, at_most)) = together {
+            let _ = tokio::time::timeout(at_most, barrier.wait()).await;
         }
     }
 
@@ -452,6 +452,9 @@ struct Member {
     identity: Identity,
     ca: Certificate,
     running: Mutex<Option<Running>>,
+    /// While stopped by [`Network::stop_institution`]: its address, bound but not listening,
+    /// so that connections to it are refused and no other socket of the process is given it.
+    reserved: Mutex<Option<tokio::net::TcpSocket>>,
 }
 
 #[derive(Debug)]
@@ -485,6 +488,17 @@ impl Member {
             let _ = running.task.await;
         }
     }
+}
+
+/// A TCP socket for `address` with `SO_REUSEADDR`: several may be bound to one address as long
+/// as at most one listens (how a stopped institution keeps its address).
+fn reusable_socket(address: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    Ok(socket)
 }
 
 impl Network {
@@ -544,6 +558,7 @@ impl Network {
                 identity: Identity::from_pem(pair.cert, pair.key),
                 ca: ca.clone(),
                 running: Mutex::new(None),
+                reserved: Mutex::new(None),
             };
             member.spawn(listener);
             network.members.insert(institution.id.to_string(), member);
@@ -556,13 +571,19 @@ impl Network {
     pub async fn stop_institution(&self, id: &str) {
         if let Some(member) = self.members.get(id) {
             member.stop().await;
+            *member.reserved.lock().expect("member lock") = reusable_socket(self.addresses[id])
+                .and_then(|socket| socket.bind(self.addresses[id]).map(|()| socket))
+                .ok();
         }
     }
 
     /// Starts a stopped institution's server again, on the same address, with the same inbox.
     pub async fn start_institution(&self, id: &str) -> std::io::Result<()> {
         let member = &self.members[id];
-        let listener = TcpListener::bind(self.addresses[id]).await?;
+        let socket = reusable_socket(self.addresses[id])?;
+        socket.bind(self.addresses[id])?;
+        let listener = socket.listen(1024)?;
+        member.reserved.lock().expect("member lock").take();
         member.spawn(listener);
         Ok(())
     }
