@@ -265,7 +265,6 @@ fn add_all(
         "{} nests too deep (recursive type?)",
         message.full_name()
     );
-    builder.usually_unchanged(node);
     for field in message.fields() {
         match field.kind() {
             Kind::Message(inner) => {

@@ -13,7 +13,7 @@
 
 use bytes::Bytes;
 
-use crate::tree::{Action, FieldTree, KeyTable, NodeId};
+use crate::tree::{Action, FieldTree, NodeId};
 use crate::varint;
 use crate::walk::{WireError, read_field};
 
@@ -64,135 +64,6 @@ fn varint_len(input: &[u8], at: usize) -> Result<usize, WireError> {
 /// No run of kept fields is pending.
 const NO_RUN: usize = usize::MAX;
 
-/// One field as the hot loop reads it: what to do with it and where its parts are.
-struct Field {
-    action: Action,
-    /// The key as read: `number << 3 | wire type`.
-    key: usize,
-    value_start: usize,
-    /// One past the value.
-    end: usize,
-}
-
-/// Reads the field at `pos` of a message at node `id`. The key: one or two bytes on the fast
-/// path; anything else (longer keys, field 0, groups, wire types the node refuses) goes through
-/// the generic reader, which gives the precise error.
-#[inline(always)]
-fn next_field(
-    tree: &FieldTree,
-    id: NodeId,
-    keys: &KeyTable,
-    input: &[u8],
-    pos: usize,
-) -> Result<Field, WireError> {
-    let len = input.len();
-    let b0 = input[pos];
-    let mut key = usize::from(b0);
-    let mut after_key = pos + 1;
-    if b0 >= 0x80 {
-        match input.get(pos + 1) {
-            Some(&b1) if b1 < 0x80 => {
-                key = key & 0x7f | usize::from(b1) << 7;
-                after_key = pos + 2;
-            }
-            _ => key = usize::MAX,
-        }
-    }
-    let action = if key == usize::MAX {
-        Action(Action::SLOW)
-    } else {
-        keys.get(key)
-    };
-    if action.kind() == Action::SLOW {
-        let field = read_field(input, pos)?;
-        let action = Action::of(tree.node(id).slot(field.number), field.wire_type);
-        if action.kind() == Action::SLOW {
-            return Err(WireError::WrongWireType {
-                field: field.number,
-                found: field.wire_type as u8,
-            });
-        }
-        let key = (field.number as usize) << 3 | field.wire_type as usize;
-        return Ok(Field {
-            action,
-            key,
-            value_start: field.value_start,
-            end: field.end,
-        });
-    }
-    let value_start;
-    let end;
-    match key & 7 {
-        0 => {
-            value_start = after_key;
-            end = after_key + varint_len(input, after_key)?;
-        }
-        1 => {
-            value_start = after_key;
-            end = after_key + 8;
-            if end > len {
-                return Err(WireError::Truncated);
-            }
-        }
-        5 => {
-            value_start = after_key;
-            end = after_key + 4;
-            if end > len {
-                return Err(WireError::Truncated);
-            }
-        }
-        _ => {
-            let value_len;
-            (value_len, value_start) = match input.get(after_key) {
-                Some(&b) if b < 0x80 => (usize::from(b), after_key + 1),
-                _ => {
-                    let (value_len, used) = varint::decode(&input[after_key..])?;
-                    let value_start = after_key + used;
-                    if value_len > (len - value_start) as u64 {
-                        return Err(WireError::LengthPastEnd);
-                    }
-                    (value_len as usize, value_start)
-                }
-            };
-            end = value_start + value_len;
-            if end > len {
-                return Err(WireError::LengthPastEnd);
-            }
-        }
-    }
-    Ok(Field {
-        action,
-        key,
-        value_start,
-        end,
-    })
-}
-
-/// True when filtering `input` at node `id` would give `input` back, byte for byte: every
-/// field is kept whole, or is a sub-message for which [`unchanged_block`] holds. False on any
-/// malformed input (the filter then gives the precise error).
-fn unchanged(tree: &FieldTree, id: NodeId, input: &[u8]) -> bool {
-    let keys = tree.keys(id);
-    let mut pos = 0;
-    while pos < input.len() {
-        let Ok(field) = next_field(tree, id, keys, input, pos) else {
-            return false;
-        };
-        match field.action.kind() {
-            Action::KEEP => {}
-            Action::DESCEND => {
-                let (child, key) = (field.action.child(), field.key);
-                if !unchanged_block(tree, child, input, pos, key, field.value_start, field.end) {
-                    return false;
-                }
-            }
-            _ => return false,
-        }
-        pos = field.end;
-    }
-    true
-}
-
 fn filter_node(
     tree: &FieldTree,
     id: NodeId,
@@ -204,15 +75,82 @@ fn filter_node(
     // Start of a run of kept fields not yet copied, or NO_RUN.
     let mut run = NO_RUN;
     let mut pos = 0;
-    while pos < input.len() {
+    let len = input.len();
+    while pos < len {
         let start = pos;
-        let Field {
-            action,
-            key,
-            value_start,
-            end,
-            ..
-        } = next_field(tree, id, keys, input, pos)?;
+        // The key: one or two bytes on the fast path; anything else (longer keys, field 0,
+        // groups, wire types the node refuses) goes through the generic reader.
+        let b0 = input[pos];
+        let mut key = usize::from(b0);
+        let mut after_key = pos + 1;
+        if b0 >= 0x80 {
+            match input.get(pos + 1) {
+                Some(&b1) if b1 < 0x80 => {
+                    key = key & 0x7f | usize::from(b1) << 7;
+                    after_key = pos + 2;
+                }
+                _ => key = usize::MAX,
+            }
+        }
+        let mut action = if key == usize::MAX {
+            Action(Action::SLOW)
+        } else {
+            keys.get(key)
+        };
+        let value_start;
+        let end;
+        if action.kind() != Action::SLOW {
+            match key & 7 {
+                0 => {
+                    value_start = after_key;
+                    end = after_key + varint_len(input, after_key)?;
+                }
+                1 => {
+                    value_start = after_key;
+                    end = after_key + 8;
+                    if end > len {
+                        return Err(WireError::Truncated);
+                    }
+                }
+                5 => {
+                    value_start = after_key;
+                    end = after_key + 4;
+                    if end > len {
+                        return Err(WireError::Truncated);
+                    }
+                }
+                _ => {
+                    let value_len;
+                    (value_len, value_start) = match input.get(after_key) {
+                        Some(&b) if b < 0x80 => (usize::from(b), after_key + 1),
+                        _ => {
+                            let (value_len, used) = varint::decode(&input[after_key..])?;
+                            let value_start = after_key + used;
+                            if value_len > (len - value_start) as u64 {
+                                return Err(WireError::LengthPastEnd);
+                            }
+                            (value_len as usize, value_start)
+                        }
+                    };
+                    end = value_start + value_len;
+                    if end > len {
+                        return Err(WireError::LengthPastEnd);
+                    }
+                }
+            }
+        } else {
+            let field = read_field(input, pos)?;
+            action = Action::of(tree.node(id).slot(field.number), field.wire_type);
+            if action.kind() == Action::SLOW {
+                return Err(WireError::WrongWireType {
+                    field: field.number,
+                    found: field.wire_type as u8,
+                });
+            }
+            key = (field.number as usize) << 3 | field.wire_type as usize;
+            value_start = field.value_start;
+            end = field.end;
+        }
         match action.kind() {
             Action::KEEP => {
                 if run == NO_RUN {
@@ -225,14 +163,6 @@ fn filter_node(
                     run = NO_RUN;
                 }
                 stats.removed += 1;
-            }
-            _ if tree.node(action.child()).usually_unchanged
-                && unchanged_block(tree, action.child(), input, start, key, value_start, end) =>
-            {
-                // Comes out as it went in: it stays in the run, key and length as they are.
-                if run == NO_RUN {
-                    run = start;
-                }
             }
             _ => {
                 if run != NO_RUN {
@@ -273,26 +203,6 @@ fn filter_node(
         out.extend_from_slice(&input[run..]);
     }
     Ok(())
-}
-
-/// True when the sub-message field at `start` of `input` (its key `key`, its value at
-/// `value_start..end`) would come out of the filter as it went in: not empty (the filter removes
-/// an empty one), its key and length in their shortest form (the filter writes those afresh;
-/// neither can be shorter, so their widths' sum tells), and its content [`unchanged`].
-fn unchanged_block(
-    tree: &FieldTree,
-    child: NodeId,
-    input: &[u8],
-    start: usize,
-    key: usize,
-    value_start: usize,
-    end: usize,
-) -> bool {
-    let content = end - value_start;
-    content != 0
-        && value_start - start
-            == varint::encoded_len((key | 2) as u64) + varint::encoded_len(content as u64)
-        && unchanged(tree, child, &input[value_start..end])
 }
 
 #[cfg(test)]

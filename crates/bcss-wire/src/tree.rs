@@ -70,9 +70,6 @@ pub(crate) enum Slot {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Node {
     slots: Vec<Slot>,
-    /// A hint (see [`FieldTreeBuilder::usually_unchanged`]): the filter first checks whether a
-    /// sub-message at this node would come out as it went in, and then copies it as it is.
-    pub(crate) usually_unchanged: bool,
 }
 
 impl Node {
@@ -244,14 +241,6 @@ impl FieldTreeBuilder {
                 Some(child)
             }
         }
-    }
-
-    /// Hints that sub-messages at `node` usually carry only fields the node keeps whole (a
-    /// sub-message a deliberation names whole): the filter then checks such a sub-message
-    /// first and, when nothing in it would change, copies it as it is, without rewriting its
-    /// key and length. Only speed depends on it; the output never does.
-    pub fn usually_unchanged(&mut self, node: NodeId) {
-        self.nodes[node.0 as usize].usually_unchanged = true;
     }
 
     fn set(&mut self, node: NodeId, field: u32, slot: Slot) {
