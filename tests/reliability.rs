@@ -523,14 +523,10 @@ async fn a_connection_that_never_answers_is_replaced_after_the_delivery_deadline
     })
     .await;
     // The outcome is set once the hub has the acknowledgement, a moment after the inbox has it.
-    let asked = std::time::Instant::now();
-    while track(&h, "solidaris", &reply.ticket).await.decision != Decision::Delivered as i32 {
-        assert!(
-            asked.elapsed() < Duration::from_secs(5),
-            "Track says delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        tracked_until(&h, &reply.ticket, Decision::Delivered).await,
+        "Track says delivered"
+    );
     // The silent connections were never closed by their end: the hub moved on by itself.
     assert!(held.lock().unwrap().len() >= 2);
 }

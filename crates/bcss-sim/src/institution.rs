@@ -490,14 +490,16 @@ impl Member {
     }
 }
 
-/// A TCP socket for `address` with `SO_REUSEADDR`: several may be bound to one address as long
-/// as at most one listens (how a stopped institution keeps its address).
-fn reusable_socket(address: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+/// A TCP socket bound to `address` with `SO_REUSEADDR`, not yet listening: several may be
+/// bound to one address as long as at most one listens (how a stopped institution keeps its
+/// address).
+fn bound_reusable(address: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     let socket = match address {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
     Ok(socket)
 }
 
@@ -571,18 +573,14 @@ impl Network {
     pub async fn stop_institution(&self, id: &str) {
         if let Some(member) = self.members.get(id) {
             member.stop().await;
-            *member.reserved.lock().expect("member lock") = reusable_socket(self.addresses[id])
-                .and_then(|socket| socket.bind(self.addresses[id]).map(|()| socket))
-                .ok();
+            *member.reserved.lock().expect("member lock") = bound_reusable(self.addresses[id]).ok();
         }
     }
 
     /// Starts a stopped institution's server again, on the same address, with the same inbox.
     pub async fn start_institution(&self, id: &str) -> std::io::Result<()> {
         let member = &self.members[id];
-        let socket = reusable_socket(self.addresses[id])?;
-        socket.bind(self.addresses[id])?;
-        let listener = socket.listen(1024)?;
+        let listener = bound_reusable(self.addresses[id])?.listen(1024)?;
         member.reserved.lock().expect("member lock").take();
         member.spawn(listener);
         Ok(())

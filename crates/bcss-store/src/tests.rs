@@ -10,6 +10,16 @@ use crate::tables::{
     PAYLOADS,
 };
 
+/// The change that makes delivery `seq` a dead letter after three unanswered attempts.
+fn given_up(seq: u64) -> Change {
+    Change::DeadLetter {
+        seq,
+        attempts: 3,
+        last_error: "no answer".into(),
+        reason: "too many attempts".into(),
+    }
+}
+
 fn ticket(id: &str, message_id: &str, recipients: &[&str]) -> (TicketRow, Vec<DeliveryRow>) {
     let outcomes = recipients
         .iter()
@@ -142,15 +152,7 @@ async fn deliveries_that_carry_the_same_message_share_one_payload_row() {
             .unwrap();
     }
     assert_eq!(store.delivery(3).await.unwrap().unwrap().request, sent[2]);
-    store
-        .change(Change::DeadLetter {
-            seq: 3,
-            attempts: 3,
-            last_error: "no answer".into(),
-            reason: "too many attempts".into(),
-        })
-        .await
-        .unwrap();
+    store.change(given_up(3)).await.unwrap();
     assert_eq!(store.dead_letters(0, 10).await.unwrap()[0].request, sent[2]);
     let replayed = store.change(Change::Replay { seq: 3 }).await.unwrap();
     assert_eq!(replayed.unwrap().request, sent[2]);
@@ -494,15 +496,7 @@ async fn size_counts_journal_entries_and_file_bytes() {
         .await
         .unwrap();
     assert_eq!(store.size().await.unwrap().journal_entries, 1);
-    store
-        .change(Change::DeadLetter {
-            seq: 2,
-            attempts: 3,
-            last_error: "no answer".into(),
-            reason: "too many attempts".into(),
-        })
-        .await
-        .unwrap();
+    store.change(given_up(2)).await.unwrap();
     let size = store.size().await.unwrap();
     assert_eq!(size.journal_entries, 2);
     assert!(size.file_bytes > 0);
@@ -515,15 +509,7 @@ async fn dead_letters_are_listed_and_replayed() {
     let (t, d) = ticket("t1", "m1", &["a", "b", "c"]);
     store.accept(t, d, Vec::new()).await.unwrap();
     for seq in [1, 3] {
-        store
-            .change(Change::DeadLetter {
-                seq,
-                attempts: 3,
-                last_error: "no answer".into(),
-                reason: "too many attempts".into(),
-            })
-            .await
-            .unwrap();
+        store.change(given_up(seq)).await.unwrap();
     }
     let dead: Vec<u64> = store
         .dead_letters(0, 10)
@@ -739,13 +725,7 @@ async fn a_dead_letter_is_replayed_once_and_a_late_delivery_clears_it() {
     let (store, _) = Store::open(dir.path()).unwrap();
     let (t, d) = ticket("t1", "m1", &["a"]);
     store.accept(t, d, Vec::new()).await.unwrap();
-    let given_up = || Change::DeadLetter {
-        seq: 1,
-        attempts: 3,
-        last_error: "no answer".into(),
-        reason: "too many attempts".into(),
-    };
-    store.change(given_up()).await.unwrap();
+    store.change(given_up(1)).await.unwrap();
     let before = now_ms();
     let first = store
         .change(Change::Replay { seq: 1 })
@@ -773,7 +753,7 @@ async fn a_dead_letter_is_replayed_once_and_a_late_delivery_clears_it() {
         .count();
     assert_eq!(replays, 1);
     // Given up on again while an attempt was under way, which then is acknowledged.
-    store.change(given_up()).await.unwrap();
+    store.change(given_up(1)).await.unwrap();
     store
         .change(Change::Delivered { seq: 1, at_ms: 9 })
         .await
@@ -978,15 +958,7 @@ async fn entries_added_after_retention_ended_expire_too() {
     store.accept(t, d, j).await.unwrap();
     // The submission and the admission.
     assert_eq!(store.expire(5_000, 100).await.unwrap(), 2);
-    store
-        .change(Change::DeadLetter {
-            seq: 1,
-            attempts: 3,
-            last_error: "no answer".into(),
-            reason: "too many attempts".into(),
-        })
-        .await
-        .unwrap();
+    store.change(given_up(1)).await.unwrap();
     store.change(Change::Replay { seq: 1 }).await.unwrap();
     store
         .change(Change::Delivered {
