@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use bcss_domain::Niss;
 use bcss_proto::hub::v1::admin_client::AdminClient;
-use bcss_proto::hub::v1::{DeadLetterRequest, Decision, ListDeadLettersRequest, TrackRequest};
+use bcss_proto::hub::v1::{
+    DeadLetterRequest, Decision, ListDeadLettersRequest, RemoveRequest, TrackRequest,
+};
 use common::{Harness, a052_envelope, eventually, fresh_niss, integrate, submit};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -232,6 +234,106 @@ async fn a_delivery_that_keeps_failing_becomes_a_dead_letter_and_is_replayed() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn a_retry_or_replay_is_checked_again_and_goes_nowhere_once_the_integration_is_gone() {
+    // The circuit stays closed and attempts never run out: only the check can stop delivery.
+    let h = Harness::start_with(&[("hub.toml", &quick_retries(1000, 1000))], |settings| {
+        settings.delivery.reply_wait_ms = 500;
+    })
+    .await;
+    let niss = fresh_niss(74);
+    integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
+    h.network.stop_institution("cpas-liege").await;
+    let ticket = submit(&h, "solidaris", addressed("gone-1", niss, "cpas-liege", 1))
+        .await
+        .unwrap()
+        .ticket;
+    assert!(tracked_until(&h, &ticket, Decision::DeliveryFailed).await);
+
+    // The CPAS closes its file on the person while its endpoint is down.
+    let removed = h
+        .directory("cpas-liege")
+        .await
+        .remove(RemoveRequest {
+            niss: niss.digits(),
+            quality_code: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .removed;
+    assert_eq!(removed, 1);
+    h.network.start_institution("cpas-liege").await.unwrap();
+    assert!(
+        tracked_until(&h, &ticket, Decision::DeadLetter).await,
+        "the retry is refused by the check, not delivered"
+    );
+    let outcome = track(&h, "solidaris", &ticket).await;
+    assert!(
+        outcome
+            .last_error
+            .contains("no longer admitted under 20/130: not_integrated"),
+        "{outcome:?}"
+    );
+    let mut admin = AdminClient::new(h.channel("hub-operations").await);
+    let letter = admin
+        .list_dead_letters(ListDeadLettersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .dead_letters
+        .into_iter()
+        .find(|letter| letter.ticket == ticket)
+        .expect("listed as a dead letter");
+    assert!(letter.reason.contains("not_integrated"), "{letter:?}");
+
+    // Replayed while the person is still not integrated: checked again, withdrawn again.
+    let replay = |admin: &mut AdminClient<tonic::transport::Channel>| {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .replay_dead_letter(DeadLetterRequest { seq: letter.seq })
+                .await
+                .unwrap()
+                .into_inner()
+                .requeued
+        }
+    };
+    // Requeued only once the withdrawal is recorded (Track shows it a moment before).
+    let mut requeued = false;
+    for _ in 0..200 {
+        if replay(&mut admin).await {
+            requeued = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(requeued, "the dead letter is replayed");
+    assert!(tracked_until(&h, &ticket, Decision::DeadLetter).await);
+    assert_eq!(
+        h.network.inbox("cpas-liege").len(),
+        0,
+        "nothing reached the CPAS"
+    );
+
+    // Integrated again, the replay delivers.
+    integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
+    let mut requeued = false;
+    for _ in 0..200 {
+        if replay(&mut admin).await {
+            requeued = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(requeued);
+    eventually(Duration::from_secs(10), || {
+        h.network.inbox("cpas-liege").len() == 1
+    })
+    .await;
+    assert!(tracked_until(&h, &ticket, Decision::Delivered).await);
 }
 
 /// Tracks `ticket` as solidaris until it shows `decision` (true), for at most 10 s (false).

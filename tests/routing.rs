@@ -837,6 +837,21 @@ async fn settled_tickets_leave_memory_and_are_read_back_from_the_store() {
         .evict_settled(time::OffsetDateTime::now_utc());
     let again = submit(&h, "onss", first.clone()).await.unwrap();
     assert_eq!(again, reply);
+    // Several at once: the first reads the ticket back from the store, the others wait for
+    // it and get the same answer (not "nothing was recorded").
+    h.hub
+        .ledger()
+        .evict_settled(time::OffsetDateTime::now_utc());
+    let gateway = h.gateway("onss").await;
+    let together = futures_util::future::join_all((0..8).map(|_| {
+        let mut gateway = gateway.clone();
+        let envelope = first.clone();
+        async move { gateway.submit(envelope).await.map(|r| r.into_inner()) }
+    }))
+    .await;
+    for answer in together {
+        assert_eq!(answer.expect("answered with the original ticket"), reply);
+    }
     // The same message id with other content is still a conflict.
     h.hub
         .ledger()

@@ -144,10 +144,12 @@ impl<W: Write> SnapshotWriter<W> {
     }
 }
 
-/// Reads a snapshot into a new directory, resolving institutions and quality codes against the
-/// policy. The whole content is checked (checksum, NISS, periods) before it is returned.
-pub fn read(input: impl Read, resolver: &impl Resolver) -> Result<Directory, SnapshotError> {
-    read_sized(input, u64::MAX, resolver)
+/// Reads a snapshot held in memory into a new directory, resolving institutions and quality
+/// codes against the policy. The whole content is checked (checksum, NISS, periods) before it
+/// is returned. (A file: [`read_sized`] with its length, so that a damaged header cannot size
+/// the table beyond what the file could hold.)
+pub fn read(bytes: &[u8], resolver: &impl Resolver) -> Result<Directory, SnapshotError> {
+    read_sized(bytes, bytes.len() as u64, resolver)
 }
 
 /// Institutions a snapshot may list: rows name them by a 16-bit position.
@@ -599,6 +601,18 @@ mod tests {
                 "more institutions than a row can name",
                 header(70_000, &[]),
                 "more institutions than a row can name",
+            ),
+            (
+                // Sized by the bytes there are, not by the hint (before: a table for 100
+                // million persons, about 10 GB, written in full).
+                "a persons hint far past what the bytes hold",
+                {
+                    let mut b = MAGIC.to_vec();
+                    b.extend(u64::MAX.to_le_bytes());
+                    b.extend(0u32.to_le_bytes());
+                    b
+                },
+                "ends too early",
             ),
             (
                 "an institution id that is not an id",

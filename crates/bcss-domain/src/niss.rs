@@ -3,7 +3,8 @@
 //! The check number is `97 - (first nine digits mod 97)`; for people born in 2000 or later the
 //! nine digits are prefixed with a `2` first. BIS numbers (people not in the national register)
 //! add 20 (sex unknown) or 40 (sex known) to the month. A month or day of `00` means the birth
-//! date is not (fully) known, which the national register allows.
+//! date is not (fully) known, which the national register allows. The serial `SSS` runs from
+//! 001 to 997 for men (odd) and 002 to 998 for women (even): 000 and 999 are never given.
 //!
 //! A [`Niss`] is personal data: its `Debug` output is redacted, and nothing in this crate prints
 //! its digits except [`Niss::digits`], which callers use only to put it on the wire.
@@ -38,6 +39,8 @@ pub enum NissError {
     Month,
     #[error("the day part of the NISS is not 00-31")]
     Day,
+    #[error("the serial part of the NISS is not 001-998")]
+    Serial,
     #[error("the check number of the NISS does not match its first nine digits")]
     CheckNumber,
 }
@@ -75,6 +78,9 @@ impl Niss {
         }
         if day > 31 {
             return Err(NissError::Day);
+        }
+        if matches!((number / 100) % 1000, 0 | 999) {
+            return Err(NissError::Serial);
         }
         let niss = Niss(number);
         if niss.century().is_none() {
@@ -161,6 +167,13 @@ mod tests {
         check("03250500119", Ok(Bis2000s));
         // Unknown birth date (month and day 00) is allowed.
         check("40000000163", Ok(Register1900s));
+        // Serials run 001-998: the first and last are valid, 000 and 999 never given (even
+        // with a check number that matches).
+        check("85073000160", Ok(Register1900s));
+        check("85073099833", Ok(Register1900s));
+        check("85073000061", Err(NissError::Serial));
+        check("85073099932", Err(NissError::Serial));
+        check("17012599902", Err(NissError::Serial));
         check("85073003329", Err(NissError::CheckNumber));
         check("8507300336", Err(NissError::Length));
         check("850730033610", Err(NissError::Length));

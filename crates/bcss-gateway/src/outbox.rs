@@ -7,7 +7,12 @@
 //! - **Retries.** A failed attempt stays at the head of its lane and is retried after an
 //!   exponential backoff with jitter; every attempt has a deadline (`delivery.timeout_ms`).
 //! - **Circuit.** After `circuit_failures` failures in a row, the recipient is left alone for
-//!   `circuit_open_ms` (doubling up to a minute), then probed with one delivery.
+//!   `circuit_open_ms` (doubling with each failed probe, up to a minute), then probed with one
+//!   delivery.
+//! - **Checked again.** An attempt that does not follow its acceptance's integration check (a
+//!   retry, a delivery resumed at start, a replayed dead letter) runs the check again first:
+//!   an institution that no longer has the person integrated, or a deliberation no longer
+//!   valid, gets nothing, and the delivery becomes a dead letter saying why.
 //! - **Dead letters.** After `max_attempts` attempts or `max_age_s`, a delivery becomes a dead
 //!   letter in the store, to be listed, inspected and replayed; it is never dropped.
 //! - **Bounded.** At most `max_pending` deliveries wait, in memory and on disk together; beyond
@@ -19,6 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bcss_directory::Directory;
 use bcss_policy::Policy;
 use bcss_policy::settings::DeliverySettings;
 use bcss_store::{Accepted, Change, DeliveryRow, Store, StoreError, now_ms};
@@ -31,6 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::delivery::Deliverer;
 use crate::ledger::{Decision, TicketRecord};
+use crate::pipeline::still_admitted;
 use crate::telemetry;
 
 /// How deliveries are retried and bounded (`[delivery]` in `hub.toml`).
@@ -77,6 +84,10 @@ pub struct Job {
     /// replay (`DeliveryRow::age_from_ms`).
     pub accepted_at_ms: i64,
     pub next_attempt_ms: i64,
+    /// The integration check ran just before it was queued (at its acceptance), so its next
+    /// attempt needs no other. False for a delivery resumed at start or replayed, and after
+    /// any attempt.
+    pub checked: bool,
     /// The ticket, to keep its outcome current for `Track`.
     pub record: Option<Arc<TicketRecord>>,
     /// Told when the first attempt ends (either way), so `Submit` can report it.
@@ -96,6 +107,8 @@ pub struct Outbox {
     store: Option<Arc<Store>>,
     deliverer: Deliverer,
     policy: Arc<ArcSwap<Policy>>,
+    /// For the integration check before attempts that do not follow acceptance.
+    directory: Arc<Directory>,
     retry: RetryPolicy,
     workers: DashMap<Arc<str>, mpsc::UnboundedSender<Job>>,
     pending: AtomicUsize,
@@ -109,12 +122,14 @@ impl Outbox {
         store: Option<Arc<Store>>,
         deliverer: Deliverer,
         policy: Arc<ArcSwap<Policy>>,
+        directory: Arc<Directory>,
         retry: RetryPolicy,
     ) -> Outbox {
         Outbox {
             store,
             deliverer,
             policy,
+            directory,
             retry,
             workers: DashMap::new(),
             pending: AtomicUsize::new(0),
@@ -205,6 +220,7 @@ impl Outbox {
                 attempts: 0,
                 accepted_at_ms: row.age_from_ms(),
                 next_attempt_ms: 0,
+                checked: false,
                 record,
                 notify: None,
             };
@@ -254,11 +270,15 @@ impl Circuit {
     }
     fn success(&mut self) {
         self.failures = 0;
+        self.open_until_ms = 0;
         self.open_for = self.initial;
     }
     fn failure(&mut self, now: i64) {
         self.failures += 1;
-        if self.failures >= self.threshold {
+        // Attempts in flight when the circuit opens fail one after another (up to a lane's
+        // worth at once when an endpoint restarts): only the failure that opens it, and a
+        // failed probe after the window, move the window and double the next one.
+        if self.failures >= self.threshold && now >= self.open_until_ms {
             self.open_until_ms = now + self.open_for.as_millis() as i64;
             self.open_for = (self.open_for * 2).min(Duration::from_secs(60));
         }
@@ -357,9 +377,14 @@ async fn worker(outbox: Arc<Outbox>, recipient: Arc<str>, mut rx: mpsc::Unbounde
                             });
                         }
                     }
-                    Err(error) => {
+                    Err(Failure::Attempt(error)) => {
                         circuit.failure(now);
                         if let Some(job) = failed(&outbox, &recipient, job, error, now).await {
+                            lanes[lane].push_front(job);
+                        }
+                    }
+                    Err(Failure::NoLongerAdmitted(reason)) => {
+                        if let Some(job) = withdrawn(&outbox, &recipient, job, reason, now).await {
                             lanes[lane].push_front(job);
                         }
                     }
@@ -370,23 +395,36 @@ async fn worker(outbox: Arc<Outbox>, recipient: Arc<str>, mut rx: mpsc::Unbounde
     }
 }
 
+/// Why an attempt did not deliver.
+enum Failure {
+    /// The recipient did not acknowledge (or could not be reached): tried again later.
+    Attempt(String),
+    /// The integration check, run again, refused: nothing was sent, and nothing will be.
+    NoLongerAdmitted(String),
+}
+
 async fn attempt(
     outbox: Arc<Outbox>,
     lane: usize,
     job: Job,
     seconds: metrics::Histogram,
-) -> (usize, Job, Result<(), String>) {
+) -> (usize, Job, Result<(), Failure>) {
     let started = std::time::Instant::now();
     let result = async {
         let policy = outbox.policy.load();
         let institution = policy
             .institution_by_id(&job.recipient)
-            .ok_or_else(|| "the recipient is no longer in the policy".to_owned())?;
+            .ok_or_else(|| Failure::Attempt("the recipient is no longer in the policy".into()))?;
+        if !job.checked {
+            still_admitted(&policy, &outbox.directory, institution, &job.request)
+                .map_err(Failure::NoLongerAdmitted)?;
+        }
         outbox
             .deliverer
             .deliver(institution, job.request.clone(), job.attempts + 1)
             .await
             .map(|_| ())
+            .map_err(Failure::Attempt)
     }
     .await;
     seconds.record(started.elapsed().as_secs_f64());
@@ -417,6 +455,7 @@ async fn failed(
     now: i64,
 ) -> Option<Job> {
     job.attempts += 1;
+    job.checked = false;
     metrics::counter!(telemetry::DELIVERIES, "recipient" => recipient.to_owned(), "outcome" => "failed")
         .increment(1);
     // The waiting `Submit` is told once the outcome says what happened.
@@ -474,6 +513,40 @@ async fn failed(
     Some(job)
 }
 
+/// A delivery the integration check, run again, refuses: a dead letter saying why (an operator
+/// may replay it once the recipient integrates the person again; the replay checks again).
+/// Returns the job, to be checked again later, if the store could not record it.
+async fn withdrawn(
+    outbox: &Outbox,
+    recipient: &str,
+    mut job: Job,
+    reason: String,
+    now: i64,
+) -> Option<Job> {
+    let notify = job.notify.take();
+    let recorded = outbox
+        .record(Change::DeadLetter {
+            seq: job.seq,
+            attempts: job.attempts,
+            last_error: reason.clone(),
+            reason: reason.clone(),
+        })
+        .await;
+    if !recorded {
+        job.notify = notify;
+        job.next_attempt_ms = now + outbox.backoff(job.attempts.max(1)).as_millis() as i64;
+        return Some(job);
+    }
+    tracing::warn!(message = "Delivery withdrawn: the integration check, run again, refused it.", recipient, seq = job.seq, %reason);
+    metrics::counter!(telemetry::DEAD_LETTERS, "recipient" => recipient.to_owned()).increment(1);
+    update_outcome(&job, Decision::DeadLetter, Some(reason));
+    if let Some(notify) = notify {
+        let _ = notify.send(());
+    }
+    outbox.pending.fetch_sub(1, Ordering::AcqRel);
+    None
+}
+
 fn update_outcome(job: &Job, decision: Decision, error: Option<String>) {
     let Some(record) = &job.record else { return };
     let mut outcomes = record.outcomes.lock().expect("outcomes lock");
@@ -486,5 +559,55 @@ fn update_outcome(job: &Job, decision: Decision, error: Option<String>) {
         if error.is_some() {
             outcome.last_error = error;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn circuit(threshold: u32, open_ms: u64) -> Circuit {
+        Circuit {
+            failures: 0,
+            threshold,
+            open_until_ms: 0,
+            open_for: Duration::from_millis(open_ms),
+            initial: Duration::from_millis(open_ms),
+        }
+    }
+
+    /// (failures at `now`, then what `allows` says at given times, with nothing in flight).
+    #[test]
+    fn the_window_doubles_per_failed_probe_not_per_failure_in_flight() {
+        let now = 1_000_000;
+        let mut c = circuit(5, 5_000);
+        for _ in 0..4 {
+            c.failure(now);
+        }
+        assert!(c.allows(now, 3), "under the threshold, still closed");
+        // Ten attempts in flight fail together: the circuit opens once, for 5 s.
+        for _ in 0..10 {
+            c.failure(now);
+        }
+        assert_eq!(c.open_until_ms, now + 5_000);
+        assert!(!c.allows(now + 4_999, 0));
+        assert!(!c.allows(now + 5_000, 1), "one probe at a time");
+        assert!(c.allows(now + 5_000, 0), "probed after the window");
+        // The probe fails: the next window is twice as long, and capped at a minute.
+        c.failure(now + 5_000);
+        assert_eq!(c.open_until_ms, now + 5_000 + 10_000);
+        let mut at = now + 15_000;
+        for _ in 0..10 {
+            c.failure(at);
+            at = c.open_until_ms;
+        }
+        assert_eq!(c.open_for, Duration::from_secs(60));
+        // A success closes it and starts again from the first window.
+        c.success();
+        assert!(c.allows(at, 50));
+        for _ in 0..5 {
+            c.failure(at);
+        }
+        assert_eq!(c.open_until_ms, at + 5_000);
     }
 }

@@ -136,6 +136,7 @@ impl Hub {
             parts.store.clone(),
             deliverer,
             policy.clone(),
+            directory.clone(),
             parts.retry.clone(),
         ));
         let hub = Hub {
@@ -182,6 +183,7 @@ impl Hub {
                 attempts: row.attempts,
                 accepted_at_ms: age_from_ms,
                 next_attempt_ms: row.next_attempt_ms,
+                checked: false,
                 record,
                 notify: None,
             });
@@ -355,35 +357,44 @@ impl Hub {
         let plans = self.plan(policy, sender, &message, name_removed, &mut times)?;
         times.record();
         count_plans(&message, &plans);
-        let record = TicketRecord {
-            ticket: ticket.clone(),
-            sender: sender.id.clone(),
-            sender_index: sender.index,
-            message_id: message.message_id.clone(),
-            flow: message.flow,
-            niss: message.niss,
-            relay_of: message.relay_of.as_ref().map(|r| r.ticket.clone()),
-            contact_file: message.contact_file.clone(),
-            // To the millisecond, as the store keeps it: a ticket read back says the same.
-            accepted_at: crate::ledger::now_to_the_ms(),
-            fingerprint: message.fingerprint,
-            outcomes: Mutex::new(plans.iter().map(|p| initial_outcome(p, &ticket)).collect()),
-            relays: Mutex::new(Vec::new()),
-            recording: Recording::default(),
-        };
-        let record = match self.ledger.insert(record) {
-            (Reservation::New, record) => record,
-            (Reservation::Resubmitted(original), _) => {
-                // Answered with the original's ticket only once that ticket is recorded: if
-                // its commit fails, this resubmission was not accepted either.
-                return if original.recording.wait().await {
-                    Ok((original, false))
-                } else {
-                    Err(InputError::StoreUnavailable)
-                };
-            }
-            (Reservation::Conflict, _) => {
-                return Err(InputError::DuplicateMessageId(message.message_id));
+        // At most a few turns: another submission of the same message waits for the first.
+        let mut turns = 0;
+        let record = loop {
+            turns += 1;
+            let record = TicketRecord {
+                ticket: ticket.clone(),
+                sender: sender.id.clone(),
+                sender_index: sender.index,
+                message_id: message.message_id.clone(),
+                flow: message.flow,
+                niss: message.niss,
+                relay_of: message.relay_of.as_ref().map(|r| r.ticket.clone()),
+                contact_file: message.contact_file.clone(),
+                // To the millisecond, as the store keeps it: a ticket read back says the same.
+                accepted_at: crate::ledger::now_to_the_ms(),
+                fingerprint: message.fingerprint,
+                outcomes: Mutex::new(plans.iter().map(|p| initial_outcome(p, &ticket)).collect()),
+                relays: Mutex::new(Vec::new()),
+                recording: Recording::default(),
+            };
+            match self.ledger.insert(record) {
+                (Reservation::New, record) => break record,
+                (Reservation::Resubmitted(original), _) => {
+                    // Answered with the original's ticket only once that ticket is recorded.
+                    if original.recording.wait().await {
+                        return Ok((original, false));
+                    }
+                    // The first submission ended without recording a ticket: its commit
+                    // failed, the outbox was full, or the store already had this message id
+                    // from before (its ticket no longer held). Submitted again on its own,
+                    // this one gets that ticket, or that refusal, itself.
+                    if turns >= 3 {
+                        return Err(InputError::StoreUnavailable);
+                    }
+                }
+                (Reservation::Conflict, _) => {
+                    return Err(InputError::DuplicateMessageId(message.message_id));
+                }
             }
         };
         // Without a journal (or a store), nobody reads journal entries: none are made.
@@ -462,6 +473,7 @@ impl Hub {
                 attempts: 0,
                 accepted_at_ms: row.accepted_at_ms,
                 next_attempt_ms: 0,
+                checked: true,
                 record: Some(record.clone()),
                 notify: Some(notify),
             });
@@ -600,12 +612,7 @@ impl Hub {
         if !printable_token(&message_id) {
             return Err(InputError::BadMessageId);
         }
-        let flow = match flow {
-            1 => Flow::A052,
-            2 => Flow::Dmfa,
-            3 => Flow::Dimona,
-            other => return Err(InputError::UnknownFlow(other)),
-        };
+        let flow = flow_of(flow).ok_or(InputError::UnknownFlow(flow))?;
         let (carried, payload) = match payload {
             Some(Payload::A052(bytes)) => (Flow::A052, bytes),
             Some(Payload::Dmfa(bytes)) => (Flow::Dmfa, bytes),
@@ -1218,6 +1225,79 @@ pub(crate) fn flow_number(flow: Flow) -> i32 {
         Flow::A052 => Wire::A052 as i32,
         Flow::Dmfa => Wire::Dmfa as i32,
         Flow::Dimona => Wire::Dimona as i32,
+    }
+}
+
+/// The flow of a `bcss.hub.v1.Flow` code.
+fn flow_of(code: i32) -> Option<Flow> {
+    match code {
+        1 => Some(Flow::A052),
+        2 => Some(Flow::Dmfa),
+        3 => Some(Flow::Dimona),
+        _ => None,
+    }
+}
+
+/// The integration check (step 3) again, for a delivery whose attempt does not follow its
+/// acceptance's check: a retry, a delivery resumed at start, a replayed dead letter. The data
+/// goes only to an institution that still has the person integrated (001 §13: "qui font
+/// (toujours) partie de leurs clients"), under the deliberation it was filtered for, valid
+/// today. `request` is the stored `Delivery`, which carries the envelope's facts. `Err` says
+/// why not, in words that carry no personal data.
+pub(crate) fn still_admitted(
+    policy: &Policy,
+    directory: &Directory,
+    recipient: &Institution,
+    request: &Bytes,
+) -> Result<(), String> {
+    let delivery = DeliveryView::decode(request.clone())
+        .map_err(|_| "the stored delivery does not decode".to_owned())?;
+    let flow = flow_of(delivery.flow).ok_or("the stored delivery names no known flow")?;
+    let sender = policy
+        .institution_by_id(&delivery.sender)
+        .ok_or("the sender is no longer in the policy")?;
+    let niss = Niss::parse(&delivery.niss).map_err(|_| "the stored delivery's NISS is invalid")?;
+    let period = delivery
+        .period
+        .as_ref()
+        .and_then(|period| {
+            let start = parse_date(&period.start)?;
+            let end = match period.end.as_str() {
+                "" => None,
+                text => Some(parse_date(text)?),
+            };
+            Period::new(start, end).ok()
+        })
+        .ok_or("the stored delivery's period is invalid")?;
+    let facts = Message {
+        sender: sender.party(),
+        flow,
+        period,
+        relays: !delivery.relay_of.is_empty(),
+        cites_contact_file: delivery.contact_file.is_some(),
+        today: OffsetDateTime::now_utc().date(),
+    };
+    let decision = directory.with_integrations_of(niss, recipient.index, |integrations| {
+        check_recipient(
+            &facts,
+            recipient.party(),
+            policy.deliberations_reaching(recipient.index, flow),
+            integrations,
+        )
+        .map(|admission| admission.deliberation.id.clone())
+        .map_err(|refusal| refusal.reason)
+    });
+    match decision {
+        Ok(governing) if *governing == *delivery.deliberation => Ok(()),
+        Ok(governing) => Err(format!(
+            "no longer admitted under {}: {governing} governs it now",
+            delivery.deliberation
+        )),
+        Err(reason) => Err(format!(
+            "no longer admitted under {}: {}",
+            delivery.deliberation,
+            reason.name()
+        )),
     }
 }
 

@@ -442,6 +442,29 @@ impl Policy {
                         Err(problem) => problems.add(file, format!("{id}, check"), problem),
                     }
                 }
+                // The other way round: a recipient whose sector has no accepted code would be
+                // refused every delivery (quality_code_not_accepted), which is a mistake in the
+                // file, not a policy.
+                let uncovered: std::collections::BTreeSet<u16> = routes
+                    .iter()
+                    .flat_map(|route| {
+                        let listed = route.recipients.sectors.iter().copied();
+                        let of_institutions = route
+                            .recipients
+                            .institutions
+                            .iter()
+                            .map(|i| self.institutions[i.0 as usize].sector);
+                        listed.chain(of_institutions)
+                    })
+                    .filter(|sector| !accepted.iter().any(|q| q.sector == *sector))
+                    .map(|sector| sector.0)
+                    .collect();
+                if !accepted.is_empty() {
+                    for sector in uncovered {
+                        let name = &self.sectors[usize::from(sector)].id;
+                        problems.add(file, format!("{id}, check"), format!("no accepted quality code of sector \"{name}\", which a route reaches: its institutions would be refused every delivery"));
+                    }
+                }
                 if accepted.is_empty() && parsed.check.quality_codes.is_empty() {
                     problems.add(
                         file,
@@ -580,6 +603,16 @@ impl Policy {
             };
             if !flows.contains(&flow) {
                 problems.add(file, &what, format!("sources: flow {flow} has no [[flow]] entry (no field list) in this deliberation"));
+                continue;
+            }
+            // Flow names are read in any case, so "DMFA" and "dmfa" are two keys of the table
+            // but one flow: a second source would be silently ignored.
+            if sources.iter().any(|(listed, _)| *listed == flow) {
+                problems.add(
+                    file,
+                    &what,
+                    format!("sources: flow {flow} listed twice: a flow has one source"),
+                );
                 continue;
             }
             let Some(institution) = self.institution_by_id(source) else {

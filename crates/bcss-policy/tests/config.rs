@@ -190,6 +190,21 @@ fn broken_configurations_are_refused_with_file_entry_and_problem() {
             &["quality_codes.toml", "code 950", "001-900 (specific)"],
         ),
         (
+            "a recipient sector no accepted quality code covers",
+            "deliberations/20-130.toml",
+            Box::new(|t| {
+                t.replace(
+                    ", \"social_integration:001\", \"social_integration:002\", \"social_integration:003\"",
+                    "",
+                )
+            }),
+            &[
+                "20-130.toml",
+                "deliberation 20/130, check",
+                "no accepted quality code of sector \"social_integration\"",
+            ],
+        ),
+        (
             "typo in a key",
             "deliberations/16-046.toml",
             Box::new(|t| t.replace("retention_years", "retention_yaers")),
@@ -271,6 +286,11 @@ fn consultation_sections_are_checked_at_load() {
             "a flow without a field list",
             Box::new(|t| t.replace("DMFA = \"onss\"", "DMFA = \"onss\", A052 = \"onss\"")),
             "sources: flow A052 has no [[flow]] entry",
+        ),
+        (
+            "a flow given two sources (flow names are read in any case)",
+            Box::new(|t| t.replace("DMFA = \"onss\"", "DMFA = \"onss\", dmfa = \"onss\"")),
+            "listed twice: a flow has one source",
         ),
         (
             "an unknown key",
