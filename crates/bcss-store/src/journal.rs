@@ -207,6 +207,10 @@ pub enum Tamper {
     Reordered { position: u64, claims: u64 },
     /// A checkpoint's seal does not match, or the entry it seals has another hash.
     BadSeal { checkpoint: u64 },
+    /// Entry `number` (a multiple of [`CHECKPOINT_EVERY`]) is in the journal but its checkpoint
+    /// is not: the writer seals every such entry in the commit that adds it, so the seal was
+    /// removed, which is what someone who rewrote the chain past it would have to do.
+    MissingCheckpoint { number: u64 },
 }
 
 impl std::fmt::Display for Tamper {
@@ -226,6 +230,9 @@ impl std::fmt::Display for Tamper {
             Tamper::BadSeal { checkpoint } => {
                 write!(f, "the checkpoint at entry {checkpoint} does not match")
             }
+            Tamper::MissingCheckpoint { number } => {
+                write!(f, "the checkpoint at entry {number} was removed")
+            }
         }
     }
 }
@@ -239,12 +246,20 @@ pub struct Verified {
     pub first_problem: Option<Tamper>,
 }
 
-/// Walks `entries` (in key order, with their keys) and `checkpoints`, and reports the first
-/// problem.
+/// Walks `entries` (in key order, with their keys) and `checkpoints` (in order), and reports
+/// the first problem. `indexed_up_to` is the highest entry number the journal's index rows name
+/// (0 if none): an index row is written with its entry and removed only with its content, so
+/// one past the last entry tells that entries were cut off the end, even when the checkpoints
+/// that would tell were removed too.
+///
+/// What no check of the file alone can catch: the newest entries cut off together with every
+/// checkpoint past the new end and every index row that named them. Only a number kept
+/// elsewhere (the last sealed checkpoint's, say) tells how long the journal was.
 pub fn verify(
     key: &[u8; 32],
     entries: impl IntoIterator<Item = (u64, JournalEntry)>,
     checkpoints: &[Checkpoint],
+    indexed_up_to: u64,
 ) -> Verified {
     let mut report = Verified {
         entries: 0,
@@ -297,7 +312,16 @@ pub fn verify(
         previous = (position, entry.hash);
     }
     let last = previous.0;
+    // Every entry numbered a multiple of `CHECKPOINT_EVERY` was sealed when it was added: a
+    // seal missing is a seal removed (the chain past it may have been rewritten), and only the
+    // first is reported, in entry order with the checkpoints' own problems.
+    let missing = (1..=last / CHECKPOINT_EVERY)
+        .map(|k| k * CHECKPOINT_EVERY)
+        .find(|number| !sealed.contains(number));
     for checkpoint in checkpoints {
+        if missing.is_some_and(|number| number < checkpoint.number) {
+            break;
+        }
         if checkpoint.number > last {
             report.first_problem = Some(Tamper::Removed {
                 after: last,
@@ -315,6 +339,14 @@ pub fn verify(
             });
             return report;
         }
+    }
+    if let Some(number) = missing {
+        report.first_problem = Some(Tamper::MissingCheckpoint { number });
+    } else if indexed_up_to > last {
+        report.first_problem = Some(Tamper::Removed {
+            after: last,
+            next: indexed_up_to + 1,
+        });
     }
     report
 }

@@ -234,8 +234,11 @@ impl Store {
         init_tables(&db).map_err(|e| unavailable(&path, e))?;
         let recovered = recover(&db, hold_since_ms)?;
         let next_seq = next_seq(&db)?;
-        let journal_key = journal_key(dir, true)?;
         let journal_head = journal_head(&db)?;
+        // A new key only for an empty journal: one made for a journal that holds entries would
+        // report every seal in it as not the hub's, for good. Without its key, the hub does not
+        // start; the key is restored from where the data folder is backed up.
+        let journal_key = journal_key(dir, journal_head.0 == 0)?;
         let (ops, rx) = mpsc::channel(4 * MAX_GROUP);
         let (reads, to_read) = std::sync::mpsc::channel();
         let reader = std::thread::Builder::new()

@@ -10,8 +10,8 @@ use crate::journal::{self, EntryKind, JournalEntry, Verified};
 use crate::rows::{DeliveryRow, DeliveryState, TicketRow};
 use crate::tables::{
     CHECKPOINTS, CONTACT_FILES, COUNTERS, DEAD, DELIVERIES, JOURNAL, JOURNAL_BY_PARTY,
-    JOURNAL_BY_PERSON, JOURNAL_BY_TICKET, OrUnavailable, PAYLOADS, RELAYS, TICKETS, decode,
-    unavailable,
+    JOURNAL_BY_PERSON, JOURNAL_BY_TICKET, JOURNAL_EXPIRY, OrUnavailable, PAYLOADS, RELAYS, TICKETS,
+    decode, unavailable,
 };
 use crate::writer::ticket_entries;
 use crate::{JournalQuery, Recovered, Size, StoreError, StoredTicket};
@@ -344,11 +344,45 @@ pub(crate) fn verify_db(db: &Database, key: &[u8; 32]) -> Result<Verified, Store
         });
         Some((number.value(), entry))
     });
-    let verified = journal::verify(key, entries, &checkpoints);
+    let verified = journal::verify(key, entries, &checkpoints, indexed_up_to(&txn)?);
     match failed {
         Some(error) => Err(error),
         None => Ok(verified),
     }
+}
+
+/// The highest entry number any index row names (0 if none), for [`journal::verify`]: entries
+/// cut off the end leave their rows behind unless those were found and removed too. Every row
+/// is read once, keeping only the highest number.
+fn indexed_up_to(txn: &redb::ReadTransaction) -> Result<u64, StoreError> {
+    fn highest<K: redb::Key + 'static, V: redb::Value + 'static>(
+        txn: &redb::ReadTransaction,
+        table: redb::TableDefinition<K, V>,
+        number: impl Fn(&K::SelfType<'_>, &V::SelfType<'_>) -> u64,
+    ) -> Result<u64, StoreError> {
+        let table = match txn.open_table(table) {
+            Ok(table) => table,
+            // A file from before that index was kept.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(error) => return Err(StoreError::Unavailable(error.to_string())),
+        };
+        let mut up_to = 0;
+        for item in table.iter().or_unavailable()? {
+            let (key, value) = item.or_unavailable()?;
+            up_to = up_to.max(number(&key.value(), &value.value()));
+        }
+        Ok(up_to)
+    }
+    Ok([
+        highest(txn, JOURNAL_BY_PERSON, |key, _| key.1)?,
+        highest(txn, JOURNAL_BY_TICKET, |key, _| key.1)?,
+        highest(txn, JOURNAL_BY_PARTY, |key, _| key.2)?,
+        highest(txn, JOURNAL_EXPIRY, |key, _| key.1)?,
+        highest(txn, CONTACT_FILES, |_, number| *number)?,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0))
 }
 
 /// The key that seals checkpoints: `journal.key` in the data folder, created on first start

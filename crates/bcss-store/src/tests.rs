@@ -6,8 +6,8 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::*;
 use crate::tables::{
-    DELIVERIES, JOURNAL, JOURNAL_BY_PARTY, JOURNAL_BY_PERSON, JOURNAL_BY_TICKET, JOURNAL_EXPIRY,
-    PAYLOADS,
+    CHECKPOINTS, DELIVERIES, JOURNAL, JOURNAL_BY_PARTY, JOURNAL_BY_PERSON, JOURNAL_BY_TICKET,
+    JOURNAL_EXPIRY, PAYLOADS,
 };
 
 /// The change that makes delivery `seq` a dead letter after three unanswered attempts.
@@ -584,11 +584,20 @@ async fn journal_of(n: u64, keep_until_ms: impl Fn(u64) -> i64) -> tempfile::Tem
 
 /// Changes the stored journal directly, as someone with access to the file would.
 fn tamper(dir: &Path, edit: impl FnOnce(&mut redb::Table<u64, &[u8]>)) {
+    tamper_table(dir, JOURNAL, edit);
+}
+
+/// Changes one table of a closed store's file directly.
+fn tamper_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    dir: &Path,
+    table: redb::TableDefinition<K, V>,
+    edit: impl FnOnce(&mut redb::Table<K, V>),
+) {
     let db = Database::create(dir.join("hub.redb")).unwrap();
     let txn = db.begin_write().unwrap();
     {
-        let mut journal = txn.open_table(JOURNAL).unwrap();
-        edit(&mut journal);
+        let mut table = txn.open_table(table).unwrap();
+        edit(&mut table);
     }
     txn.commit().unwrap();
 }
@@ -674,6 +683,50 @@ async fn verify_names_the_entry_that_was_changed_removed_or_reordered() {
     for (case, edit, expected) in cases {
         let dir = journal_of(n, |_| 0).await;
         tamper(dir.path(), edit);
+        let report = verify_folder(dir.path()).unwrap();
+        assert_eq!(report.first_problem, Some(expected), "{case}");
+    }
+    // The same, with the checkpoint that would have told removed too: every entry numbered a
+    // multiple of `CHECKPOINT_EVERY` must have its seal, and the index rows of entries cut off
+    // the end are left behind.
+    let sealed = journal::CHECKPOINT_EVERY;
+    let cases: Vec<(&str, Edit, Tamper)> = vec![
+        (
+            "rewritten from entry 5 on, hashes recomputed, its checkpoint removed",
+            Box::new(move |journal| {
+                let mut prev = read(journal, 4).hash;
+                for number in 5..=n {
+                    let mut e = read(journal, number);
+                    e.sender = "forged".into();
+                    e.prev_hash = prev.clone();
+                    e.hash = e.compute_hash(&prev).to_vec();
+                    prev = e.hash.clone();
+                    journal
+                        .insert(number, e.encode_to_vec().as_slice())
+                        .unwrap();
+                }
+            }),
+            Tamper::MissingCheckpoint { number: sealed },
+        ),
+        (
+            "cut off from entry 100 on, its checkpoint removed",
+            Box::new(move |journal| {
+                for number in 100..=n {
+                    journal.remove(number).unwrap();
+                }
+            }),
+            Tamper::Removed {
+                after: 99,
+                next: n + 1,
+            },
+        ),
+    ];
+    for (case, edit, expected) in cases {
+        let dir = journal_of(n, |_| 0).await;
+        tamper(dir.path(), edit);
+        tamper_table(dir.path(), CHECKPOINTS, |checkpoints| {
+            checkpoints.remove(sealed).unwrap().expect("a checkpoint");
+        });
         let report = verify_folder(dir.path()).unwrap();
         assert_eq!(report.first_problem, Some(expected), "{case}");
     }
@@ -1012,6 +1065,171 @@ fn damaged_rows_fail_their_change_and_do_not_stop_retention() {
         assert!(read(&tables.journal, 2).removed);
     }
     txn.commit().unwrap();
+}
+
+/// A change that fails on the row's missing payload changes nothing: it once listed (or
+/// unlisted) the dead letter before failing, inside a group that is still committed.
+#[test]
+fn a_change_that_fails_on_a_missing_payload_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::create(dir.path().join("hub.redb")).unwrap();
+    crate::tables::init_tables(&db).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut tables = crate::tables::Tables::open(&txn).unwrap();
+        // Rows 1 and 2 share a payload (row 1) that is missing.
+        let pending = DeliveryRow {
+            seq: 1,
+            ticket: "t1".into(),
+            request: request("t1/a", b""),
+            payload_seq: 1,
+            payload_last: 2,
+            ..Default::default()
+        };
+        let dead = DeliveryRow {
+            seq: 2,
+            state: DeliveryState::DeadLetter as i32,
+            ..pending.clone()
+        };
+        for row in [&pending, &dead] {
+            tables
+                .deliveries
+                .insert(row.seq, row.encode_to_vec().as_slice())
+                .unwrap();
+        }
+        tables.dead.insert(2, ()).unwrap();
+        for (change, row) in [(given_up(1), &pending), (Change::Replay { seq: 2 }, &dead)] {
+            let failed = crate::writer::change_one(&mut tables, change);
+            assert!(matches!(failed, Err(StoreError::Damaged(_))), "{failed:?}");
+            let stored = tables.deliveries.get(row.seq).unwrap().unwrap();
+            assert_eq!(stored.value(), row.encode_to_vec().as_slice());
+        }
+        let listed: Vec<u64> = tables
+            .dead
+            .iter()
+            .unwrap()
+            .map(|item| item.unwrap().0.value())
+            .collect();
+        assert_eq!(listed, [2], "the dead letters as they were");
+    }
+    txn.commit().unwrap();
+}
+
+/// An admission takes its follow-ups (which have no expiry row of their own) with it at
+/// retention, even when another entry of its ticket no longer decodes: that entry once failed
+/// the pass after the admission's stub was made, and the follow-ups then stayed for good.
+#[tokio::test]
+async fn follow_ups_expire_with_their_admission_past_a_damaged_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    // Retention ends after the follow-ups are written: they go with their admission.
+    let keep = now_ms() + 3_600_000;
+    {
+        let (store, _) = Store::open(dir.path()).unwrap();
+        // Entries 1 (the submission) and 2 (the admission), then 3 and 4.
+        let (t, d, j) = journalled("t1", 42, &[("a", keep)]);
+        store.accept(t, d, j).await.unwrap();
+        let attempt = Change::Attempted {
+            seq: 1,
+            attempts: 1,
+            last_error: "unavailable".into(),
+            next_attempt_ms: 0,
+        };
+        store.change(attempt).await.unwrap();
+        store
+            .change(Change::Delivered { seq: 1, at_ms: 5 })
+            .await
+            .unwrap();
+    }
+    tamper(dir.path(), |journal| {
+        journal.insert(1, &[0xff, 0xff][..]).unwrap();
+    });
+    let passes = {
+        let (store, _) = Store::open(dir.path()).unwrap();
+        [store.expire(keep, 100).await, store.expire(keep, 100).await]
+    };
+    let db = Database::create(dir.path().join("hub.redb")).unwrap();
+    let txn = db.begin_read().unwrap();
+    let journal = txn.open_table(JOURNAL).unwrap();
+    let stubs: Vec<(i32, bool)> = (2..=4)
+        .map(|n| {
+            let e = JournalEntry::decode(journal.get(n).unwrap().unwrap().value()).unwrap();
+            (e.kind, e.removed)
+        })
+        .collect();
+    let (adm, att, del) = (
+        EntryKind::Admission as i32,
+        EntryKind::Attempt as i32,
+        EntryKind::Delivery as i32,
+    );
+    assert_eq!(stubs, [(adm, true), (att, true), (del, true)]);
+    assert!(
+        matches!(passes, [Ok(3), Ok(0)]),
+        "the damaged entry does not stop retention: {passes:?}"
+    );
+}
+
+/// A ticket row that does not decode stays, and the older tickets after it are still forgotten.
+#[test]
+fn a_damaged_ticket_row_does_not_stop_ticket_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::create(dir.path().join("hub.redb")).unwrap();
+    crate::tables::init_tables(&db).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut tables = crate::tables::Tables::open(&txn).unwrap();
+        tables.tickets.insert("t1", &[0xff, 0xff][..]).unwrap();
+        for (id, at_ms) in [("t2", 1_000), ("t3", 5_000)] {
+            let (mut row, _) = ticket(id, &format!("m-{id}"), &["a"]);
+            row.accepted_at_ms = at_ms;
+            tables
+                .tickets
+                .insert(id, row.encode_to_vec().as_slice())
+                .unwrap();
+            let key = crate::writer::message_key(&row);
+            tables.message_ids.insert(key.as_str(), id).unwrap();
+        }
+        let forgotten = crate::writer::forget_tickets(&mut tables, 2_000, 100);
+        assert!(matches!(forgotten, Ok(1)), "{forgotten:?}");
+        let left: Vec<String> = tables
+            .tickets
+            .iter()
+            .unwrap()
+            .map(|item| item.unwrap().0.value().to_owned())
+            .collect();
+        assert_eq!(left, ["t1", "t3"], "the damaged row stays, t2 goes");
+        assert!(tables.message_ids.get("s\0m-t2").unwrap().is_none());
+        assert!(tables.message_ids.get("s\0m-t3").unwrap().is_some());
+    }
+    txn.commit().unwrap();
+}
+
+/// A journal that holds entries is never given a new key: every seal in it would then fail
+/// verification for good. Without its key the store does not open and names the file; an empty
+/// journal gets its key at the first start.
+#[tokio::test]
+async fn a_journal_with_entries_is_not_given_a_new_key() {
+    let dir = journal_of(300, |_| 0).await;
+    let key = dir.path().join("journal.key");
+    std::fs::remove_file(&key).unwrap();
+    match Store::open(dir.path()) {
+        Err(StoreError::Damaged(error)) => {
+            assert!(error.contains("journal.key is missing"), "{error}");
+        }
+        other => panic!("opened without the journal's key: {other:?}"),
+    }
+    assert!(
+        !key.exists(),
+        "a new key was made for a journal with entries"
+    );
+    let fresh = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(fresh.path()).unwrap();
+    drop(store);
+    assert_eq!(
+        std::fs::read(fresh.path().join("journal.key"))
+            .unwrap()
+            .len(),
+        32
+    );
 }
 
 /// A contact file is registered once per contact centre, checked in the commit itself: two

@@ -581,6 +581,9 @@ pub(crate) fn fail_all(writes: Vec<Op>, error: &StoreError) {
     }
 }
 
+/// Applies `change` to its delivery's row. Every read that can fail (the row, whether its shared
+/// payload is still needed, the payload that makes it whole) comes before the first write: a
+/// change that fails changes nothing, while the rest of its group is still committed.
 pub(crate) fn change_one(
     tables: &mut Tables,
     change: Change,
@@ -597,46 +600,38 @@ pub(crate) fn change_one(
         dead,
         ..
     } = tables;
-    // A delivered row goes: the journal entry is made from what it held (and a row that does
-    // not decode is put back: a failed change changes nothing).
-    let stored = if matches!(change, Change::Delivered { .. }) {
-        let decoded = {
-            let removed = deliveries.remove(seq).or_unavailable()?;
-            removed.map(|row| {
-                decode::<DeliveryRow>(row.value()).map_err(|e| (e, row.value().to_vec()))
-            })
-        };
-        match decoded {
-            Some(Err((damaged, bytes))) => {
-                deliveries.insert(seq, bytes.as_slice()).or_unavailable()?;
-                return Err(damaged);
-            }
-            Some(Ok(row)) => Some(Ok(row)),
-            None => None,
-        }
-    } else {
-        deliveries
-            .get(seq)
-            .or_unavailable()?
-            .map(|row| decode::<DeliveryRow>(row.value()))
-    };
-    let Some(mut row) = stored.transpose()? else {
+    let stored = deliveries
+        .get(seq)
+        .or_unavailable()?
+        .map(|row| decode::<DeliveryRow>(row.value()))
+        .transpose()?;
+    let Some(mut row) = stored else {
         return Ok(None);
     };
+    // Whether the row joins the dead letters (true) or leaves them (false).
+    let mut dead_letter = None;
     match change {
         Change::Delivered { at_ms, .. } => {
+            // A delivered row goes: the journal entry is made from what it held. The shared
+            // payload goes with the last delivery that may need it.
+            let mut last_sharer = row.payload_seq != 0;
+            if last_sharer {
+                for item in deliveries
+                    .range(row.payload_seq..=row.payload_last)
+                    .or_unavailable()?
+                {
+                    if item.or_unavailable()?.0.value() != seq {
+                        last_sharer = false;
+                        break;
+                    }
+                }
+            }
+            deliveries.remove(seq).or_unavailable()?;
             if row.state() == DeliveryState::DeadLetter {
                 // Acknowledged after all (an attempt under way when it was given up on).
                 dead.remove(seq).or_unavailable()?;
             }
-            // The shared payload goes with the last delivery that may need it.
-            if row.payload_seq != 0
-                && deliveries
-                    .range(row.payload_seq..=row.payload_last)
-                    .or_unavailable()?
-                    .next()
-                    .is_none()
-            {
+            if last_sharer {
                 payloads.remove(row.payload_seq).or_unavailable()?;
             }
             row.payload_seq = 0;
@@ -667,7 +662,7 @@ pub(crate) fn change_one(
             row.attempts = attempts;
             row.last_error = last_error;
             row.dead_reason = reason;
-            dead.insert(seq, ()).or_unavailable()?;
+            dead_letter = Some(true);
         }
         Change::Replay { .. } => {
             if row.state() != DeliveryState::DeadLetter {
@@ -678,11 +673,21 @@ pub(crate) fn change_one(
             row.next_attempt_ms = 0;
             row.replayed_at_ms = now_ms();
             row.dead_reason.clear();
-            dead.remove(seq).or_unavailable()?;
+            dead_letter = Some(false);
         }
     }
-    // Whole before it is written: a row whose payload is missing fails the change unwritten.
+    // Whole before anything is written: a row whose payload is missing fails the change with
+    // the row and the dead letters as they were.
     let answer = whole(row.clone(), payloads)?;
+    match dead_letter {
+        Some(true) => {
+            dead.insert(seq, ()).or_unavailable()?;
+        }
+        Some(false) => {
+            dead.remove(seq).or_unavailable()?;
+        }
+        None => {}
+    }
     deliveries
         .insert(seq, row.encode_to_vec().as_slice())
         .or_unavailable()?;
@@ -896,7 +901,17 @@ pub(crate) fn expire(
                     let Some(bytes) = tables.journal.get(later).or_unavailable()? else {
                         continue;
                     };
-                    let e: JournalEntry = decode(bytes.value())?;
+                    let Ok(e) = decode::<JournalEntry>(bytes.value()) else {
+                        // The admission's stub is kept with this pass, and its follow-ups have
+                        // no expiry row that would bring them back to a later one: another entry
+                        // of the ticket that does not decode (verification reports it) must not
+                        // keep them.
+                        tracing::warn!(
+                            message = "A journal entry of a ticket due for retention does not decode; left for verification.",
+                            entry = later
+                        );
+                        continue;
+                    };
                     e.delivery_id == entry.delivery_id
                         && e.kind != EntryKind::Admission as i32
                         && e.keep_until_ms <= now_ms
@@ -926,7 +941,16 @@ pub(crate) fn forget_tickets(
     let old: Vec<TicketRow> = {
         let mut old = Vec::new();
         for item in tables.tickets.iter().or_unavailable()? {
-            let row: TicketRow = decode(item.or_unavailable()?.1.value())?;
+            let (key, value) = item.or_unavailable()?;
+            let Ok(row) = decode::<TicketRow>(value.value()) else {
+                // Its time cannot be told, so it stays; one damaged row must not stop ticket
+                // retention for good.
+                tracing::warn!(
+                    message = "A ticket row does not decode; left as it is.",
+                    ticket = key.value()
+                );
+                continue;
+            };
             if row.accepted_at_ms >= before_ms || old.len() >= limit {
                 break;
             }
