@@ -4,9 +4,13 @@
 //! Every change goes through [`Store`]'s writer thread: it takes whatever changes are waiting
 //! (up to [`MAX_GROUP`]), applies them in one write transaction and commits once — one fsync for
 //! the whole group — then answers each caller. A caller's change is durable when its future
-//! resolves `Ok`. If the disk fails (full, read-only, gone), the commit fails, every change of
-//! the group is answered [`StoreError::Unavailable`], nothing of it is kept, and the next group
-//! reopens the file first; what was committed before stays intact (redb's commits are atomic).
+//! resolves `Ok`. If the disk fails (full, read-only, gone), the commit fails and the writer
+//! reopens the file, which says whether the group reached it after all (a commit can report an
+//! error once its data is written: each group raises a `commits` counter): if so, the group is
+//! answered as committed; if not, every change of it is answered [`StoreError::Unavailable`]
+//! and nothing of it is kept. What was committed before stays intact (redb's commits are
+//! atomic). Only when the file cannot even be reopened is the group answered `Unavailable`
+//! without knowing; the next start reads what the file holds.
 //!
 //! # Layout
 //!
@@ -34,7 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use journal::{Checkpoint, EntryKind, JournalEntry, Tamper, Verified};
 pub use rows::{DeliveryRow, DeliveryState, OutcomeRow, TicketRow};
 
-use read::{journal_head, journal_key, next_seq, recover, verify_db};
+use read::{commits, journal_head, journal_key, next_seq, recover, verify_db};
 use tables::{OrUnavailable, init_tables, unavailable};
 use writer::{Op, Sweep, Writer};
 
@@ -234,6 +238,7 @@ impl Store {
         init_tables(&db).map_err(|e| unavailable(&path, e))?;
         let recovered = recover(&db, hold_since_ms)?;
         let next_seq = next_seq(&db)?;
+        let commits = commits(&db)?;
         let journal_head = journal_head(&db)?;
         // A new key only for an empty journal: one made for a journal that holds entries would
         // report every seal in it as not the hub's, for good. Without its key, the hub does not
@@ -253,6 +258,7 @@ impl Store {
             reader: reads,
             path: path.clone(),
             next_seq,
+            commits,
             journal_key,
             journal_head,
             journal,

@@ -128,6 +128,15 @@ pub(crate) fn size(db: &Database, path: &Path) -> Result<Size, StoreError> {
 
 /// The next delivery's sequence number: the one recorded, or past the last row (files written
 /// before the counter was kept).
+/// How many write groups the file holds (the `commits` counter each group's commit raises):
+/// after a commit that reported an error, it tells whether the group reached the file.
+pub(crate) fn commits(db: &Database) -> Result<u64, StoreError> {
+    let txn = db.begin_read().or_unavailable()?;
+    let counters = txn.open_table(COUNTERS).or_unavailable()?;
+    let recorded = counters.get("commits").or_unavailable()?;
+    Ok(recorded.map_or(0, |n| n.value()))
+}
+
 pub(crate) fn next_seq(db: &Database) -> Result<u64, StoreError> {
     let txn = db.begin_read().or_unavailable()?;
     let deliveries = txn.open_table(DELIVERIES).or_unavailable()?;

@@ -825,6 +825,8 @@ struct FailsOnCue(redb::backends::FileBackend);
 
 static SYNC_FAILS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 static READ_FAILS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Fails every page write while set: a commit that never reaches the file.
+static WRITE_FAILS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// Held by each test that sets the flags above (tests run in parallel).
 static ON_CUE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -851,6 +853,9 @@ impl redb::StorageBackend for FailsOnCue {
         Ok(())
     }
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        if WRITE_FAILS.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected: a write failed"));
+        }
         self.0.write(offset, data)
     }
     fn close(&self) -> Result<(), std::io::Error> {
@@ -876,7 +881,7 @@ fn open_fails_on_cue(path: &Path) -> Result<redb::Database, redb::DatabaseError>
 /// ticket's deliveries get numbers of their own (they once overwrote the first ticket's rows)
 /// and the journal's chain stays whole.
 #[tokio::test]
-async fn after_a_commit_that_reported_a_failure_numbers_come_from_the_file() {
+async fn a_commit_that_reported_a_failure_is_answered_as_the_file_has_it() {
     let _alone = ON_CUE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open_through(dir.path(), true, i64::MIN, open_fails_on_cue).unwrap();
@@ -888,15 +893,23 @@ async fn after_a_commit_that_reported_a_failure_numbers_come_from_the_file() {
     };
     let (t, d) = ticket("t1", "m1", &["a", "b"]);
     SYNC_FAILS.store(true, std::sync::atomic::Ordering::SeqCst);
-    let failed = store.accept(t, d, vec![entry("t1")]).await;
-    assert!(failed.is_err(), "{failed:?}");
+    // The commit reports a failure but reached the file: the caller is told it is recorded
+    // (told otherwise, it would not queue deliveries the hub holds, and a resubmission would
+    // find the message id taken).
+    let Accepted::New { seqs: first_seqs } = store.accept(t, d, vec![entry("t1")]).await.unwrap()
+    else {
+        panic!("t1 is new");
+    };
+    assert!(store.writable());
     let (t, d) = ticket("t2", "m2", &["a", "b"]);
     let Accepted::New { seqs } = store.accept(t, d, vec![entry("t2")]).await.unwrap() else {
         panic!("t2 is new");
     };
-    // The scenario: the first commit did reach the file.
     let first = store.ticket("t1").await.unwrap().expect("t1 is on disk");
-    let first_seqs: Vec<u64> = first.deliveries.iter().map(|d| d.seq).collect();
+    assert_eq!(
+        first.deliveries.iter().map(|d| d.seq).collect::<Vec<_>>(),
+        first_seqs
+    );
     assert_eq!(first_seqs.len(), 2);
     assert!(
         seqs.iter().all(|seq| !first_seqs.contains(seq)),
@@ -907,6 +920,32 @@ async fn after_a_commit_that_reported_a_failure_numbers_come_from_the_file() {
     }
     let report = store.verify().await.unwrap();
     assert_eq!(report.first_problem, None);
+}
+
+/// A commit that fails before it reaches the file is answered as not recorded, and nothing of
+/// it is there: the message id is free for the resubmission.
+#[tokio::test]
+async fn a_commit_that_never_reached_the_file_is_answered_as_not_recorded() {
+    let _alone = ON_CUE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open_through(dir.path(), true, i64::MIN, open_fails_on_cue).unwrap();
+    let (t, d) = ticket("t1", "m1", &["a"]);
+    store.accept(t, d, Vec::new()).await.unwrap();
+    let (t, d) = ticket("t2", "m2", &["a", "b"]);
+    WRITE_FAILS.store(true, std::sync::atomic::Ordering::SeqCst);
+    let failed = store.accept(t, d, Vec::new()).await;
+    WRITE_FAILS.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        matches!(failed, Err(StoreError::Unavailable(_))),
+        "{failed:?}"
+    );
+    assert!(store.ticket("t2").await.unwrap().is_none());
+    let (t, d) = ticket("t2", "m2", &["a", "b"]);
+    assert!(matches!(
+        store.accept(t, d, Vec::new()).await.unwrap(),
+        Accepted::New { .. }
+    ));
+    assert!(store.ticket("t1").await.unwrap().is_some());
 }
 
 /// Once an I/O error happened, redb refuses every later transaction. A read that failed (not

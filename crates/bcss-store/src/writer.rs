@@ -10,8 +10,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::journal::{self, Checkpoint, EntryKind, JournalEntry, Verified};
 use crate::read::{
-    dead_letters, delivery, journal_head, journal_query, next_seq, size, stored_ticket, ticket,
-    verify_db, whole,
+    commits, dead_letters, delivery, journal_head, journal_query, next_seq, size, stored_ticket,
+    ticket, verify_db, whole,
 };
 use crate::rows::{self, DeliveryRow, DeliveryState, TicketRow};
 use crate::tables::{OrUnavailable, Tables, decode, unavailable};
@@ -155,6 +155,8 @@ pub(crate) struct Writer {
     pub(crate) reader: std::sync::mpsc::Sender<(Arc<Database>, LongRead)>,
     pub(crate) path: PathBuf,
     pub(crate) next_seq: u64,
+    /// Groups committed to the file (its `commits` counter).
+    pub(crate) commits: u64,
     pub(crate) journal_key: [u8; 32],
     /// The last entry's number and hash.
     pub(crate) journal_head: (u64, [u8; 32]),
@@ -198,6 +200,7 @@ impl Writer {
             // and numbers it used must not be given again.
             self.next_seq = next_seq(&db)?;
             self.journal_head = journal_head(&db)?;
+            self.commits = commits(&db)?;
             self.db = Some(Arc::new(db));
             tracing::info!(message = "Store reopened.");
         }
@@ -297,7 +300,14 @@ impl Writer {
                 .insert("next_seq", self.next_seq)
                 .map(drop)
                 .or_unavailable()
-        };
+        }
+        .and_then(|()| {
+            tables
+                .counters
+                .insert("commits", self.commits + 1)
+                .map(drop)
+                .or_unavailable()
+        });
         drop(tables);
         if let Err(error) = counted {
             // Dropping the transaction aborts it: nothing of the group is kept.
@@ -306,7 +316,29 @@ impl Writer {
             self.write_failed(&error);
             return fail_answers(answers, &error);
         }
-        let committed = txn.commit();
+        let committed = match txn.commit() {
+            Ok(()) => {
+                self.commits += 1;
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(message = "Store commit reported a failure; reading the file back.", %error);
+                // A commit that reported an error may still have reached the disk (redb writes
+                // its header, then syncs). Reopened (which reads the numbers back from the
+                // file, `database`), the file says which: the group's `commits` value is there
+                // or not. Answered as it is on disk, a caller is never told "nothing was
+                // recorded" of a message the hub will deliver.
+                let expected = self.commits + 1;
+                self.db = None;
+                let reopened = self.database().is_ok();
+                if reopened && self.commits == expected {
+                    tracing::info!(message = "The group reached the file after all.");
+                    Ok(())
+                } else {
+                    Err(error)
+                }
+            }
+        };
         self.writable
             .store(committed.is_ok(), std::sync::atomic::Ordering::Relaxed);
         match committed {
@@ -325,8 +357,6 @@ impl Writer {
             }
             Err(error) => {
                 tracing::error!(message = "Store commit failed; the group is answered as not recorded.", %error);
-                // Reopening reads the numbers back from the file (`database`).
-                self.db = None;
                 fail_answers(answers, &StoreError::Unavailable(error.to_string()));
             }
         }
