@@ -225,22 +225,38 @@ async fn the_a_posteriori_audit_finds_each_unjustified_consultation() {
             .code(),
         Code::PermissionDenied
     );
-    for (i, file) in ["CF-OK", "CF-STRANGER", "CF-LATER", "CF-NEVER-REGISTERED"]
-        .into_iter()
-        .enumerate()
+    for (i, file) in [
+        "CF-OK",
+        "CF-STRANGER",
+        "CF-LATER",
+        "CF-NEVER-REGISTERED",
+        "CF-REGISTERED-LATE",
+    ]
+    .into_iter()
+    .enumerate()
     {
         let mut envelope = dmfa_envelope(&format!("cc-{i}"), person, false);
         envelope.addressee = Some("mycareer-contact-centre".into());
         envelope.contact_file = Some(file.into());
         submit(&h, "onss", envelope).await.unwrap();
     }
+    // Registered after the consultation that cited it, with an opening date before it.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    centre
+        .register_contact_file(register(
+            "CF-REGISTERED-LATE",
+            person,
+            "2025-01-01T09:00:00Z",
+        ))
+        .await
+        .unwrap();
     let audit = journal(&h, "security-adviser")
         .await
         .audit_posteriori(AuditPosterioriRequest::default())
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(audit.examined, 4);
+    assert_eq!(audit.examined, 5);
     let mut found: Vec<(String, String)> = audit
         .findings
         .iter()
@@ -259,6 +275,10 @@ async fn the_a_posteriori_audit_finds_each_unjustified_consultation() {
             (
                 "CF-NEVER-REGISTERED".to_owned(),
                 "contact_file_unknown".to_owned()
+            ),
+            (
+                "CF-REGISTERED-LATE".to_owned(),
+                "registered_after".to_owned()
             ),
             ("CF-STRANGER".to_owned(), "other_person".to_owned()),
         ]

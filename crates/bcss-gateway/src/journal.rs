@@ -248,6 +248,10 @@ impl pb::journal_server::Journal for JournalService {
                 match files.first() {
                     None => Some("contact_file_unknown"),
                     Some(file) if file.niss != consultation.niss => Some("other_person"),
+                    // When the hub registered it, not when the centre says it opened it: a file
+                    // registered after the consultation did not exist for the hub then
+                    // (000 §15: a file "that existed before"), whatever date it claims.
+                    Some(file) if file.at_ms > consultation.at_ms => Some("registered_after"),
                     Some(file) if file.opened_at_ms > consultation.at_ms => Some("opened_after"),
                     Some(_) => None,
                 }
