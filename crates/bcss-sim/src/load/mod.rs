@@ -107,10 +107,12 @@ pub struct LoadArgs {
     /// Calls kept open at once (closed loop); with `--rate`, the most that may be open.
     #[arg(long, default_value_t = 64)]
     pub in_flight: usize,
-    /// Calls per second (open loop) instead of a closed loop.
-    #[arg(long)]
+    /// Calls per second (open loop) instead of a closed loop: call n is due n / RATE seconds
+    /// after the start, and its latency counts from then.
+    #[arg(long, value_parser = calls_per_second)]
     pub rate: Option<f64>,
-    /// Seconds to run (ignored when `--messages` is given).
+    /// Seconds to run (ignored when `--messages` is given). With `--rate`, every call due before
+    /// the end is sent, even when a full `--in-flight` makes it leave after the end.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
     /// Send exactly this many messages.
@@ -185,6 +187,21 @@ pub struct LoadArgs {
     /// Start what `--start-hub` / `--start-network` ask for, send nothing, run until SIGTERM.
     #[arg(long)]
     pub serve_only: bool,
+}
+
+/// `--rate`: a finite number of calls per second above 0 (at 0 no call would ever be due).
+fn calls_per_second(value: &str) -> Result<f64, String> {
+    let rate: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("\"{value}\" is not a number of calls per second"))?;
+    if rate.is_finite() && rate > 0.0 {
+        Ok(rate)
+    } else {
+        Err(format!(
+            "{value} calls per second: the rate must be a finite number above 0"
+        ))
+    }
 }
 
 /// One connection's client.
@@ -632,7 +649,15 @@ struct Shared {
 impl Shared {
     /// The next message number, or `None` when the run is over.
     fn take(&self) -> Option<u64> {
-        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+        self.take_due(Instant::now())
+    }
+
+    /// The next message number for a call due at `due`, or `None` when that is past the end of
+    /// the run or every message is taken. The open loop asks with the time a call was due, not
+    /// the time it leaves: a call that waited for a free slot was due within the run all the
+    /// same.
+    fn take_due(&self, due: Instant) -> Option<u64> {
+        if self.deadline.is_some_and(|d| due >= d) {
             return None;
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
@@ -678,148 +703,236 @@ impl Shared {
     }
 }
 
-/// Open loop: call number n is due at start + n / rate; at most `in_flight` open.
+/// Open loop: call number n is due at start + n / rate and leaves then, or as soon as one of the
+/// `in_flight` slots is free; its latency runs from when it was due, so a server that falls
+/// behind shows its queue in the latencies instead of slowing the load down (coordinated
+/// omission). With a deadline, every call due before it is sent, and the loop lasts until it
+/// even when the next call is due later (a low rate's throughput counts over the whole run).
 async fn run_open(shared: &Arc<Shared>, rate: f64, in_flight: usize) {
     let permits = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    let mut sent = 0u64;
-    loop {
-        let due_count = (start.elapsed().as_secs_f64() * rate) as u64;
-        let mut over = false;
-        while sent < due_count {
-            let Some(n) = shared.take() else {
-                over = true;
+    for sent in 0u64.. {
+        // A due time too far ahead to represent is never reached.
+        let due = Duration::try_from_secs_f64(sent as f64 / rate)
+            .ok()
+            .and_then(|after| start.checked_add(after));
+        let due = match (due, shared.deadline) {
+            (Some(due), Some(deadline)) if due < deadline => due,
+            (Some(due), None) => due,
+            (_, deadline) => {
+                if let Some(deadline) = deadline {
+                    tokio::time::sleep_until(deadline.into()).await;
+                }
                 break;
-            };
-            let due = start + Duration::from_secs_f64(sent as f64 / rate);
-            sent += 1;
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                over = true;
-                break;
-            };
-            let shared = shared.clone();
-            tasks.spawn(async move {
-                let result = shared.call(n).await;
-                shared
-                    .recorder
-                    .lock()
-                    .expect("recorder")
-                    .record(due, result);
-                drop(permit);
-            });
-        }
-        if over {
+            }
+        };
+        tokio::time::sleep_until(due.into()).await;
+        let (permit, waited) = match permits.clone().try_acquire_owned() {
+            Ok(permit) => (permit, false),
+            Err(_) => match permits.clone().acquire_owned().await {
+                Ok(permit) => (permit, true),
+                Err(_) => break,
+            },
+        };
+        let Some(n) = shared.take_due(due) else {
             break;
+        };
+        if waited {
+            shared.recorder.lock().expect("recorder").waited_for_slot += 1;
         }
+        let shared = shared.clone();
+        tasks.spawn(async move {
+            let result = shared.call(n).await;
+            shared
+                .recorder
+                .lock()
+                .expect("recorder")
+                .record(due, result);
+            drop(permit);
+        });
         while tasks.try_join_next().is_some() {}
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     while tasks.join_next().await.is_some() {}
 }
 
-/// `SubmitStream`: one stream per connection of each sender that has messages in the mix,
-/// `in_flight` messages open over all of them; each stream sends its own sender's messages.
+/// One `SubmitStream` of the run: the messages sent on it and not answered yet, with when each
+/// was sent, and once it has ended, how (nothing more is sent on it then).
+#[derive(Default)]
+struct OnStream {
+    open: std::collections::HashMap<String, Instant>,
+    ended: Option<tonic::Code>,
+}
+
+/// Ends a stream: what it left unanswered counts as errors with `code` (the stream's status, or
+/// `Unavailable` when it ended without one), and their slots go to the other streams, which
+/// would otherwise wait for answers that will never come.
+fn end_stream(
+    shared: &Shared,
+    stream: &Mutex<OnStream>,
+    permits: &tokio::sync::Semaphore,
+    code: tonic::Code,
+) {
+    let unanswered = {
+        let mut stream = stream.lock().expect("stream");
+        stream.ended.get_or_insert(code);
+        std::mem::take(&mut stream.open).len()
+    };
+    if unanswered > 0 {
+        let now = Instant::now();
+        let mut recorder = shared.recorder.lock().expect("recorder");
+        for _ in 0..unanswered {
+            recorder.record(now, Err(code));
+        }
+        drop(recorder);
+        permits.add_permits(unanswered);
+    }
+}
+
+/// Records one stream's answers as they come, until it ends; returns how it ended.
+async fn stream_answers(
+    shared: &Shared,
+    stream: &Mutex<OnStream>,
+    permits: &tokio::sync::Semaphore,
+    mut replies: tonic::Streaming<bcss_proto::hub::v1::SubmitStreamReply>,
+) -> tonic::Code {
+    use bcss_proto::hub::v1::submit_stream_reply::Result as Outcome;
+    loop {
+        let reply = match replies.message().await {
+            Ok(Some(reply)) => reply,
+            // The hub ends a stream with OK after its last answer; anything still open then was
+            // dropped, and counts as `Unavailable`.
+            Ok(None) => return tonic::Code::Unavailable,
+            Err(status) => return status.code(),
+        };
+        // An answer to nothing open here (an id this stream did not carry) frees no slot.
+        let Some(sent) = stream
+            .lock()
+            .expect("stream")
+            .open
+            .remove(&reply.message_id)
+        else {
+            continue;
+        };
+        let result = match reply.result {
+            Some(Outcome::Reply(r)) => Ok(Answer::Reply(r)),
+            Some(Outcome::Error(e)) => Err(tonic::Code::from_i32(e.code)),
+            None => Err(tonic::Code::Unknown),
+        };
+        shared
+            .recorder
+            .lock()
+            .expect("recorder")
+            .record(sent, result);
+        permits.add_permits(1);
+    }
+}
+
+/// `SubmitStream`: one stream per connection of each sender that has messages in the mix, and
+/// `in_flight` messages open over all of them. Message n is template n of the mix, as with
+/// `Submit`, sent on one of its sender's streams, so the flows go out as the mix weighs them
+/// however fast each sender's streams are answered.
 async fn run_streams(shared: &Arc<Shared>, connections: usize, in_flight: usize) {
     let Client::Hub(clients) = &shared.client[0] else {
         return;
     };
-    // Template indexes per sender.
-    let mut by_sender: Vec<Vec<usize>> = vec![Vec::new(); 1 + SENDERS.len()];
-    for (index, template) in shared.templates.iter().enumerate() {
-        by_sender[template.sender].push(index);
-    }
-    let by_sender = Arc::new(by_sender);
-    let used: Vec<usize> = (0..clients.len())
-        .filter(|index| !by_sender[index / connections].is_empty())
+    let in_flight = in_flight.max(1);
+    let permits = Arc::new(tokio::sync::Semaphore::new(in_flight));
+    let sends: Vec<bool> = (0..=SENDERS.len())
+        .map(|sender| shared.templates.iter().any(|t| t.sender == sender))
         .collect();
-    let per_stream = (in_flight / used.len().max(1)).max(1);
+    // Per sender, its streams (indexes into `streams` and `outgoing`).
+    let mut of_sender: Vec<Vec<usize>> = vec![Vec::new(); sends.len()];
+    let mut streams: Vec<Arc<Mutex<OnStream>>> = Vec::new();
+    let mut outgoing = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
-    for index in used {
-        let sender = index / connections;
-        let mut client = clients[index].clone();
-        let shared = shared.clone();
-        let by_sender = by_sender.clone();
+    for (index, client) in clients.iter().enumerate() {
+        let sender = index / connections.max(1);
+        if !sends.get(sender).copied().unwrap_or(false) {
+            continue;
+        }
+        // Room for every message that may be open, so sending never waits on a stream.
+        let (tx, rx) = tokio::sync::mpsc::channel::<EnvelopeView>(in_flight);
+        let stream = Arc::new(Mutex::new(OnStream::default()));
+        of_sender[sender].push(streams.len());
+        streams.push(stream.clone());
+        outgoing.push(tx);
+        let (mut client, shared, permits) = (client.clone(), shared.clone(), permits.clone());
+        // Each call runs on its own, so its headers never wait for the sending side.
         tasks.spawn(async move {
-            let (tx, rx) = tokio::sync::mpsc::channel::<EnvelopeView>(per_stream);
-            let permits = Arc::new(tokio::sync::Semaphore::new(per_stream));
-            let open: Arc<Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
-            // The sending side runs on its own, so the call's headers never wait for it.
-            let producer = {
-                let shared = shared.clone();
-                let permits = permits.clone();
-                let open = open.clone();
-                tokio::spawn(async move {
-                    let mine = &by_sender[sender];
-                    loop {
-                        let Ok(permit) = permits.acquire().await else {
-                            break;
-                        };
-                        permit.forget();
-                        let Some(n) = shared.take() else {
-                            permits.add_permits(1);
-                            break;
-                        };
-                        let template = &shared.templates[mine[n as usize % mine.len()]];
-                        let id = format!("load-{}-{n}", shared.run_id);
-                        open.lock()
-                            .expect("open")
-                            .insert(id.clone(), Instant::now());
-                        if tx.send(template.envelope(id)).await.is_err() {
-                            break;
-                        }
-                    }
-                    // Wait for the answers to what was sent, then close the stream.
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(30),
-                        permits.acquire_many(per_stream as u32),
-                    )
-                    .await;
-                })
-            };
-            let mut replies = match client
+            let code = match client
                 .submit_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await
             {
-                Ok(r) => r.into_inner(),
-                Err(status) => {
-                    producer.abort();
-                    shared
-                        .recorder
-                        .lock()
-                        .expect("recorder")
-                        .record(Instant::now(), Err(status.code()));
-                    return;
+                Ok(replies) => {
+                    stream_answers(&shared, &stream, &permits, replies.into_inner()).await
                 }
+                // Refused at the start: what was already sent on it counts with this status.
+                Err(status) => status.code(),
             };
-            while let Ok(Some(reply)) = replies.message().await {
-                let due = open.lock().expect("open").remove(&reply.message_id);
-                let result = match reply.result {
-                    Some(bcss_proto::hub::v1::submit_stream_reply::Result::Reply(r)) => {
-                        Ok(Answer::Reply(r))
-                    }
-                    Some(bcss_proto::hub::v1::submit_stream_reply::Result::Error(e)) => {
-                        Err(tonic::Code::from_i32(e.code))
-                    }
-                    None => Err(tonic::Code::Unknown),
-                };
-                shared
-                    .recorder
-                    .lock()
-                    .expect("recorder")
-                    .record(due.unwrap_or_else(Instant::now), result);
-                permits.add_permits(1);
-            }
-            let _ = producer.await;
-            // Whatever was sent and never answered counts as an error.
-            let unanswered = open.lock().expect("open").len();
-            let mut recorder = shared.recorder.lock().expect("recorder");
-            for _ in 0..unanswered {
-                recorder.record(Instant::now(), Err(tonic::Code::Unavailable));
-            }
+            end_stream(&shared, &stream, &permits, code);
         });
     }
-    while tasks.join_next().await.is_some() {}
+    'messages: loop {
+        // A slot frees when an answer comes or a stream ends; a run with a deadline stops
+        // waiting for one at the deadline, so a stream the hub neither answers nor ends cannot
+        // hold the run.
+        let permit = match shared.deadline {
+            Some(deadline) => tokio::select! {
+                permit = permits.acquire() => permit,
+                () = tokio::time::sleep_until(deadline.into()) => break,
+            },
+            None => permits.acquire().await,
+        };
+        let Ok(permit) = permit else {
+            break;
+        };
+        permit.forget();
+        let Some(n) = shared.take() else {
+            break;
+        };
+        let template = &shared.templates[(n % shared.templates.len() as u64) as usize];
+        let id = format!("load-{}-{n}", shared.run_id);
+        let mine = &of_sender[template.sender];
+        let mut ended = tonic::Code::Unavailable;
+        for k in 0..mine.len() {
+            let s = mine[(n as usize % mine.len() + k) % mine.len()];
+            {
+                let mut stream = streams[s].lock().expect("stream");
+                if let Some(code) = stream.ended {
+                    ended = code;
+                    continue;
+                }
+                stream.open.insert(id.clone(), Instant::now());
+            }
+            // A stream that ends from now on counts this message with its other open ones.
+            let _ = outgoing[s].send(template.envelope(id)).await;
+            continue 'messages;
+        }
+        // Every stream of this sender has ended: the mix can no longer be sent as weighed, so
+        // the run stops; the message in hand counts as an error with the status its sender's
+        // streams ended with.
+        shared
+            .recorder
+            .lock()
+            .expect("recorder")
+            .record(Instant::now(), Err(ended));
+        break;
+    }
+    // Closing the streams' sending sides: the hub answers what it has and ends each stream.
+    drop(outgoing);
+    let answered = tokio::time::timeout(Duration::from_secs(30), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if answered.is_err() {
+        // A stream still open 30 s after the last message: what it holds counts as errors.
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        for stream in &streams {
+            end_stream(shared, stream, &permits, tonic::Code::DeadlineExceeded);
+        }
+    }
 }
 
 /// Ctrl-C or SIGTERM.
@@ -986,5 +1099,360 @@ mod tests {
     fn load_persons_are_valid_and_distinct() {
         let persons: std::collections::HashSet<Niss> = (0..5000).map(load_person).collect();
         assert_eq!(persons.len(), 5000);
+    }
+
+    #[test]
+    fn a_rate_must_be_a_finite_number_of_calls_per_second_above_zero() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            load: LoadArgs,
+        }
+        let parse = |rate: &str| {
+            <Cli as clap::Parser>::try_parse_from(["load".to_owned(), format!("--rate={rate}")])
+                .map(|cli| cli.load.rate)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(parse("0.5").unwrap(), Some(0.5));
+        assert_eq!(parse("500").unwrap(), Some(500.0));
+        for rate in ["0", "-1", "NaN", "inf"] {
+            let refused = parse(rate).expect_err(rate);
+            assert!(
+                refused.contains("a finite number above 0"),
+                "{rate}: {refused}"
+            );
+        }
+        let refused = parse("fast").unwrap_err();
+        assert!(
+            refused.contains("is not a number of calls per second"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn latencies_beyond_two_minutes_are_kept_as_they_are() {
+        let start = Instant::now();
+        let mut recorder = Recorder::new(start, Vec::new());
+        recorder.answered(1_000, start);
+        recorder.answered(200_000_000, start);
+        let report = Report::build("t".into(), "t".into(), 1.0, &recorder);
+        assert!(
+            report.latency.max >= 199_000.0,
+            "max {}",
+            report.latency.max
+        );
+        assert!(
+            report.timeline[0].3 >= 199_000.0,
+            "p99 {}",
+            report.timeline[0].3
+        );
+        let last = report
+            .buckets
+            .iter()
+            .rposition(|b| b.1 > 0)
+            .expect("a bucket");
+        assert!(
+            report.buckets[last].0 >= 199_000.0,
+            "{:?}",
+            report.buckets[last]
+        );
+    }
+
+    use bcss_proto::gateway_view::gateway_server::{Gateway, GatewayServer};
+    use bcss_proto::hub::v1::{
+        ConsultRequest, ExplainReply, SubmitReply, SubmitStreamReply, TrackReply, TrackRequest,
+        submit_stream_reply,
+    };
+    use bcss_proto::hub::view::v1::ConsultReplyView;
+    use tonic::{Request, Response, Status, Streaming};
+
+    /// A stand-in for the hub, in plain HTTP/2: `Submit` answers after `delay`; `SubmitStream`
+    /// answers every envelope, or `answers` of them and then breaks the stream off, or is
+    /// refused outright. It keeps the flow of every envelope it receives.
+    #[derive(Clone, Default)]
+    struct FakeHub {
+        delay: Duration,
+        answers: Option<usize>,
+        refuse: bool,
+        received: Arc<Mutex<Vec<i32>>>,
+    }
+
+    #[tonic::async_trait]
+    impl Gateway for FakeHub {
+        async fn submit(
+            &self,
+            request: Request<EnvelopeView>,
+        ) -> Result<Response<SubmitReply>, Status> {
+            self.received.lock().unwrap().push(request.get_ref().flow);
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
+            Ok(Response::new(SubmitReply::default()))
+        }
+
+        type SubmitStreamStream =
+            tokio_stream::wrappers::ReceiverStream<Result<SubmitStreamReply, Status>>;
+
+        async fn submit_stream(
+            &self,
+            request: Request<Streaming<EnvelopeView>>,
+        ) -> Result<Response<Self::SubmitStreamStream>, Status> {
+            if self.refuse {
+                return Err(Status::permission_denied("no stream for this sender"));
+            }
+            let mut envelopes = request.into_inner();
+            let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            let (received, answers) = (self.received.clone(), self.answers);
+            tokio::spawn(async move {
+                let mut answered = 0;
+                while let Ok(Some(envelope)) = envelopes.message().await {
+                    received.lock().unwrap().push(envelope.flow);
+                    let reply = if answers.is_some_and(|a| answered >= a) {
+                        Err(Status::aborted("stream broken off"))
+                    } else {
+                        answered += 1;
+                        Ok(SubmitStreamReply {
+                            message_id: envelope.message_id,
+                            result: Some(
+                                submit_stream_reply::Result::Reply(SubmitReply::default()),
+                            ),
+                        })
+                    };
+                    let stop = reply.is_err();
+                    if tx.send(reply).await.is_err() || stop {
+                        break;
+                    }
+                }
+            });
+            Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+                rx,
+            )))
+        }
+
+        async fn explain(
+            &self,
+            _: Request<EnvelopeView>,
+        ) -> Result<Response<ExplainReply>, Status> {
+            Err(Status::unimplemented("not in the stand-in"))
+        }
+
+        async fn track(&self, _: Request<TrackRequest>) -> Result<Response<TrackReply>, Status> {
+            Err(Status::unimplemented("not in the stand-in"))
+        }
+
+        async fn consult(
+            &self,
+            _: Request<ConsultRequest>,
+        ) -> Result<Response<ConsultReplyView>, Status> {
+            Err(Status::unimplemented("not in the stand-in"))
+        }
+    }
+
+    /// Serves `fake` on a loopback port and connects to it.
+    async fn serve(fake: FakeHub) -> GatewayClient<Channel> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(GatewayServer::new(fake))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        GatewayClient::new(channel(address, None).await.unwrap())
+    }
+
+    fn template(flow: Flow, sender: usize) -> Template {
+        Template {
+            flow,
+            sender,
+            niss: String::new(),
+            period: f::Period::default(),
+            addressee: None,
+            payload: bytes::Bytes::new(),
+        }
+    }
+
+    /// A run over `clients` (`connections` per sender, in sender order).
+    fn run_over(
+        templates: Vec<Template>,
+        clients: Vec<GatewayClient<Channel>>,
+        messages: Option<u64>,
+        duration: Option<Duration>,
+    ) -> Arc<Shared> {
+        let start = Instant::now();
+        Arc::new(Shared {
+            templates: Arc::new(templates),
+            next: AtomicU64::new(0),
+            limit: messages.unwrap_or(u64::MAX),
+            deadline: duration.map(|d| start + d),
+            run_id: "test".into(),
+            recorder: Mutex::new(Recorder::new(start, Vec::new())),
+            client: vec![Client::Hub(clients)],
+        })
+    }
+
+    fn report_of(shared: &Shared, seconds: f64) -> Report {
+        Report::build(
+            "t".into(),
+            "t".into(),
+            seconds,
+            &shared.recorder.lock().unwrap(),
+        )
+    }
+
+    /// Messages the run took: answered and errors must add up to this.
+    fn taken(shared: &Shared) -> u64 {
+        shared.next.load(Ordering::Relaxed).min(shared.limit)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_open_loop_call_leaves_when_due_and_its_latency_counts_from_then() {
+        let hub = serve(FakeHub::default()).await;
+        let shared = run_over(
+            vec![template(Flow::A052, 0)],
+            vec![hub.clone(), hub],
+            Some(10),
+            None,
+        );
+        let start = Instant::now();
+        run_open(&shared, 20.0, 4).await;
+        let elapsed = start.elapsed();
+        let report = report_of(&shared, elapsed.as_secs_f64());
+        assert_eq!(report.answered, 10, "{}", report.text());
+        // Call 9 is due 450 ms after the start: none leaves before its time.
+        assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
+        // A call every 50 ms, each answered at once: the tool's own wait (a whole interval
+        // when a call left one interval after it was due) must not show.
+        assert!(report.latency.p50 < 25.0, "{}", report.text());
+        assert_eq!(report.waited_for_slot, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_open_loop_sends_every_call_due_before_the_deadline_late_if_it_must() {
+        // 200 calls/s for 200 ms, one at a time to a hub that takes 20 ms: 40 calls are due,
+        // most of them wait for the slot, and the last leaves some 600 ms after it was due.
+        let hub = serve(FakeHub {
+            delay: Duration::from_millis(20),
+            ..FakeHub::default()
+        })
+        .await;
+        let shared = run_over(
+            vec![template(Flow::A052, 0)],
+            vec![hub.clone(), hub],
+            None,
+            Some(Duration::from_millis(200)),
+        );
+        let start = Instant::now();
+        run_open(&shared, 200.0, 1).await;
+        let report = report_of(&shared, start.elapsed().as_secs_f64());
+        assert_eq!(report.answered, 40, "{}", report.text());
+        assert_eq!(report.error_count(), 0, "{}", report.text());
+        assert!(report.waited_for_slot >= 30, "{}", report.text());
+        assert!(report.latency.max >= 400.0, "{}", report.text());
+        assert!(
+            report.text().contains("calls left after they were due"),
+            "{}",
+            report.text()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_open_loop_at_a_tiny_rate_ends_at_the_deadline() {
+        let hub = serve(FakeHub::default()).await;
+        let shared = run_over(
+            vec![template(Flow::A052, 0)],
+            vec![hub.clone(), hub],
+            None,
+            Some(Duration::from_millis(300)),
+        );
+        let start = Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), run_open(&shared, 0.01, 4))
+            .await
+            .expect("the run ends at its deadline");
+        let elapsed = start.elapsed();
+        assert!(elapsed >= Duration::from_millis(290), "{elapsed:?}");
+        // Call 0 is due at the start; call 1 only after 100 s.
+        assert_eq!(report_of(&shared, elapsed.as_secs_f64()).answered, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_send_the_flows_as_the_mix_weighs_them() {
+        // Mix a052=1,dmfa=3: the A052s go from the first sender, the DmfAs from ONSS, each to
+        // its own stand-in.
+        let (a052s, dmfas) = (FakeHub::default(), FakeHub::default());
+        let (from_sender, from_onss) = (a052s.received.clone(), dmfas.received.clone());
+        let clients = vec![serve(a052s).await, serve(dmfas).await];
+        let templates = vec![
+            template(Flow::A052, 0),
+            template(Flow::Dmfa, 1),
+            template(Flow::Dmfa, 1),
+            template(Flow::Dmfa, 1),
+        ];
+        let shared = run_over(templates, clients, Some(400), None);
+        tokio::time::timeout(Duration::from_secs(20), run_streams(&shared, 1, 8))
+            .await
+            .expect("the run ends");
+        let report = report_of(&shared, 1.0);
+        assert_eq!(report.answered, 400, "{}", report.text());
+        let from_sender = from_sender.lock().unwrap().clone();
+        let from_onss = from_onss.lock().unwrap().clone();
+        assert_eq!(from_sender.len(), 100);
+        assert!(from_sender.iter().all(|f| *f == Flow::A052 as i32));
+        assert_eq!(from_onss.len(), 300);
+        assert!(from_onss.iter().all(|f| *f == Flow::Dmfa as i32));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_broken_off_ends_the_run_and_what_it_left_open_counts_as_errors() {
+        // Two streams, each answering 5 envelopes and then breaking off.
+        let hub = serve(FakeHub {
+            answers: Some(5),
+            ..FakeHub::default()
+        })
+        .await;
+        let shared = run_over(
+            vec![template(Flow::A052, 0)],
+            vec![hub.clone(), hub.clone(), hub.clone(), hub],
+            Some(1000),
+            None,
+        );
+        tokio::time::timeout(Duration::from_secs(20), run_streams(&shared, 2, 8))
+            .await
+            .expect("the run ends when its streams are broken off");
+        let report = report_of(&shared, 1.0);
+        assert_eq!(report.answered, 10, "{}", report.text());
+        assert!(report.error_count() > 0, "{}", report.text());
+        assert_eq!(
+            report.answered + report.error_count(),
+            taken(&shared),
+            "{}",
+            report.text()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_refused_at_the_start_counts_every_message_sent_on_it() {
+        let hub = serve(FakeHub {
+            refuse: true,
+            ..FakeHub::default()
+        })
+        .await;
+        let shared = run_over(
+            vec![template(Flow::A052, 0)],
+            vec![hub.clone(), hub.clone(), hub.clone(), hub],
+            Some(1000),
+            None,
+        );
+        tokio::time::timeout(Duration::from_secs(20), run_streams(&shared, 2, 16))
+            .await
+            .expect("the run ends");
+        let report = report_of(&shared, 1.0);
+        assert_eq!(report.answered, 0, "{}", report.text());
+        assert!(taken(&shared) > 2, "{}", taken(&shared));
+        assert_eq!(
+            report.errors.get("PermissionDenied").copied(),
+            Some(taken(&shared)),
+            "{}",
+            report.text()
+        );
     }
 }

@@ -55,27 +55,48 @@ pub struct Recorder {
     /// refusals under no deliberation).
     pub(super) deliberations: Vec<String>,
     pub(super) by_deliberation: Vec<Outcome>,
+    /// Open loop: calls that were due while `--in-flight` calls were open, and so left late
+    /// (their latency still runs from when they were due).
+    pub(super) waited_for_slot: u64,
+}
+
+/// A histogram of latencies in microseconds that grows to hold the longest one of the run: an
+/// open loop against a server that falls behind can keep calls waiting for minutes, and a fixed
+/// upper bound would pile them up at the bound and understate the tail without saying so.
+fn latencies(significant_figures: u8) -> Histogram<u64> {
+    let mut histogram =
+        Histogram::new_with_bounds(1, 60_000_000, significant_figures).expect("valid bounds");
+    histogram.auto(true);
+    histogram
+}
+
+/// Records one latency exactly. Growing, the histogram takes anything up to 2^62 µs; only
+/// beyond that (far longer than any run) would it keep the value at its bound.
+fn record_latency(histogram: &mut Histogram<u64>, micros: u64) {
+    if histogram.record(micros).is_err() {
+        histogram.saturating_record(micros);
+    }
 }
 
 impl Recorder {
     pub fn new(started: Instant, deliberations: Vec<String>) -> Recorder {
         Recorder {
             started,
-            overall: Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds"),
+            overall: latencies(3),
             per_second: Vec::new(),
             errors: BTreeMap::new(),
             errors_per_second: Vec::new(),
             outcome: Outcome::default(),
             by_deliberation: vec![Outcome::default(); deliberations.len() + 1],
             deliberations,
+            waited_for_slot: 0,
         }
     }
 
     pub(super) fn second(&mut self, at: Instant) -> usize {
         let second = at.saturating_duration_since(self.started).as_secs() as usize;
         while self.per_second.len() <= second {
-            self.per_second
-                .push(Histogram::new_with_bounds(1, 120_000_000, 2).expect("valid bounds"));
+            self.per_second.push(latencies(2));
             self.errors_per_second.push(0);
         }
         second
@@ -83,10 +104,10 @@ impl Recorder {
 
     /// Records an answered call that took `micros`.
     pub fn answered(&mut self, micros: u64, now: Instant) {
-        let micros = micros.clamp(1, 120_000_000);
-        self.overall.saturating_record(micros);
+        let micros = micros.max(1);
+        record_latency(&mut self.overall, micros);
         let second = self.second(now);
-        self.per_second[second].saturating_record(micros);
+        record_latency(&mut self.per_second[second], micros);
     }
 
     pub(super) fn record(&mut self, due: Instant, result: Result<Answer, tonic::Code>) {
@@ -180,6 +201,8 @@ pub struct Report {
     pub timeline: Vec<Second>,
     /// (upper bound ms, count) over log-spaced buckets.
     pub buckets: Vec<(f64, u64)>,
+    /// Open loop: calls that left after they were due because `--in-flight` calls were open.
+    pub waited_for_slot: u64,
 }
 
 /// What the replies said of the recipients under one deliberation.
@@ -251,6 +274,7 @@ impl Report {
                 .collect(),
             timeline,
             buckets,
+            waited_for_slot: recorder.waited_for_slot,
         }
     }
 
@@ -283,9 +307,20 @@ impl Report {
                 )
             })
             .collect();
+        // An open loop sends every call that fell due, late if it must: say how many were, as
+        // they are why the run can last longer than `--duration`.
+        let late = if self.waited_for_slot > 0 {
+            format!(
+                "\n  late       {} calls left after they were due, every --in-flight slot being \
+                 taken (their latency counts from when they were due)",
+                self.waited_for_slot
+            )
+        } else {
+            String::new()
+        };
         format!(
             "{label}: {target}\n  answered   {answered} in {secs:.1} s = {tput:.0} msg/s\n  \
-             latency    p50 {p50:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, max {max:.2} ms (mean {mean:.2} ms)\n  \
+             latency    p50 {p50:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, max {max:.2} ms (mean {mean:.2} ms){late}\n  \
              errors     {errors}\n  \
              deliveries {rep} made ({dps:.0}/s), {pend} pending, {exp} expected, {refused} refused by policy; seen by recipients: {seen}{under}",
             label = self.label,
@@ -318,6 +353,7 @@ impl Report {
             "errors": self.errors,
             "throughput": self.throughput,
             "latency_ms": {"p50": l.p50, "p90": l.p90, "p99": l.p99, "p99_9": l.p999, "max": l.max, "mean": l.mean},
+            "waited_for_slot": self.waited_for_slot,
             "deliveries": {
                 "reported": self.deliveries_reported,
                 "pending": self.deliveries_pending,
