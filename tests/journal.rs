@@ -110,6 +110,51 @@ async fn the_citizens_view_names_every_recipient_when_and_why_and_no_value() {
 }
 
 #[tokio::test]
+async fn a_query_matching_more_than_the_limit_asks_for_a_narrower_range() {
+    let h = Harness::start_with(&[], |settings| settings.limits.journal_entries = 2).await;
+    for i in 0..3u16 {
+        let niss = fresh_niss(85 + i);
+        integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
+        submit(&h, "solidaris", a052_envelope(&format!("lim-{i}"), niss, 1))
+            .await
+            .unwrap();
+    }
+    let of_liege = |from: &str| ByInstitutionRequest {
+        institution: "cpas-liege".into(),
+        from: from.into(),
+        to: String::new(),
+    };
+    // Three admissions name cpas-liege (their deliveries are reached through them).
+    let status = journal(&h, "cpas-liege")
+        .await
+        .by_institution(of_liege(""))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("more than 2 journal entries")
+            && status.message().contains("limits.journal_entries")
+            && status.message().contains("narrow it"),
+        "{status:?}"
+    );
+    let audit = journal(&h, "security-adviser")
+        .await
+        .audit_posteriori(AuditPosterioriRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(audit.code(), Code::ResourceExhausted, "{audit:?}");
+    // A narrower range is answered.
+    let later = journal(&h, "cpas-liege")
+        .await
+        .by_institution(of_liege("2099-01-01"))
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert!(later.is_empty());
+}
+
+#[tokio::test]
 async fn tickets_and_institutions_are_read_by_those_involved_and_auditors_only() {
     let h = Harness::start(&[]).await;
     let niss = fresh_niss(82);
@@ -316,6 +361,7 @@ async fn samples_are_reproducible_the_chain_verifies_and_retention_keeps_it_veri
     let everything = JournalQuery::Range {
         from_ms: 0,
         to_ms: i64::MAX,
+        limit: usize::MAX,
     };
     for round in 0.. {
         let entries = store.journal(everything.clone()).await.unwrap();

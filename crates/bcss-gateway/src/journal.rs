@@ -71,7 +71,21 @@ impl JournalService {
     }
 
     async fn query(&self, query: JournalQuery) -> Result<Vec<JournalEntry>, Status> {
-        self.store()?.journal(query).await.map_err(store_status)
+        self.store()?
+            .journal(query)
+            .await
+            .map_err(|error| match error {
+                bcss_store::StoreError::TooMany(limit) => Status::resource_exhausted(format!(
+                    "more than {limit} journal entries fall in this range (limits.journal_entries): \
+                     narrow it with from and to (RFC 3339 times narrow it to the second)"
+                )),
+                other => store_status(other),
+            })
+    }
+
+    /// `limits.journal_entries`.
+    fn most_entries(&self) -> usize {
+        self.hub.limits().journal_entries
     }
 }
 
@@ -135,6 +149,7 @@ impl pb::journal_server::Journal for JournalService {
                 institution: request.institution,
                 from_ms,
                 to_ms,
+                limit: self.most_entries(),
             })
             .await?;
         Ok(reply(&policy, entries.iter()))
@@ -227,7 +242,13 @@ impl pb::journal_server::Journal for JournalService {
         self.auditor(&policy, &request)?;
         let request = request.into_inner();
         let (from_ms, to_ms) = range(&request.from, &request.to)?;
-        let entries = self.query(JournalQuery::Range { from_ms, to_ms }).await?;
+        let entries = self
+            .query(JournalQuery::Range {
+                from_ms,
+                to_ms,
+                limit: self.most_entries(),
+            })
+            .await?;
         let mut findings = Vec::new();
         let mut examined = 0;
         for consultation in entries
@@ -277,7 +298,13 @@ impl pb::journal_server::Journal for JournalService {
         self.auditor(&policy, &request)?;
         let request = request.into_inner();
         let (from_ms, to_ms) = range(&request.from, &request.to)?;
-        let entries = self.query(JournalQuery::Range { from_ms, to_ms }).await?;
+        let entries = self
+            .query(JournalQuery::Range {
+                from_ms,
+                to_ms,
+                limit: self.most_entries(),
+            })
+            .await?;
         // Exchanges per receiving institution, in chain order, then a seeded shuffle of each.
         let mut by_recipient: BTreeMap<&str, Vec<&JournalEntry>> = BTreeMap::new();
         for entry in entries

@@ -19,6 +19,8 @@ use crate::error::InputError;
 #[derive(Debug)]
 pub struct Limits {
     pub max_fan_out: usize,
+    /// `limits.journal_entries`: most entries one journal query may match.
+    pub journal_entries: usize,
     rate: Option<Rate>,
     streams: Arc<OpenStreams>,
 }
@@ -67,6 +69,7 @@ impl Limits {
         });
         Limits {
             max_fan_out: settings.max_fan_out,
+            journal_entries: settings.journal_entries,
             rate,
             streams: Arc::new(OpenStreams {
                 limit: settings.max_concurrent_streams as usize,
@@ -79,6 +82,7 @@ impl Limits {
     pub fn unlimited() -> Limits {
         Limits {
             max_fan_out: usize::MAX,
+            journal_entries: usize::MAX,
             rate: None,
             streams: Arc::new(OpenStreams {
                 limit: usize::MAX,

@@ -254,6 +254,12 @@ pub struct LimitSettings {
     /// How many messages above the steady rate an institution may send in a burst.
     #[serde(default = "default_rate_burst")]
     pub rate_burst: u32,
+    /// Most journal entries one query may match (an institution's exchanges in a time range;
+    /// an auditor's range for the a-posteriori audit or the sample): one more is answered
+    /// `RESOURCE_EXHAUSTED` asking for a narrower range, before anything larger is read into
+    /// memory or sent.
+    #[serde(default = "default_journal_entries")]
+    pub journal_entries: usize,
 }
 
 fn default_max_fan_out() -> usize {
@@ -269,6 +275,9 @@ fn default_rate_per_second() -> u32 {
     5_000
 }
 fn default_rate_burst() -> u32 {
+    10_000
+}
+fn default_journal_entries() -> usize {
     10_000
 }
 

@@ -53,6 +53,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("the hub's store has stopped")]
     Stopped,
+    /// A journal query matched more entries than it may (its `limit`): nothing was read.
+    #[error("more than {0} journal entries match")]
+    TooMany(usize),
     #[error("stored record is damaged: {0}")]
     Damaged(String),
     /// The entry would register again what is registered once (a contact file): nothing of it
@@ -156,15 +159,22 @@ pub enum JournalQuery {
     Person { niss: u64 },
     /// Every entry of these tickets.
     Tickets { tickets: Vec<String> },
-    /// Entries where the institution is sender or recipient, in a time range (ms, inclusive).
+    /// Entries where the institution is sender or recipient, in a time range (ms, inclusive);
+    /// more than `limit` found in its index: [`StoreError::TooMany`], before they are read.
     Party {
         institution: String,
         from_ms: i64,
         to_ms: i64,
+        limit: usize,
     },
-    /// Every entry in a time range (ms, inclusive). Read, like a verification, on the store's
-    /// reader thread: a wide range costs time and memory, never the commits.
-    Range { from_ms: i64, to_ms: i64 },
+    /// Every entry in a time range (ms, inclusive); more than `limit`: [`StoreError::TooMany`].
+    /// Read, like a verification, on the store's reader thread: a wide range costs time, never
+    /// the commits.
+    Range {
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    },
     /// The registration of contact file `id` by `institution` (a contact centre's own
     /// reference: two centres may use the same one), if any.
     ContactFile { institution: String, id: String },

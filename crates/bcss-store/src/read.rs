@@ -228,6 +228,7 @@ pub(crate) fn journal_query(
             institution,
             from_ms,
             to_ms,
+            limit,
         } => {
             let table = txn.open_table(JOURNAL_BY_PARTY).or_unavailable()?;
             for item in table
@@ -237,14 +238,24 @@ pub(crate) fn journal_query(
                 .or_unavailable()?
             {
                 numbers.push(item.or_unavailable()?.0.value().2);
+                if numbers.len() > *limit {
+                    return Err(StoreError::TooMany(*limit));
+                }
             }
         }
-        JournalQuery::Range { from_ms, to_ms } => {
+        JournalQuery::Range {
+            from_ms,
+            to_ms,
+            limit,
+        } => {
             for item in journal.iter().or_unavailable()? {
                 let (_, bytes) = item.or_unavailable()?;
                 let entry: JournalEntry = decode(bytes.value())?;
                 if !entry.removed && entry.at_ms >= *from_ms && entry.at_ms <= *to_ms {
                     numbers.push(entry.number);
+                    if numbers.len() > *limit {
+                        return Err(StoreError::TooMany(*limit));
+                    }
                 }
             }
         }

@@ -401,6 +401,7 @@ async fn later_entries_are_found_and_expired_through_their_ticket() {
         institution: institution.into(),
         from_ms: 0,
         to_ms,
+        limit: usize::MAX,
     };
     let (sub, adm, del, att) = (0, 2, 4, 3);
     let e = |t: &str, kind: i32, r: &str| (t.to_owned(), kind, r.to_owned());
@@ -1016,6 +1017,7 @@ async fn messages_are_accepted_while_the_journal_is_being_verified() {
                 .journal(JournalQuery::Range {
                     from_ms: i64::MIN,
                     to_ms: i64::MAX,
+                    limit: usize::MAX,
                 })
                 .await
         }
