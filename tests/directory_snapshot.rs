@@ -178,6 +178,16 @@ async fn run_time_integrations_survive_a_restart_and_import_export_round_trip() 
         site.snapshot().exists(),
         "a snapshot is written on shutdown"
     );
+    // It says who holds a file on every person, and the keys prove parties: the owner's only.
+    let private = |path: PathBuf| {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is readable by others", path.display());
+    };
+    private(site.snapshot());
+    for key in ["ca.key", "hub.key", "parties/cpas-liege.key"] {
+        private(site.root.path().join("pki").join(key));
+    }
 
     // 2. Export shows the run-time row.
     let exported = site.command(&["directory", "export"]);
@@ -264,4 +274,15 @@ async fn run_time_integrations_survive_a_restart_and_import_export_round_trip() 
         "a snapshot imports as well as a CSV"
     );
     stop(hub);
+
+    // 7. A snapshot emptied by a bad copy is refused, not read as an empty directory (which
+    // would refuse every delivery).
+    std::fs::write(site.snapshot(), b"").unwrap();
+    let refused = site.command(&["directory", "export"]);
+    assert!(!refused.status.success(), "an empty snapshot was read");
+    assert!(
+        stderr(&refused).contains("not a directory snapshot"),
+        "{}",
+        stderr(&refused)
+    );
 }

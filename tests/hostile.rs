@@ -246,14 +246,16 @@ async fn channel_with(
         .await
 }
 
-/// A certificate for `dns_name` signed by the network CA, valid from/until `days` from now.
-fn issued_by_network_ca(pki: &Pki, dns_name: &str, from: i64, until: i64) -> (String, String) {
+/// A certificate for `dns_names` (comma-separated) signed by the network CA, valid from/until
+/// `days` from now.
+fn issued_by_network_ca(pki: &Pki, dns_names: &str, from: i64, until: i64) -> (String, String) {
     let ca_key = std::fs::read_to_string(pki.dir().join("ca.key")).unwrap();
     let issuer =
         Issuer::from_ca_cert_pem(&pki.ca_cert().unwrap(), KeyPair::from_pem(&ca_key).unwrap())
             .unwrap();
     let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec![dns_name.to_owned()]).unwrap();
+    let names: Vec<String> = dns_names.split(',').map(str::to_owned).collect();
+    let mut params = CertificateParams::new(names).unwrap();
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now + time::Duration::days(from);
     params.not_after = now + time::Duration::days(until);
@@ -267,6 +269,21 @@ fn issued_by_network_ca(pki: &Pki, dns_name: &str, from: i64, until: i64) -> (St
 /// write meets the closed socket before it reads the alert, as a reset connection.
 fn is_tls_refusal(status: &tonic::Status) -> bool {
     std::error::Error::source(status).is_some()
+}
+
+#[tokio::test]
+async fn a_connection_that_never_starts_its_handshake_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let h = Harness::start(&[]).await;
+    // No certificate, no ClientHello: only a socket held open.
+    let mut socket = tokio::net::TcpStream::connect(h.address).await.unwrap();
+    let mut byte = [0u8; 1];
+    let limit = bcss_gateway::server::HANDSHAKE_TIMEOUT + Duration::from_secs(10);
+    let read = tokio::time::timeout(limit, socket.read(&mut byte)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "the hub still holds the connection after {limit:?}: {read:?}"
+    );
 }
 
 #[tokio::test]
@@ -310,6 +327,16 @@ async fn only_certificates_of_the_network_ca_naming_a_party_get_in() {
         (
             "a network certificate naming no institution",
             Some(issued_by_network_ca(&h.pki, "stranger.bcss.test", -1, 30)),
+            Some(Code::Unauthenticated),
+        ),
+        (
+            "a network certificate naming two institutions",
+            Some(issued_by_network_ca(
+                &h.pki,
+                "solidaris.institutions.bcss.test,cpas-liege.institutions.bcss.test",
+                -1,
+                30,
+            )),
             Some(Code::Unauthenticated),
         ),
     ];

@@ -26,7 +26,9 @@ pub trait Resolver {
     fn quality_exists(&self, institution: InstitutionIndex, code: QualityCode) -> bool;
 }
 
-/// Parses `text` into `directory`. Stops at the first bad line.
+/// Parses `text` into `directory`. Stops at the first bad line. Each line is declared as
+/// [`Directory::integrate`] declares it: a line with the person, institution, quality code and
+/// start of an earlier line updates that one's end (the later line wins).
 pub fn load(
     directory: &Directory,
     text: &str,
@@ -145,11 +147,17 @@ mod tests {
     #[test]
     fn bad_lines_are_named_without_quoting_what_could_be_personal() {
         // (line, what the error says, what it must not say)
-        let table: [(&str, &str, &[&str]); 6] = [
+        let table: [(&str, &str, &[&str]); 7] = [
             (
                 "85073003328,cpas-namur,001,2024-01-01,",
                 "unknown institution \"cpas-namur\"",
                 &[],
+            ),
+            (
+                // A second NISS where the institution should be (columns shifted).
+                "85073003328,17012500130,001,2024-01-01,",
+                "the institution column does not hold an institution id",
+                &["17012500130"],
             ),
             (
                 "85073003328,Dupont Jean,001,2024-01-01,",

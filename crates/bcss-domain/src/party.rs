@@ -7,9 +7,10 @@
 use std::fmt;
 
 /// Whether `id` has the form of a sector or institution id: lowercase ASCII letters, digits and
-/// `-`, at least one. Only such an id is ever quoted back in an error.
+/// `-`, with at least one letter. Only such an id is ever quoted back in an error, so the
+/// letter matters: a column of digits (a NISS in the wrong place) is never an id.
 pub fn valid_id(id: &str) -> bool {
-    !id.is_empty()
+    id.bytes().any(|b| b.is_ascii_lowercase())
         && id
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')

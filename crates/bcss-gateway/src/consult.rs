@@ -34,7 +34,6 @@ use bcss_proto::hub::view::v1::{
 use bcss_proto::institution::v1::AnswerRequest;
 use bcss_store::{EntryKind, JournalEntry};
 use bytes::Bytes;
-use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
 use crate::delivery::AnswerError;
@@ -130,7 +129,7 @@ pub async fn consult(
         period: consultation.period,
         agent: &consultation.agent_id,
         cites_contact_file: consultation.contact_file.is_some(),
-        today: OffsetDateTime::now_utc().date(),
+        today: crate::calendar::belgian_today(),
     };
     let decision = hub
         .directory()

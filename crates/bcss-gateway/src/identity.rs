@@ -46,21 +46,39 @@ pub fn certificate_names<T>(request: &tonic::Request<T>) -> Result<Arc<[String]>
         .ok_or_else(|| Status::unauthenticated("the client certificate cannot be parsed"))
 }
 
-/// The party a certificate with these names proves under `policy`, or `UNAUTHENTICATED`.
+/// The party a certificate with these names proves under `policy`, or `UNAUTHENTICATED`. A
+/// certificate whose names prove two parties proves neither: it would otherwise be whichever
+/// its first name maps to, and a reload that removes that name would silently make it the
+/// other instead of cutting it off.
 pub fn caller_named<'p>(policy: &'p Policy, names: &[String]) -> Result<Caller<'p>, Status> {
-    names
-        .iter()
-        .find_map(|name| {
-            policy
-                .institution_by_certificate(name)
-                .map(Caller::Institution)
-                .or_else(|| policy.operator_by_certificate(name).map(Caller::Operator))
-        })
-        .ok_or_else(|| {
-            Status::unauthenticated(
-                "the client certificate names no institution or operator of this network",
-            )
-        })
+    let mut proven = names.iter().filter_map(|name| {
+        policy
+            .institution_by_certificate(name)
+            .map(Caller::Institution)
+            .or_else(|| policy.operator_by_certificate(name).map(Caller::Operator))
+    });
+    let first = proven.next().ok_or_else(|| {
+        Status::unauthenticated(
+            "the client certificate names no institution or operator of this network",
+        )
+    })?;
+    if proven.any(|other| !first.same_party(&other)) {
+        return Err(Status::unauthenticated(
+            "the client certificate names more than one institution or operator of this \
+             network: a certificate proves one party",
+        ));
+    }
+    Ok(first)
+}
+
+impl Caller<'_> {
+    fn same_party(&self, other: &Caller<'_>) -> bool {
+        match (self, other) {
+            (Caller::Institution(a), Caller::Institution(b)) => a.index == b.index,
+            (Caller::Operator(a), Caller::Operator(b)) => a.id == b.id,
+            _ => false,
+        }
+    }
 }
 
 /// The institution behind the request: operators' certificates exchange no data

@@ -168,7 +168,9 @@ impl TicketRecord {
             })
     }
 
-    /// True when `institution` received (or is receiving) this exchange.
+    /// True when `institution` acknowledged this exchange's delivery (the hub holds the
+    /// acknowledgement; a delivery still being made, or whose acknowledgement was lost and is
+    /// being retried, is not delivered yet).
     pub fn was_delivered_to(&self, institution: &str) -> bool {
         self.outcomes()
             .iter()

@@ -4,6 +4,7 @@
 //!
 //! - [`pipeline`]: [`Hub`] and the data path: validate → route → check → filter → record → deliver.
 //! - [`service`]: the `Gateway` and `Directory` gRPC services; authentication and conversion.
+//! - [`calendar`]: the Belgian calendar day deliberations are judged on (Brussels, not UTC).
 //! - [`consult`]: consultations (`Gateway.Consult`): decide, journal, ask the source
 //!   (`Institution.Answer`), filter its answer, reply.
 //! - [`identity`]: the calling institution or operator, from its client certificate.
@@ -22,6 +23,7 @@
 //! - [`startup`]: from `hub.toml` to a running hub.
 //! - [`telemetry`]: the Prometheus metrics and their exporter.
 
+pub mod calendar;
 pub mod consult;
 pub mod delivery;
 pub mod error;

@@ -722,7 +722,7 @@ impl Hub {
             period: message.period,
             relays: message.relay_of.is_some(),
             cites_contact_file: message.contact_file.is_some(),
-            today: OffsetDateTime::now_utc().date(),
+            today: crate::calendar::belgian_today(),
         };
         let mut plans = Vec::with_capacity(candidates.len());
         // Recipients under the same grant (ten CPAS under one deliberation) get the same
@@ -1275,7 +1275,7 @@ pub(crate) fn still_admitted(
         period,
         relays: !delivery.relay_of.is_empty(),
         cites_contact_file: delivery.contact_file.is_some(),
-        today: OffsetDateTime::now_utc().date(),
+        today: crate::calendar::belgian_today(),
     };
     let decision = directory.with_integrations_of(niss, recipient.index, |integrations| {
         check_recipient(

@@ -3,8 +3,12 @@
 //!
 //! In the real network certificates come from a CA the operator runs; the hub only needs the
 //! CA certificate (to verify institutions), its own key and certificate, and the DNS name each
-//! institution's certificate carries (`config/institutions.toml`). [`ensure`] creates whatever
-//! is missing and keeps what exists, so a re-run after adding an institution adds its files.
+//! institution's certificate carries (`config/institutions.toml`). [`Pki::ensure`] creates
+//! whatever is missing and keeps what exists, so a re-run after adding an institution adds its
+//! files; a folder holding `ca.pem` without `ca.key` is such an operator's CA, from which the
+//! hub issues nothing. A new CA (neither file there) re-issues every certificate, since none
+//! issued by the old one would chain to it. Half a pair (a certificate without its key, or the
+//! reverse) is refused rather than replaced. Keys are written readable by their owner only.
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +40,9 @@ pub enum PkiError {
     },
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
+    /// The folder holds half of what belongs together; nothing was changed.
+    #[error("{0}")]
+    Incomplete(String),
 }
 
 impl Pki {
@@ -75,7 +82,8 @@ impl Pki {
     }
 
     /// Creates the CA, the hub's certificate for `hub_names`, and a certificate for each
-    /// `(id, dns name)` party, keeping every file that already exists. Returns how many
+    /// `(id, dns name)` party, keeping every pair that already exists (see the module's
+    /// documentation for a new CA, an operator's CA and half pairs). Returns how many
     /// certificates were created.
     pub fn ensure(
         &self,
@@ -85,28 +93,64 @@ impl Pki {
         create_dir(&self.dir.join("parties"))?;
         let mut created = 0;
         let ca_key_path = self.dir.join("ca.key");
-        let issuer = if self.ca_cert_path().exists() && ca_key_path.exists() {
-            let key = KeyPair::from_pem(&read(&ca_key_path)?)?;
-            Issuer::from_ca_cert_pem(&self.ca_cert()?, key)?
-        } else {
-            let key = KeyPair::generate()?;
-            let mut params = CertificateParams::new(Vec::<String>::new())?;
-            params
-                .distinguished_name
-                .push(DnType::CommonName, "bcss-hub development network CA");
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            validity(&mut params, 3650);
-            let cert = params.self_signed(&key)?;
-            write(&self.ca_cert_path(), &cert.pem())?;
-            write(&ca_key_path, &key.serialize_pem())?;
-            created += 1;
-            Issuer::new(params, key)
+        let (issuer, new_ca) = match (self.ca_cert_path().exists(), ca_key_path.exists()) {
+            (true, true) => {
+                keep_private(&ca_key_path)?;
+                let key = KeyPair::from_pem(&read(&ca_key_path)?)?;
+                (Issuer::from_ca_cert_pem(&self.ca_cert()?, key)?, false)
+            }
+            (false, false) => {
+                let key = KeyPair::generate()?;
+                let mut params = CertificateParams::new(Vec::<String>::new())?;
+                params
+                    .distinguished_name
+                    .push(DnType::CommonName, "bcss-hub development network CA");
+                params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+                params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+                validity(&mut params, 3650);
+                let cert = params.self_signed(&key)?;
+                write_private(&ca_key_path, &key.serialize_pem())?;
+                write(&self.ca_cert_path(), &cert.pem())?;
+                created += 1;
+                (Issuer::new(params, key), true)
+            }
+            (true, false) => {
+                // An operator's CA: the hub verifies with its certificate and issues nothing.
+                let (cert, key) = (self.dir.join("hub.pem"), self.dir.join("hub.key"));
+                if cert.exists() && key.exists() {
+                    keep_private(&key)?;
+                    return Ok(0);
+                }
+                return Err(PkiError::Incomplete(format!(
+                    "{} holds ca.pem without ca.key, and no hub.pem and hub.key: put the hub's \
+                     certificate and key, issued by that CA, beside it (or remove ca.pem to \
+                     create a development CA)",
+                    self.dir.display()
+                )));
+            }
+            (false, true) => {
+                return Err(PkiError::Incomplete(format!(
+                    "{} holds ca.key without ca.pem: restore ca.pem, or remove ca.key to create \
+                     a new development CA (which re-issues every certificate)",
+                    self.dir.display()
+                )));
+            }
         };
         let mut issue = |stem: &str, names: &[String], common_name: &str| -> Result<(), PkiError> {
             let cert_path = self.dir.join(format!("{stem}.pem"));
-            if cert_path.exists() {
-                return Ok(());
+            let key_path = self.dir.join(format!("{stem}.key"));
+            if !new_ca {
+                match (cert_path.exists(), key_path.exists()) {
+                    (true, true) => return keep_private(&key_path),
+                    (false, false) => {}
+                    _ => {
+                        return Err(PkiError::Incomplete(format!(
+                            "{}: {stem}.pem and {stem}.key go together, and one is missing: \
+                             restore it, or remove the other to have both made anew",
+                            self.dir.display()
+                        )));
+                    }
+                }
             }
             let key = KeyPair::generate()?;
             let mut params = CertificateParams::new(names.to_vec())?;
@@ -120,7 +164,7 @@ impl Pki {
             ];
             validity(&mut params, 825);
             let cert = params.signed_by(&key, &issuer)?;
-            write(&self.dir.join(format!("{stem}.key")), &key.serialize_pem())?;
+            write_private(&key_path, &key.serialize_pem())?;
             write(&cert_path, &cert.pem())?;
             created += 1;
             Ok(())
@@ -146,11 +190,49 @@ fn read(path: &Path) -> Result<String, PkiError> {
     })
 }
 
+/// Writes `text` whole or not at all (a `.partial` file renamed over the target).
 fn write(path: &Path, text: &str) -> Result<(), PkiError> {
-    std::fs::write(path, text).map_err(|source| PkiError::Io {
+    write_with_mode(path, text, 0o644)
+}
+
+/// [`write`], readable and writable by the owner only: a key.
+fn write_private(path: &Path, text: &str) -> Result<(), PkiError> {
+    write_with_mode(path, text, 0o600)
+}
+
+fn write_with_mode(path: &Path, text: &str, mode: u32) -> Result<(), PkiError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |source| PkiError::Io {
         path: path.to_owned(),
         source,
-    })
+    };
+    let partial = path.with_extension("partial");
+    let _ = std::fs::remove_file(&partial);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&partial)
+        .map_err(fail)?;
+    file.write_all(text.as_bytes()).map_err(fail)?;
+    file.sync_all().map_err(fail)?;
+    std::fs::rename(&partial, path).map_err(fail)
+}
+
+/// Makes a key written by an earlier version (readable by anyone) the owner's only.
+fn keep_private(path: &Path) -> Result<(), PkiError> {
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mode = std::fs::metadata(path).map_err(fail)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))
+            .map_err(fail)?;
+    }
+    Ok(())
 }
 
 fn create_dir(path: &Path) -> Result<(), PkiError> {
@@ -158,4 +240,71 @@ fn create_dir(path: &Path) -> Result<(), PkiError> {
         path: path.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn ensure(pki: &Pki) -> Result<usize, PkiError> {
+        pki.ensure(
+            &["hub.bcss.test".into()],
+            &[("a".into(), "a.institutions.bcss.test".into())],
+        )
+    }
+
+    #[test]
+    fn keys_are_private_pairs_are_kept_and_half_pairs_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path());
+        assert_eq!(ensure(&pki).unwrap(), 3, "CA, hub, one party");
+        for key in ["ca.key", "hub.key", "parties/a.key"] {
+            assert_eq!(mode(&dir.path().join(key)), 0o600, "{key}");
+        }
+        assert_eq!(ensure(&pki).unwrap(), 0, "everything kept");
+
+        // A key left readable by an earlier version is made private.
+        let hub_key = dir.path().join("hub.key");
+        std::fs::set_permissions(&hub_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        ensure(&pki).unwrap();
+        assert_eq!(mode(&hub_key), 0o600);
+
+        // Half a pair is refused, and nothing is replaced.
+        let ca = std::fs::read(pki.ca_cert_path()).unwrap();
+        let ca_key = std::fs::read(dir.path().join("ca.key")).unwrap();
+        std::fs::remove_file(dir.path().join("ca.pem")).unwrap();
+        assert!(matches!(ensure(&pki), Err(PkiError::Incomplete(_))));
+        std::fs::write(dir.path().join("ca.pem"), &ca).unwrap();
+        let party = dir.path().join("parties/a.pem");
+        let party_cert = std::fs::read(&party).unwrap();
+        std::fs::remove_file(dir.path().join("parties/a.key")).unwrap();
+        let refused = ensure(&pki).unwrap_err().to_string();
+        assert!(
+            refused.contains("parties/a.pem and parties/a.key go together"),
+            "{refused}"
+        );
+        assert_eq!(std::fs::read(&party).unwrap(), party_cert);
+        std::fs::remove_file(&party).unwrap();
+        assert_eq!(ensure(&pki).unwrap(), 1, "the pair made anew");
+
+        // An operator's CA (no key): nothing is issued, nothing replaced.
+        std::fs::remove_file(dir.path().join("ca.key")).unwrap();
+        assert_eq!(ensure(&pki).unwrap(), 0);
+        assert_eq!(std::fs::read(pki.ca_cert_path()).unwrap(), ca);
+        std::fs::write(dir.path().join("ca.key"), &ca_key).unwrap();
+
+        // A new CA re-issues every certificate: none issued by the old one would chain to it.
+        let hub_cert = std::fs::read(dir.path().join("hub.pem")).unwrap();
+        std::fs::remove_file(pki.ca_cert_path()).unwrap();
+        std::fs::remove_file(dir.path().join("ca.key")).unwrap();
+        assert_eq!(ensure(&pki).unwrap(), 3);
+        assert_ne!(std::fs::read(dir.path().join("hub.pem")).unwrap(), hub_cert);
+        assert_ne!(std::fs::read(pki.ca_cert_path()).unwrap(), ca);
+    }
 }

@@ -59,7 +59,11 @@ pub async fn run(
     let journal = JournalServer::new(JournalService { hub });
     let tls = ServerTlsConfig::new()
         .identity(options.tls.identity)
-        .client_ca_root(options.tls.client_ca);
+        .client_ca_root(options.tls.client_ca)
+        // A connection that does not finish its handshake in time is closed: without it, anyone
+        // could hold sockets open with no certificate at all and never send a ClientHello,
+        // until the hub ran out of file descriptors.
+        .timeout(HANDSHAKE_TIMEOUT);
     let limit = options.max_message_bytes;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     for service in SERVICES {
@@ -82,6 +86,10 @@ pub async fn run(
         .tls_config(tls)?
         // HTTP/2's own ceiling; the hub answers RESOURCE_EXHAUSTED from half of it.
         .max_concurrent_streams(options.max_concurrent_streams.saturating_mul(2))
+        // A peer that vanished (no FIN: a crashed host, a dropped NAT entry) stops answering
+        // pings, and its connection is closed instead of held for ever.
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .layer(MapResponseLayer::new(move |response| {
             size_limit_status(response, limit)
         }))
@@ -97,6 +105,12 @@ pub async fn run(
         })
         .await
 }
+
+/// How long a client has to complete its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// HTTP/2 pings on idle connections, and how long an answer may take.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// The services health reports on; "" is the server as a whole.
 pub const SERVICES: [&str; 5] = [

@@ -39,12 +39,19 @@ fn institution_ids(policy: &Policy) -> Vec<&str> {
 }
 
 /// Writes `directory` to `target` atomically: readers of `target` see the old snapshot or the
-/// new one, never a part.
+/// new one, never a part. Readable by the hub's user only: it tells, for every person, which
+/// institutions hold a file on them.
 pub fn save(directory: &Directory, policy: &Policy, target: &Path) -> io::Result<Counts> {
+    use std::os::unix::fs::OpenOptionsExt;
     let folder = target.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(folder)?;
     let partial = target.with_extension("snapshot.partial");
-    let file = std::fs::File::create(&partial)?;
+    let _ = std::fs::remove_file(&partial);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let counts = snapshot::write(directory, &institution_ids(policy), &mut out)?;
     let file = out.into_inner().map_err(|e| e.into_error())?;
@@ -55,7 +62,9 @@ pub fn save(directory: &Directory, policy: &Policy, target: &Path) -> io::Result
     Ok(counts)
 }
 
-/// Reads a directory file: a snapshot (recognised by its first bytes) or the CSV text form.
+/// Reads a directory file: a snapshot (recognised by its first bytes) or the CSV text form. A
+/// file named `*.snapshot` must be a snapshot: one emptied or overwritten by a bad copy is
+/// refused, not read as an empty CSV directory (which would refuse every delivery).
 pub fn load(file: &Path, policy: &Policy) -> Result<Directory, StartupError> {
     let fail = |source: DirectoryFileError| StartupError::Directory {
         file: file.to_owned(),
@@ -64,6 +73,9 @@ pub fn load(file: &Path, policy: &Policy) -> Result<Directory, StartupError> {
     let mut input = std::fs::File::open(file).map_err(|e| fail(e.into()))?;
     let mut magic = [0u8; 8];
     let is_snapshot = input.read_exact(&mut magic).is_ok() && &magic == snapshot::MAGIC;
+    if !is_snapshot && file.extension().is_some_and(|e| e == "snapshot") {
+        return Err(fail(snapshot::SnapshotError::NotASnapshot.into()));
+    }
     if is_snapshot {
         let input = std::fs::File::open(file).map_err(|e| fail(e.into()))?;
         let size = input.metadata().map_err(|e| fail(e.into()))?.len();
