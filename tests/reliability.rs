@@ -259,6 +259,7 @@ async fn a_retry_or_replay_is_checked_again_and_goes_nowhere_once_the_integratio
         .remove(RemoveRequest {
             niss: niss.digits(),
             quality_code: None,
+            start: None,
         })
         .await
         .unwrap()

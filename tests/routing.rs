@@ -995,6 +995,7 @@ async fn institutions_change_and_list_only_their_own_integrations() {
         .remove(RemoveRequest {
             niss: niss.digits(),
             quality_code: None,
+            start: None,
         })
         .await
         .unwrap();

@@ -331,7 +331,9 @@ impl pb::directory_server::Directory for DirectoryService {
                 ))
             })?;
         let period = parse_period(request.period.as_ref())?;
-        let created = self.hub.directory().integrate(
+        // The same code and start as a held integration: its end is updated (closing an open
+        // file), not a second row added beside it that would keep the old period passing.
+        let integrated = self.hub.directory().integrate(
             niss,
             bcss_domain::Integration {
                 institution: me.index,
@@ -339,8 +341,10 @@ impl pb::directory_server::Directory for DirectoryService {
                 period,
             },
         );
-        tracing::info!(message = "Integration declared.", institution = %me.id, quality = %quality.code, created);
-        Ok(Response::new(pb::IntegrateReply { created }))
+        let created = integrated == bcss_directory::Integrated::Created;
+        let updated = integrated == bcss_directory::Integrated::Updated;
+        tracing::info!(message = "Integration declared.", institution = %me.id, quality = %quality.code, created, updated);
+        Ok(Response::new(pb::IntegrateReply { created, updated }))
     }
 
     async fn remove(
@@ -361,7 +365,17 @@ impl pb::directory_server::Directory for DirectoryService {
             ),
             None => None,
         };
-        let removed = self.hub.directory().remove(niss, me.index, quality);
+        // One period by its start, so that withdrawing it leaves the caller's other periods
+        // under the same code in place.
+        let start = request
+            .start
+            .as_deref()
+            .map(|text| parse_date(text, "start"))
+            .transpose()?;
+        let removed = self
+            .hub
+            .directory()
+            .remove_matching(niss, me.index, quality, start);
         tracing::info!(message = "Integrations withdrawn.", institution = %me.id, removed);
         Ok(Response::new(pb::RemoveReply {
             removed: removed as u32,
@@ -421,20 +435,23 @@ fn parse_period(period: Option<&WirePeriod>) -> Result<Period, Status> {
     let period = period.ok_or_else(|| {
         Status::invalid_argument("period is required: set at least period.start (YYYY-MM-DD)")
     })?;
-    let date = |text: &str, field: &str| {
-        time::Date::parse(
-            text,
-            time::macros::format_description!("[year]-[month]-[day]"),
-        )
-        .map_err(|_| Status::invalid_argument(format!("period.{field} is not a date YYYY-MM-DD")))
-    };
-    let start = date(&period.start, "start")?;
+    let start = parse_date(&period.start, "period.start")?;
     let end = if period.end.is_empty() {
         None
     } else {
-        Some(date(&period.end, "end")?)
+        Some(parse_date(&period.end, "period.end")?)
     };
     Period::new(start, end).map_err(|e| Status::invalid_argument(format!("period: {e}")))
+}
+
+/// A date field of a request. The error names the field, never the value (a client that puts
+/// a NISS or a name in the wrong field must not see it in errors and logs).
+fn parse_date(text: &str, field: &str) -> Result<time::Date, Status> {
+    time::Date::parse(
+        text,
+        time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .map_err(|_| Status::invalid_argument(format!("{field} is not a date YYYY-MM-DD")))
 }
 
 fn wire_period(period: &Period) -> WirePeriod {
