@@ -8,6 +8,7 @@ use std::time::Duration;
 use bcss_domain::Niss;
 use bcss_gateway::pki::Pki;
 use bcss_proto::hub::v1::admin_client::AdminClient;
+use bcss_proto::hub::v1::gateway_client::GatewayClient;
 use bcss_proto::hub::v1::{
     IntegrateRequest, ReloadPolicyReply, ReloadPolicyRequest, SubmitReply, TrackRequest,
 };
@@ -491,6 +492,71 @@ async fn a_broadcast_over_the_fan_out_limit_is_refused_whole() {
     submit(&h, "solidaris", envelope).await.unwrap();
     common::eventually(Duration::from_secs(10), || h.received() >= 1).await;
     assert_eq!(h.received(), 1);
+}
+
+#[tokio::test]
+async fn a_cancelled_call_keeps_its_slot_until_its_submission_ends() {
+    // One call open per connection; a submission that waits up to 3 s for its first attempt,
+    // which a recipient that accepts connections and never answers keeps waiting.
+    let h = Harness::start_with(&[], |settings| {
+        settings.limits.max_concurrent_streams = 1;
+        settings.delivery.reply_wait_ms = 3_000;
+        settings.delivery.timeout_ms = 20_000;
+    })
+    .await;
+    let niss = fresh_niss(45);
+    integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
+    h.network.stop_institution("cpas-liege").await;
+    let silent = tokio::net::TcpListener::bind(h.network.addresses["cpas-liege"])
+        .await
+        .unwrap();
+    let holding = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            held.push(connection);
+        }
+    });
+    let channel = h.channel("solidaris").await;
+    let addressed = |id: &str| {
+        let mut envelope = a052_envelope(id, niss, 1);
+        envelope.addressee = Some("cpas-liege".into());
+        envelope
+    };
+    // The first call is given up on by its client (a reset) while its submission goes on.
+    let mut first = GatewayClient::new(channel.clone());
+    let given_up = tokio::time::timeout(
+        Duration::from_millis(500),
+        first.submit(addressed("given-up")),
+    )
+    .await;
+    assert!(given_up.is_err(), "the first call was still waiting");
+    // Its submission still runs: the connection's one slot is still taken.
+    let status = GatewayClient::new(channel.clone())
+        .submit(addressed("second"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("limits.max_concurrent_streams = 1"),
+        "{status:?}"
+    );
+    // Once it ends (its reply wait is over), the connection is served again.
+    let mut served = false;
+    for _ in 0..100 {
+        match GatewayClient::new(channel.clone())
+            .submit(addressed("third"))
+            .await
+        {
+            Ok(_) => {
+                served = true;
+                break;
+            }
+            Err(status) => assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "the slot was never given back");
+    holding.abort();
 }
 
 #[tokio::test]

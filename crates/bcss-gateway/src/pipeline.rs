@@ -280,17 +280,24 @@ impl Hub {
     /// stranded ticket. With a store it therefore runs in a task of its own; without one
     /// nothing is awaited between the ledger entry and the outbox, and it runs in place. The
     /// gRPC services submit through this.
+    /// `slot` is the caller's open-call slot (`limits.max_concurrent_streams`): held until the
+    /// submission ends, not until the call does, so that calls cancelled at once cannot have
+    /// more submissions running than the limit allows.
     pub async fn submit_detached(
         self: &Arc<Self>,
         policy: Arc<Policy>,
         sender: Arc<Institution>,
         envelope: EnvelopeView,
+        slot: Arc<crate::limits::StreamSlot>,
     ) -> Result<Arc<TicketRecord>, InputError> {
         if self.outbox.store().is_none() {
             return self.submit(&policy, &sender, envelope).await;
         }
         let hub = self.clone();
-        let task = tokio::spawn(async move { hub.submit(&policy, &sender, envelope).await });
+        let task = tokio::spawn(async move {
+            let _slot = slot;
+            hub.submit(&policy, &sender, envelope).await
+        });
         match task.await {
             Ok(result) => result,
             Err(failed) => {

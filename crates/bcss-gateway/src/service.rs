@@ -62,6 +62,7 @@ async fn stream_reply(
     hub: &Arc<Hub>,
     sender: &StreamSender,
     envelope: EnvelopeView,
+    slot: Arc<crate::limits::StreamSlot>,
 ) -> pb::SubmitStreamReply {
     let message_id = envelope.message_id.clone();
     let error = |code: tonic::Code, message: String| {
@@ -72,7 +73,7 @@ async fn stream_reply(
     };
     let result = match sender.now(hub) {
         Err(status) => error(status.code(), status.message().to_owned()),
-        Ok((policy, sender)) => match hub.submit_detached(policy, sender, envelope).await {
+        Ok((policy, sender)) => match hub.submit_detached(policy, sender, envelope, slot).await {
             Ok(record) => pb::submit_stream_reply::Result::Reply(submit_reply(&record)),
             Err(failed) => error(failed.code(), failed.to_string()),
         },
@@ -89,12 +90,12 @@ impl Gateway for GatewayService {
         &self,
         request: Request<EnvelopeView>,
     ) -> Result<Response<pb::SubmitReply>, Status> {
-        let _slot = self.hub.open_stream(&request)?;
+        let slot = Arc::new(self.hub.open_stream(&request)?);
         let policy = self.hub.policy();
         let sender = Arc::new(institution(&policy, &request)?.clone());
         let record = self
             .hub
-            .submit_detached(policy, sender, request.into_inner())
+            .submit_detached(policy, sender, request.into_inner(), slot)
             .await?;
         Ok(Response::new(submit_reply(&record)))
     }
@@ -106,7 +107,9 @@ impl Gateway for GatewayService {
         &self,
         request: Request<Streaming<EnvelopeView>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
-        let slot = self.hub.open_stream(&request)?;
+        // Shared with each envelope's submission: the stream counts as open until its last
+        // reply and its last submission, whichever ends later.
+        let slot = Arc::new(self.hub.open_stream(&request)?);
         let policy = self.hub.policy();
         let names = crate::identity::certificate_names(&request)?;
         let opened_by = Arc::new(crate::identity::institution_named(&policy, &names)?.clone());
@@ -119,12 +122,13 @@ impl Gateway for GatewayService {
         // Up to `stream_in_flight` envelopes go through the pipeline at once; `buffered` reads
         // the next envelope as earlier ones finish and yields the replies in the envelopes'
         // order, as the contract promises.
+        let held = slot.clone();
         let replies = futures_util::StreamExt::buffered(
             request.into_inner().map(move |item| {
-                let (hub, sender) = (hub.clone(), sender.clone());
+                let (hub, sender, slot) = (hub.clone(), sender.clone(), held.clone());
                 async move {
                     match item {
-                        Ok(envelope) => Ok(stream_reply(&hub, &sender, envelope).await),
+                        Ok(envelope) => Ok(stream_reply(&hub, &sender, envelope, slot).await),
                         Err(status) if status.code() == tonic::Code::OutOfRange => Err(
                             Status::resource_exhausted(crate::server::too_large_message(limit)),
                         ),
