@@ -537,7 +537,9 @@ async fn a_cancelled_call_keeps_its_slot_until_its_submission_ends() {
         .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(
-        status.message().contains("limits.max_concurrent_streams = 1"),
+        status
+            .message()
+            .contains("limits.max_concurrent_streams = 1"),
         "{status:?}"
     );
     // Once it ends (its reply wait is over), the connection is served again.
