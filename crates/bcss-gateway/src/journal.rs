@@ -87,6 +87,17 @@ impl JournalService {
     fn most_entries(&self) -> usize {
         self.hub.limits().journal_entries
     }
+
+    /// Every entry from `from` to `to` (an auditor's range), at most `limits.journal_entries`.
+    async fn entries_between(&self, from: &str, to: &str) -> Result<Vec<JournalEntry>, Status> {
+        let (from_ms, to_ms) = range(from, to)?;
+        self.query(JournalQuery::Range {
+            from_ms,
+            to_ms,
+            limit: self.most_entries(),
+        })
+        .await
+    }
 }
 
 #[tonic::async_trait]
@@ -241,14 +252,7 @@ impl pb::journal_server::Journal for JournalService {
         let policy = self.hub.policy();
         self.auditor(&policy, &request)?;
         let request = request.into_inner();
-        let (from_ms, to_ms) = range(&request.from, &request.to)?;
-        let entries = self
-            .query(JournalQuery::Range {
-                from_ms,
-                to_ms,
-                limit: self.most_entries(),
-            })
-            .await?;
+        let entries = self.entries_between(&request.from, &request.to).await?;
         let mut findings = Vec::new();
         let mut examined = 0;
         for consultation in entries
@@ -297,14 +301,7 @@ impl pb::journal_server::Journal for JournalService {
         let policy = self.hub.policy();
         self.auditor(&policy, &request)?;
         let request = request.into_inner();
-        let (from_ms, to_ms) = range(&request.from, &request.to)?;
-        let entries = self
-            .query(JournalQuery::Range {
-                from_ms,
-                to_ms,
-                limit: self.most_entries(),
-            })
-            .await?;
+        let entries = self.entries_between(&request.from, &request.to).await?;
         // Exchanges per receiving institution, in chain order, then a seeded shuffle of each.
         let mut by_recipient: BTreeMap<&str, Vec<&JournalEntry>> = BTreeMap::new();
         for entry in entries

@@ -476,23 +476,9 @@ async fn failed(
             },
             job.attempts
         );
-        // A dead letter only once the store has it as one: until then the delivery stays
-        // queued and is tried again (it would otherwise be neither retried nor listed).
-        let recorded = outbox
-            .record(Change::DeadLetter {
-                seq: job.seq,
-                attempts: job.attempts,
-                last_error: error.clone(),
-                reason: reason.clone(),
-            })
-            .await;
-        if recorded {
+        if give_up(outbox, recipient, &job, error.clone(), reason).await {
             tracing::warn!(message = "Delivery became a dead letter.", recipient, seq = job.seq, attempts = job.attempts, %error);
-            metrics::counter!(telemetry::DEAD_LETTERS, "recipient" => recipient.to_owned())
-                .increment(1);
-            update_outcome(&job, Decision::DeadLetter, Some(reason));
             tell();
-            outbox.pending.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
     }
@@ -523,28 +509,41 @@ async fn withdrawn(
     reason: String,
     now: i64,
 ) -> Option<Job> {
-    let notify = job.notify.take();
-    let recorded = outbox
-        .record(Change::DeadLetter {
-            seq: job.seq,
-            attempts: job.attempts,
-            last_error: reason.clone(),
-            reason: reason.clone(),
-        })
-        .await;
-    if !recorded {
-        job.notify = notify;
+    if !give_up(outbox, recipient, &job, reason.clone(), reason.clone()).await {
         job.next_attempt_ms = now + outbox.backoff(job.attempts.max(1)).as_millis() as i64;
         return Some(job);
     }
     tracing::warn!(message = "Delivery withdrawn: the integration check, run again, refused it.", recipient, seq = job.seq, %reason);
-    metrics::counter!(telemetry::DEAD_LETTERS, "recipient" => recipient.to_owned()).increment(1);
-    update_outcome(&job, Decision::DeadLetter, Some(reason));
-    if let Some(notify) = notify {
+    if let Some(notify) = job.notify.take() {
         let _ = notify.send(());
     }
-    outbox.pending.fetch_sub(1, Ordering::AcqRel);
     None
+}
+
+/// Makes `job` a dead letter, once the store has it as one (true): until then the delivery
+/// stays queued and is tried again (it would otherwise be neither retried nor listed).
+async fn give_up(
+    outbox: &Outbox,
+    recipient: &str,
+    job: &Job,
+    last_error: String,
+    reason: String,
+) -> bool {
+    let recorded = outbox
+        .record(Change::DeadLetter {
+            seq: job.seq,
+            attempts: job.attempts,
+            last_error,
+            reason: reason.clone(),
+        })
+        .await;
+    if recorded {
+        metrics::counter!(telemetry::DEAD_LETTERS, "recipient" => recipient.to_owned())
+            .increment(1);
+        update_outcome(job, Decision::DeadLetter, Some(reason));
+        outbox.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+    recorded
 }
 
 fn update_outcome(job: &Job, decision: Decision, error: Option<String>) {
