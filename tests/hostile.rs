@@ -496,12 +496,12 @@ async fn a_broadcast_over_the_fan_out_limit_is_refused_whole() {
 
 #[tokio::test]
 async fn a_cancelled_call_keeps_its_slot_until_its_submission_ends() {
-    // One call open per connection; a submission that waits up to 3 s for its first attempt,
+    // One call open per connection; a submission that waits up to 6 s for its first attempt,
     // which a recipient that accepts connections and never answers keeps waiting.
     let h = Harness::start_with(&[], |settings| {
         settings.limits.max_concurrent_streams = 1;
-        settings.delivery.reply_wait_ms = 3_000;
-        settings.delivery.timeout_ms = 20_000;
+        settings.delivery.reply_wait_ms = 6_000;
+        settings.delivery.timeout_ms = 60_000;
     })
     .await;
     let niss = fresh_niss(45);
@@ -522,14 +522,17 @@ async fn a_cancelled_call_keeps_its_slot_until_its_submission_ends() {
         envelope.addressee = Some("cpas-liege".into());
         envelope
     };
-    // The first call is given up on by its client (a reset) while its submission goes on.
-    let mut first = GatewayClient::new(channel.clone());
-    let given_up = tokio::time::timeout(
-        Duration::from_millis(500),
-        first.submit(addressed("given-up")),
-    )
-    .await;
-    assert!(given_up.is_err(), "the first call was still waiting");
+    // The first call is given up on by its client (a reset) once its submission is recorded
+    // and waiting for its first attempt.
+    let first = tokio::spawn({
+        let mut client = GatewayClient::new(channel.clone());
+        let envelope = addressed("given-up");
+        async move { client.submit(envelope).await }
+    });
+    common::eventually(Duration::from_secs(30), || h.hub.outbox().pending() == 1).await;
+    assert!(!first.is_finished(), "the first call was still waiting");
+    first.abort();
+    let _ = first.await;
     // Its submission still runs: the connection's one slot is still taken.
     let status = GatewayClient::new(channel.clone())
         .submit(addressed("second"))
@@ -544,7 +547,7 @@ async fn a_cancelled_call_keeps_its_slot_until_its_submission_ends() {
     );
     // Once it ends (its reply wait is over), the connection is served again.
     let mut served = false;
-    for _ in 0..100 {
+    for _ in 0..300 {
         match GatewayClient::new(channel.clone())
             .submit(addressed("third"))
             .await
