@@ -291,27 +291,10 @@ async fn a_retry_or_replay_is_checked_again_and_goes_nowhere_once_the_integratio
     assert!(letter.reason.contains("not_integrated"), "{letter:?}");
 
     // Replayed while the person is still not integrated: checked again, withdrawn again.
-    let replay = |admin: &mut AdminClient<tonic::transport::Channel>| {
-        let mut admin = admin.clone();
-        async move {
-            admin
-                .replay_dead_letter(DeadLetterRequest { seq: letter.seq })
-                .await
-                .unwrap()
-                .into_inner()
-                .requeued
-        }
-    };
-    // Requeued only once the withdrawal is recorded (Track shows it a moment before).
-    let mut requeued = false;
-    for _ in 0..200 {
-        if replay(&mut admin).await {
-            requeued = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(requeued, "the dead letter is replayed");
+    assert!(
+        replayed(&mut admin, letter.seq).await,
+        "the dead letter is replayed"
+    );
     assert!(tracked_until(&h, &ticket, Decision::DeadLetter).await);
     assert_eq!(
         h.network.inbox("cpas-liege").len(),
@@ -321,20 +304,30 @@ async fn a_retry_or_replay_is_checked_again_and_goes_nowhere_once_the_integratio
 
     // Integrated again, the replay delivers.
     integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
-    let mut requeued = false;
-    for _ in 0..200 {
-        if replay(&mut admin).await {
-            requeued = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(requeued);
+    assert!(replayed(&mut admin, letter.seq).await);
     eventually(Duration::from_secs(10), || {
         h.network.inbox("cpas-liege").len() == 1
     })
     .await;
     assert!(tracked_until(&h, &ticket, Decision::Delivered).await);
+}
+
+/// Replays dead letter `seq` once the store has it as one (a withdrawal or a give-up is
+/// recorded a moment after Track shows it): true once requeued, false if not within 10 s.
+async fn replayed(admin: &mut AdminClient<tonic::transport::Channel>, seq: u64) -> bool {
+    for _ in 0..200 {
+        let requeued = admin
+            .replay_dead_letter(DeadLetterRequest { seq })
+            .await
+            .unwrap()
+            .into_inner()
+            .requeued;
+        if requeued {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }
 
 /// Tracks `ticket` as solidaris until it shows `decision` (true), for at most 10 s (false).
