@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use bcss_domain::Niss;
 use bcss_proto::hub::v1::admin_client::AdminClient;
-use bcss_proto::hub::v1::{
-    DeadLetterRequest, Decision, ListDeadLettersRequest, RemoveRequest, TrackRequest,
-};
+use bcss_proto::hub::v1::{DeadLetterRequest, Decision, ListDeadLettersRequest, TrackRequest};
 use common::{Harness, a052_envelope, eventually, fresh_niss, integrate, submit};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -253,19 +251,7 @@ async fn a_retry_or_replay_is_checked_again_and_goes_nowhere_once_the_integratio
     assert!(tracked_until(&h, &ticket, Decision::DeliveryFailed).await);
 
     // The CPAS closes its file on the person while its endpoint is down.
-    let removed = h
-        .directory("cpas-liege")
-        .await
-        .remove(RemoveRequest {
-            niss: niss.digits(),
-            quality_code: None,
-            start: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .removed;
-    assert_eq!(removed, 1);
+    assert_eq!(common::remove_all(&h, "cpas-liege", niss).await, 1);
     h.network.start_institution("cpas-liege").await.unwrap();
     assert!(
         tracked_until(&h, &ticket, Decision::DeadLetter).await,

@@ -11,8 +11,7 @@ use bcss_proto::flows::v1 as f;
 use bcss_proto::hub::v1::ByTicketRequest;
 use bcss_proto::hub::v1::journal_client::JournalClient;
 use bcss_proto::hub::v1::{
-    Decision, Envelope, IntegrateRequest, ListRequest, RefusalReason, RemoveRequest, SubmitReply,
-    TrackRequest,
+    Decision, Envelope, IntegrateRequest, ListRequest, RefusalReason, SubmitReply, TrackRequest,
 };
 use bcss_proto::institution::v1::{Delivery, delivery};
 use bcss_sim::envelope::{FlowMessage, envelope};
@@ -989,17 +988,7 @@ async fn institutions_change_and_list_only_their_own_integrations() {
     integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
     integrate(&h, "cpas-namur", niss, 2, "2024-01-01", "").await;
     // Namur removing "its" integrations of the person leaves Liège's alone.
-    let removed = h
-        .directory("cpas-namur")
-        .await
-        .remove(RemoveRequest {
-            niss: niss.digits(),
-            quality_code: None,
-            start: None,
-        })
-        .await
-        .unwrap();
-    assert_eq!(removed.into_inner().removed, 1);
+    assert_eq!(common::remove_all(&h, "cpas-namur", niss).await, 1);
     let list = |party: &'static str| {
         let h = &h;
         async move {

@@ -188,6 +188,21 @@ pub async fn integrate(
     assert!(reply.into_inner().created);
 }
 
+/// Withdraws every integration `institution` holds of the person; how many there were.
+pub async fn remove_all(h: &Harness, institution: &str, niss: Niss) -> u32 {
+    h.directory(institution)
+        .await
+        .remove(bcss_proto::hub::v1::RemoveRequest {
+            niss: niss.digits(),
+            quality_code: None,
+            start: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .removed
+}
+
 pub async fn submit(
     h: &Harness,
     sender: &str,
