@@ -26,8 +26,8 @@ use crate::outbox::{Job, Outbox, RetryPolicy};
 use crate::privacy::PersonKey;
 use crate::telemetry;
 use bcss_store::{
-    Accepted, DeliveryRow, DeliveryState, EntryKind, JournalEntry, OutcomeRow, Recovered, Store,
-    StoreError, StoredTicket, TicketRow,
+    Accepted, DamagedRow, DeliveryRow, DeliveryState, EntryKind, JournalEntry, OutcomeRow,
+    Recovered, Store, StoreError, StoredTicket, TicketRow,
 };
 use prost::Message as _;
 
@@ -158,9 +158,16 @@ impl Hub {
         let pending: std::collections::HashMap<u64, &DeliveryRow> =
             recovered.pending.iter().map(|d| (d.seq, d)).collect();
         let dead: std::collections::HashSet<u64> = recovered.dead.iter().copied().collect();
+        let mut unreadable = std::collections::HashSet::new();
+        for row in &recovered.damaged {
+            tracing::error!(message = "A stored row could not be read back: it stays on disk as it is, and the rest resumed.", row = %row);
+            if let DamagedRow::Delivery(seq) = row {
+                unreadable.insert(*seq);
+            }
+        }
         let mut records = std::collections::HashMap::new();
         for row in recovered.tickets {
-            match restore_record(&policy, row, &pending, &dead) {
+            match restore_record(&policy, row, &pending, &dead, &unreadable) {
                 Some(record) => {
                     let (_, record) = self.ledger.insert(record);
                     records.insert(record.ticket.clone(), record);
@@ -1096,16 +1103,17 @@ fn stored_record(policy: &Policy, stored: StoredTicket) -> Option<TicketRecord> 
         .filter(|d| d.state() == DeliveryState::DeadLetter)
         .map(|d| d.seq)
         .collect();
-    restore_record(policy, stored.row, &pending, &dead)
+    restore_record(policy, stored.row, &pending, &dead, &Default::default())
 }
 
-/// A ticket read back from the store, given its deliveries still pending (by sequence number)
-/// and its dead letters; the others were delivered.
+/// A ticket read back from the store, given its deliveries still pending (by sequence number),
+/// its dead letters and its deliveries whose rows could not be read; the others were delivered.
 fn restore_record(
     policy: &Policy,
     row: TicketRow,
     pending: &std::collections::HashMap<u64, &DeliveryRow>,
     dead: &std::collections::HashSet<u64>,
+    unreadable: &std::collections::HashSet<u64>,
 ) -> Option<TicketRecord> {
     let flow = match row.flow {
         1 => Flow::A052,
@@ -1125,6 +1133,12 @@ fn restore_record(
             let (decision, attempts, last_error) = match seq {
                 None => (Decision::Refused(refusal_from_number(o.refusal)?), 0, None),
                 Some(seq) if dead.contains(&seq) => (Decision::DeadLetter, 0, None),
+                // Not made, and not to be made without an operator: not "delivered".
+                Some(seq) if unreadable.contains(&seq) => (
+                    Decision::DeadLetter,
+                    0,
+                    Some("the stored delivery could not be read back".to_owned()),
+                ),
                 Some(seq) => match pending.get(&seq) {
                     Some(d) if d.attempts > 0 => (
                         Decision::DeliveryFailed,
@@ -1353,4 +1367,58 @@ fn fingerprint(envelope: &EnvelopeView) -> u64 {
     field(payload);
     let hash = hasher.finalize();
     u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ticket's outcomes as read back at start: pending, a dead letter, a row that did not
+    /// decode, and none of those (delivered).
+    #[test]
+    fn outcomes_read_back_say_where_each_delivery_stands() {
+        let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/hub.toml");
+        let policy = Policy::load(&bcss_policy::Settings::load(&config).unwrap()).unwrap();
+        let niss = Niss::compose(850_730, 33, false).unwrap();
+        let row = TicketRow {
+            ticket: "t".into(),
+            sender: "solidaris".into(),
+            flow: 1,
+            niss: niss.as_u64(),
+            accepted_at_ms: 1_700_000_000_000,
+            outcomes: (1..=4)
+                .map(|seq| OutcomeRow {
+                    institution: format!("cpas-{seq}"),
+                    delivery_seq: seq,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let waiting = DeliveryRow {
+            seq: 1,
+            ..Default::default()
+        };
+        let pending = [(1, &waiting)].into_iter().collect();
+        let dead = [2].into_iter().collect();
+        let unreadable = [3].into_iter().collect();
+        let record = restore_record(&policy, row, &pending, &dead, &unreadable).unwrap();
+        let outcomes = record.outcomes.lock().unwrap();
+        let read: Vec<(Decision, Option<&str>)> = outcomes
+            .iter()
+            .map(|o| (o.decision, o.last_error.as_deref()))
+            .collect();
+        assert_eq!(
+            read,
+            [
+                (Decision::Accepted, None),
+                (Decision::DeadLetter, None),
+                (
+                    Decision::DeadLetter,
+                    Some("the stored delivery could not be read back")
+                ),
+                (Decision::Delivered, None),
+            ]
+        );
+    }
 }

@@ -116,6 +116,27 @@ pub struct Recovered {
     pub pending: Vec<DeliveryRow>,
     /// Sequence numbers of the dead letters.
     pub dead: Vec<u64>,
+    /// Rows that did not decode: skipped, so that the rest resumes, and left on disk as they
+    /// are for an operator (the hub logs each at start).
+    pub damaged: Vec<DamagedRow>,
+}
+
+/// A row recovery could not read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DamagedRow {
+    /// A delivery row (its sequence number), or the payload it shares with its ticket's others.
+    Delivery(u64),
+    /// A ticket row (its ticket).
+    Ticket(String),
+}
+
+impl std::fmt::Display for DamagedRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DamagedRow::Delivery(seq) => write!(f, "delivery {seq}"),
+            DamagedRow::Ticket(ticket) => write!(f, "ticket {ticket}"),
+        }
+    }
 }
 
 /// How big the store is, for the metrics.

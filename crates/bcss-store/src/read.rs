@@ -14,22 +14,33 @@ use crate::tables::{
     decode, unavailable,
 };
 use crate::writer::ticket_entries;
-use crate::{JournalQuery, Recovered, Size, StoreError, StoredTicket};
+use crate::{DamagedRow, JournalQuery, Recovered, Size, StoreError, StoredTicket};
 
 pub(crate) fn recover(db: &Database, hold_since_ms: i64) -> Result<Recovered, StoreError> {
     let txn = db.begin_read().or_unavailable()?;
     let deliveries = txn.open_table(DELIVERIES).or_unavailable()?;
     let payloads = txn.open_table(PAYLOADS).or_unavailable()?;
     let mut pending = Vec::new();
+    // A row that does not decode is skipped and named in `damaged`, not a reason to stop: one
+    // bad row would otherwise hold back every other delivery. It stays on disk as it is.
+    let mut damaged = Vec::new();
     // Tickets whose deliveries are not all made: pending ones and dead letters.
     let mut unsettled = std::collections::BTreeSet::new();
     for entry in deliveries.iter().or_unavailable()? {
-        let row = decode::<DeliveryRow>(entry.or_unavailable()?.1.value())?;
+        let (key, value) = entry.or_unavailable()?;
+        let seq = key.value();
+        let Some(row) = readable(decode::<DeliveryRow>(value.value()))? else {
+            damaged.push(DamagedRow::Delivery(seq));
+            continue;
+        };
         unsettled.insert(row.ticket.clone());
         // Dead letters wait for an operator (files written before delivered rows were
         // removed also hold delivered ones).
         if row.state() == DeliveryState::Pending {
-            pending.push(whole(row, &payloads)?);
+            match readable(whole(row, &payloads))? {
+                Some(row) => pending.push(row),
+                None => damaged.push(DamagedRow::Delivery(seq)),
+            }
         }
     }
     let dead_table = txn.open_table(DEAD).or_unavailable()?;
@@ -43,7 +54,11 @@ pub(crate) fn recover(db: &Database, hold_since_ms: i64) -> Result<Recovered, St
     // stops at the first one accepted before `hold_since_ms`.
     for entry in tickets_table.iter().or_unavailable()?.rev() {
         let (key, value) = entry.or_unavailable()?;
-        let row = decode::<TicketRow>(value.value())?;
+        let Some(row) = readable(decode::<TicketRow>(value.value()))? else {
+            unsettled.remove(key.value());
+            damaged.push(DamagedRow::Ticket(key.value().to_owned()));
+            continue;
+        };
         if row.accepted_at_ms < hold_since_ms {
             break;
         }
@@ -52,7 +67,10 @@ pub(crate) fn recover(db: &Database, hold_since_ms: i64) -> Result<Recovered, St
     }
     for ticket in unsettled {
         if let Some(value) = tickets_table.get(ticket.as_str()).or_unavailable()? {
-            tickets.push(decode::<TicketRow>(value.value())?);
+            match readable(decode::<TicketRow>(value.value()))? {
+                Some(row) => tickets.push(row),
+                None => damaged.push(DamagedRow::Ticket(ticket)),
+            }
         }
     }
     tickets.sort_by_key(|t| t.accepted_at_ms);
@@ -60,7 +78,17 @@ pub(crate) fn recover(db: &Database, hold_since_ms: i64) -> Result<Recovered, St
         tickets,
         pending,
         dead,
+        damaged,
     })
+}
+
+/// `None` for a row that does not decode (`StoreError::Damaged`); any other error stays one.
+fn readable<T>(read: Result<T, StoreError>) -> Result<Option<T>, StoreError> {
+    match read {
+        Ok(value) => Ok(Some(value)),
+        Err(StoreError::Damaged(_)) => Ok(None),
+        Err(error) => Err(error),
+    }
 }
 
 /// `ticket` read from `tickets`, with its deliveries' rows and its relays.

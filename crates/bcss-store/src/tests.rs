@@ -7,7 +7,7 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use super::*;
 use crate::tables::{
     CHECKPOINTS, DELIVERIES, JOURNAL, JOURNAL_BY_PARTY, JOURNAL_BY_PERSON, JOURNAL_BY_TICKET,
-    JOURNAL_EXPIRY, PAYLOADS,
+    JOURNAL_EXPIRY, PAYLOADS, TICKETS,
 };
 
 /// The change that makes delivery `seq` a dead letter after three unanswered attempts.
@@ -88,6 +88,45 @@ async fn accepted_deliveries_survive_a_reopen_until_delivered() {
         panic!("new")
     };
     assert_eq!(seqs, vec![3]);
+}
+
+#[tokio::test]
+async fn rows_that_do_not_decode_are_named_and_the_rest_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = Store::open(dir.path()).unwrap();
+        for (id, recipients) in [("t1", &["a", "b"][..]), ("t2", &["c"]), ("t3", &["d"])] {
+            let (t, d) = ticket(id, &format!("m-{id}"), recipients);
+            store.accept(t, d, Vec::new()).await.unwrap();
+        }
+    }
+    let garbage: &[u8] = b"\xff\xff";
+    tamper_table(dir.path(), DELIVERIES, |rows| {
+        rows.insert(2, garbage).unwrap();
+    });
+    tamper_table(dir.path(), TICKETS, |rows| {
+        rows.insert("t2", garbage).unwrap();
+    });
+    let (store, recovered) = Store::open(dir.path()).unwrap();
+    drop(store);
+    let pending: Vec<u64> = recovered.pending.iter().map(|d| d.seq).collect();
+    assert_eq!(pending, [1, 3, 4], "every readable delivery resumes");
+    let mut tickets: Vec<&str> = recovered
+        .tickets
+        .iter()
+        .map(|t| t.ticket.as_str())
+        .collect();
+    tickets.sort_unstable();
+    assert_eq!(tickets, ["t1", "t3"]);
+    assert_eq!(
+        recovered.damaged,
+        [DamagedRow::Delivery(2), DamagedRow::Ticket("t2".into())]
+    );
+    // Left on disk as they were, for an operator.
+    let db = Database::create(dir.path().join("hub.redb")).unwrap();
+    let txn = db.begin_read().unwrap();
+    let rows = txn.open_table(DELIVERIES).unwrap();
+    assert_eq!(rows.get(2).unwrap().unwrap().value(), garbage);
 }
 
 /// An encoded `Delivery` as the gateway makes it: the delivery id field, then the rest.
