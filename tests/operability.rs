@@ -75,6 +75,64 @@ async fn health_reports_each_service_and_reflection_lists_them() {
     }
 }
 
+/// The status `service` reaches within two seconds (or the last one read).
+async fn status_reaches(
+    health: &mut HealthClient<tonic::transport::Channel>,
+    service: &str,
+    wanted: ServingStatus,
+) -> ServingStatus {
+    let mut status = ServingStatus::Unknown;
+    for _ in 0..100 {
+        status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        if status == wanted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    status
+}
+
+/// On shutdown (SIGTERM for `bcss-hub serve`) health says NOT_SERVING for every service at
+/// once, while the listener still takes connections and calls for `server.drain_notice_ms`, so
+/// that a load balancer polling health moves traffic away first; then the listener closes.
+#[tokio::test]
+async fn shutdown_is_announced_by_health_before_the_listener_closes() {
+    let mut h = Harness::start_with(&[], |s| s.server.drain_notice_ms = 5_000).await;
+    let mut health = HealthClient::new(h.channel("cpas-liege").await);
+    let serving = status_reaches(&mut health, "", ServingStatus::Serving).await;
+    assert_eq!(serving, ServingStatus::Serving);
+    h.begin_shutdown();
+    for service in bcss_gateway::server::SERVICES {
+        let status = status_reaches(&mut health, service, ServingStatus::NotServing).await;
+        assert_eq!(status, ServingStatus::NotServing, "service \"{service}\"");
+    }
+    // During the notice a new connection is still taken, and answered.
+    let mut late = HealthClient::new(h.channel("cpas-liege").await);
+    let status = status_reaches(&mut late, "", ServingStatus::NotServing).await;
+    assert_eq!(status, ServingStatus::NotServing);
+    // Then the listener closes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let connected =
+            bcss_sim::client::connect(h.address, &h.pki, "cpas-liege", &h.hub_name).await;
+        if connected.is_err() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listener still takes connections 30 s after the shutdown began"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A live reload under load: four clients submit without pause while an operator reloads the
 /// policy by RPC again and again, with a broken configuration refused in between. No
 /// submission fails or is decided differently because of it, and the generation counts only

@@ -125,6 +125,13 @@ impl Harness {
         DirectoryClient::new(self.channel(party).await)
     }
 
+    /// Starts the server's shutdown, as SIGTERM does for `bcss-hub serve`.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// Total deliveries received by all institutions.
     pub fn received(&self) -> usize {
         self.network.received()

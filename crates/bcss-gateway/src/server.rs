@@ -38,6 +38,9 @@ pub struct ServeOptions {
     pub max_concurrent_streams: u32,
     /// Envelopes of one `SubmitStream` handled at once.
     pub stream_in_flight: usize,
+    /// Once `shutdown` completes: how long health says NOT_SERVING while calls are still
+    /// taken, before the listener closes.
+    pub drain_notice: std::time::Duration,
 }
 
 /// Serves the hub's services on `listener` until `shutdown` completes.
@@ -71,12 +74,10 @@ pub async fn run(
             .set_service_status(service, ServingStatus::NotServing)
             .await;
     }
-    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    tokio::spawn(report_health(
-        health_reporter,
-        store_watch,
-        draining.clone(),
-    ));
+    let (draining, noticed) = tokio::sync::watch::channel(false);
+    let (told, drain_told) = tokio::sync::oneshot::channel();
+    tokio::spawn(report_health(health_reporter, store_watch, noticed, told));
+    let drain_notice = options.drain_notice;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(bcss_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -101,7 +102,11 @@ pub async fn run(
         .add_service(reflection)
         .serve_with_incoming_shutdown(accepted(listener), async move {
             shutdown.await;
-            draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            // Health turns NOT_SERVING at once, and calls are still taken for the notice:
+            // a load balancer polling health moves traffic away before the listener closes.
+            let _ = draining.send(true);
+            let _ = drain_told.await;
+            tokio::time::sleep(drain_notice).await;
         })
         .await
 }
@@ -122,16 +127,34 @@ pub const SERVICES: [&str; 5] = [
 ];
 
 /// SERVING once started, NOT_SERVING while the store refuses writes (the Gateway and the
-/// Journal, which record) or when draining (all).
+/// Journal, which record) or, for good, once `draining` says so (all; then `told` is sent).
+/// The only writer of the statuses, so a late tick cannot undo the draining.
 async fn report_health(
     reporter: tonic_health::server::HealthReporter,
     store: Option<Arc<bcss_store::Store>>,
-    draining: Arc<std::sync::atomic::AtomicBool>,
+    mut draining: tokio::sync::watch::Receiver<bool>,
+    told: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut ticker = tokio::time::interval(std::time::Duration::from_millis(500));
     loop {
-        ticker.tick().await;
-        let stopping = draining.load(std::sync::atomic::Ordering::Relaxed);
+        tokio::select! {
+            _ = ticker.tick() => {}
+            changed = draining.changed() => {
+                if changed.is_err() {
+                    // The server is gone, and its health service with it.
+                    return;
+                }
+            }
+        }
+        if *draining.borrow() {
+            for service in SERVICES {
+                reporter
+                    .set_service_status(service, ServingStatus::NotServing)
+                    .await;
+            }
+            let _ = told.send(());
+            return;
+        }
         if let Some(store) = store.as_ref().filter(|s| !s.writable()) {
             // Nothing else may write while health sends traffic elsewhere: find out whether
             // the data folder takes writes again (a success flips `writable`).
@@ -140,7 +163,7 @@ async fn report_health(
         let writable = store.as_ref().is_none_or(|s| s.writable());
         for service in SERVICES {
             let records = matches!(service, "" | "bcss.hub.v1.Gateway" | "bcss.hub.v1.Journal");
-            let status = if stopping || (records && !writable) {
+            let status = if records && !writable {
                 ServingStatus::NotServing
             } else {
                 ServingStatus::Serving

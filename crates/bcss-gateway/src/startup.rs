@@ -241,6 +241,7 @@ pub fn assemble_settings(
         max_message_bytes: settings.limits.max_message_bytes,
         max_concurrent_streams: settings.limits.max_concurrent_streams,
         stream_in_flight: settings.limits.stream_in_flight,
+        drain_notice: Duration::from_millis(settings.server.drain_notice_ms),
     };
     Ok(Assembled {
         settings,

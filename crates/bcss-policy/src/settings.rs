@@ -40,10 +40,19 @@ pub struct ServerSettings {
     /// On SIGTERM: how long calls in flight may take to finish before the hub exits anyway.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// On SIGTERM, first: how long health answers NOT_SERVING while calls are still taken, so
+    /// that a load balancer polling it moves traffic away before the listener closes (part of
+    /// `shutdown_grace_ms`).
+    #[serde(default = "default_drain_notice_ms")]
+    pub drain_notice_ms: u64,
 }
 
 fn default_shutdown_grace_ms() -> u64 {
     10_000
+}
+
+fn default_drain_notice_ms() -> u64 {
+    1_000
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -340,6 +349,17 @@ impl Settings {
                 ),
             }]));
         }
+        if self.server.drain_notice_ms >= self.server.shutdown_grace_ms {
+            return Err(ConfigError::Invalid(vec![Problem {
+                file: file.to_owned(),
+                entry: "server.drain_notice_ms".into(),
+                problem: format!(
+                    "{} ms is not less than server.shutdown_grace_ms ({} ms): the notice is the \
+                     start of the grace period, and calls in flight would get none of it",
+                    self.server.drain_notice_ms, self.server.shutdown_grace_ms
+                ),
+            }]));
+        }
         Ok(())
     }
 
@@ -379,6 +399,31 @@ mod tests {
                 assert!(
                     text.contains("keep tickets at least 2 days") || days == 0,
                     "{text}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_drain_notice_leaves_part_of_the_grace_period() {
+        // (drain_notice_ms, shutdown_grace_ms, accepted)
+        let cases = [
+            (1_000, 10_000, true),
+            (0, 10_000, true),
+            (9_999, 10_000, true),
+            (10_000, 10_000, false),
+            (20_000, 10_000, false),
+        ];
+        for (notice, grace, accepted) in cases {
+            let mut settings: Settings = toml::from_str(SHIPPED).expect("config/hub.toml");
+            settings.server.drain_notice_ms = notice;
+            settings.server.shutdown_grace_ms = grace;
+            let checked = settings.check(Path::new("hub.toml"));
+            assert_eq!(checked.is_ok(), accepted, "notice {notice}, grace {grace}");
+            if let Err(error) = checked {
+                assert!(
+                    error.to_string().contains("server.drain_notice_ms"),
+                    "{error}"
                 );
             }
         }

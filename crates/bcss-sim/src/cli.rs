@@ -258,15 +258,20 @@ pub async fn main() -> Result<(), Error> {
                 std::time::Duration::from_millis(assembled.settings.server.shutdown_grace_ms);
             let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
             let signal = stopping.clone();
-            let server =
-                bcss_gateway::server::run(assembled.hub, listener, assembled.options, async move {
+            let server = bcss_gateway::server::run(
+                assembled.hub,
+                listener,
+                assembled.options,
+                async move {
                     stop_signal().await;
                     tracing::info!(
-                        message = "Stopping: no new calls; finishing the ones in flight.",
+                        message = "Stopping: health says NOT_SERVING; calls are taken for the drain notice, then only the ones in flight finish.",
+                        drain_notice_ms = assembled.settings.server.drain_notice_ms,
                         grace_ms = grace.as_millis() as u64
                     );
                     signal.notify_one();
-                });
+                },
+            );
             tokio::select! {
                 served = server => served?,
                 _ = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
