@@ -20,21 +20,7 @@ async fn health_reports_each_service_and_reflection_lists_them() {
     let h = Harness::start(&[]).await;
     let mut health = HealthClient::new(h.channel("cpas-liege").await);
     for service in bcss_gateway::server::SERVICES {
-        let mut status = ServingStatus::Unknown;
-        for _ in 0..100 {
-            status = health
-                .check(HealthCheckRequest {
-                    service: service.into(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .status();
-            if status == ServingStatus::Serving {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let status = status_reaches(&mut health, service, ServingStatus::Serving).await;
         assert_eq!(status, ServingStatus::Serving, "service \"{service}\"");
     }
     let unknown = health
