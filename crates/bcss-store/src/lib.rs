@@ -277,9 +277,13 @@ impl Store {
         let journal_key = journal_key(dir, journal_head.0 == 0)?;
         let (ops, rx) = mpsc::channel(4 * MAX_GROUP);
         let (reads, to_read) = std::sync::mpsc::channel();
+        let handles = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let reader = std::thread::Builder::new()
             .name("bcss-store-reader".into())
-            .spawn(move || writer::serve_reads(to_read, journal_key))
+            .spawn({
+                let handles = handles.clone();
+                move || writer::serve_reads(to_read, journal_key, handles)
+            })
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let writable = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let writer = Writer {
@@ -287,6 +291,7 @@ impl Store {
             db: Some(std::sync::Arc::new(db)),
             open,
             reader: reads,
+            handles,
             path: path.clone(),
             next_seq,
             commits,
@@ -487,7 +492,7 @@ pub fn verify_folder(dir: &Path) -> Result<Verified, StoreError> {
     let path = dir.join("hub.redb");
     let db = Database::open(&path).map_err(|e| unavailable(&path, e))?;
     // Checking writes nothing: without its key the journal cannot be checked.
-    verify_db(&db, &journal_key(dir, false)?)
+    verify_db(&db, &journal_key(dir, false)?, &|| false)
 }
 
 /// Creates a key file of the data folder (`journal.key`, the logs' person key): whole or not

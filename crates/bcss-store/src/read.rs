@@ -370,7 +370,13 @@ pub(crate) fn read_entries(
 
 /// Checks the journal: its entries are read one at a time, in order, as the check walks them
 /// (the journal can hold millions), on one read transaction.
-pub(crate) fn verify_db(db: &Database, key: &[u8; 32]) -> Result<Verified, StoreError> {
+/// Verifies the journal's chain; stops with `StoreError::Unavailable` as soon as `called_off`
+/// says so (checked once per entry).
+pub(crate) fn verify_db(
+    db: &Database,
+    key: &[u8; 32],
+    called_off: &dyn Fn() -> bool,
+) -> Result<Verified, StoreError> {
     let txn = db.begin_read().or_unavailable()?;
     let table = txn.open_table(CHECKPOINTS).or_unavailable()?;
     let mut checkpoints = Vec::new();
@@ -381,6 +387,10 @@ pub(crate) fn verify_db(db: &Database, key: &[u8; 32]) -> Result<Verified, Store
     let journal = txn.open_table(JOURNAL).or_unavailable()?;
     let mut failed = None;
     let entries = journal.iter().or_unavailable()?.map_while(|item| {
+        if called_off() {
+            failed = Some(StoreError::Unavailable(crate::writer::CALLED_OFF.into()));
+            return None;
+        }
         let (number, bytes) = item
             .map_err(|error| failed = Some(StoreError::Unavailable(error.to_string())))
             .ok()?;

@@ -853,7 +853,22 @@ async fn a_dead_letter_is_replayed_once_and_a_late_delivery_clears_it() {
 /// that reports an error though the file holds it (redb writes its header, then syncs). Fails
 /// the next read when [`READ_FAILS`] is set.
 #[derive(Debug)]
-struct FailsOnCue(redb::backends::FileBackend);
+struct FailsOnCue(redb::backends::FileBackend, OpenFile);
+
+/// The files a `FailsOnCue` database has open. `Database::create` refuses a file the process
+/// already has open (`DatabaseAlreadyOpen`), a backend of one's own does not: this keeps
+/// the tests' backend as strict.
+static OPEN_FILES: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// A file in `OPEN_FILES` until the database that opened it is dropped.
+#[derive(Debug)]
+struct OpenFile(std::path::PathBuf);
+
+impl Drop for OpenFile {
+    fn drop(&mut self) {
+        OPEN_FILES.lock().unwrap().retain(|open| *open != self.0);
+    }
+}
 
 static SYNC_FAILS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 static READ_FAILS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -897,6 +912,14 @@ impl redb::StorageBackend for FailsOnCue {
 
 /// With no page cache, so that every read reaches the backend.
 fn open_fails_on_cue(path: &Path) -> Result<redb::Database, redb::DatabaseError> {
+    let open = {
+        let mut open_files = OPEN_FILES.lock().unwrap();
+        if open_files.iter().any(|open| open == path) {
+            return Err(redb::DatabaseError::DatabaseAlreadyOpen);
+        }
+        open_files.push(path.to_owned());
+        OpenFile(path.to_owned())
+    };
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -905,7 +928,7 @@ fn open_fails_on_cue(path: &Path) -> Result<redb::Database, redb::DatabaseError>
         .open(path)?;
     redb::Database::builder()
         .set_cache_size(0)
-        .create_with_backend(FailsOnCue(redb::backends::FileBackend::new(file)?))
+        .create_with_backend(FailsOnCue(redb::backends::FileBackend::new(file)?, open))
 }
 
 /// A commit that reports a failure may still be on disk. The writer reopens the file and
@@ -952,6 +975,52 @@ async fn a_commit_that_reported_a_failure_is_answered_as_the_file_has_it() {
     }
     let report = store.verify().await.unwrap();
     assert_eq!(report.first_problem, None);
+}
+
+/// After a failed write the writer lets go of the file and opens it again; a long read under
+/// way (a journal verification) held the old handle, and until it ended the file could not be
+/// reopened, so every message was refused. The read is called off — answered UNAVAILABLE, ask
+/// again — and the next message is taken.
+#[tokio::test]
+async fn a_long_read_is_called_off_when_a_failed_write_reopens_the_file() {
+    let _alone = ON_CUE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open_through(dir.path(), true, i64::MIN, open_fails_on_cue).unwrap();
+    let store = std::sync::Arc::new(store);
+    READS_HELD.store(true, std::sync::atomic::Ordering::SeqCst);
+    let verifying = tokio::spawn({
+        let store = store.clone();
+        async move { store.verify().await }
+    });
+    // Let the verification reach the reader before the write fails.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let (t, d) = ticket("t1", "m1", &["a"]);
+    WRITE_FAILS.store(true, std::sync::atomic::Ordering::SeqCst);
+    let failed = store.accept(t, d, Vec::new()).await;
+    WRITE_FAILS.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (t, d) = ticket("t1", "m1", &["a"]);
+    let accepted = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        store.accept(t, d, Vec::new()),
+    )
+    .await;
+    let verified = tokio::time::timeout(std::time::Duration::from_secs(5), verifying).await;
+    READS_HELD.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        matches!(failed, Err(StoreError::Unavailable(_))),
+        "{failed:?}"
+    );
+    assert!(
+        matches!(accepted, Ok(Ok(Accepted::New { .. }))),
+        "taken again while a verification held the old handle: {accepted:?}"
+    );
+    let verified = verified.expect("the verification was called off").unwrap();
+    assert!(
+        matches!(&verified, Err(StoreError::Unavailable(m)) if m.contains("ask again")),
+        "{verified:?}"
+    );
+    // Asked again, it runs on the file as it is now.
+    assert_eq!(store.verify().await.unwrap().first_problem, None);
 }
 
 /// A commit that fails before it reaches the file is answered as not recorded, and nothing of

@@ -102,13 +102,22 @@ impl LongRead {
 /// handed over. An error is answered, and the writer reopens the database at its next use if
 /// redb refuses it from then on.
 pub(crate) fn serve_reads(
-    reads: std::sync::mpsc::Receiver<(Arc<Database>, LongRead)>,
+    reads: std::sync::mpsc::Receiver<(Arc<Database>, u64, LongRead)>,
     key: [u8; 32],
+    handles: Arc<std::sync::atomic::AtomicU64>,
 ) {
-    for (db, read) in reads {
+    for (db, handle, read) in reads {
+        // Called off once the writer let go of the handle this read was given (a write
+        // failed): the file cannot be opened again while a read holds the old one.
+        let called_off = || handles.load(std::sync::atomic::Ordering::Relaxed) != handle;
         #[cfg(test)]
-        while crate::tests::READS_HELD.load(std::sync::atomic::Ordering::SeqCst) {
+        while crate::tests::READS_HELD.load(std::sync::atomic::Ordering::SeqCst) && !called_off() {
             std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if called_off() {
+            drop(db);
+            read.refuse(StoreError::Unavailable(CALLED_OFF.into()));
+            continue;
         }
         // The database is let go of before answering: whoever waits may then close the store
         // and open the file again.
@@ -119,13 +128,21 @@ pub(crate) fn serve_reads(
                 let _ = reply.send(result);
             }
             LongRead::Verify { reply } => {
-                let result = verify_db(&db, &key);
+                let result = verify_db(&db, &key, &called_off);
                 drop(db);
                 let _ = reply.send(result);
             }
         }
     }
 }
+
+/// What a long read called off by a failed write answers.
+pub(crate) const CALLED_OFF: &str =
+    "a write to the data folder failed and the store was reopened during the read: ask again";
+
+/// How long the writer waits for the reader to let go of the old handle before it gives up
+/// reopening the file (the next operation tries again).
+const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What a retention pass removes.
 #[derive(Clone, Copy, Debug)]
@@ -152,7 +169,10 @@ pub(crate) struct Writer {
     /// The reader thread, for the reads that may walk the whole journal (verification, a
     /// time range): they take a read transaction of their own, begun after the last commit,
     /// so the commits go on meanwhile.
-    pub(crate) reader: std::sync::mpsc::Sender<(Arc<Database>, LongRead)>,
+    pub(crate) reader: std::sync::mpsc::Sender<(Arc<Database>, u64, LongRead)>,
+    /// Which handle of the file `db` is (counted up each time it is let go of): a long read
+    /// given an older one is called off.
+    pub(crate) handles: Arc<std::sync::atomic::AtomicU64>,
     pub(crate) path: PathBuf,
     pub(crate) next_seq: u64,
     /// Groups committed to the file (its `commits` counter).
@@ -194,7 +214,19 @@ impl Writer {
 
     fn database(&mut self) -> Result<&Database, StoreError> {
         if self.db.is_none() {
-            let db = (self.open)(&self.path).map_err(|e| unavailable(&self.path, e))?;
+            // A long read given the old handle lets go of it within an entry or so (it is
+            // called off): until then redb refuses to open the file a second time.
+            let waited = std::time::Instant::now();
+            let db = loop {
+                match (self.open)(&self.path) {
+                    Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                        if waited.elapsed() < REOPEN_WAIT =>
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                    }
+                    opened => break opened.map_err(|e| unavailable(&self.path, e))?,
+                }
+            };
             // What the file holds, not what this thread last believed: a commit that reported
             // an error may still have reached the disk (redb writes the header, then syncs),
             // and numbers it used must not be given again.
@@ -210,8 +242,9 @@ impl Writer {
     /// After an error from redb: the database is closed and reopened before its next use
     /// (once an I/O error happened, redb refuses every later transaction).
     fn close_after(&mut self, error: &StoreError) {
-        if matches!(error, StoreError::Unavailable(_)) {
-            self.db = None;
+        if matches!(error, StoreError::Unavailable(_)) && self.db.take().is_some() {
+            self.handles
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -229,8 +262,9 @@ impl Writer {
             return read.refuse(error);
         }
         let db = self.db.clone().expect("just opened");
-        if let Err(refused) = self.reader.send((db, read)) {
-            refused.0.1.refuse(StoreError::Stopped);
+        let handle = self.handles.load(std::sync::atomic::Ordering::Relaxed);
+        if let Err(refused) = self.reader.send((db, handle, read)) {
+            refused.0.2.refuse(StoreError::Stopped);
         }
     }
 
