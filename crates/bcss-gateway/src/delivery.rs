@@ -135,9 +135,17 @@ impl Deliverer {
         let mut client = InstitutionClient::new(channel);
         let mut request = tonic::Request::new(question);
         request.set_timeout(self.consult_timeout);
+        let asked = tokio::time::Instant::now();
         match tokio::time::timeout(self.consult_timeout, client.answer(request)).await {
             Ok(Ok(reply)) => Ok(reply.into_inner()),
-            Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
+            // The source's server enforces the same deadline (the call's `grpc-timeout`) and
+            // answers CANCELLED when it passes; on a busy machine that answer can arrive before
+            // the hub's own timer fires. Either way the deadline passed.
+            Ok(Err(status))
+                if status.code() == tonic::Code::DeadlineExceeded
+                    || (status.code() == tonic::Code::Cancelled
+                        && asked.elapsed() >= self.consult_timeout) =>
+            {
                 Err(AnswerError::Deadline(self.consult_timeout))
             }
             Ok(Err(status)) if status.code() == tonic::Code::NotFound => Err(AnswerError::NotFound),
