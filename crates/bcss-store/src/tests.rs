@@ -853,7 +853,11 @@ async fn a_dead_letter_is_replayed_once_and_a_late_delivery_clears_it() {
 /// that reports an error though the file holds it (redb writes its header, then syncs). Fails
 /// the next read when [`READ_FAILS`] is set.
 #[derive(Debug)]
-struct FailsOnCue(redb::backends::FileBackend, OpenFile);
+struct FailsOnCue {
+    file: redb::backends::FileBackend,
+    /// Held for the database's life: dropped with it, it takes the file out of `OPEN_FILES`.
+    _open: OpenFile,
+}
 
 /// The files a `FailsOnCue` database has open. `Database::create` refuses a file the process
 /// already has open (`DatabaseAlreadyOpen`), a backend of one's own does not: this keeps
@@ -879,19 +883,19 @@ static ON_CUE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl redb::StorageBackend for FailsOnCue {
     fn len(&self) -> Result<u64, std::io::Error> {
-        self.0.len()
+        self.file.len()
     }
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
         if READ_FAILS.swap(false, std::sync::atomic::Ordering::SeqCst) {
             return Err(std::io::Error::other("injected: a read failed"));
         }
-        self.0.read(offset, out)
+        self.file.read(offset, out)
     }
     fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        self.0.set_len(len)
+        self.file.set_len(len)
     }
     fn sync_data(&self) -> Result<(), std::io::Error> {
-        self.0.sync_data()?;
+        self.file.sync_data()?;
         if SYNC_FAILS.swap(false, std::sync::atomic::Ordering::SeqCst) {
             return Err(std::io::Error::other(
                 "injected: the sync reported a failure",
@@ -903,10 +907,10 @@ impl redb::StorageBackend for FailsOnCue {
         if WRITE_FAILS.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(std::io::Error::other("injected: a write failed"));
         }
-        self.0.write(offset, data)
+        self.file.write(offset, data)
     }
     fn close(&self) -> Result<(), std::io::Error> {
-        self.0.close()
+        self.file.close()
     }
 }
 
@@ -928,7 +932,10 @@ fn open_fails_on_cue(path: &Path) -> Result<redb::Database, redb::DatabaseError>
         .open(path)?;
     redb::Database::builder()
         .set_cache_size(0)
-        .create_with_backend(FailsOnCue(redb::backends::FileBackend::new(file)?, open))
+        .create_with_backend(FailsOnCue {
+            file: redb::backends::FileBackend::new(file)?,
+            _open: open,
+        })
 }
 
 /// A commit that reports a failure may still be on disk. The writer reopens the file and
