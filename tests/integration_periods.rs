@@ -7,10 +7,7 @@
 mod common;
 
 use bcss_domain::Niss;
-use bcss_proto::flows::v1 as f;
-use bcss_proto::hub::v1::{
-    Decision, IntegrateReply, IntegrateRequest, ListRequest, RefusalReason, RemoveRequest,
-};
+use bcss_proto::hub::v1::{Decision, IntegrateReply, RefusalReason, RemoveRequest};
 use bcss_sim::envelope::{FlowMessage, envelope};
 use bcss_sim::payloads;
 use common::{Harness, fresh_niss, integrate, rng, submit};
@@ -44,34 +41,13 @@ const OUTSIDE: (i32, i32) = (
 );
 
 async fn declare(h: &Harness, niss: Niss, start: &str, end: &str) -> IntegrateReply {
-    h.directory(CPAS)
-        .await
-        .integrate(IntegrateRequest {
-            niss: niss.digits(),
-            quality_code: AID_APPLICANT,
-            period: Some(f::Period {
-                start: start.into(),
-                end: end.into(),
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
+    common::declare(h, CPAS, niss, AID_APPLICANT, start, end).await
 }
 
 /// The caller's integrations of the person, as (start, end).
 async fn periods(h: &Harness, niss: Niss) -> Vec<(String, String)> {
-    let mut periods: Vec<(String, String)> = h
-        .directory(CPAS)
+    let mut periods: Vec<(String, String)> = common::integrations_of(h, CPAS, niss)
         .await
-        .list(ListRequest {
-            niss: Some(niss.digits()),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .integrations
         .into_iter()
         .map(|entry| {
             let period = entry.period.unwrap();

@@ -11,7 +11,7 @@ use bcss_proto::flows::v1 as f;
 use bcss_proto::hub::v1::ByTicketRequest;
 use bcss_proto::hub::v1::journal_client::JournalClient;
 use bcss_proto::hub::v1::{
-    Decision, Envelope, IntegrateRequest, ListRequest, RefusalReason, SubmitReply, TrackRequest,
+    Decision, Envelope, IntegrateRequest, RefusalReason, SubmitReply, TrackRequest,
 };
 use bcss_proto::institution::v1::{Delivery, delivery};
 use bcss_sim::envelope::{FlowMessage, envelope};
@@ -989,27 +989,14 @@ async fn institutions_change_and_list_only_their_own_integrations() {
     integrate(&h, "cpas-namur", niss, 2, "2024-01-01", "").await;
     // Namur removing "its" integrations of the person leaves Liège's alone.
     assert_eq!(common::remove_all(&h, "cpas-namur", niss).await, 1);
-    let list = |party: &'static str| {
-        let h = &h;
-        async move {
-            h.directory(party)
-                .await
-                .list(ListRequest {
-                    niss: Some(niss.digits()),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-        }
-    };
-    assert_eq!(list("cpas-namur").await.integrations.len(), 0);
-    let liege = list("cpas-liege").await;
-    assert_eq!(liege.integrations.len(), 1);
-    assert_eq!(
-        liege.integrations[0].quality_name,
-        "aid applicant (demandeur d'aide)"
+    assert!(
+        common::integrations_of(&h, "cpas-namur", niss)
+            .await
+            .is_empty()
     );
+    let liege = common::integrations_of(&h, "cpas-liege", niss).await;
+    assert_eq!(liege.len(), 1);
+    assert_eq!(liege[0].quality_name, "aid applicant (demandeur d'aide)");
     // A quality code the caller's sector does not define is refused.
     let err = h
         .directory("cpas-liege")

@@ -179,8 +179,21 @@ pub async fn integrate(
     start: &str,
     end: &str,
 ) {
-    let reply = h
-        .directory(institution)
+    let reply = declare(h, institution, niss, quality, start, end).await;
+    assert!(reply.created);
+}
+
+/// Declares an integration as `institution`; what the hub answered (created, updated or
+/// neither).
+pub async fn declare(
+    h: &Harness,
+    institution: &str,
+    niss: Niss,
+    quality: u32,
+    start: &str,
+    end: &str,
+) -> bcss_proto::hub::v1::IntegrateReply {
+    h.directory(institution)
         .await
         .integrate(IntegrateRequest {
             niss: niss.digits(),
@@ -191,8 +204,26 @@ pub async fn integrate(
             }),
         })
         .await
-        .unwrap();
-    assert!(reply.into_inner().created);
+        .unwrap()
+        .into_inner()
+}
+
+/// The integrations of the person `institution` may see (its own), first page.
+pub async fn integrations_of(
+    h: &Harness,
+    institution: &str,
+    niss: Niss,
+) -> Vec<bcss_proto::hub::v1::IntegrationEntry> {
+    h.directory(institution)
+        .await
+        .list(bcss_proto::hub::v1::ListRequest {
+            niss: Some(niss.digits()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .integrations
 }
 
 /// Withdraws every integration `institution` holds of the person; how many there were.

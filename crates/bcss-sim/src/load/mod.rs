@@ -1299,6 +1299,22 @@ mod tests {
         )
     }
 
+    /// A run of up to 1,000 A052s over two streams to `fake`, `in_flight` open at once; it
+    /// must end within 20 s whatever `fake` does to the streams.
+    async fn streams_to(fake: FakeHub, in_flight: usize) -> Arc<Shared> {
+        let hub = serve(fake).await;
+        let shared = run_over(
+            vec![template(Flow::A052, 0)],
+            vec![hub.clone(), hub.clone(), hub.clone(), hub],
+            Some(1000),
+            None,
+        );
+        tokio::time::timeout(Duration::from_secs(20), run_streams(&shared, 2, in_flight))
+            .await
+            .expect("the run ends when its streams are broken off or refused");
+        shared
+    }
+
     /// Messages the run took: answered and errors must add up to this.
     fn taken(shared: &Shared) -> u64 {
         shared.next.load(Ordering::Relaxed).min(shared.limit)
@@ -1404,20 +1420,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stream_broken_off_ends_the_run_and_what_it_left_open_counts_as_errors() {
         // Two streams, each answering 5 envelopes and then breaking off.
-        let hub = serve(FakeHub {
-            answers: Some(5),
-            ..FakeHub::default()
-        })
+        let shared = streams_to(
+            FakeHub {
+                answers: Some(5),
+                ..FakeHub::default()
+            },
+            8,
+        )
         .await;
-        let shared = run_over(
-            vec![template(Flow::A052, 0)],
-            vec![hub.clone(), hub.clone(), hub.clone(), hub],
-            Some(1000),
-            None,
-        );
-        tokio::time::timeout(Duration::from_secs(20), run_streams(&shared, 2, 8))
-            .await
-            .expect("the run ends when its streams are broken off");
         let report = report_of(&shared, 1.0);
         assert_eq!(report.answered, 10, "{}", report.text());
         assert!(report.error_count() > 0, "{}", report.text());
@@ -1431,20 +1441,14 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stream_refused_at_the_start_counts_every_message_sent_on_it() {
-        let hub = serve(FakeHub {
-            refuse: true,
-            ..FakeHub::default()
-        })
+        let shared = streams_to(
+            FakeHub {
+                refuse: true,
+                ..FakeHub::default()
+            },
+            16,
+        )
         .await;
-        let shared = run_over(
-            vec![template(Flow::A052, 0)],
-            vec![hub.clone(), hub.clone(), hub.clone(), hub],
-            Some(1000),
-            None,
-        );
-        tokio::time::timeout(Duration::from_secs(20), run_streams(&shared, 2, 16))
-            .await
-            .expect("the run ends");
         let report = report_of(&shared, 1.0);
         assert_eq!(report.answered, 0, "{}", report.text());
         assert!(taken(&shared) > 2, "{}", taken(&shared));
