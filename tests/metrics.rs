@@ -124,4 +124,56 @@ async fn metrics_cover_every_stage_the_last_reload_and_the_journal() {
     let bytes = sample(&text, "bcss_store_file_bytes").unwrap();
     let data = file_len();
     assert!(bytes > 0.0 && bytes == data, "gauge {bytes}, file {data}");
+
+    // The outbox's gauges per recipient: three deliveries wait while cpas-ghent is down, the
+    // oldest for longer and longer (the first retry is 100 to 200 ms after the first attempt);
+    // none once it is back.
+    let depth = "bcss_delivery_queue_depth{recipient=\"cpas-ghent\"}";
+    let oldest = "bcss_delivery_queue_oldest_seconds{recipient=\"cpas-ghent\"}";
+    let persons = [65, 66, 67].map(common::fresh_niss);
+    for niss in persons {
+        common::integrate(&h, "cpas-ghent", niss, 1, "2024-01-01", "").await;
+    }
+    h.network.stop_institution("cpas-ghent").await;
+    for (i, niss) in persons.into_iter().enumerate() {
+        let mut envelope = common::a052_envelope(&format!("metrics-down-{i}"), niss, 1);
+        envelope.addressee = Some("cpas-ghent".into());
+        common::submit(&h, "solidaris", envelope).await.unwrap();
+    }
+    let waited = |text: &str| {
+        sample(text, depth) == Some(3.0) && sample(text, oldest).is_some_and(|s| s >= 0.1)
+    };
+    let mut text = scrape(metrics).await;
+    for _ in 0..100 {
+        if waited(&text) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        text = scrape(metrics).await;
+    }
+    assert!(
+        waited(&text),
+        "depth {:?}, oldest {:?}",
+        sample(&text, depth),
+        sample(&text, oldest)
+    );
+    assert_eq!(h.network.inbox("cpas-ghent").len(), 0);
+
+    h.network.start_institution("cpas-ghent").await.unwrap();
+    let drained =
+        |text: &str| sample(text, depth) == Some(0.0) && sample(text, oldest) == Some(0.0);
+    for _ in 0..300 {
+        if drained(&text) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        text = scrape(metrics).await;
+    }
+    assert!(
+        drained(&text),
+        "depth {:?}, oldest {:?}",
+        sample(&text, depth),
+        sample(&text, oldest)
+    );
+    assert_eq!(h.network.inbox("cpas-ghent").len(), 3);
 }
