@@ -268,6 +268,19 @@ impl Circuit {
     fn allows(&self, now: i64, in_flight: usize) -> bool {
         self.failures < self.threshold || (now >= self.open_until_ms && in_flight == 0)
     }
+    /// When the loop must next look at a lane whose head is due at `due`: then while the
+    /// circuit is closed, at the end of the window once it is open; not at all while an attempt
+    /// is in flight with the circuit open (the probe), since nothing starts until it ends and its
+    /// end wakes the loop (a timer already due would turn it every millisecond until then).
+    fn wake(&self, due: i64, in_flight: usize) -> Option<i64> {
+        if self.failures < self.threshold {
+            Some(due)
+        } else if in_flight == 0 {
+            Some(due.max(self.open_until_ms))
+        } else {
+            None
+        }
+    }
     fn success(&mut self) {
         self.failures = 0;
         self.open_until_ms = 0;
@@ -345,14 +358,7 @@ async fn worker(outbox: Arc<Outbox>, recipient: Arc<str>, mut rx: mpsc::Unbounde
                 }
             }
         }
-        // When something becomes due: the earliest waiting head, or the circuit's probe.
-        let wake = wake.map(|due| {
-            if circuit.failures >= circuit.threshold {
-                due.max(circuit.open_until_ms)
-            } else {
-                due
-            }
-        });
+        let wake = wake.and_then(|due| circuit.wake(due, in_flight.len()));
         let sleep = wake.map(|due| Duration::from_millis((due - now).max(1) as u64));
         let waiting = queued + in_flight.len();
         let oldest = oldest_at.map_or(0.0, |at| (now - at).max(0) as f64 / 1000.0);
@@ -621,5 +627,32 @@ mod tests {
             c.failure(at);
         }
         assert_eq!(c.open_until_ms, at + 5_000);
+    }
+
+    /// (failures, attempts in flight, a head due at, the loop's timer): the timer is never set
+    /// for a time at which `allows` would still refuse, and not at all while the probe is out.
+    #[test]
+    fn the_loop_wakes_when_a_head_may_start() {
+        let open_until = 1_005_000;
+        for (failures, in_flight, due, wake) in [
+            (0, 0, 1_000_000, Some(1_000_000)),
+            (4, 7, 1_000_000, Some(1_000_000)),
+            (5, 0, 1_000_000, Some(open_until)),
+            (5, 0, 1_009_000, Some(1_009_000)),
+            (5, 1, 1_000_000, None),
+            (9, 3, 1_009_000, None),
+        ] {
+            let mut c = circuit(5, 5_000);
+            c.failures = failures;
+            c.open_until_ms = open_until;
+            assert_eq!(
+                c.wake(due, in_flight),
+                wake,
+                "{failures} failures, {in_flight} in flight"
+            );
+            if let Some(at) = wake {
+                assert!(c.allows(at, in_flight), "woken at {at} for nothing");
+            }
+        }
     }
 }
