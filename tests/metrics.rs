@@ -34,6 +34,24 @@ fn sample(scrape: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// Scrapes every 100 ms until `holds` says yes of a scrape, for `tries` scrapes at most; the
+/// last scrape either way (the caller asserts on it).
+async fn scrape_until(
+    address: std::net::SocketAddr,
+    tries: u32,
+    holds: impl Fn(&str) -> bool,
+) -> String {
+    let mut text = scrape(address).await;
+    for _ in 1..tries {
+        if holds(&text) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        text = scrape(address).await;
+    }
+    text
+}
+
 #[tokio::test]
 async fn metrics_cover_every_stage_the_last_reload_and_the_journal() {
     // A copy of the configuration, so that a broken deliberation can be dropped in.
@@ -107,15 +125,11 @@ async fn metrics_cover_every_stage_the_last_reload_and_the_journal() {
     // once the hub is idle: the next refresh must report exactly that length.
     let store_file = h.hub.outbox().store().unwrap().path().to_path_buf();
     let file_len = || store_file.metadata().unwrap().len() as f64;
-    let mut text = text;
-    for _ in 0..150 {
-        let entries_seen = sample(&text, "bcss_journal_entries").is_some_and(|n| n >= 2.0);
-        if entries_seen && sample(&text, "bcss_store_file_bytes") == Some(file_len()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        text = scrape(metrics).await;
-    }
+    let text = scrape_until(metrics, 150, |text| {
+        let entries_seen = sample(text, "bcss_journal_entries").is_some_and(|n| n >= 2.0);
+        entries_seen && sample(text, "bcss_store_file_bytes") == Some(file_len())
+    })
+    .await;
     let entries = sample(&text, "bcss_journal_entries").unwrap();
     assert!(
         entries >= 2.0,
@@ -143,14 +157,7 @@ async fn metrics_cover_every_stage_the_last_reload_and_the_journal() {
     let waited = |text: &str| {
         sample(text, depth) == Some(3.0) && sample(text, oldest).is_some_and(|s| s >= 0.1)
     };
-    let mut text = scrape(metrics).await;
-    for _ in 0..100 {
-        if waited(&text) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        text = scrape(metrics).await;
-    }
+    let text = scrape_until(metrics, 100, waited).await;
     assert!(
         waited(&text),
         "depth {:?}, oldest {:?}",
@@ -162,13 +169,7 @@ async fn metrics_cover_every_stage_the_last_reload_and_the_journal() {
     h.network.start_institution("cpas-ghent").await.unwrap();
     let drained =
         |text: &str| sample(text, depth) == Some(0.0) && sample(text, oldest) == Some(0.0);
-    for _ in 0..300 {
-        if drained(&text) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        text = scrape(metrics).await;
-    }
+    let text = scrape_until(metrics, 300, drained).await;
     assert!(
         drained(&text),
         "depth {:?}, oldest {:?}",
