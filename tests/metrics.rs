@@ -154,27 +154,18 @@ async fn metrics_cover_every_stage_the_last_reload_and_the_journal() {
         envelope.addressee = Some("cpas-ghent".into());
         common::submit(&h, "solidaris", envelope).await.unwrap();
     }
-    let waited = |text: &str| {
-        sample(text, depth) == Some(3.0) && sample(text, oldest).is_some_and(|s| s >= 0.1)
+    // (queue depth, oldest wait) as the scrape reports them.
+    let gauges = |text: &str| (sample(text, depth), sample(text, oldest));
+    let waited = |(depth, oldest): (Option<f64>, Option<f64>)| {
+        depth == Some(3.0) && oldest.is_some_and(|s| s >= 0.1)
     };
-    let text = scrape_until(metrics, 100, waited).await;
-    assert!(
-        waited(&text),
-        "depth {:?}, oldest {:?}",
-        sample(&text, depth),
-        sample(&text, oldest)
-    );
+    let text = scrape_until(metrics, 100, |text| waited(gauges(text))).await;
+    assert!(waited(gauges(&text)), "{:?}", gauges(&text));
     assert_eq!(h.network.inbox("cpas-ghent").len(), 0);
 
     h.network.start_institution("cpas-ghent").await.unwrap();
-    let drained =
-        |text: &str| sample(text, depth) == Some(0.0) && sample(text, oldest) == Some(0.0);
+    let drained = |text: &str| gauges(text) == (Some(0.0), Some(0.0));
     let text = scrape_until(metrics, 300, drained).await;
-    assert!(
-        drained(&text),
-        "depth {:?}, oldest {:?}",
-        sample(&text, depth),
-        sample(&text, oldest)
-    );
+    assert!(drained(&text), "{:?}", gauges(&text));
     assert_eq!(h.network.inbox("cpas-ghent").len(), 3);
 }
