@@ -336,17 +336,17 @@ async fn worker(outbox: Arc<Outbox>, recipient: Arc<str>, mut rx: mpsc::Unbounde
         let mut wake: Option<i64> = None;
         let mut oldest_at: Option<i64> = None;
         if queued > 0 {
-            for (lane, waiting) in lanes.iter_mut().enumerate() {
+            for (lane, queue) in lanes.iter_mut().enumerate() {
                 if !busy[lane]
                     && circuit.allows(now, in_flight.len())
-                    && waiting.front().is_some_and(|j| j.next_attempt_ms <= now)
+                    && queue.front().is_some_and(|j| j.next_attempt_ms <= now)
                 {
-                    let job = waiting.pop_front().expect("checked");
+                    let job = queue.pop_front().expect("checked");
                     queued -= 1;
                     busy[lane] = true;
                     in_flight.push(attempt(outbox.clone(), lane, job, deliver_seconds.clone()));
                 }
-                let Some(head) = waiting.front() else {
+                let Some(head) = queue.front() else {
                     continue;
                 };
                 oldest_at =
