@@ -375,7 +375,6 @@ mod tests {
 
     #[test]
     fn tickets_are_kept_at_least_as_long_as_deliveries_are_tried() {
-        let file = Path::new("hub.toml");
         // (ticket_days, delivery.max_age_s, accepted)
         let cases = [
             (30, 172_800, true),
@@ -384,10 +383,10 @@ mod tests {
             (0, 1, false),
         ];
         for (days, max_age_s, accepted) in cases {
-            let mut settings: Settings = toml::from_str(SHIPPED).expect("config/hub.toml");
-            settings.storage.ticket_days = days;
-            settings.delivery.max_age_s = max_age_s;
-            let checked = settings.check(file);
+            let checked = shipped_checked(|settings| {
+                settings.storage.ticket_days = days;
+                settings.delivery.max_age_s = max_age_s;
+            });
             assert_eq!(
                 checked.is_ok(),
                 accepted,
@@ -415,10 +414,10 @@ mod tests {
             (20_000, 10_000, false),
         ];
         for (notice, grace, accepted) in cases {
-            let mut settings: Settings = toml::from_str(SHIPPED).expect("config/hub.toml");
-            settings.server.drain_notice_ms = notice;
-            settings.server.shutdown_grace_ms = grace;
-            let checked = settings.check(Path::new("hub.toml"));
+            let checked = shipped_checked(|settings| {
+                settings.server.drain_notice_ms = notice;
+                settings.server.shutdown_grace_ms = grace;
+            });
             assert_eq!(checked.is_ok(), accepted, "notice {notice}, grace {grace}");
             if let Err(error) = checked {
                 assert!(
@@ -431,4 +430,11 @@ mod tests {
 
     /// The shipped configuration.
     const SHIPPED: &str = include_str!("../../../config/hub.toml");
+
+    /// The shipped configuration, changed by `adjust`, checked as if read from `hub.toml`.
+    fn shipped_checked(adjust: impl FnOnce(&mut Settings)) -> Result<(), ConfigError> {
+        let mut settings: Settings = toml::from_str(SHIPPED).expect("config/hub.toml");
+        adjust(&mut settings);
+        settings.check(Path::new("hub.toml"))
+    }
 }
