@@ -878,6 +878,11 @@ static SYNC_FAILS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool
 static READ_FAILS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// Fails every page write while set: a commit that never reaches the file.
 static WRITE_FAILS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Fails the next write of the file's header (offset 0): a commit whose pages were written and
+/// that never took effect.
+static HEADER_FAILS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Refuses to open the file while set: the writer cannot reopen it after a failed write.
+static OPEN_FAILS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// Held by each test that sets the flags above (tests run in parallel).
 static ON_CUE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -904,6 +909,9 @@ impl redb::StorageBackend for FailsOnCue {
         Ok(())
     }
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        if offset == 0 && HEADER_FAILS.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected: the header's write failed"));
+        }
         if WRITE_FAILS.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(std::io::Error::other("injected: a write failed"));
         }
@@ -916,6 +924,9 @@ impl redb::StorageBackend for FailsOnCue {
 
 /// With no page cache, so that every read reaches the backend.
 fn open_fails_on_cue(path: &Path) -> Result<redb::Database, redb::DatabaseError> {
+    if OPEN_FAILS.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(std::io::Error::other("injected: the file cannot be opened").into());
+    }
     let open = {
         let mut open_files = OPEN_FILES.lock().unwrap();
         if open_files.iter().any(|open| open == path) {
@@ -1054,6 +1065,73 @@ async fn a_commit_that_never_reached_the_file_is_answered_as_not_recorded() {
         Accepted::New { .. }
     ));
     assert!(store.ticket("t1").await.unwrap().is_some());
+}
+
+/// While the file cannot be opened again after a failed write, a message is answered as not
+/// recorded at once, and is not recorded later with another message's group either: the
+/// writer keeps its group's vectors from one group to the next, and a group that fails must
+/// leave them empty.
+#[tokio::test]
+async fn while_the_file_cannot_be_reopened_a_message_is_refused_and_not_kept_for_later() {
+    let _alone = ON_CUE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open_through(dir.path(), true, i64::MIN, open_fails_on_cue).unwrap();
+    let within = |what| tokio::time::timeout(std::time::Duration::from_secs(5), what);
+    OPEN_FAILS.store(true, std::sync::atomic::Ordering::SeqCst);
+    WRITE_FAILS.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (t, d) = ticket("t1", "m1", &["a"]);
+    let failed = within(store.accept(t, d, Vec::new())).await;
+    WRITE_FAILS.store(false, std::sync::atomic::Ordering::SeqCst);
+    // The file was let go of and cannot be opened: this group fails before it begins.
+    let (t, d) = ticket("t2", "m2", &["a"]);
+    let refused = within(store.accept(t, d, Vec::new())).await;
+    OPEN_FAILS.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (t, d) = ticket("t3", "m3", &["b"]);
+    let taken = within(store.accept(t, d, Vec::new())).await;
+    assert!(
+        matches!(failed, Ok(Err(StoreError::Unavailable(_)))),
+        "{failed:?}"
+    );
+    assert!(
+        matches!(refused, Ok(Err(StoreError::Unavailable(_)))),
+        "refused at once: {refused:?}"
+    );
+    assert!(matches!(taken, Ok(Ok(Accepted::New { .. }))), "{taken:?}");
+    for (ticket, recorded) in [("t1", false), ("t2", false), ("t3", true)] {
+        assert_eq!(
+            store.ticket(ticket).await.unwrap().is_some(),
+            recorded,
+            "{ticket}"
+        );
+    }
+}
+
+/// A commit whose pages were written and whose header was not: the file holds the group before
+/// it, so the group's messages are answered as not recorded, and the next group's are answered
+/// for themselves.
+#[tokio::test]
+async fn a_commit_whose_header_was_not_written_is_answered_as_not_recorded() {
+    let _alone = ON_CUE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open_through(dir.path(), true, i64::MIN, open_fails_on_cue).unwrap();
+    let within = |what| tokio::time::timeout(std::time::Duration::from_secs(5), what);
+    HEADER_FAILS.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (t, d) = ticket("t1", "m1", &["a"]);
+    let failed = within(store.accept(t, d, Vec::new())).await;
+    let injected = HEADER_FAILS.swap(false, std::sync::atomic::Ordering::SeqCst);
+    let (t, d) = ticket("t2", "m2", &["b"]);
+    let taken = within(store.accept(t, d, Vec::new())).await;
+    assert!(!injected, "the commit wrote no header");
+    assert!(
+        matches!(failed, Ok(Err(StoreError::Unavailable(_)))),
+        "{failed:?}"
+    );
+    let Ok(Ok(Accepted::New { seqs })) = taken else {
+        panic!("t2: {taken:?}");
+    };
+    assert_eq!(seqs.len(), 1);
+    assert!(store.ticket("t1").await.unwrap().is_none());
+    assert!(store.ticket("t2").await.unwrap().is_some());
 }
 
 /// Once an I/O error happened, redb refuses every later transaction. A read that failed (not
