@@ -922,6 +922,19 @@ impl redb::StorageBackend for FailsOnCue {
     }
 }
 
+/// A store on a backend that fails on cue, with the lock that keeps the other such tests out
+/// while this one sets the flags (held to the end of the test; the store is dropped first).
+async fn store_on_cue() -> (
+    tokio::sync::MutexGuard<'static, ()>,
+    tempfile::TempDir,
+    Store,
+) {
+    let alone = ON_CUE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open_through(dir.path(), true, i64::MIN, open_fails_on_cue).unwrap();
+    (alone, dir, store)
+}
+
 /// With no page cache, so that every read reaches the backend.
 fn open_fails_on_cue(path: &Path) -> Result<redb::Database, redb::DatabaseError> {
     if OPEN_FAILS.load(std::sync::atomic::Ordering::SeqCst) {
@@ -955,9 +968,7 @@ fn open_fails_on_cue(path: &Path) -> Result<redb::Database, redb::DatabaseError>
 /// and the journal's chain stays whole.
 #[tokio::test]
 async fn a_commit_that_reported_a_failure_is_answered_as_the_file_has_it() {
-    let _alone = ON_CUE.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _) = Store::open_through(dir.path(), true, i64::MIN, open_fails_on_cue).unwrap();
+    let (_alone, _dir, store) = store_on_cue().await;
     let entry = |ticket: &str| JournalEntry {
         kind: journal::EntryKind::Submission as i32,
         ticket: ticket.into(),
@@ -1001,9 +1012,7 @@ async fn a_commit_that_reported_a_failure_is_answered_as_the_file_has_it() {
 /// again — and the next message is taken.
 #[tokio::test]
 async fn a_long_read_is_called_off_when_a_failed_write_reopens_the_file() {
-    let _alone = ON_CUE.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _) = Store::open_through(dir.path(), true, i64::MIN, open_fails_on_cue).unwrap();
+    let (_alone, _dir, store) = store_on_cue().await;
     let store = std::sync::Arc::new(store);
     READS_HELD.store(true, std::sync::atomic::Ordering::SeqCst);
     let verifying = tokio::spawn({
@@ -1045,9 +1054,7 @@ async fn a_long_read_is_called_off_when_a_failed_write_reopens_the_file() {
 /// it is there: the message id is free for the resubmission.
 #[tokio::test]
 async fn a_commit_that_never_reached_the_file_is_answered_as_not_recorded() {
-    let _alone = ON_CUE.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _) = Store::open_through(dir.path(), true, i64::MIN, open_fails_on_cue).unwrap();
+    let (_alone, _dir, store) = store_on_cue().await;
     let (t, d) = ticket("t1", "m1", &["a"]);
     store.accept(t, d, Vec::new()).await.unwrap();
     let (t, d) = ticket("t2", "m2", &["a", "b"]);
@@ -1073,9 +1080,7 @@ async fn a_commit_that_never_reached_the_file_is_answered_as_not_recorded() {
 /// leave them empty.
 #[tokio::test]
 async fn while_the_file_cannot_be_reopened_a_message_is_refused_and_not_kept_for_later() {
-    let _alone = ON_CUE.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _) = Store::open_through(dir.path(), true, i64::MIN, open_fails_on_cue).unwrap();
+    let (_alone, _dir, store) = store_on_cue().await;
     let within = |what| tokio::time::timeout(std::time::Duration::from_secs(5), what);
     OPEN_FAILS.store(true, std::sync::atomic::Ordering::SeqCst);
     WRITE_FAILS.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -1111,9 +1116,7 @@ async fn while_the_file_cannot_be_reopened_a_message_is_refused_and_not_kept_for
 /// for themselves.
 #[tokio::test]
 async fn a_commit_whose_header_was_not_written_is_answered_as_not_recorded() {
-    let _alone = ON_CUE.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _) = Store::open_through(dir.path(), true, i64::MIN, open_fails_on_cue).unwrap();
+    let (_alone, _dir, store) = store_on_cue().await;
     let within = |what| tokio::time::timeout(std::time::Duration::from_secs(5), what);
     HEADER_FAILS.store(true, std::sync::atomic::Ordering::SeqCst);
     let (t, d) = ticket("t1", "m1", &["a"]);
@@ -1139,9 +1142,7 @@ async fn a_commit_whose_header_was_not_written_is_answered_as_not_recorded() {
 /// of refusing them until a restart.
 #[tokio::test]
 async fn after_a_failed_read_the_store_reopens_and_accepts_again() {
-    let _alone = ON_CUE.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _) = Store::open_through(dir.path(), true, i64::MIN, open_fails_on_cue).unwrap();
+    let (_alone, _dir, store) = store_on_cue().await;
     let (t, d) = ticket("t1", "m1", &["a"]);
     store.accept(t, d, Vec::new()).await.unwrap();
     READ_FAILS.store(true, std::sync::atomic::Ordering::SeqCst);
