@@ -1124,7 +1124,10 @@ async fn a_commit_whose_header_was_not_written_is_answered_as_not_recorded() {
     let injected = HEADER_FAILS.swap(false, std::sync::atomic::Ordering::SeqCst);
     let (t, d) = ticket("t2", "m2", &["b"]);
     let taken = within(store.accept(t, d, Vec::new())).await;
-    assert!(!injected, "the commit wrote no header");
+    assert!(
+        !injected,
+        "no header write failed: the test did not reach the path it names"
+    );
     assert!(
         matches!(failed, Ok(Err(StoreError::Unavailable(_)))),
         "{failed:?}"
