@@ -7,6 +7,7 @@ use std::time::Duration;
 use bcss_directory::Directory;
 use bcss_directory::csv::Resolver;
 use bcss_domain::{InstitutionIndex, QualityCode, SectorQuality};
+use bcss_policy::settings::StorageSettings;
 use bcss_policy::{Policy, Settings};
 use tonic::transport::{Certificate, Identity};
 
@@ -17,7 +18,7 @@ use crate::pipeline::{HubParts, PolicySource};
 use crate::pki::Pki;
 use crate::privacy::PersonKey;
 use crate::server::{ServeOptions, ServerTls};
-use bcss_store::{Recovered, Store};
+use bcss_store::{Recovered, Store, StoreOptions};
 use time::OffsetDateTime;
 
 #[derive(Debug, thiserror::Error)]
@@ -188,11 +189,8 @@ pub fn assemble_settings(
     let (store, recovered) = if settings.storage.durable {
         // The ledger holds settled tickets for a while only: older ones stay on disk.
         let hold_since = OffsetDateTime::now_utc() - crate::journal::SETTLED_HELD;
-        let (store, recovered) = Store::open_with(
-            &settings.storage.data,
-            settings.storage.journal,
-            crate::ledger::unix_ms(hold_since),
-        )?;
+        let options = store_options(&settings.storage, crate::ledger::unix_ms(hold_since));
+        let (store, recovered) = Store::open_with(&settings.storage.data, options)?;
         if !settings.storage.journal {
             tracing::warn!(
                 message =
@@ -250,4 +248,49 @@ pub fn assemble_settings(
         pki,
         snapshots,
     })
+}
+
+/// How the store is opened: as `storage` says, holding the tickets accepted from
+/// `hold_since_ms` on.
+fn store_options(storage: &StorageSettings, hold_since_ms: i64) -> StoreOptions {
+    let mut options = StoreOptions {
+        journal: storage.journal,
+        hold_since_ms,
+        ..StoreOptions::default()
+    };
+    if let Some(mib) = storage.cache_mib {
+        options.cache_bytes = usize::try_from(mib)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(1 << 20);
+    }
+    options
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_is_opened_as_the_storage_settings_say() {
+        // (storage.journal, storage.cache_mib, journal, cache bytes)
+        let cases = [
+            (true, None, true, bcss_store::DEFAULT_CACHE_BYTES),
+            (false, None, false, bcss_store::DEFAULT_CACHE_BYTES),
+            (true, Some(16), true, 16 << 20),
+            (true, Some(2048), true, 2048 << 20),
+            (true, Some(0), true, 0),
+        ];
+        for (journal, cache_mib, expect_journal, expect_cache) in cases {
+            let storage = StorageSettings {
+                journal,
+                cache_mib,
+                ..StorageSettings::default()
+            };
+            let options = store_options(&storage, 42);
+            let case = format!("journal {journal}, cache_mib {cache_mib:?}");
+            assert_eq!(options.journal, expect_journal, "{case}");
+            assert_eq!(options.cache_bytes, expect_cache, "{case}");
+            assert_eq!(options.hold_since_ms, 42, "{case}");
+        }
+    }
 }

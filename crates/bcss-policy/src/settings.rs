@@ -210,6 +210,10 @@ pub struct StorageSettings {
     /// no ticket goes while one of its deliveries is still tried.
     #[serde(default = "default_ticket_days")]
     pub ticket_days: u32,
+    /// MiB of memory redb may keep pages of `hub.redb` in; unset, the store's own choice
+    /// (`bcss_store::DEFAULT_CACHE_BYTES`, 64 MiB).
+    #[serde(default)]
+    pub cache_mib: Option<u32>,
 }
 
 /// `delivery.max_age_s`'s two days and one more: about 0.7 kB of memory per ticket (see
@@ -234,6 +238,7 @@ impl Default for StorageSettings {
             journal: true,
             directory_snapshot_s: default_snapshot_interval(),
             ticket_days: default_ticket_days(),
+            cache_mib: None,
         }
     }
 }

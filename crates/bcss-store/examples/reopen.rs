@@ -8,7 +8,8 @@
 use std::time::Instant;
 
 use bcss_store::{
-    Accepted, Change, DeliveryRow, EntryKind, JournalEntry, OutcomeRow, Store, TicketRow,
+    Accepted, Change, DeliveryRow, EntryKind, JournalEntry, OutcomeRow, Store, StoreOptions,
+    TicketRow,
 };
 
 /// Tickets accepted concurrently, so that they share group commits as the hub's do.
@@ -67,7 +68,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("tickets to hold (now)", bcss_store::now_ms() - 300_000),
         ] {
             let started = Instant::now();
-            let (store, recovered) = Store::open_with(dir, true, hold_since_ms)?;
+            let (store, recovered) = Store::open_with(
+                dir,
+                StoreOptions {
+                    hold_since_ms,
+                    ..StoreOptions::default()
+                },
+            )?;
             let took = started.elapsed();
             drop(store);
             println!(

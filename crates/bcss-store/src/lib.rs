@@ -230,33 +230,57 @@ impl Drop for Store {
     }
 }
 
-/// How the store opens `hub.redb`.
-pub(crate) type OpenDatabase = fn(&Path) -> Result<Database, redb::DatabaseError>;
+/// How the store opens `hub.redb` (tests hand in a storage backend that fails on cue).
+pub(crate) type OpenDatabase =
+    Box<dyn Fn(&Path) -> Result<Database, redb::DatabaseError> + Send + 'static>;
 
-fn create_database(path: &Path) -> Result<Database, redb::DatabaseError> {
-    Database::create(path)
+/// What [`Store::open_with`] is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Whether exchanges are journalled (`false`: benchmarks of the journal's cost).
+    pub journal: bool,
+    /// The tickets read back at start are those with a delivery not made yet and those
+    /// accepted at this time (milliseconds since the Unix epoch) or later: the others stay on
+    /// disk, for [`Store::ticket`].
+    pub hold_since_ms: i64,
+    /// The memory redb keeps pages of `hub.redb` in, bytes.
+    pub cache_bytes: usize,
+}
+
+/// redb's page cache unless told otherwise: 64 MiB. The hub writes at the right edge of its
+/// tables and takes rows back soon after (deliveries acknowledged, tickets settled), so its
+/// working set is small. A cache of redb's default size, a gigabyte, is fresh memory for every
+/// page a commit writes until it is full: the kernel zeroing it was 9 % of the writer thread's
+/// time in a fan-out run, and the process spent a tenth more CPU per fan-out message
+/// (docs/BENCHMARKS.md, "Profile, tenth round").
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            journal: true,
+            hold_since_ms: i64::MIN,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
 }
 
 impl Store {
     /// Opens (or creates) `hub.redb` in `dir` and reads back what it holds, every ticket
     /// included.
     pub fn open(dir: &Path) -> Result<(Store, Recovered), StoreError> {
-        Store::open_with(dir, true, i64::MIN)
+        Store::open_with(dir, StoreOptions::default())
     }
 
-    /// [`Store::open`]; with `journal` false nothing is journalled (benchmarks of its cost).
-    /// The tickets read back are those with a delivery not made yet and those accepted at
-    /// `hold_since_ms` or later: the others stay on disk, for [`Store::ticket`].
-    pub fn open_with(
-        dir: &Path,
-        journal: bool,
-        hold_since_ms: i64,
-    ) -> Result<(Store, Recovered), StoreError> {
-        Store::open_through(dir, journal, hold_since_ms, create_database)
+    /// [`Store::open`], as `options` say.
+    pub fn open_with(dir: &Path, options: StoreOptions) -> Result<(Store, Recovered), StoreError> {
+        let cache = options.cache_bytes;
+        let open = move |path: &Path| Database::builder().set_cache_size(cache).create(path);
+        Store::open_through(dir, options.journal, options.hold_since_ms, Box::new(open))
     }
 
     /// [`Store::open_with`], opening `hub.redb` (at start, and again after a failure) with
-    /// `open`: tests hand in a storage backend that fails on cue.
+    /// `open`.
     pub(crate) fn open_through(
         dir: &Path,
         journal: bool,
