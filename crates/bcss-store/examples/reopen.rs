@@ -1,9 +1,12 @@
 //! How long a hub's start takes to read its store back, with every ticket or only those it
-//! must hold: fills a store with settled tickets, then times both ways of opening it.
+//! must hold, and what reading one old ticket back costs (`Track`): fills a store with settled
+//! tickets, times both ways of opening it, then 10,000 reads of tickets picked at random.
 //!
 //! `cargo run --release -p bcss-store --example reopen -- [TICKETS] [FOLDER]` (500,000 and a
 //! temporary folder by default; the folder must be on a real disk). Each ticket has one
 //! delivery, acknowledged, and one journal entry, as a single-recipient A052 leaves them.
+//! `BCSS_BENCH_CACHE_MIB` sets the store's page cache (`StoreOptions::cache_bytes`; unset, the
+//! store's default).
 
 use std::time::Instant;
 
@@ -25,17 +28,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => tempfile::tempdir()?,
     };
     let dir = temporary.path();
+    let cache_bytes = match std::env::var("BCSS_BENCH_CACHE_MIB") {
+        Ok(mib) => mib.parse::<usize>()? << 20,
+        Err(_) => bcss_store::DEFAULT_CACHE_BYTES,
+    };
+    let options = StoreOptions {
+        cache_bytes,
+        ..StoreOptions::default()
+    };
+    println!("store page cache: {} MiB", cache_bytes >> 20);
+    let an_hour_ago = bcss_store::now_ms() - 3_600_000;
 
     let started = Instant::now();
     {
-        let (store, _) = Store::open(dir)?;
+        let (store, _) = Store::open_with(dir, options)?;
         let store = std::sync::Arc::new(store);
         let mut tasks = tokio::task::JoinSet::new();
         for worker in 0..IN_FLIGHT {
             let store = store.clone();
             tasks.spawn(async move {
                 for n in (worker..tickets).step_by(IN_FLIGHT) {
-                    let (ticket, delivery, entry) = exchange(n);
+                    let (ticket, delivery, entry) = exchange(n, an_hour_ago);
                     let Accepted::New { seqs } = store.accept(ticket, delivery, entry).await?
                     else {
                         unreachable!("every message id is new");
@@ -72,7 +85,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 dir,
                 StoreOptions {
                     hold_since_ms,
-                    ..StoreOptions::default()
+                    ..options
                 },
             )?;
             let took = started.elapsed();
@@ -84,12 +97,44 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     }
+
+    // `Track` of an old ticket: read back from the file, one at a time, as a hub started an
+    // hour later does (the ledger holds none of them).
+    let (store, _) = Store::open_with(
+        dir,
+        StoreOptions {
+            hold_since_ms: bcss_store::now_ms() - 300_000,
+            ..options
+        },
+    )?;
+    let mut took = Vec::with_capacity(READS);
+    // A fixed sequence of tickets spread over the whole store (a linear congruential one).
+    let mut n: usize = 12_345;
+    for _ in 0..READS {
+        n = (n.wrapping_mul(1_103_515_245).wrapping_add(12_345)) % tickets;
+        let ticket = exchange(n, an_hour_ago).0.ticket;
+        let started = Instant::now();
+        let stored = store.ticket(&ticket).await?;
+        took.push(started.elapsed());
+        assert!(stored.is_some(), "ticket {n} was stored");
+    }
+    took.sort_unstable();
+    let at = |q: f64| took[((took.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+    println!(
+        "{READS} old tickets read back one at a time: p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs",
+        at(0.5),
+        at(0.9),
+        at(0.99)
+    );
     Ok(())
 }
 
-/// Ticket `n`: accepted an hour ago (so not held at start), one recipient, one journal entry.
-fn exchange(n: usize) -> (TicketRow, Vec<DeliveryRow>, Vec<JournalEntry>) {
-    let accepted_at_ms = bcss_store::now_ms() - 3_600_000;
+/// Tickets read back at random after the start.
+const READS: usize = 10_000;
+
+/// Ticket `n`, accepted at `accepted_at_ms` (an hour ago, so not held at start): one
+/// recipient, one journal entry.
+fn exchange(n: usize, accepted_at_ms: i64) -> (TicketRow, Vec<DeliveryRow>, Vec<JournalEntry>) {
     // Time-ordered like the hub's UUIDv7 tickets.
     let ticket = format!("{:012x}-{n:023}", accepted_at_ms);
     let row = TicketRow {
