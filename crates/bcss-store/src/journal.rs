@@ -101,6 +101,12 @@ pub struct JournalEntry {
     /// (a field at its default value is not encoded).
     #[prost(bool, tag = "22")]
     pub consultation: bool,
+    /// For a submission: how many entries directly after it are its candidates (admissions and
+    /// refusals), written in the same commit. They are found through it (numbers `number + 1`
+    /// to `number + candidates`) and have no ticket index row of their own; 0 in entries
+    /// written before this field was kept, whose candidates have one.
+    #[prost(uint32, tag = "23")]
+    pub candidates: u32,
     #[prost(bytes = "vec", tag = "30")]
     pub prev_hash: Vec<u8>,
     #[prost(bytes = "vec", tag = "31")]

@@ -249,7 +249,7 @@ pub(crate) fn journal_query(
         JournalQuery::Tickets { tickets } => {
             let table = txn.open_table(JOURNAL_BY_TICKET).or_unavailable()?;
             for ticket in tickets {
-                numbers.extend(ticket_entries(&table, ticket)?);
+                numbers.extend(ticket_entries(&table, &journal, ticket)?);
             }
         }
         JournalQuery::Party {
@@ -311,7 +311,7 @@ pub(crate) fn journal_query(
             if !seen.insert((hit.ticket.as_str(), hit.kind, hit.delivery_id.as_str())) {
                 continue;
             }
-            for number in ticket_entries(&by_ticket, &hit.ticket)? {
+            for number in ticket_entries(&by_ticket, &journal, &hit.ticket)? {
                 if numbers.binary_search(&number).is_ok() {
                     continue;
                 }
@@ -352,7 +352,9 @@ pub(crate) fn reached_through(
     }
 }
 
-/// The entries with these numbers (sorted and deduplicated first), in order.
+/// The entries with these numbers (sorted and deduplicated first), in order; not those
+/// retention removed (a candidate its submission names keeps its number there after its
+/// stub is left).
 pub(crate) fn read_entries(
     journal: &impl ReadableTable<u64, &'static [u8]>,
     numbers: &mut Vec<u64>,
@@ -362,7 +364,10 @@ pub(crate) fn read_entries(
     let mut entries = Vec::with_capacity(numbers.len());
     for &number in numbers.iter() {
         if let Some(bytes) = journal.get(number).or_unavailable()? {
-            entries.push(decode(bytes.value())?);
+            let entry: JournalEntry = decode(bytes.value())?;
+            if !entry.removed {
+                entries.push(entry);
+            }
         }
     }
     Ok(entries)

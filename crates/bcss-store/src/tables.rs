@@ -30,14 +30,16 @@ pub(crate) const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("jo
 /// (see [`Rows`](crate::writer::Rows)).
 pub(crate) const JOURNAL_BY_PERSON: TableDefinition<(u64, u64), ()> =
     TableDefinition::new("journal_by_person");
-/// (ticket, entry): every entry of a ticket.
+/// (ticket, entry): a ticket's submission and the later entries of its deliveries; its
+/// candidates are found through the submission (`JournalEntry::candidates`).
 pub(crate) const JOURNAL_BY_TICKET: TableDefinition<(&str, u64), ()> =
     TableDefinition::new("journal_by_ticket");
 /// (institution, time, entry): the sender at the submission, each recipient at its admission
 /// or refusal (see [`Rows`](crate::writer::Rows)).
 pub(crate) const JOURNAL_BY_PARTY: TableDefinition<(&str, i64, u64), ()> =
     TableDefinition::new("journal_by_party");
-/// (keep until, entry): what retention removes next; an admission's later entries go with it.
+/// (keep until, entry): what retention removes next; a submission's named candidates, and an
+/// admission's later entries, go with it.
 pub(crate) const JOURNAL_EXPIRY: TableDefinition<(i64, u64), ()> =
     TableDefinition::new("journal_expiry");
 /// Checkpoint entry number → `Checkpoint`.

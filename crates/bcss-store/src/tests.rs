@@ -557,11 +557,12 @@ async fn later_entries_are_found_and_expired_through_their_ticket() {
         vec![e("t2", adm, "a")]
     );
     drop(store);
-    // Index rows: one person and one sender row per ticket, one recipient and one expiry
-    // row per candidate (and the submission's), every entry in by_ticket; and an expiry row of
-    // its own for the attempt to b, which this test's clock writes after b's retention (t=9,000
-    // ms) ended.
-    assert_eq!(index_rows(dir.path()), [2, 5, 3 + 1, 2 + 2 + 1]);
+    // Index rows: one person, one sender, one expiry and one by_ticket row per submission,
+    // one recipient row per candidate; by_ticket rows for the follow-ups (the attempt to b),
+    // none for the candidates their submission names; an expiry row for a candidate only if
+    // it goes before its submission (the one to a, gone); and one for the attempt to b, which
+    // this test's clock writes after b's retention (t=9,000 ms) ended.
+    assert_eq!(index_rows(dir.path()), [2, 2 + 1, 2 + 2, 2 + 1]);
     let (store, _) = Store::open(dir.path()).unwrap();
     assert_eq!(store.expire(9_000, 100).await.unwrap(), 5);
     assert!(
@@ -571,6 +572,164 @@ async fn later_entries_are_found_and_expired_through_their_ticket() {
             .unwrap()
             .is_empty()
     );
+    assert_eq!(store.verify().await.unwrap().first_problem, None);
+    drop(store);
+    assert_eq!(index_rows(dir.path()), [0; 4], "no row outlives retention");
+}
+
+/// Which candidates a submission names, and the rows each entry of an accepted message gets:
+/// a submission names the admissions and refusals right after it, up to the first that it
+/// would not outlive (a candidate kept longer, or for ever, keeps rows of its own).
+#[test]
+fn a_submission_names_the_candidates_it_outlives() {
+    use crate::writer::{Rows, candidates_of_submission};
+    let (sub, adm, refusal, att) = (
+        EntryKind::Submission,
+        EntryKind::Admission,
+        EntryKind::Refusal,
+        EntryKind::Attempt,
+    );
+    let entry = |kind: EntryKind, keep_until_ms: i64| JournalEntry {
+        kind: kind as i32,
+        keep_until_ms,
+        ..Default::default()
+    };
+    let named = |keep| Rows::Candidate {
+        submission_keep_until_ms: keep,
+    };
+    let cases: Vec<(&str, Vec<JournalEntry>, u32, Vec<Rows>)> = vec![
+        (
+            "admissions and refusals kept as long or less",
+            vec![entry(sub, 9), entry(adm, 9), entry(refusal, 5)],
+            2,
+            vec![Rows::All, named(9), named(9)],
+        ),
+        (
+            "a submission kept for ever outlives every candidate",
+            vec![entry(sub, 0), entry(adm, 5), entry(adm, 0)],
+            2,
+            vec![Rows::All, named(0), named(0)],
+        ),
+        (
+            "the first candidate kept longer ends the names",
+            vec![entry(sub, 9), entry(adm, 9), entry(adm, 12), entry(adm, 9)],
+            1,
+            vec![
+                Rows::All,
+                named(9),
+                Rows::LoneCandidate,
+                Rows::LoneCandidate,
+            ],
+        ),
+        (
+            "a candidate kept for ever outlives a submission that is not",
+            vec![entry(sub, 9), entry(refusal, 0)],
+            0,
+            vec![Rows::All, Rows::LoneCandidate],
+        ),
+        (
+            "an entry of another kind is not a candidate",
+            vec![entry(sub, 9), entry(att, 9)],
+            0,
+            vec![Rows::All, Rows::All],
+        ),
+        (
+            "candidates without their submission",
+            vec![entry(adm, 9)],
+            0,
+            vec![Rows::LoneCandidate],
+        ),
+    ];
+    for (name, journal, candidates, rows) in cases {
+        let written: Vec<(JournalEntry, Rows)> = candidates_of_submission(journal).collect();
+        let named_count = written
+            .first()
+            .filter(|(e, _)| e.kind == sub as i32)
+            .map_or(0, |(e, _)| e.candidates);
+        assert_eq!(named_count, candidates, "{name}");
+        assert_eq!(
+            written.iter().map(|(_, r)| *r).collect::<Vec<_>>(),
+            rows,
+            "{name}"
+        );
+    }
+}
+
+/// Candidates their submission names have no ticket row and, when they go with it, no expiry
+/// row: every query still finds them, and retention still removes them, with their
+/// deliveries. A candidate kept longer than its submission keeps rows of its own (as every
+/// candidate had in files written before submissions named them) and stays after it.
+#[tokio::test]
+async fn candidates_are_found_and_expired_through_their_submission() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    // t1: a submission naming three admissions; t2: an admission kept past its submission.
+    let (t, d, j) = journalled("t1", 42, &[("a", 9_000), ("b", 9_000), ("c", 9_000)]);
+    store.accept(t, d, j).await.unwrap();
+    let (t, d, mut j) = journalled("t2", 43, &[("a", 12_000)]);
+    j[0].keep_until_ms = 9_000;
+    store.accept(t, d, j).await.unwrap();
+    for seq in [1, 2, 4] {
+        let delivered = Change::Delivered { seq, at_ms: 2_000 };
+        store.change(delivered).await.unwrap();
+    }
+    let entries = |query| async { store.journal(query).await.unwrap() };
+    let shape = |entries: Vec<JournalEntry>| -> Vec<(String, i32, String)> {
+        entries
+            .into_iter()
+            .map(|e| (e.ticket, e.kind, e.recipient))
+            .collect()
+    };
+    let tickets = |names: &[&str]| JournalQuery::Tickets {
+        tickets: names.iter().map(|t| (*t).to_owned()).collect(),
+    };
+    let party = |institution: &str| JournalQuery::Party {
+        institution: institution.into(),
+        from_ms: 0,
+        to_ms: i64::MAX,
+        limit: usize::MAX,
+    };
+    let (sub, adm, del) = (0, 2, 4);
+    let e = |t: &str, kind: i32, r: &str| (t.to_owned(), kind, r.to_owned());
+    let t1 = vec![
+        e("t1", sub, ""),
+        e("t1", adm, "a"),
+        e("t1", adm, "b"),
+        e("t1", adm, "c"),
+        e("t1", del, "a"),
+        e("t1", del, "b"),
+    ];
+    let submission = entries(tickets(&["t1"])).await.remove(0);
+    assert_eq!(submission.candidates, 3, "t1's submission names its three");
+    let cases: Vec<(&str, JournalQuery, Vec<(String, i32, String)>)> = vec![
+        ("the ticket", tickets(&["t1"]), t1.clone()),
+        ("the person", JournalQuery::Person { niss: 42 }, t1.clone()),
+        (
+            "a recipient: its admissions and their deliveries",
+            party("b"),
+            vec![e("t1", adm, "b"), e("t1", del, "b")],
+        ),
+        (
+            "the lone candidate, through its own rows",
+            tickets(&["t2"]),
+            vec![e("t2", sub, ""), e("t2", adm, "a"), e("t2", del, "a")],
+        ),
+    ];
+    for (name, query, expected) in cases {
+        assert_eq!(shape(entries(query).await), expected, "{name}");
+    }
+    // At t=9,000 both submissions go, t1's candidates and deliveries with it; t2's admission
+    // is kept until t=12,000, with its delivery.
+    assert_eq!(store.expire(9_000, 100).await.unwrap(), 2 + 3 + 2);
+    assert!(
+        entries(tickets(&["t1"])).await.is_empty(),
+        "nothing of t1 is left"
+    );
+    assert_eq!(
+        shape(entries(party("a")).await),
+        vec![e("t2", adm, "a"), e("t2", del, "a")]
+    );
+    assert_eq!(store.expire(12_000, 100).await.unwrap(), 2);
     assert_eq!(store.verify().await.unwrap().first_problem, None);
     drop(store);
     assert_eq!(index_rows(dir.path()), [0; 4], "no row outlives retention");
@@ -1405,9 +1564,11 @@ fn a_change_that_fails_on_a_missing_payload_changes_nothing() {
     txn.commit().unwrap();
 }
 
-/// An admission takes its follow-ups (which have no expiry row of their own) with it at
-/// retention, even when another entry of its ticket no longer decodes: that entry once failed
-/// the pass after the admission's stub was made, and the follow-ups then stayed for good.
+/// A submission takes the candidates it names, and an admission its follow-ups (none of which
+/// has an expiry row of its own), with it at retention, even when another entry of its ticket
+/// no longer decodes: that entry once failed the pass after the admission's stub was made, and
+/// the follow-ups then stayed for good. Here the submission itself does not decode: its
+/// admission is found after it, as the store writes them, and still goes.
 #[tokio::test]
 async fn follow_ups_expire_with_their_admission_past_a_damaged_entry() {
     let dir = tempfile::tempdir().unwrap();

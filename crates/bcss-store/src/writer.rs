@@ -586,12 +586,7 @@ impl Writer {
             .tickets
             .insert(ticket.ticket.as_str(), ticket.encode_to_vec().as_slice())
             .or_unavailable()?;
-        for entry in journal {
-            let rows = if entry.kind == EntryKind::Submission as i32 {
-                Rows::All
-            } else {
-                Rows::Candidate
-            };
+        for (entry, rows) in candidates_of_submission(journal) {
             self.append(tables, entry, rows)?;
         }
         Ok(Accepted::New { seqs })
@@ -846,21 +841,71 @@ pub(crate) fn delivery_entry(row: &DeliveryRow, kind: EntryKind) -> JournalEntry
     }
 }
 
-/// Which index rows an entry gets. Every entry of a ticket is in `journal_by_ticket`; what an
-/// earlier entry of the same ticket already indexes is not indexed again, and the queries reach
-/// it through the ticket. This halves the rows a delivery writes (docs/BENCHMARKS.md, "Profile,
-/// sixth round").
+/// Which index rows an entry gets. What an earlier entry of the same ticket already indexes is
+/// not indexed again, and the queries reach it through the ticket: its entries are in
+/// `journal_by_ticket`, and its submission names the candidates that follow it. This halves
+/// the rows a delivery writes (docs/BENCHMARKS.md, "Profile, sixth round"), and a candidate's
+/// are a third of what they were ("The journal's rows per candidate").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Rows {
     /// A ticket's submission, and entries of their own (consultations, contact files): person,
     /// ticket, sender and recipient, retention.
     All,
-    /// An admission or a refusal of an accepted message: ticket, recipient, retention. Its person
-    /// and its sender are its submission's.
-    Candidate,
+    /// An admission or a refusal its submission names ([`JournalEntry::candidates`]): recipient
+    /// only, and retention when it ends before the submission's (otherwise it goes with the
+    /// submission). Its person, sender and ticket are its submission's.
+    Candidate { submission_keep_until_ms: i64 },
+    /// An admission or a refusal its submission does not name (written before submissions
+    /// named them, or kept longer than its submission): ticket, recipient, retention.
+    LoneCandidate,
     /// A later event of an admitted delivery (attempt, delivery, dead letter, replay): ticket
     /// only. Its person, parties and retention are its admission's.
     FollowUp,
+}
+
+/// The entries an accepted message writes, with their rows: a submission names the candidates
+/// right after it ([`JournalEntry::candidates`]) as long as none is kept longer than it is (the
+/// gateway keeps a submission as long as its longest-kept candidate), so that retention never
+/// leaves a candidate its submission no longer names.
+pub(crate) fn candidates_of_submission(
+    mut journal: Vec<JournalEntry>,
+) -> impl Iterator<Item = (JournalEntry, Rows)> {
+    let mut named = 0;
+    if let Some((submission, rest)) = journal.split_first_mut()
+        && submission.kind == EntryKind::Submission as i32
+    {
+        let keep = submission.keep_until_ms;
+        named = rest
+            .iter()
+            .take_while(|e| {
+                (e.kind == EntryKind::Admission as i32 || e.kind == EntryKind::Refusal as i32)
+                    && outlived_by(e.keep_until_ms, keep)
+            })
+            .count();
+        submission.candidates = named as u32;
+    }
+    let submission_keep_until_ms = journal.first().map_or(0, |e| e.keep_until_ms);
+    journal.into_iter().enumerate().map(move |(i, entry)| {
+        let rows = match i {
+            0 if entry.kind == EntryKind::Submission as i32 => Rows::All,
+            i if (1..=named).contains(&i) => Rows::Candidate {
+                submission_keep_until_ms,
+            },
+            _ if entry.kind == EntryKind::Admission as i32
+                || entry.kind == EntryKind::Refusal as i32 =>
+            {
+                Rows::LoneCandidate
+            }
+            _ => Rows::All,
+        };
+        (entry, rows)
+    })
+}
+
+/// Whether an entry kept until `keep_until_ms` goes no later than one kept until `other_ms`
+/// (0: kept for ever).
+fn outlived_by(keep_until_ms: i64, other_ms: i64) -> bool {
+    other_ms == 0 || (keep_until_ms != 0 && keep_until_ms <= other_ms)
 }
 
 /// Adds (or, with `add` false, removes) an entry's index rows.
@@ -888,22 +933,39 @@ pub(crate) fn index(
             }
         };
     }
-    if rows == Rows::All && entry.niss != 0 {
+    let keep = entry.keep_until_ms;
+    // (person, ticket, sender, recipient, retention)
+    let (by_person, by_ticket, by_sender, by_recipient, expires) = match rows {
+        Rows::All => (true, true, true, true, keep > 0),
+        // A named candidate goes with its submission at retention, unless it goes before.
+        Rows::Candidate {
+            submission_keep_until_ms,
+        } => (
+            false,
+            false,
+            false,
+            true,
+            keep > 0 && keep != submission_keep_until_ms,
+        ),
+        Rows::LoneCandidate => (false, true, false, true, keep > 0),
+        // A follow-up goes with its admission at retention, unless it comes after that (a dead
+        // letter replayed past its retention): then it has a row of its own, or it would stay.
+        Rows::FollowUp => (false, true, false, false, keep > 0 && keep <= entry.at_ms),
+    };
+    if by_person && entry.niss != 0 {
         apply!(person, (entry.niss, n));
     }
-    if !entry.ticket.is_empty() {
+    if by_ticket && !entry.ticket.is_empty() {
         apply!(ticket, (entry.ticket.as_str(), n));
     }
-    if rows == Rows::All && !entry.sender.is_empty() {
+    if by_sender && !entry.sender.is_empty() {
         apply!(party, (entry.sender.as_str(), entry.at_ms, n));
     }
-    if rows != Rows::FollowUp && !entry.recipient.is_empty() {
+    if by_recipient && !entry.recipient.is_empty() {
         apply!(party, (entry.recipient.as_str(), entry.at_ms, n));
     }
-    // A follow-up goes with its admission at retention, unless it comes after that (a dead
-    // letter replayed past its retention): then it has a row of its own, or it would stay.
-    if entry.keep_until_ms > 0 && (rows != Rows::FollowUp || entry.keep_until_ms <= entry.at_ms) {
-        apply!(expiry, (entry.keep_until_ms, n));
+    if expires {
+        apply!(expiry, (keep, n));
     }
     if entry.kind == EntryKind::ContactFile as i32 && !entry.contact_file.is_empty() {
         let key = crate::tables::contact_file_key(&entry.sender, &entry.contact_file);
@@ -916,9 +978,11 @@ pub(crate) fn index(
     Ok(())
 }
 
-/// The numbers of a ticket's entries.
+/// The numbers of a ticket's entries, in order: those in `journal_by_ticket`, and the
+/// candidates its submission (the first) names.
 pub(crate) fn ticket_entries(
     by_ticket: &impl ReadableTable<(&'static str, u64), ()>,
+    journal: &impl ReadableTable<u64, &'static [u8]>,
     ticket: &str,
 ) -> Result<Vec<u64>, StoreError> {
     let mut numbers = Vec::new();
@@ -928,12 +992,37 @@ pub(crate) fn ticket_entries(
     {
         numbers.push(item.or_unavailable()?.0.value().1);
     }
+    if let Some(&first) = numbers.first() {
+        let candidates = named_candidates(journal, first)?;
+        if candidates > 0 {
+            numbers.extend(first + 1..=first + candidates);
+            numbers.sort_unstable();
+            numbers.dedup();
+        }
+    }
     Ok(numbers)
 }
 
+/// How many candidates entry `number` names (entries `number + 1` on), if it is a submission
+/// that does ([`JournalEntry::candidates`]); 0 for a stub, or an entry that does not decode
+/// (verification reports it).
+fn named_candidates(
+    journal: &impl ReadableTable<u64, &'static [u8]>,
+    number: u64,
+) -> Result<u64, StoreError> {
+    let Some(bytes) = journal.get(number).or_unavailable()? else {
+        return Ok(0);
+    };
+    Ok(match decode::<JournalEntry>(bytes.value()) {
+        Ok(entry) if entry.kind == EntryKind::Submission as i32 => u64::from(entry.candidates),
+        _ => 0,
+    })
+}
+
 /// Replaces the content of entries past their retention by stubs, and removes their index
-/// rows. An admission takes its later entries (attempts, delivery, dead letter), which share its
-/// retention and have no expiry row of their own unless written after it ended, with it.
+/// rows. A submission takes the candidates it names with it, and an admission its later entries
+/// (attempts, delivery, dead letter): they share its retention and have no expiry row of their
+/// own unless theirs ends first or, for a later entry, after it was written.
 pub(crate) fn expire(
     tables: &mut Tables,
     key: &[u8; 32],
@@ -956,9 +1045,8 @@ pub(crate) fn expire(
     };
     let mut removed = 0;
     for (keep_until, number) in due {
-        let entry = match stub(tables, key, number) {
-            Ok(Some(entry)) => entry,
-            Ok(None) => continue,
+        match retire(tables, key, number, now_ms) {
+            Ok(count) => removed += count,
             Err(StoreError::Damaged(_)) => {
                 // An entry that no longer decodes (verification reports it) must not stop
                 // retention for every entry after it: its row goes, the entry stays as it is.
@@ -971,36 +1059,105 @@ pub(crate) fn expire(
                     .expiry
                     .remove((keep_until, number))
                     .or_unavailable()?;
-                continue;
+                removed += retire_candidates_after(tables, key, number, now_ms)?;
             }
             Err(error) => return Err(error),
+        }
+    }
+    Ok(removed)
+}
+
+/// After entry `number` failed to decode at retention: if it was a submission, the candidates
+/// it named follow it and have no expiry row, so they are found the way it was written (the
+/// admissions and refusals of one ticket right after it) and leave their stubs if their own
+/// retention has ended too. How many entries it removed.
+fn retire_candidates_after(
+    tables: &mut Tables,
+    key: &[u8; 32],
+    number: u64,
+    now_ms: i64,
+) -> Result<u64, StoreError> {
+    let mut removed = 0;
+    let mut ticket: Option<String> = None;
+    for later in number + 1.. {
+        let entry = {
+            let Some(bytes) = tables.journal.get(later).or_unavailable()? else {
+                break;
+            };
+            let Ok(entry) = decode::<JournalEntry>(bytes.value()) else {
+                break;
+            };
+            entry
         };
-        removed += 1;
-        if entry.kind == EntryKind::Admission as i32 && !entry.delivery_id.is_empty() {
-            for later in ticket_entries(&tables.by_ticket, &entry.ticket)? {
-                let follows = {
-                    let Some(bytes) = tables.journal.get(later).or_unavailable()? else {
-                        continue;
-                    };
-                    let Ok(e) = decode::<JournalEntry>(bytes.value()) else {
-                        // The admission's stub is kept with this pass, and its follow-ups have
-                        // no expiry row that would bring them back to a later one: another entry
-                        // of the ticket that does not decode (verification reports it) must not
-                        // keep them.
-                        tracing::warn!(
-                            message = "A journal entry of a ticket due for retention does not decode; left for verification.",
-                            entry = later
-                        );
-                        continue;
-                    };
-                    e.delivery_id == entry.delivery_id
-                        && e.kind != EntryKind::Admission as i32
-                        && e.keep_until_ms <= now_ms
-                };
-                if follows && stub(tables, key, later)?.is_some() {
-                    removed += 1;
-                }
-            }
+        if entry.kind != EntryKind::Admission as i32 && entry.kind != EntryKind::Refusal as i32 {
+            break;
+        }
+        if entry.removed {
+            // A candidate whose retention ended first (a stub keeps its kind).
+            continue;
+        }
+        if entry.consultation || *ticket.get_or_insert_with(|| entry.ticket.clone()) != entry.ticket
+        {
+            break;
+        }
+        if entry.keep_until_ms <= now_ms {
+            removed += retire(tables, key, later, now_ms)?;
+        }
+    }
+    Ok(removed)
+}
+
+/// Leaves the stub of entry `number` (due at `now_ms`) and of the entries that go with it;
+/// how many it removed. Only `number` failing to decode is an error.
+fn retire(
+    tables: &mut Tables,
+    key: &[u8; 32],
+    number: u64,
+    now_ms: i64,
+) -> Result<u64, StoreError> {
+    let Some(entry) = stub(tables, key, number)? else {
+        return Ok(0);
+    };
+    let mut removed = 1;
+    // The entries that go with it, if their retention has ended too (by construction it has).
+    let mut with_it = Vec::new();
+    if entry.kind == EntryKind::Submission as i32 {
+        with_it.extend(number + 1..=number + u64::from(entry.candidates));
+    }
+    if entry.kind == EntryKind::Admission as i32 && !entry.delivery_id.is_empty() {
+        with_it.extend(ticket_entries(
+            &tables.by_ticket,
+            &tables.journal,
+            &entry.ticket,
+        )?);
+    }
+    for later in with_it {
+        let goes = {
+            let Some(bytes) = tables.journal.get(later).or_unavailable()? else {
+                continue;
+            };
+            let Ok(e) = decode::<JournalEntry>(bytes.value()) else {
+                // The entry's stub is kept with this pass, and what goes with it has no expiry
+                // row that would bring it back to a later one: another entry of the ticket that
+                // does not decode (verification reports it) must not keep them.
+                tracing::warn!(
+                    message = "A journal entry of a ticket due for retention does not decode; left for verification.",
+                    entry = later
+                );
+                continue;
+            };
+            let candidate =
+                e.kind == EntryKind::Admission as i32 || e.kind == EntryKind::Refusal as i32;
+            let belongs = if entry.kind == EntryKind::Submission as i32 {
+                candidate && e.ticket == entry.ticket
+            } else {
+                e.delivery_id == entry.delivery_id && !candidate
+            };
+            !e.removed && belongs && e.keep_until_ms <= now_ms
+        };
+        if goes {
+            // A named admission takes its own later entries with it.
+            removed += retire(tables, key, later, now_ms)?;
         }
     }
     Ok(removed)
