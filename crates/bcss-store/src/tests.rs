@@ -735,6 +735,82 @@ async fn candidates_are_found_and_expired_through_their_submission() {
     assert_eq!(index_rows(dir.path()), [0; 4], "no row outlives retention");
 }
 
+/// Retention over many tickets of mixed retention, drawn at random (fixed seed): after each
+/// pass, a ticket's entries are exactly those whose retention has not ended, the chain
+/// verifies, and once every retention has ended no index row is left.
+#[tokio::test]
+async fn retention_removes_exactly_what_has_ended_over_mixed_tickets() {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    // Retention ends after the follow-ups are written, so they go with their admission.
+    let base = now_ms() + 3_600_000;
+    let ends = [base + 1_000, base + 2_000, base + 3_000];
+    // Per ticket, (kind, recipient, keep until) of every entry written.
+    let mut written: Vec<(String, Vec<(i32, String, i64)>)> = Vec::new();
+    let mut seq = 0;
+    for t in 0..40 {
+        let id = format!("t{t:02}");
+        let names = ["a", "b", "c", "d"];
+        let recipients: Vec<(&str, i64)> = names[..rng.random_range(1..=4)]
+            .iter()
+            .map(|r| (*r, ends[rng.random_range(0..3)]))
+            .collect();
+        let (ticket, deliveries, journal) = journalled(&id, 40 + t, &recipients);
+        let mut entries: Vec<(i32, String, i64)> = journal
+            .iter()
+            .map(|e| (e.kind, e.recipient.clone(), e.keep_until_ms))
+            .collect();
+        store.accept(ticket, deliveries, journal).await.unwrap();
+        for (recipient, keep) in &recipients {
+            seq += 1;
+            let (change, kind) = match rng.random_range(0..3) {
+                0 => (Change::Delivered { seq, at_ms: 2_000 }, EntryKind::Delivery),
+                1 => (
+                    Change::Attempted {
+                        seq,
+                        attempts: 1,
+                        last_error: "unavailable".into(),
+                        next_attempt_ms: 0,
+                    },
+                    EntryKind::Attempt,
+                ),
+                _ => continue,
+            };
+            store.change(change).await.unwrap();
+            entries.push((kind as i32, (*recipient).to_owned(), *keep));
+        }
+        written.push((id, entries));
+    }
+    for now in ends {
+        store.expire(now, usize::MAX).await.unwrap();
+        for (id, entries) in &written {
+            let mut expected: Vec<(i32, String)> = entries
+                .iter()
+                .filter(|(_, _, keep)| *keep > now)
+                .map(|(kind, recipient, _)| (*kind, recipient.clone()))
+                .collect();
+            let query = JournalQuery::Tickets {
+                tickets: vec![id.clone()],
+            };
+            let mut found: Vec<(i32, String)> = store
+                .journal(query)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.kind, e.recipient))
+                .collect();
+            expected.sort();
+            found.sort();
+            assert_eq!(found, expected, "ticket {id} after retention at {now}");
+        }
+        assert_eq!(store.verify().await.unwrap().first_problem, None);
+    }
+    drop(store);
+    assert_eq!(index_rows(dir.path()), [0; 4], "no row outlives retention");
+}
+
 #[tokio::test]
 async fn size_counts_journal_entries_and_file_bytes() {
     let dir = tempfile::tempdir().unwrap();
