@@ -674,7 +674,9 @@ async fn candidates_are_found_and_expired_through_their_submission() {
         store.change(delivered).await.unwrap();
     }
     let entries = |query| async { store.journal(query).await.unwrap() };
-    let shape = |entries: Vec<JournalEntry>| -> Vec<(String, i32, String)> {
+    // (ticket, kind, recipient) of each entry, in order.
+    type Shape = Vec<(String, i32, String)>;
+    let shape = |entries: Vec<JournalEntry>| -> Shape {
         entries
             .into_iter()
             .map(|e| (e.ticket, e.kind, e.recipient))
@@ -701,7 +703,7 @@ async fn candidates_are_found_and_expired_through_their_submission() {
     ];
     let submission = entries(tickets(&["t1"])).await.remove(0);
     assert_eq!(submission.candidates, 3, "t1's submission names its three");
-    let cases: Vec<(&str, JournalQuery, Vec<(String, i32, String)>)> = vec![
+    let cases: Vec<(&str, JournalQuery, Shape)> = vec![
         ("the ticket", tickets(&["t1"]), t1.clone()),
         ("the person", JournalQuery::Person { niss: 42 }, t1.clone()),
         (
@@ -747,8 +749,9 @@ async fn retention_removes_exactly_what_has_ended_over_mixed_tickets() {
     // Retention ends after the follow-ups are written, so they go with their admission.
     let base = now_ms() + 3_600_000;
     let ends = [base + 1_000, base + 2_000, base + 3_000];
-    // Per ticket, (kind, recipient, keep until) of every entry written.
-    let mut written: Vec<(String, Vec<(i32, String, i64)>)> = Vec::new();
+    /// (kind, recipient, keep until) of every entry a ticket wrote.
+    type Written = Vec<(i32, String, i64)>;
+    let mut written: Vec<(String, Written)> = Vec::new();
     let mut seq = 0;
     for t in 0..40 {
         let id = format!("t{t:02}");
