@@ -147,6 +147,12 @@ impl JournalEntry {
         (bytes, hash)
     }
 
+    /// Whether this is the decision about one candidate recipient: an admission or a refusal
+    /// (a stub keeps its kind).
+    pub fn is_candidate(&self) -> bool {
+        self.kind == EntryKind::Admission as i32 || self.kind == EntryKind::Refusal as i32
+    }
+
     /// The stub retention leaves: number, time, hashes, sealed with the journal key.
     pub fn stub(&self, key: &[u8; 32]) -> JournalEntry {
         JournalEntry {

@@ -464,6 +464,16 @@ fn index_rows(dir: &Path) -> [u64; 4] {
     ]
 }
 
+/// (ticket, kind, recipient) of each entry, in order.
+type Shape = Vec<(String, i32, String)>;
+
+fn shape(entries: Vec<JournalEntry>) -> Shape {
+    entries
+        .into_iter()
+        .map(|e| (e.ticket, e.kind, e.recipient))
+        .collect()
+}
+
 #[tokio::test]
 async fn later_entries_are_found_and_expired_through_their_ticket() {
     let dir = tempfile::tempdir().unwrap();
@@ -486,14 +496,6 @@ async fn later_entries_are_found_and_expired_through_their_ticket() {
         next_attempt_ms: 3_000,
     };
     store.change(attempt).await.unwrap();
-    // (ticket, kind, recipient) of each entry, in order.
-    type Shape = Vec<(String, i32, String)>;
-    let shape = |entries: Vec<JournalEntry>| -> Shape {
-        entries
-            .into_iter()
-            .map(|e| (e.ticket, e.kind, e.recipient))
-            .collect()
-    };
     let person = |niss| store.journal(JournalQuery::Person { niss });
     let party = |institution: &str, to_ms| JournalQuery::Party {
         institution: institution.into(),
@@ -674,14 +676,6 @@ async fn candidates_are_found_and_expired_through_their_submission() {
         store.change(delivered).await.unwrap();
     }
     let entries = |query| async { store.journal(query).await.unwrap() };
-    // (ticket, kind, recipient) of each entry, in order.
-    type Shape = Vec<(String, i32, String)>;
-    let shape = |entries: Vec<JournalEntry>| -> Shape {
-        entries
-            .into_iter()
-            .map(|e| (e.ticket, e.kind, e.recipient))
-            .collect()
-    };
     let tickets = |names: &[&str]| JournalQuery::Tickets {
         tickets: names.iter().map(|t| (*t).to_owned()).collect(),
     };

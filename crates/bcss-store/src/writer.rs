@@ -877,10 +877,7 @@ pub(crate) fn candidates_of_submission(
         let keep = submission.keep_until_ms;
         named = rest
             .iter()
-            .take_while(|e| {
-                (e.kind == EntryKind::Admission as i32 || e.kind == EntryKind::Refusal as i32)
-                    && outlived_by(e.keep_until_ms, keep)
-            })
+            .take_while(|e| e.is_candidate() && outlived_by(e.keep_until_ms, keep))
             .count();
         submission.candidates = named as u32;
     }
@@ -891,11 +888,7 @@ pub(crate) fn candidates_of_submission(
             i if (1..=named).contains(&i) => Rows::Candidate {
                 submission_keep_until_ms,
             },
-            _ if entry.kind == EntryKind::Admission as i32
-                || entry.kind == EntryKind::Refusal as i32 =>
-            {
-                Rows::LoneCandidate
-            }
+            _ if entry.is_candidate() => Rows::LoneCandidate,
             _ => Rows::All,
         };
         (entry, rows)
@@ -1089,7 +1082,7 @@ fn retire_candidates_after(
             };
             entry
         };
-        if entry.kind != EntryKind::Admission as i32 && entry.kind != EntryKind::Refusal as i32 {
+        if !entry.is_candidate() {
             break;
         }
         if entry.removed {
@@ -1146,8 +1139,7 @@ fn retire(
                 );
                 continue;
             };
-            let candidate =
-                e.kind == EntryKind::Admission as i32 || e.kind == EntryKind::Refusal as i32;
+            let candidate = e.is_candidate();
             let belongs = if entry.kind == EntryKind::Submission as i32 {
                 candidate && e.ticket == entry.ticket
             } else {
