@@ -285,6 +285,8 @@ pub fn verify(
     // `CHECKPOINT_EVERY` entries), not the journal.
     let sealed: std::collections::HashSet<u64> = checkpoints.iter().map(|c| c.number).collect();
     let mut hashes = std::collections::HashMap::new();
+    // The last entry a submission names as its candidate: they were written with it.
+    let mut named_up_to = 0;
     for (position, entry) in entries {
         report.entries += 1;
         let problem = (|| {
@@ -321,6 +323,9 @@ pub fn verify(
         if sealed.contains(&position) {
             hashes.insert(position, entry.hash.clone());
         }
+        if entry.kind == EntryKind::Submission as i32 && !entry.removed {
+            named_up_to = named_up_to.max(position + u64::from(entry.candidates));
+        }
         previous = (position, entry.hash);
     }
     let last = previous.0;
@@ -354,10 +359,10 @@ pub fn verify(
     }
     if let Some(number) = missing {
         report.first_problem = Some(Tamper::MissingCheckpoint { number });
-    } else if indexed_up_to > last {
+    } else if indexed_up_to.max(named_up_to) > last {
         report.first_problem = Some(Tamper::Removed {
             after: last,
-            next: indexed_up_to + 1,
+            next: indexed_up_to.max(named_up_to) + 1,
         });
     }
     report

@@ -1055,6 +1055,32 @@ async fn verify_names_the_entry_that_was_changed_removed_or_reordered() {
     }
 }
 
+/// A submission names its candidates, so candidates cut off the end of the journal are seen
+/// even with their index rows removed too.
+#[tokio::test]
+async fn candidates_cut_off_the_end_are_seen_through_their_submission() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let (t, d, j) = journalled("t1", 42, &[("a", 0), ("b", 0), ("c", 0)]);
+        store.accept(t, d, j).await.unwrap();
+    }
+    // Entries 1 (the submission, naming three) to 4: 3 and 4 cut, with their recipients' rows.
+    tamper(dir.path(), |journal| {
+        journal.remove(3).unwrap().expect("entry 3");
+        journal.remove(4).unwrap().expect("entry 4");
+    });
+    tamper_table(dir.path(), JOURNAL_BY_PARTY, |party| {
+        party.remove(("b", 1_000, 3)).unwrap().expect("b's row");
+        party.remove(("c", 1_000, 4)).unwrap().expect("c's row");
+    });
+    let report = verify_folder(dir.path()).unwrap();
+    assert_eq!(
+        report.first_problem,
+        Some(Tamper::Removed { after: 2, next: 5 })
+    );
+}
+
 #[tokio::test]
 async fn retention_leaves_stubs_and_the_chain_still_verifies() {
     // Odd entries are kept until t=5,000 ms, even ones forever.
