@@ -870,18 +870,19 @@ pub(crate) enum Rows {
 pub(crate) fn candidates_of_submission(
     mut journal: Vec<JournalEntry>,
 ) -> impl Iterator<Item = (JournalEntry, Rows)> {
+    let submission_keep_until_ms = journal.first().map_or(0, |e| e.keep_until_ms);
     let mut named = 0;
     if let Some((submission, rest)) = journal.split_first_mut()
         && submission.kind == EntryKind::Submission as i32
     {
-        let keep = submission.keep_until_ms;
         named = rest
             .iter()
-            .take_while(|e| e.is_candidate() && outlived_by(e.keep_until_ms, keep))
+            .take_while(|e| {
+                e.is_candidate() && outlived_by(e.keep_until_ms, submission_keep_until_ms)
+            })
             .count();
         submission.candidates = named as u32;
     }
-    let submission_keep_until_ms = journal.first().map_or(0, |e| e.keep_until_ms);
     journal.into_iter().enumerate().map(move |(i, entry)| {
         let rows = match i {
             0 if entry.kind == EntryKind::Submission as i32 => Rows::All,
@@ -978,13 +979,7 @@ pub(crate) fn ticket_entries(
     journal: &impl ReadableTable<u64, &'static [u8]>,
     ticket: &str,
 ) -> Result<Vec<u64>, StoreError> {
-    let mut numbers = Vec::new();
-    for item in by_ticket
-        .range((ticket, 0)..=(ticket, u64::MAX))
-        .or_unavailable()?
-    {
-        numbers.push(item.or_unavailable()?.0.value().1);
-    }
+    let mut numbers = indexed_ticket_entries(by_ticket, ticket)?;
     if let Some(&first) = numbers.first() {
         let candidates = named_candidates(journal, first)?;
         if candidates > 0 {
@@ -992,6 +987,22 @@ pub(crate) fn ticket_entries(
             numbers.sort_unstable();
             numbers.dedup();
         }
+    }
+    Ok(numbers)
+}
+
+/// The numbers of a ticket's entries in `journal_by_ticket`, in order: its submission and the
+/// later entries of its deliveries, not the candidates the submission names.
+fn indexed_ticket_entries(
+    by_ticket: &impl ReadableTable<(&'static str, u64), ()>,
+    ticket: &str,
+) -> Result<Vec<u64>, StoreError> {
+    let mut numbers = Vec::new();
+    for item in by_ticket
+        .range((ticket, 0)..=(ticket, u64::MAX))
+        .or_unavailable()?
+    {
+        numbers.push(item.or_unavailable()?.0.value().1);
     }
     Ok(numbers)
 }
@@ -1118,11 +1129,9 @@ fn retire(
         with_it.extend(number + 1..=number + u64::from(entry.candidates));
     }
     if entry.kind == EntryKind::Admission as i32 && !entry.delivery_id.is_empty() {
-        with_it.extend(ticket_entries(
-            &tables.by_ticket,
-            &tables.journal,
-            &entry.ticket,
-        )?);
+        // Its later entries all have a ticket row; the candidates its submission names are
+        // not among them.
+        with_it.extend(indexed_ticket_entries(&tables.by_ticket, &entry.ticket)?);
     }
     for later in with_it {
         let goes = {
