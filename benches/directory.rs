@@ -28,6 +28,10 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use time::macros::date;
 
+/// The hub's allocator (`src/main.rs`): the benches measure what the binary runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn settings() -> Settings {
     Settings::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/hub.toml")).unwrap()
 }

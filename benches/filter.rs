@@ -12,6 +12,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use time::macros::date;
 
+/// The hub's allocator (`src/main.rs`): the benches measure what the binary runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn policy() -> Policy {
     let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     Policy::load_files(

@@ -23,6 +23,10 @@ use rand::SeedableRng;
 use time::macros::date;
 use tonic::transport::Channel;
 
+/// The hub's allocator (`src/main.rs`): the benches measure what the binary runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const IN_FLIGHT: usize = 64;
 
 struct Running {
