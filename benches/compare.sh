@@ -234,6 +234,9 @@ run() { # name, load arguments...
 }
 
 echo "bcss-hub comparison: $ROUNDS rounds x ${SECONDS_EACH} s, $IN_FLIGHT in flight over $CONNECTIONS connections; $(nproc) CPUs; $(date -u +%F)"
+# The host, so that a saved output says which machine it came from (these VMs move between hosts).
+CPU_LINE=$(awk -F': ' '/^model name/ {m=$2} /^cpu family/ {f=$2} /^model\t/ {n=$2} END {printf "%s, family %s model %s", m, f, n}' /proc/cpuinfo)
+echo "host: $CPU_LINE; $(awk '/^MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo); load average $(cut -d' ' -f1-3 /proc/loadavg); $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo 'no git') $( [[ -n "${BCSS_HUB_BIN:-}" ]] && echo "(hub binary $BCSS_HUB_BIN)")"
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round"
   for name in $ONLY; do
