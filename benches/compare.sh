@@ -24,6 +24,10 @@
 #
 #   benches/compare.sh [--rounds 3] [--seconds 10] [--in-flight 64] [--connections 2]
 #                      [--base-port 47100] [--no-build] [--only "a b bt c cu d b2 f1 f10"]
+#                      [--hub-metrics on|off]
+#
+# The hubs record and serve their Prometheus metrics, as a hub in production does
+# (`--hub-metrics off`: no recorder, to measure what the metrics cost).
 #
 # BCSS_HUB_BIN=PATH runs another build of bcss-hub (a baseline) instead of target/release's.
 # BCSS_HUB_ENV="NAME=VALUE ..." is set for the hubs of c, cu and d only (an experiment on the
@@ -37,6 +41,7 @@ CONNECTIONS=2
 BASE_PORT=47100
 BUILD=1
 ONLY="a b bt c cu d b2 f1 f10"
+HUB_METRICS=on
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --rounds) ROUNDS="$2"; shift 2 ;;
@@ -46,7 +51,8 @@ while [[ $# -gt 0 ]]; do
     --base-port) BASE_PORT="$2"; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --only) ONLY="$2"; shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    --hub-metrics) HUB_METRICS="$2"; shift 2 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -94,6 +100,9 @@ for f in "$CA" "$HUB_CERT" "$HUB_KEY"; do [[ -f $f ]] || { echo "no $f" >&2; cat
 INST_PLAIN=$((BASE_PORT + 1)); INST_TLS=$((BASE_PORT + 2))
 NGINX_PLAIN=$((BASE_PORT + 3)); NGINX_TLS=$((BASE_PORT + 4)); NGINX_TLS_IN=$((BASE_PORT + 8))
 HUB_C=$((BASE_PORT + 5)); HUB_D=$((BASE_PORT + 6)); HUB_CU=$((BASE_PORT + 7))
+# Each hub's metrics endpoint (f1 and f10 run one after the other and share one).
+metrics_at() { [[ $HUB_METRICS == on ]] && echo "--hub-metrics 127.0.0.1:$((BASE_PORT + $1))"; true; }
+case $HUB_METRICS in on|off) ;; *) echo "--hub-metrics: on or off, not $HUB_METRICS" >&2; exit 2 ;; esac
 INST_NAME=cpas-liege.institutions.bcss.test
 
 # A config copy whose tls.pki is this run's PKI (the institution subcommand reads it there).
@@ -109,16 +118,16 @@ start "$BIN" institution --config "$RUN_CONFIG" --id cpas-liege --listen "127.0.
 PID_INST_TLS=$!
 # `env` execs the hub, so $! is the hub's pid.
 start env ${BCSS_HUB_ENV:-} "$BIN" load --config "$RUN_CONFIG" --start-hub memory --serve-only --hub-listen "127.0.0.1:$HUB_C" \
-  --endpoint "cpas-liege=127.0.0.1:$INST_PLAIN" --delivery-tls off
+  --endpoint "cpas-liege=127.0.0.1:$INST_PLAIN" --delivery-tls off $(metrics_at 9)
 PID_HUB_C=$!
 PID_HUB_CU=""
 if [[ " $ONLY " == *" cu "* ]]; then
   start env ${BCSS_HUB_ENV:-} "$BIN" load --config "$RUN_CONFIG" --start-hub memory --serve-only --hub-listen "127.0.0.1:$HUB_CU" \
-    --endpoint "cpas-liege=127.0.0.1:$INST_PLAIN" --delivery-tls off --delivery-stream off
+    --endpoint "cpas-liege=127.0.0.1:$INST_PLAIN" --delivery-tls off --delivery-stream off $(metrics_at 10)
   PID_HUB_CU=$!
 fi
 start env ${BCSS_HUB_ENV:-} "$BIN" load --config "$RUN_CONFIG" --start-hub durable --serve-only --hub-listen "127.0.0.1:$HUB_D" \
-  --endpoint "cpas-liege=127.0.0.1:$INST_TLS"
+  --endpoint "cpas-liege=127.0.0.1:$INST_TLS" $(metrics_at 11)
 PID_HUB_D=$!
 
 USER_LINE=""
@@ -233,7 +242,7 @@ run() { # name, load arguments...
     "$(jq .deliveries.per_second "$WORK/$name.$round.json")"
 }
 
-echo "bcss-hub comparison: $ROUNDS rounds x ${SECONDS_EACH} s, $IN_FLIGHT in flight over $CONNECTIONS connections; $(nproc) CPUs; $(date -u +%F)"
+echo "bcss-hub comparison: $ROUNDS rounds x ${SECONDS_EACH} s, $IN_FLIGHT in flight over $CONNECTIONS connections; hub metrics $HUB_METRICS; $(nproc) CPUs; $(date -u +%F)"
 # The host, so that a saved output says which machine it came from (these VMs move between hosts).
 CPU_LINE=$(awk -F': ' '/^model name/ {m=$2} /^cpu family/ {f=$2} /^model\t/ {n=$2} END {printf "%s, family %s model %s", m, f, n}' /proc/cpuinfo)
 echo "host: $CPU_LINE; $(awk '/^MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo); load average $(cut -d' ' -f1-3 /proc/loadavg); $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo 'no git') $( [[ -n "${BCSS_HUB_BIN:-}" ]] && echo "(hub binary $BCSS_HUB_BIN)")"
@@ -248,8 +257,8 @@ for round in $(seq 1 "$ROUNDS"); do
       cu) run cu "$round" --target hub --address "127.0.0.1:$HUB_CU" ;;
       d)  run d "$round" --target hub --address "127.0.0.1:$HUB_D" ;;
       b2) run b2 "$round" --target institution --address "127.0.0.1:$NGINX_TLS" --tls on --server-name hub.bcss.test ;;
-      f1) run f1 "$round" --target hub --start-hub durable --start-network ;;
-      f10) run f10 "$round" --target hub --start-hub durable --start-network --fan-out 10 ;;
+      f1) run f1 "$round" --target hub --start-hub durable --start-network $(metrics_at 12) ;;
+      f10) run f10 "$round" --target hub --start-hub durable --start-network --fan-out 10 $(metrics_at 12) ;;
     esac
   done
 done

@@ -157,12 +157,17 @@ pub struct LoadArgs {
     #[arg(long)]
     pub start_network: bool,
     /// Start the hub in this process on `--config` with a fresh data folder, no rate limit and
-    /// no metrics endpoint.
+    /// no metrics endpoint unless `--hub-metrics` gives one.
     #[arg(long, value_enum)]
     pub start_hub: Option<HubMode>,
     /// Where the started hub listens (default: a free loopback port).
     #[arg(long)]
     pub hub_listen: Option<SocketAddr>,
+    /// Where the started hub serves its Prometheus metrics, as `serve` does on `[metrics]
+    /// listen` (default: no endpoint, and no metrics recorded). A hub in production records
+    /// them: give this to measure it as it runs there.
+    #[arg(long)]
+    pub hub_metrics: Option<SocketAddr>,
     /// `ID=HOST:PORT`: the started hub delivers to this institution there (repeatable).
     #[arg(long = "endpoint")]
     pub endpoints: Vec<String>,
@@ -282,6 +287,9 @@ async fn start_hub(
             policy.set_endpoint(id, address.clone());
         }
     })?;
+    if let Some(listen) = args.hub_metrics {
+        bcss_gateway::telemetry::serve(listen, assembled.hub.clone())?;
+    }
     let listener =
         tokio::net::TcpListener::bind(args.hub_listen.unwrap_or(([127, 0, 0, 1], 0).into()))
             .await?;
