@@ -120,6 +120,35 @@ async fn metrics_cover_every_stage_the_last_reload_and_the_journal() {
     }
     assert!(!text.contains("stage=\"plan\""), "plan is split in three");
 
+    // The submissions' own series (recorded through handles registered when `serve` installed
+    // the recorder): both calls accepted, one recipient admitted and one refused.
+    let series = [
+        (
+            "bcss_submissions_total{flow=\"A052\",outcome=\"accepted\"}",
+            2.0,
+        ),
+        ("bcss_submit_seconds_count{flow=\"A052\"}", 2.0),
+        ("bcss_integration_checks_total{result=\"admitted\"}", 1.0),
+        ("bcss_integration_checks_total{result=\"refused\"}", 1.0),
+        (
+            "bcss_refusals_total{flow=\"A052\",reason=\"not_integrated\"}",
+            1.0,
+        ),
+    ];
+    for (name, expected) in series {
+        assert_eq!(sample(&text, name), Some(expected), "{name}");
+    }
+    let bytes_in = sample(&text, "bcss_payload_bytes_in_total{flow=\"A052\"}").unwrap();
+    let bytes_out = sample(&text, "bcss_payload_bytes_out_total{flow=\"A052\"}").unwrap();
+    assert!(
+        bytes_out > 0.0 && bytes_out <= bytes_in,
+        "in {bytes_in}, out {bytes_out}"
+    );
+    assert!(
+        sample(&text, "bcss_fields_removed_total{deliberation=\"20/130\"}").is_some(),
+        "the admitted message's deliberation has its series"
+    );
+
     // The journal's size and the file's are refreshed every 5 s, like the outbox gauge. redb
     // grows and trims its file as it commits, so the gauge is compared with the file's length
     // once the hub is idle: the next refresh must report exactly that length.

@@ -24,7 +24,7 @@ use crate::ledger::{Decision, Ledger, Outcome, Recording, Reservation, TicketRec
 use crate::limits::Limits;
 use crate::outbox::{Job, Outbox, RetryPolicy};
 use crate::privacy::PersonKey;
-use crate::telemetry;
+use crate::telemetry::{self, Stage};
 use bcss_store::{
     Accepted, DamagedRow, DeliveryRow, DeliveryState, EntryKind, JournalEntry, OutcomeRow,
     Recovered, Store, StoreError, StoredTicket, TicketRow,
@@ -337,15 +337,13 @@ impl Hub {
         let result =
             tracing::Instrument::instrument(self.submit_inner(policy, sender, envelope), span)
                 .await;
+        // An index into telemetry::SUBMIT_OUTCOMES.
         let outcome = match &result {
-            Ok((_, true)) => "accepted",
-            Ok((_, false)) => "resubmitted",
-            Err(_) => "rejected",
+            Ok((_, true)) => 0,
+            Ok((_, false)) => 1,
+            Err(_) => 2,
         };
-        metrics::counter!(telemetry::SUBMISSIONS, "flow" => flow, "outcome" => outcome)
-            .increment(1);
-        metrics::histogram!(telemetry::SUBMIT_SECONDS, "flow" => flow)
-            .record(started.elapsed().as_secs_f64());
+        telemetry::submit_metrics().submitted(flow, outcome, started.elapsed().as_secs_f64());
         result.map(|(record, _)| record)
     }
 
@@ -362,7 +360,7 @@ impl Hub {
         let message = self.validate(policy, sender, envelope)?;
         // The person's directory slot comes into cache while the ticket and the route are made.
         self.directory.prefetch(message.niss);
-        stage_done("validate", stage);
+        stage_done(Stage::Validate, stage);
         let ticket: Arc<str> = uuid::Uuid::now_v7().to_string().into();
         tracing::Span::current().record("ticket", tracing::field::display(&ticket));
         // The journal names the fields filtering removed; without a journal, nobody needs them.
@@ -436,7 +434,7 @@ impl Hub {
             }
             None => Ok(self.outbox.number(deliveries.len())),
         };
-        stage_done("persist", stage);
+        stage_done(Stage::Persist, stage);
         let seqs = match stored {
             Ok(Accepted::New { seqs }) => {
                 recording.recorded();
@@ -899,13 +897,13 @@ pub struct PlanTimes {
 
 impl PlanTimes {
     fn record(&self) {
+        let metrics = telemetry::submit_metrics();
         for (stage, time) in [
-            ("route", self.route),
-            ("check", self.check),
-            ("filter", self.filter),
+            (Stage::Route, self.route),
+            (Stage::Check, self.check),
+            (Stage::Filter, self.filter),
         ] {
-            metrics::histogram!(telemetry::STAGE_SECONDS, "stage" => stage)
-                .record(time.as_secs_f64());
+            metrics.stage(stage, time.as_secs_f64());
         }
     }
 }
@@ -956,28 +954,25 @@ fn filtered_once<'d, 'p>(
     Ok(done.last().expect("just pushed"))
 }
 
-fn stage_done(stage: &'static str, started: std::time::Instant) {
-    metrics::histogram!(telemetry::STAGE_SECONDS, "stage" => stage)
-        .record(started.elapsed().as_secs_f64());
+fn stage_done(stage: Stage, started: std::time::Instant) {
+    telemetry::submit_metrics().stage(stage, started.elapsed().as_secs_f64());
 }
 
 /// Integration checks, refusals, bytes and removed fields of one planned submission.
 fn count_plans(message: &Validated, plans: &[Planned]) {
     let flow = flow_label(flow_number(message.flow));
-    metrics::counter!(telemetry::BYTES_IN, "flow" => flow).increment(message.payload.len() as u64);
+    let metrics = telemetry::submit_metrics();
+    metrics.bytes_in(flow, message.payload.len() as u64);
     for plan in plans {
         match &plan.result {
-            Ok(admitted) => {
-                metrics::counter!(telemetry::INTEGRATION_CHECKS, "result" => "admitted")
-                    .increment(1);
-                metrics::counter!(telemetry::BYTES_OUT, "flow" => flow)
-                    .increment(admitted.payload.len() as u64);
-                metrics::counter!(telemetry::FIELDS_REMOVED, "deliberation" => admitted.deliberation.to_string())
-                    .increment(u64::from(admitted.removed_fields));
-            }
+            Ok(admitted) => metrics.admitted(
+                flow,
+                admitted.payload.len() as u64,
+                &admitted.deliberation,
+                u64::from(admitted.removed_fields),
+            ),
             Err((reason, _)) => {
-                metrics::counter!(telemetry::INTEGRATION_CHECKS, "result" => "refused")
-                    .increment(1);
+                metrics.refused();
                 metrics::counter!(telemetry::REFUSALS, "flow" => flow, "reason" => reason.name())
                     .increment(1);
             }

@@ -4,9 +4,11 @@
 //! Each metric is described in docs/METRICS.md.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
+use dashmap::DashMap;
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 use crate::pipeline::Hub;
@@ -53,6 +55,8 @@ pub fn serve(listen: SocketAddr, hub: Arc<Hub>) -> Result<(), String> {
         .install()
         .map_err(|e| format!("metrics on {listen}: {e}"))?;
     describe();
+    // A second `serve` in one process fails to install above, so this runs once.
+    let _ = SUBMIT_METRICS.set(SubmitMetrics::register());
     // The policy loaded at start counts as the first successful load.
     metrics::gauge!(POLICY_LAST_RELOAD_SUCCESS).set(1.0);
     metrics::gauge!(POLICY_LAST_RELOAD_TIME).set(unix_seconds());
@@ -212,4 +216,127 @@ fn describe() {
         CONSULTATIONS,
         "Consultations by flow and outcome (answered, refused, rejected, deadline_exceeded, unavailable, not_found)."
     );
+}
+
+/// The flow labels, in the order of `flow_index`.
+const FLOWS: [&str; 4] = ["A052", "DMFA", "DIMONA", "unknown"];
+/// What a submission's call came to, the `outcome` label of [`SUBMISSIONS`].
+pub(crate) const SUBMIT_OUTCOMES: [&str; 3] = ["accepted", "resubmitted", "rejected"];
+
+/// A submission's stages, the `stage` label of [`STAGE_SECONDS`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Stage {
+    Validate,
+    Route,
+    Check,
+    Filter,
+    Persist,
+}
+
+impl Stage {
+    const LABELS: [&'static str; 5] = ["validate", "route", "check", "filter", "persist"];
+}
+
+/// Handles of the metrics every submission records, registered once with the recorder
+/// [`serve`] installs. A `counter!` or `histogram!` call looks its series up in the recorder's
+/// registry each time (its labels hashed under a lock, an owned label allocated); a handle goes
+/// straight to the series. Without a recorder (no metrics endpoint) the handles do nothing, as
+/// the calls did.
+pub(crate) struct SubmitMetrics {
+    /// By flow, then outcome.
+    submissions: [[Counter; 3]; 4],
+    submit_seconds: [Histogram; 4],
+    stage_seconds: [Histogram; 5],
+    bytes_in: [Counter; 4],
+    bytes_out: [Counter; 4],
+    checks_admitted: Counter,
+    checks_refused: Counter,
+    /// By deliberation id, registered on first use (a policy reload may bring new ones).
+    fields_removed: DashMap<Arc<str>, Counter>,
+    /// Whether a recorder stands behind the handles (no registration without one).
+    recorded: bool,
+}
+
+static SUBMIT_METRICS: OnceLock<SubmitMetrics> = OnceLock::new();
+static NO_METRICS: LazyLock<SubmitMetrics> = LazyLock::new(SubmitMetrics::noop);
+
+/// The submission metrics: the registered handles once [`serve`] has run, else handles that do
+/// nothing.
+pub(crate) fn submit_metrics() -> &'static SubmitMetrics {
+    SUBMIT_METRICS.get().unwrap_or(&NO_METRICS)
+}
+
+/// The index of a flow label in the handles' arrays.
+fn flow_index(flow: &str) -> usize {
+    FLOWS.iter().position(|f| *f == flow).unwrap_or(3)
+}
+
+impl SubmitMetrics {
+    fn register() -> SubmitMetrics {
+        SubmitMetrics {
+            submissions: FLOWS.map(|flow| {
+                SUBMIT_OUTCOMES.map(
+                    |outcome| metrics::counter!(SUBMISSIONS, "flow" => flow, "outcome" => outcome),
+                )
+            }),
+            submit_seconds: FLOWS.map(|flow| metrics::histogram!(SUBMIT_SECONDS, "flow" => flow)),
+            stage_seconds: Stage::LABELS
+                .map(|stage| metrics::histogram!(STAGE_SECONDS, "stage" => stage)),
+            bytes_in: FLOWS.map(|flow| metrics::counter!(BYTES_IN, "flow" => flow)),
+            bytes_out: FLOWS.map(|flow| metrics::counter!(BYTES_OUT, "flow" => flow)),
+            checks_admitted: metrics::counter!(INTEGRATION_CHECKS, "result" => "admitted"),
+            checks_refused: metrics::counter!(INTEGRATION_CHECKS, "result" => "refused"),
+            fields_removed: DashMap::new(),
+            recorded: true,
+        }
+    }
+
+    fn noop() -> SubmitMetrics {
+        SubmitMetrics {
+            submissions: FLOWS.map(|_| SUBMIT_OUTCOMES.map(|_| Counter::noop())),
+            submit_seconds: FLOWS.map(|_| Histogram::noop()),
+            stage_seconds: Stage::LABELS.map(|_| Histogram::noop()),
+            bytes_in: FLOWS.map(|_| Counter::noop()),
+            bytes_out: FLOWS.map(|_| Counter::noop()),
+            checks_admitted: Counter::noop(),
+            checks_refused: Counter::noop(),
+            fields_removed: DashMap::new(),
+            recorded: false,
+        }
+    }
+
+    /// A submission's call ended with `outcome` (one of [`SUBMIT_OUTCOMES`]) after `seconds`.
+    pub(crate) fn submitted(&self, flow: &str, outcome: usize, seconds: f64) {
+        let flow = flow_index(flow);
+        self.submissions[flow][outcome].increment(1);
+        self.submit_seconds[flow].record(seconds);
+    }
+
+    pub(crate) fn stage(&self, stage: Stage, seconds: f64) {
+        self.stage_seconds[stage as usize].record(seconds);
+    }
+
+    pub(crate) fn bytes_in(&self, flow: &str, bytes: u64) {
+        self.bytes_in[flow_index(flow)].increment(bytes);
+    }
+
+    /// A recipient admitted: the check passed, `bytes` go out, `removed` fields were filtered.
+    pub(crate) fn admitted(&self, flow: &str, bytes: u64, deliberation: &Arc<str>, removed: u64) {
+        self.checks_admitted.increment(1);
+        self.bytes_out[flow_index(flow)].increment(bytes);
+        if !self.recorded {
+            return;
+        }
+        if let Some(counter) = self.fields_removed.get(deliberation) {
+            counter.increment(removed);
+            return;
+        }
+        let counter = metrics::counter!(FIELDS_REMOVED, "deliberation" => deliberation.to_string());
+        counter.increment(removed);
+        self.fields_removed.insert(deliberation.clone(), counter);
+    }
+
+    pub(crate) fn refused(&self) {
+        self.checks_refused.increment(1);
+    }
 }
