@@ -100,8 +100,9 @@ for f in "$CA" "$HUB_CERT" "$HUB_KEY"; do [[ -f $f ]] || { echo "no $f" >&2; cat
 INST_PLAIN=$((BASE_PORT + 1)); INST_TLS=$((BASE_PORT + 2))
 NGINX_PLAIN=$((BASE_PORT + 3)); NGINX_TLS=$((BASE_PORT + 4)); NGINX_TLS_IN=$((BASE_PORT + 8))
 HUB_C=$((BASE_PORT + 5)); HUB_D=$((BASE_PORT + 6)); HUB_CU=$((BASE_PORT + 7))
-# Each hub's metrics endpoint (f1 and f10 run one after the other and share one).
-metrics_at() { [[ $HUB_METRICS == on ]] && echo "--hub-metrics 127.0.0.1:$((BASE_PORT + $1))"; true; }
+# Each hub's metrics endpoint, on a port the system picks: nothing scrapes it here, and a fixed
+# port in the ephemeral range can be taken by a client connection between rounds.
+metrics_at() { [[ $HUB_METRICS == on ]] && echo "--hub-metrics 127.0.0.1:0"; true; }
 case $HUB_METRICS in on|off) ;; *) echo "--hub-metrics: on or off, not $HUB_METRICS" >&2; exit 2 ;; esac
 INST_NAME=cpas-liege.institutions.bcss.test
 
@@ -118,16 +119,16 @@ start "$BIN" institution --config "$RUN_CONFIG" --id cpas-liege --listen "127.0.
 PID_INST_TLS=$!
 # `env` execs the hub, so $! is the hub's pid.
 start env ${BCSS_HUB_ENV:-} "$BIN" load --config "$RUN_CONFIG" --start-hub memory --serve-only --hub-listen "127.0.0.1:$HUB_C" \
-  --endpoint "cpas-liege=127.0.0.1:$INST_PLAIN" --delivery-tls off $(metrics_at 9)
+  --endpoint "cpas-liege=127.0.0.1:$INST_PLAIN" --delivery-tls off $(metrics_at)
 PID_HUB_C=$!
 PID_HUB_CU=""
 if [[ " $ONLY " == *" cu "* ]]; then
   start env ${BCSS_HUB_ENV:-} "$BIN" load --config "$RUN_CONFIG" --start-hub memory --serve-only --hub-listen "127.0.0.1:$HUB_CU" \
-    --endpoint "cpas-liege=127.0.0.1:$INST_PLAIN" --delivery-tls off --delivery-stream off $(metrics_at 10)
+    --endpoint "cpas-liege=127.0.0.1:$INST_PLAIN" --delivery-tls off --delivery-stream off $(metrics_at)
   PID_HUB_CU=$!
 fi
 start env ${BCSS_HUB_ENV:-} "$BIN" load --config "$RUN_CONFIG" --start-hub durable --serve-only --hub-listen "127.0.0.1:$HUB_D" \
-  --endpoint "cpas-liege=127.0.0.1:$INST_TLS" $(metrics_at 11)
+  --endpoint "cpas-liege=127.0.0.1:$INST_TLS" $(metrics_at)
 PID_HUB_D=$!
 
 USER_LINE=""
@@ -257,8 +258,8 @@ for round in $(seq 1 "$ROUNDS"); do
       cu) run cu "$round" --target hub --address "127.0.0.1:$HUB_CU" ;;
       d)  run d "$round" --target hub --address "127.0.0.1:$HUB_D" ;;
       b2) run b2 "$round" --target institution --address "127.0.0.1:$NGINX_TLS" --tls on --server-name hub.bcss.test ;;
-      f1) run f1 "$round" --target hub --start-hub durable --start-network $(metrics_at 12) ;;
-      f10) run f10 "$round" --target hub --start-hub durable --start-network --fan-out 10 $(metrics_at 12) ;;
+      f1) run f1 "$round" --target hub --start-hub durable --start-network $(metrics_at) ;;
+      f10) run f10 "$round" --target hub --start-hub durable --start-network --fan-out 10 $(metrics_at) ;;
     esac
   done
 done
