@@ -340,10 +340,11 @@ async fn refusals_say_why_ask_nothing_of_the_source_and_are_journalled() {
             (
                 refusal.reason.as_str(),
                 refusal.recipient.as_str(),
+                refusal.sender.as_str(),
                 refusal.consultation
             ),
-            (reason, consulter, true),
-            "{case}"
+            (reason, consulter, "", true),
+            "{case}: the source, not asked, is not a party to the refusal"
         );
     }
     assert_eq!(

@@ -659,3 +659,92 @@ async fn an_invalid_policy_reload_is_refused_and_the_running_policy_stays() {
         h.hub.policy().deliberations().len()
     );
 }
+
+/// An institution that declares period after period for one person is stopped at
+/// `limits.integrations_per_person`: the refusal names the limit, adds nothing, and the held
+/// rows can still be closed; other institutions are not affected.
+#[tokio::test]
+async fn integrations_of_one_person_stop_at_the_limit() {
+    let h = Harness::start_with(&[], |settings| {
+        settings.limits.integrations_per_person = 3;
+    })
+    .await;
+    let niss = fresh_niss(46);
+    for year in 2021..2024 {
+        integrate(&h, "cpas-liege", niss, 1, &format!("{year}-01-01"), "").await;
+    }
+    let status = h
+        .directory("cpas-liege")
+        .await
+        .integrate(bcss_proto::hub::v1::IntegrateRequest {
+            niss: niss.digits(),
+            quality_code: 1,
+            period: Some(bcss_proto::flows::v1::Period {
+                start: "2024-01-01".into(),
+                end: String::new(),
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains(
+            "already holds 3 integrations of this person (limits.integrations_per_person = 3)"
+        ),
+        "{status:?}"
+    );
+    assert!(!status.message().contains(&niss.digits()), "{status:?}");
+    assert_eq!(
+        common::integrations_of(&h, "cpas-liege", niss).await.len(),
+        3,
+        "nothing was added"
+    );
+    // Closing a held one is still allowed, and another institution has its own allowance.
+    let closed = common::declare(&h, "cpas-liege", niss, 1, "2023-01-01", "2023-12-31").await;
+    assert!(closed.updated, "{closed:?}");
+    integrate(&h, "cpas-ghent", niss, 1, "2024-01-01", "").await;
+}
+
+/// A broadcast's candidates each see their own outcome when they track it, never the others':
+/// which other institutions were candidates would tell who has the person integrated. The
+/// sender and an auditor see every candidate.
+#[tokio::test]
+async fn a_broadcasts_candidates_track_their_own_outcome_only() {
+    let h = Harness::start(&[]).await;
+    let niss = fresh_niss(47);
+    let candidates = ["cpas-liege", "cpas-ghent", "cpas-mons"];
+    for cpas in candidates {
+        integrate(&h, cpas, niss, 1, "2024-01-01", "").await;
+    }
+    let ticket = submit(&h, "solidaris", a052_envelope("broadcast", niss, 1))
+        .await
+        .unwrap()
+        .ticket;
+    let mut everyone: Vec<String> = candidates.iter().map(|c| c.to_string()).collect();
+    everyone.sort();
+    // (who tracks, the candidates it sees)
+    let mut table: Vec<(&str, Vec<String>)> = vec![
+        ("solidaris", everyone.clone()),
+        ("security-adviser", everyone),
+    ];
+    table.extend(candidates.map(|c| (c, vec![c.to_owned()])));
+    for (party, expected) in table {
+        let reply = h
+            .gateway(party)
+            .await
+            .track(TrackRequest {
+                ticket: ticket.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.hops.len(), 1, "{party}");
+        let mut seen: Vec<String> = reply.hops[0]
+            .recipients
+            .iter()
+            .map(|r| r.institution.clone())
+            .collect();
+        seen.sort();
+        assert_eq!(seen, expected, "{party}");
+    }
+}

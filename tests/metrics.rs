@@ -63,11 +63,16 @@ async fn metrics_cover_every_stage_the_last_reload_and_the_journal() {
     };
     bcss_gateway::telemetry::serve(metrics, h.hub.clone()).unwrap();
 
-    // Traffic: one message admitted and delivered, one refused (the person is not integrated).
+    // Traffic: one message admitted and delivered, one refused (the person is not integrated),
+    // and the first resubmitted (answered with its ticket, and counted as nothing more).
     let integrated = common::fresh_niss(60);
     let stranger = common::fresh_niss(61);
     common::integrate(&h, "cpas-liege", integrated, 1, "2024-01-01", "").await;
-    for (id, niss) in [("metrics-1", integrated), ("metrics-2", stranger)] {
+    for (id, niss) in [
+        ("metrics-1", integrated),
+        ("metrics-2", stranger),
+        ("metrics-1", integrated),
+    ] {
         let mut envelope = common::a052_envelope(id, niss, 1);
         envelope.addressee = Some("cpas-liege".into());
         common::submit(&h, "solidaris", envelope).await.unwrap();
@@ -121,13 +126,18 @@ async fn metrics_cover_every_stage_the_last_reload_and_the_journal() {
     assert!(!text.contains("stage=\"plan\""), "plan is split in three");
 
     // The submissions' own series (recorded through handles registered when `serve` installed
-    // the recorder): both calls accepted, one recipient admitted and one refused.
+    // the recorder): two calls accepted and one resubmitted, one recipient admitted and one
+    // refused.
     let series = [
         (
             "bcss_submissions_total{flow=\"A052\",outcome=\"accepted\"}",
             2.0,
         ),
-        ("bcss_submit_seconds_count{flow=\"A052\"}", 2.0),
+        (
+            "bcss_submissions_total{flow=\"A052\",outcome=\"resubmitted\"}",
+            1.0,
+        ),
+        ("bcss_submit_seconds_count{flow=\"A052\"}", 3.0),
         ("bcss_integration_checks_total{result=\"admitted\"}", 1.0),
         ("bcss_integration_checks_total{result=\"refused\"}", 1.0),
         (

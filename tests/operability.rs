@@ -257,3 +257,47 @@ async fn a_reload_that_cuts_a_certificate_off_stops_its_open_stream() {
         "nothing of the second envelope is delivered"
     );
 }
+
+/// A reload that re-points a recipient's certificate name is honoured by the next delivery: the
+/// connections made under the old name are let go, and a server whose certificate does not carry
+/// the new name is not delivered to.
+#[tokio::test]
+async fn a_reload_that_renames_a_recipients_certificate_checks_its_server_against_the_new_name() {
+    let h = Harness::start(&[]).await;
+    let niss = common::fresh_niss(78);
+    common::integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
+    let addressed = |id: &str| {
+        let mut envelope = common::a052_envelope(id, niss, 1);
+        envelope.addressee = Some("cpas-liege".into());
+        envelope
+    };
+    let first = common::submit(&h, "solidaris", addressed("renamed-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.recipients[0].decision,
+        bcss_proto::hub::v1::Decision::Delivered as i32
+    );
+
+    let institutions = h.config_dir.join("institutions.toml");
+    let text = std::fs::read_to_string(&institutions).unwrap();
+    let renamed = text.replacen(
+        "id = \"cpas-liege\"\n",
+        "id = \"cpas-liege\"\ncertificate_name = \"renamed.institutions.bcss.test\"\n",
+        1,
+    );
+    assert_ne!(renamed, text);
+    std::fs::write(&institutions, renamed).unwrap();
+    h.hub.reload().await.unwrap();
+
+    let second = common::submit(&h, "solidaris", addressed("renamed-2"))
+        .await
+        .unwrap();
+    assert_ne!(
+        second.recipients[0].decision,
+        bcss_proto::hub::v1::Decision::Delivered as i32,
+        "a server without the new name is not delivered to"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.received(), 1, "only the delivery made before the rename");
+}

@@ -249,14 +249,26 @@ async fn a_retry_or_replay_is_checked_again_and_goes_nowhere_once_the_integratio
         .unwrap()
         .ticket;
     assert!(tracked_until(&h, &ticket, Decision::DeliveryFailed).await);
+    // A second message about the person waits behind the first, never attempted: the check made
+    // when it was accepted does not stand for its first attempt once that comes much later.
+    let queued = submit(&h, "solidaris", addressed("gone-2", niss, "cpas-liege", 2))
+        .await
+        .unwrap()
+        .ticket;
 
     // The CPAS closes its file on the person while its endpoint is down.
     assert_eq!(common::remove_all(&h, "cpas-liege", niss).await, 1);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     h.network.start_institution("cpas-liege").await.unwrap();
     assert!(
         tracked_until(&h, &ticket, Decision::DeadLetter).await,
         "the retry is refused by the check, not delivered"
     );
+    assert!(
+        tracked_until(&h, &queued, Decision::DeadLetter).await,
+        "the queued first attempt is refused by the check, not delivered"
+    );
+    assert_eq!(track(&h, "solidaris", &queued).await.attempts, 1);
     let outcome = track(&h, "solidaris", &ticket).await;
     assert!(
         outcome

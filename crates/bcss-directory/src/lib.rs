@@ -210,6 +210,13 @@ pub enum Integrated {
     Unchanged,
 }
 
+/// [`Directory::integrate_at_most`] refused a new row: the institution already holds `held`
+/// integrations of the person.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TooManyIntegrations {
+    pub held: usize,
+}
+
 /// A place in [`Directory::list`]'s order: by person, then quality code, then period. A page
 /// continues after the cursor of the previous one's last row (its token, for a client, is
 /// [`ListCursor::token`]).
@@ -355,6 +362,20 @@ impl Directory {
     /// integrations current"). An updated row keeps its place among the person's rows, so an
     /// inline person's slot is rewritten word for word.
     pub fn integrate(&self, niss: Niss, row: Integration) -> Integrated {
+        self.integrate_at_most(niss, row, usize::MAX)
+            .unwrap_or_else(|_| unreachable!("no institution holds usize::MAX rows"))
+    }
+
+    /// [`Directory::integrate`], unless it would add a row beside the `limit` the institution
+    /// already holds for the person: then nothing changes, and the error says how many it
+    /// holds. What an institution declares at run time goes through here, so that no client
+    /// makes one person's rows, which every check about the person walks, grow without bound.
+    pub fn integrate_at_most(
+        &self,
+        niss: Niss,
+        row: Integration,
+        limit: usize,
+    ) -> Result<Integrated, TooManyIntegrations> {
         let same = |held: &Integration| {
             held.institution == row.institution
                 && held.quality == row.quality
@@ -363,11 +384,18 @@ impl Directory {
         self.change(niss, |rows| {
             let held = rows.iter().filter(|held| same(held)).count();
             if held == 0 {
+                let own = rows
+                    .iter()
+                    .filter(|held| held.institution == row.institution)
+                    .count();
+                if own >= limit {
+                    return (Err(TooManyIntegrations { held: own }), false);
+                }
                 rows.push(row);
-                return (Integrated::Created, true);
+                return (Ok(Integrated::Created), true);
             }
             if held == 1 && rows.contains(&row) {
-                return (Integrated::Unchanged, false);
+                return (Ok(Integrated::Unchanged), false);
             }
             // The first row with the triple takes the declared end; any other (an old file's
             // duplicate) goes, or it would keep its own period passing the check.
@@ -381,7 +409,7 @@ impl Directory {
                 kept = true;
                 keep
             });
-            (Integrated::Updated, true)
+            (Ok(Integrated::Updated), true)
         })
     }
 
@@ -908,6 +936,35 @@ mod tests {
     /// The `i`-th test person (distinct for distinct `i` below 900).
     fn person(i: u64) -> Niss {
         Niss::compose(850_101, i as u16 + 1, false).unwrap()
+    }
+
+    #[test]
+    fn an_institution_adds_no_row_beyond_its_limit_for_a_person() {
+        let directory = Directory::with_capacity(10);
+        let a = person(1);
+        let limit = 2;
+        // (institution, quality, end, expected)
+        let closed = Some(date!(2024 - 06 - 30));
+        let full = Err(TooManyIntegrations { held: 2 });
+        let table = [
+            (1, 1, None, Ok(Integrated::Created)),
+            (1, 2, None, Ok(Integrated::Created)),
+            (1, 3, None, full),
+            (1, 1, closed, Ok(Integrated::Updated)),
+            (1, 1, closed, Ok(Integrated::Unchanged)),
+            (2, 1, None, Ok(Integrated::Created)),
+            (1, 4, None, full),
+        ];
+        for (step, (institution, quality, end, expected)) in table.into_iter().enumerate() {
+            let mut new = row(institution, quality);
+            new.period.end = end;
+            assert_eq!(
+                directory.integrate_at_most(a, new, limit),
+                expected,
+                "step {step}"
+            );
+        }
+        assert_eq!(directory.integration_count(), 3);
     }
 
     #[test]

@@ -158,17 +158,12 @@ pub async fn consult(
         Ok(admission) => admission,
         Err(refusal) => {
             let deliberation = refusal.deliberation.map(|d| d.id.to_string());
-            let source = refusal
-                .deliberation
-                .and_then(|d| d.consultation.as_ref())
-                .and_then(|c| c.source(consultation.flow))
-                .map(|s| policy.institution(s).id.to_string())
-                .unwrap_or_default();
+            // No sender: the source was not asked, and does not learn through its journal whom
+            // another institution consulted about (the deliberation names the source).
             journal(
                 hub,
                 JournalEntry {
                     kind: EntryKind::Refusal as i32,
-                    sender: source,
                     deliberation: deliberation.clone().unwrap_or_default(),
                     reason: refusal.reason.name().to_owned(),
                     keep_until_ms: keep_until(policy, deliberation.as_deref(), at_ms),

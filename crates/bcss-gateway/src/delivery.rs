@@ -61,6 +61,8 @@ pub struct Deliverer {
 #[derive(Debug)]
 struct Pool {
     endpoint: String,
+    /// The name the institution's server certificate must carry (TLS only).
+    certificate_name: String,
     links: Box<[Link]>,
     next: AtomicUsize,
     /// The institution answered `DeliverStream` UNIMPLEMENTED: `Deliver` calls from now on.
@@ -75,6 +77,12 @@ struct Link {
 }
 
 impl Pool {
+    /// Whether this pool reaches `institution` as the policy now describes it.
+    fn serves(&self, institution: &Institution) -> bool {
+        self.endpoint == institution.endpoint
+            && self.certificate_name == institution.certificate_name
+    }
+
     fn pick(&self) -> &Link {
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
         &self.links[turn % self.links.len()]
@@ -209,21 +217,21 @@ impl Deliverer {
     }
 
     /// Runs `use_link` on the institution's next connection, making its pool first if the
-    /// institution is new or its endpoint changed.
+    /// institution is new, or its endpoint or certificate name changed (a reload).
     fn with_link<T>(
         &self,
         institution: &Institution,
         use_link: impl FnOnce(&Pool, &Link) -> T,
     ) -> Result<T, String> {
         if let Some(pool) = self.channels.get(&institution.id)
-            && pool.endpoint == institution.endpoint
+            && pool.serves(institution)
         {
             return Ok(use_link(&pool, pool.pick()));
         }
-        // New, or moved: one pool made under the map's lock, so concurrent first deliveries
-        // share it.
+        // New, moved or renamed: one pool made under the map's lock, so concurrent first
+        // deliveries share it.
         let pool = match self.channels.entry(institution.id.clone()) {
-            Entry::Occupied(pool) if pool.get().endpoint == institution.endpoint => pool.into_ref(),
+            Entry::Occupied(pool) if pool.get().serves(institution) => pool.into_ref(),
             Entry::Occupied(mut pool) => {
                 pool.insert(self.pool(institution)?);
                 pool.into_ref()
@@ -257,6 +265,7 @@ impl Deliverer {
         // Each connect_lazy is its own HTTP/2 connection.
         Ok(Pool {
             endpoint: institution.endpoint.clone(),
+            certificate_name: institution.certificate_name.clone(),
             links: (0..self.connections)
                 .map(|_| Link {
                     channel: endpoint.connect_lazy(),

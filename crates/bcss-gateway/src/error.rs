@@ -7,7 +7,9 @@ use bcss_domain::{Flow, NissError, PeriodError, RefusalReason};
 use bcss_wire::WireError;
 use tonic::{Code, Status};
 
-/// Why an envelope is refused before any routing decision. Nothing is recorded or forwarded.
+/// Why an envelope is refused. Nothing is forwarded, and nothing is recorded: most are refused
+/// before any routing decision; `DuplicateMessageId`, `OutboxFull` and `StoreUnavailable` after
+/// it, when the ticket could not be recorded; `Internal` is the one that may follow a record.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
     #[error("message_id is required: choose a unique id per message (it makes resubmission safe)")]
@@ -36,13 +38,15 @@ pub enum InputError {
     PayloadNissMissing { flow: Flow },
     #[error("the NISS in the {flow} payload differs from the envelope's niss")]
     PayloadNissMismatch { flow: Flow },
-    #[error("addressee \"{0}\" is not an institution of this network")]
+    /// The addressee, [`quoted`].
+    #[error("addressee {0} is not an institution of this network")]
     UnknownAddressee(String),
-    #[error("relay_of: ticket \"{0}\" is not known to the hub (or older than storage.ticket_days)")]
+    /// The ticket, [`quoted`] (so are the next two).
+    #[error("relay_of: ticket {0} is not known to the hub (or older than storage.ticket_days)")]
     UnknownRelayTicket(String),
-    #[error("relay_of: ticket \"{0}\" was not delivered to you, so you cannot relay it")]
+    #[error("relay_of: ticket {0} was not delivered to you, so you cannot relay it")]
     RelayNotReceived(String),
-    #[error("relay_of: ticket \"{0}\" is about another person or another flow than this message")]
+    #[error("relay_of: ticket {0} is about another person or another flow than this message")]
     RelayMismatch(String),
     #[error("contact_file must be 1-128 printable ASCII characters without spaces")]
     BadContactFile,
@@ -102,6 +106,20 @@ pub enum InputError {
         burst: u32,
         retry_after_ms: u64,
     },
+}
+
+/// A string the client sent, fit to quote back in an error: itself in quotes when it is a token
+/// (1-128 printable ASCII characters, as ids and tickets are), else only what it is not. A
+/// client's string is never echoed whole: it may be megabytes, or carry what it should not.
+pub(crate) fn quoted(text: &str) -> String {
+    if (1..=128).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic()) {
+        format!("\"{text}\"")
+    } else {
+        format!(
+            "(a value of {} bytes, not 1-128 printable ASCII characters)",
+            text.len()
+        )
+    }
 }
 
 impl InputError {
@@ -235,6 +253,44 @@ impl From<ConsultError> for Status {
                 status
             }
             _ => Status::new(code, message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quoted;
+
+    #[test]
+    fn only_short_printable_values_are_quoted_back() {
+        let long = "x".repeat(129);
+        // (what the client sent, what an error says of it)
+        let table = [
+            ("cpas-liege", "\"cpas-liege\""),
+            (&long[..128], &*format!("\"{}\"", &long[..128])),
+            (
+                &long,
+                "(a value of 129 bytes, not 1-128 printable ASCII characters)",
+            ),
+            (
+                "",
+                "(a value of 0 bytes, not 1-128 printable ASCII characters)",
+            ),
+            (
+                "two words",
+                "(a value of 9 bytes, not 1-128 printable ASCII characters)",
+            ),
+            (
+                "line\nbreak",
+                "(a value of 10 bytes, not 1-128 printable ASCII characters)",
+            ),
+            (
+                "café",
+                "(a value of 5 bytes, not 1-128 printable ASCII characters)",
+            ),
+        ];
+        for (sent, said) in table {
+            assert_eq!(quoted(sent), said, "{sent:?}");
         }
     }
 }

@@ -134,7 +134,8 @@ impl pb::journal_server::Journal for JournalService {
         let visible: Vec<&JournalEntry> = entries.iter().filter(|e| viewer.sees(e)).collect();
         if visible.is_empty() {
             return Err(Status::not_found(format!(
-                "no journal entries for ticket \"{ticket}\" among yours"
+                "no journal entries for ticket {} among yours",
+                crate::error::quoted(&ticket)
             )));
         }
         Ok(reply(&policy, visible.into_iter()))

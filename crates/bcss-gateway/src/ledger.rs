@@ -127,6 +127,11 @@ impl Recording {
         }
     }
 
+    /// Whether the first submission has recorded the ticket (false while under way).
+    pub fn is_recorded(&self) -> bool {
+        self.state.load(std::sync::atomic::Ordering::Acquire) == Self::RECORDED
+    }
+
     /// Waits until the first submission ended: true if the ticket is recorded.
     pub async fn wait(&self) -> bool {
         use std::sync::atomic::Ordering;
@@ -350,6 +355,61 @@ impl Ledger {
     }
 }
 
+/// What `institution` may see of a chain of relays (`Ledger::chain`'s order kept): each hop it
+/// sent or was a candidate of, the hops its data came through (their ancestors) and the hops its
+/// own messages went on to (descendants of a hop it sent). Of a hop it sent, or that descends from
+/// one it sent, it sees every candidate's outcome; of any other hop, only its own outcome and
+/// those of the institutions that sent a hop it sees. So a candidate of a broadcast never learns
+/// which other institutions were candidates, which would tell it who has the person integrated.
+pub fn seen_by(
+    chain: &[Arc<TicketRecord>],
+    institution: &str,
+) -> Vec<(Arc<TicketRecord>, Vec<Outcome>)> {
+    let parent = |hop: &TicketRecord| {
+        let of = hop.relay_of.as_deref()?;
+        chain.iter().position(|h| &*h.ticket == of)
+    };
+    // Walks from `hop` up through its ancestors (bounded: a chain is short, and may loop).
+    let lineage = |hop: usize| {
+        std::iter::successors(Some(hop), move |&h| parent(&chain[h])).take(chain.len())
+    };
+    let own: Vec<bool> = chain.iter().map(|h| h.involves(institution)).collect();
+    let mut visible = own.clone();
+    let mut from_own_message = vec![false; chain.len()];
+    for (i, &is_own) in own.iter().enumerate() {
+        if is_own {
+            lineage(i).for_each(|h| visible[h] = true);
+        }
+        if lineage(i).any(|h| &*chain[h].sender == institution) {
+            from_own_message[i] = true;
+            visible[i] = true;
+        }
+    }
+    let links: Vec<&str> = chain
+        .iter()
+        .zip(&visible)
+        .filter(|(_, v)| **v)
+        .map(|(h, _)| &*h.sender)
+        .collect();
+    chain
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| visible[*i])
+        .map(|(i, hop)| {
+            let outcomes = hop
+                .outcomes()
+                .into_iter()
+                .filter(|o| {
+                    from_own_message[i]
+                        || &*o.institution == institution
+                        || links.contains(&&*o.institution)
+                })
+                .collect();
+            (hop.clone(), outcomes)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,6 +438,59 @@ mod tests {
             .map(|&decision| Outcome::without_delivery("cpas-namur".into(), None, decision))
             .collect();
         record
+    }
+
+    #[test]
+    fn a_chain_shows_each_institution_its_part_only() {
+        let now = OffsetDateTime::now_utc();
+        // (ticket, relay of, sender, candidates): x broadcasts to a, b and c; b and a relay on.
+        let hops: [(&str, Option<&str>, &str, &[&str]); 3] = [
+            ("t1", None, "x", &["a", "b", "c"]),
+            ("t2", Some("t1"), "b", &["w"]),
+            ("t3", Some("t1"), "a", &["z"]),
+        ];
+        let chain: Vec<Arc<TicketRecord>> = hops
+            .iter()
+            .map(|&(ticket, relay_of, sender, candidates)| {
+                let record = TicketRecord {
+                    sender: sender.into(),
+                    relay_of: relay_of.map(Into::into),
+                    ..record(ticket, ticket, now)
+                };
+                *record.outcomes.lock().unwrap() = candidates
+                    .iter()
+                    .map(|&c| Outcome::without_delivery(c.into(), None, Decision::Delivered))
+                    .collect();
+                Arc::new(record)
+            })
+            .collect();
+        // (who asks, the hops and outcomes it sees)
+        type Seen<'a> = &'a [(&'a str, &'a [&'a str])];
+        let table: [(&str, Seen); 6] = [
+            (
+                "x",
+                &[("t1", &["a", "b", "c"]), ("t2", &["w"]), ("t3", &["z"])],
+            ),
+            ("a", &[("t1", &["a"]), ("t3", &["z"])]),
+            ("b", &[("t1", &["b"]), ("t2", &["w"])]),
+            ("c", &[("t1", &["c"])]),
+            ("w", &[("t1", &["b"]), ("t2", &["w"])]),
+            ("nobody", &[]),
+        ];
+        for (who, expected) in table {
+            let seen: Vec<(String, Vec<String>)> = seen_by(&chain, who)
+                .into_iter()
+                .map(|(hop, outcomes)| {
+                    let names = outcomes.iter().map(|o| o.institution.to_string());
+                    (hop.ticket.to_string(), names.collect())
+                })
+                .collect();
+            let expected: Vec<(String, Vec<String>)> = expected
+                .iter()
+                .map(|(t, o)| (t.to_string(), o.iter().map(|s| s.to_string()).collect()))
+                .collect();
+            assert_eq!(seen, expected, "{who}");
+        }
     }
 
     #[test]

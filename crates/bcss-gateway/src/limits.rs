@@ -1,5 +1,5 @@
 //! What one caller may ask of the hub (`limits` in `hub.toml`): fan-out, a per-institution
-//! rate, and calls open per connection. The message size is enforced by the server's codec.
+//! rate, calls open per connection, journal entries per query and integrations per person. The message size is enforced by the server's codec.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -21,6 +21,8 @@ pub struct Limits {
     pub max_fan_out: usize,
     /// `limits.journal_entries`: most entries one journal query may match.
     pub journal_entries: usize,
+    /// `limits.integrations_per_person`: most integrations one institution holds for a person.
+    pub integrations_per_person: usize,
     rate: Option<Rate>,
     streams: Arc<OpenStreams>,
 }
@@ -70,6 +72,7 @@ impl Limits {
         Limits {
             max_fan_out: settings.max_fan_out,
             journal_entries: settings.journal_entries,
+            integrations_per_person: settings.integrations_per_person,
             rate,
             streams: Arc::new(OpenStreams {
                 limit: settings.max_concurrent_streams as usize,
@@ -83,6 +86,7 @@ impl Limits {
         Limits {
             max_fan_out: usize::MAX,
             journal_entries: usize::MAX,
+            integrations_per_person: usize::MAX,
             rate: None,
             streams: Arc::new(OpenStreams {
                 limit: usize::MAX,

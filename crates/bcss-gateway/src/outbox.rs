@@ -71,6 +71,12 @@ impl RetryPolicy {
     }
 }
 
+/// How long the integration check made at acceptance stands for a delivery's first attempt.
+/// A first attempt that waited longer (behind a failing delivery to the same recipient, or an
+/// open circuit) is checked again: the recipient may have withdrawn the integration, or the
+/// deliberation may have expired, meanwhile. The integration is checked before every delivery.
+const CHECK_STANDS_MS: i64 = 1_000;
+
 /// One delivery on its way.
 #[derive(Debug)]
 pub struct Job {
@@ -84,9 +90,9 @@ pub struct Job {
     /// replay (`DeliveryRow::age_from_ms`).
     pub accepted_at_ms: i64,
     pub next_attempt_ms: i64,
-    /// The integration check ran just before it was queued (at its acceptance), so its next
-    /// attempt needs no other. False for a delivery resumed at start or replayed, and after
-    /// any attempt.
+    /// The integration check ran just before it was queued (at its acceptance), so a first
+    /// attempt that starts within `CHECK_STANDS_MS` of it needs no other. False for a delivery
+    /// resumed at start or replayed, and after any attempt.
     pub checked: bool,
     /// The ticket, to keep its outcome current for `Track`.
     pub record: Option<Arc<TicketRecord>>,
@@ -434,7 +440,7 @@ async fn attempt(
         let institution = policy
             .institution_by_id(&job.recipient)
             .ok_or_else(|| Failure::Attempt("the recipient is no longer in the policy".into()))?;
-        if !job.checked {
+        if !job.checked || now_ms() - job.accepted_at_ms > CHECK_STANDS_MS {
             still_admitted(&policy, &outbox.directory, institution, &job.request)
                 .map_err(Failure::NoLongerAdmitted)?;
         }

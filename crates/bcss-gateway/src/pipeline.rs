@@ -19,7 +19,7 @@ use time::macros::format_description;
 use time::{Date, OffsetDateTime};
 
 use crate::delivery::Deliverer;
-use crate::error::InputError;
+use crate::error::{InputError, quoted};
 use crate::ledger::{Decision, Ledger, Outcome, Recording, Reservation, TicketRecord};
 use crate::limits::Limits;
 use crate::outbox::{Job, Outbox, RetryPolicy};
@@ -368,7 +368,6 @@ impl Hub {
         let mut times = PlanTimes::default();
         let plans = self.plan(policy, sender, &message, name_removed, &mut times)?;
         times.record();
-        count_plans(&message, &plans);
         // At most a few turns: another submission of the same message waits for the first.
         let mut turns = 0;
         let record = loop {
@@ -416,8 +415,11 @@ impl Hub {
             Vec::new()
         };
         // Whatever way this ends, whoever waits on the record hears of it.
-        let recording = FinishRecording(record.clone());
-        let deliveries = self.deliveries(policy, sender, &message, &record, plans);
+        let recording = FinishRecording {
+            record: record.clone(),
+            ledger: &self.ledger,
+        };
+        let deliveries = self.deliveries(policy, sender, &message, &record, &plans);
         if let Err(full) = self.outbox.reserve(deliveries.len()) {
             self.ledger.forget(&record);
             return Err(InputError::OutboxFull {
@@ -438,6 +440,8 @@ impl Hub {
         let seqs = match stored {
             Ok(Accepted::New { seqs }) => {
                 recording.recorded();
+                // Counted once accepted: a resubmission or a refusal for lack of room is not.
+                count_plans(&message, &plans);
                 seqs
             }
             Ok(Accepted::Existing(stored)) => {
@@ -514,7 +518,8 @@ impl Hub {
     /// The ticket `envelope` relays, held in the ledger for `validate` (read back from the
     /// store if it was let go).
     async fn recall_relayed(&self, envelope: &EnvelopeView) -> Result<(), InputError> {
-        if let Some(ticket) = envelope.relay_of.as_deref() {
+        // A relay_of that is no ticket costs no store read: `validate` refuses it.
+        if let Some(ticket) = envelope.relay_of.as_deref().filter(|t| printable_token(t)) {
             self.recall(ticket).await.map_err(|error| {
                 tracing::error!(message = "A relayed ticket could not be read from the store.", %error);
                 InputError::StoreUnavailable
@@ -667,7 +672,7 @@ impl Hub {
             Some(id) => {
                 let recipient = policy
                     .institution_by_id(&id)
-                    .ok_or_else(|| InputError::UnknownAddressee(id.clone()))?;
+                    .ok_or_else(|| InputError::UnknownAddressee(quoted(&id)))?;
                 if !policy.has_route(sender.party(), recipient.party(), flow) {
                     return Err(InputError::AddresseeNotAllowed {
                         sender: sender.id.to_string(),
@@ -684,12 +689,12 @@ impl Hub {
                 let parent = self
                     .ledger
                     .get(&ticket)
-                    .ok_or_else(|| InputError::UnknownRelayTicket(ticket.clone()))?;
+                    .ok_or_else(|| InputError::UnknownRelayTicket(quoted(&ticket)))?;
                 if !parent.was_delivered_to(&sender.id) {
-                    return Err(InputError::RelayNotReceived(ticket));
+                    return Err(InputError::RelayNotReceived(quoted(&ticket)));
                 }
                 if parent.niss != niss || parent.flow != flow {
-                    return Err(InputError::RelayMismatch(ticket));
+                    return Err(InputError::RelayMismatch(quoted(&ticket)));
                 }
                 Some(parent)
             }
@@ -824,14 +829,14 @@ impl Hub {
         sender: &Institution,
         message: &Validated,
         record: &TicketRecord,
-        plans: Vec<Planned>,
+        plans: &[Planned],
     ) -> Vec<(usize, DeliveryRow)> {
         let accepted_at_ms = record.accepted_at_ms();
         plans
-            .into_iter()
+            .iter()
             .enumerate()
             .filter_map(|(slot, plan)| {
-                let admitted = plan.result.ok()?;
+                let admitted = plan.result.as_ref().ok()?;
                 let delivery_id = delivery_id(&record.ticket, &plan.institution_id);
                 let view = DeliveryView {
                     delivery_id: delivery_id.clone(),
@@ -844,9 +849,9 @@ impl Hub {
                     period: Some(message.wire_period.clone()),
                     contact_file: message.contact_file.clone(),
                     payload: Some(match message.flow {
-                        Flow::A052 => delivery_view::Payload::A052(admitted.payload),
-                        Flow::Dmfa => delivery_view::Payload::Dmfa(admitted.payload),
-                        Flow::Dimona => delivery_view::Payload::Dimona(admitted.payload),
+                        Flow::A052 => delivery_view::Payload::A052(admitted.payload.clone()),
+                        Flow::Dmfa => delivery_view::Payload::Dmfa(admitted.payload.clone()),
+                        Flow::Dimona => delivery_view::Payload::Dimona(admitted.payload.clone()),
                     }),
                     attempt: 1,
                 };
@@ -1179,19 +1184,26 @@ fn restore_record(
 
 /// Tells a ticket's [`Recording`] how its first submission ended: recorded if
 /// [`FinishRecording::recorded`] was called, not recorded otherwise (an error, a refusal by
-/// the store, a panic).
-struct FinishRecording(Arc<TicketRecord>);
+/// the store, a panic). A record not recorded leaves the ledger, so that the message id is
+/// free for a resubmission (which, if the store did commit before a panic, the store answers).
+struct FinishRecording<'a> {
+    record: Arc<TicketRecord>,
+    ledger: &'a Ledger,
+}
 
-impl FinishRecording {
+impl FinishRecording<'_> {
     fn recorded(&self) {
-        self.0.recording.finish(true);
+        self.record.recording.finish(true);
     }
 }
 
-impl Drop for FinishRecording {
+impl Drop for FinishRecording<'_> {
     fn drop(&mut self) {
+        if !self.record.recording.is_recorded() {
+            self.ledger.forget(&self.record);
+        }
         // A no-op after `recorded`: only the first finish counts.
-        self.0.recording.finish(false);
+        self.record.recording.finish(false);
     }
 }
 

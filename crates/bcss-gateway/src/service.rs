@@ -189,26 +189,31 @@ impl Gateway for GatewayService {
         };
         let ticket = request.into_inner().ticket;
         let chain = self.hub.chain(&ticket).await.map_err(store_status)?;
-        // A ticket the caller has no part in is answered as unknown: its existence is not revealed.
-        let visible = match &party {
-            Some(id) => chain.iter().any(|hop| hop.involves(id)),
-            None => true,
+        // A ticket the caller has no part in is answered as unknown: its existence is not
+        // revealed. Of one it sees, it sees its part only (`ledger::seen_by`).
+        let seen = match &party {
+            Some(id) => crate::ledger::seen_by(&chain, id),
+            None => chain
+                .iter()
+                .map(|hop| (hop.clone(), hop.outcomes()))
+                .collect(),
         };
-        if chain.is_empty() || !visible {
+        if !seen.iter().any(|(hop, _)| *hop.ticket == *ticket) {
             return Err(Status::not_found(format!(
-                "no exchange with ticket \"{ticket}\" among yours (tickets are kept \
-                 storage.ticket_days after they were accepted; the journal keeps the exchange)"
+                "no exchange with ticket {} among yours (tickets are kept \
+                 storage.ticket_days after they were accepted; the journal keeps the exchange)",
+                crate::error::quoted(&ticket)
             )));
         }
-        let hops = chain
+        let hops = seen
             .iter()
-            .map(|hop| pb::Hop {
+            .map(|(hop, outcomes)| pb::Hop {
                 ticket: hop.ticket.to_string(),
                 relay_of: hop.relay_of.as_deref().unwrap_or_default().to_owned(),
                 sender: hop.sender.to_string(),
                 flow: flow_number(hop.flow),
                 accepted_at: hop.accepted_at.format(&Rfc3339).unwrap_or_default(),
-                recipients: hop.outcomes().iter().map(outcome).collect(),
+                recipients: outcomes.iter().map(outcome).collect(),
             })
             .collect();
         Ok(Response::new(pb::TrackReply { hops }))
@@ -337,14 +342,26 @@ impl pb::directory_server::Directory for DirectoryService {
         let period = parse_period(request.period.as_ref())?;
         // The same code and start as a held integration: its end is updated (closing an open
         // file), not a second row added beside it that would keep the old period passing.
-        let integrated = self.hub.directory().integrate(
-            niss,
-            bcss_domain::Integration {
-                institution: me.index,
-                quality: quality.code,
-                period,
-            },
-        );
+        let limit = self.hub.limits().integrations_per_person;
+        let integrated = self
+            .hub
+            .directory()
+            .integrate_at_most(
+                niss,
+                bcss_domain::Integration {
+                    institution: me.index,
+                    quality: quality.code,
+                    period,
+                },
+                limit,
+            )
+            .map_err(|full| {
+                Status::resource_exhausted(format!(
+                    "institution \"{}\" already holds {} integrations of this person \
+                     (limits.integrations_per_person = {limit}): close or remove one first",
+                    me.id, full.held
+                ))
+            })?;
         let created = integrated == bcss_directory::Integrated::Created;
         let updated = integrated == bcss_directory::Integrated::Updated;
         tracing::info!(message = "Integration declared.", institution = %me.id, quality = %quality.code, created, updated);

@@ -274,6 +274,11 @@ pub struct LimitSettings {
     /// memory or sent.
     #[serde(default = "default_journal_entries")]
     pub journal_entries: usize,
+    /// Most integrations one institution may hold for one person (`Directory.Integrate`): one
+    /// more is refused, as every check about the person walks the person's rows. Updating the
+    /// end of a held one is always allowed.
+    #[serde(default = "default_integrations_per_person")]
+    pub integrations_per_person: usize,
 }
 
 fn default_max_fan_out() -> usize {
@@ -293,6 +298,9 @@ fn default_rate_burst() -> u32 {
 }
 fn default_journal_entries() -> usize {
     10_000
+}
+fn default_integrations_per_person() -> usize {
+    32
 }
 
 /// Logs: a person is referred to only by a keyed hash of the NISS.

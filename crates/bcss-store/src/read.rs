@@ -1,5 +1,6 @@
 //! What the store reads: recovery at start, tickets, deliveries, journal queries, the
-//! chain's verification. Reads run on the writer thread between groups.
+//! chain's verification. Short reads run on the writer thread between groups; those that may
+//! walk the whole journal (queries, verification) on the reader thread.
 
 use std::path::Path;
 
@@ -154,8 +155,6 @@ pub(crate) fn size(db: &Database, path: &Path) -> Result<Size, StoreError> {
     })
 }
 
-/// The next delivery's sequence number: the one recorded, or past the last row (files written
-/// before the counter was kept).
 /// How many write groups the file holds (the `commits` counter each group's commit raises):
 /// after a commit that reported an error, it tells whether the group reached the file.
 pub(crate) fn commits(db: &Database) -> Result<u64, StoreError> {
@@ -165,6 +164,8 @@ pub(crate) fn commits(db: &Database) -> Result<u64, StoreError> {
     Ok(recorded.map_or(0, |n| n.value()))
 }
 
+/// The next delivery's sequence number: the one recorded, or past the last row (files written
+/// before the counter was kept).
 pub(crate) fn next_seq(db: &Database) -> Result<u64, StoreError> {
     let txn = db.begin_read().or_unavailable()?;
     let deliveries = txn.open_table(DELIVERIES).or_unavailable()?;
@@ -229,10 +230,22 @@ pub(crate) fn delivery(db: &Database, seq: u64) -> Result<Option<DeliveryRow>, S
         .transpose()
 }
 
+/// The entries `query` asks for, in journal order. Stops with `StoreError::Unavailable` as soon
+/// as `called_off` says so (a failed write is waiting to reopen the file), and with
+/// `StoreError::TooMany` once more entries than the query's limit are found, counting those
+/// reached through their ticket.
 pub(crate) fn journal_query(
     db: &Database,
     query: &JournalQuery,
+    called_off: &dyn Fn() -> bool,
 ) -> Result<Vec<JournalEntry>, StoreError> {
+    let stop = || -> Result<(), StoreError> {
+        if called_off() {
+            Err(StoreError::Unavailable(crate::writer::CALLED_OFF.into()))
+        } else {
+            Ok(())
+        }
+    };
     let txn = db.begin_read().or_unavailable()?;
     let journal = txn.open_table(JOURNAL).or_unavailable()?;
     let mut numbers: Vec<u64> = Vec::new();
@@ -276,7 +289,10 @@ pub(crate) fn journal_query(
             to_ms,
             limit,
         } => {
-            for item in journal.iter().or_unavailable()? {
+            for (walked, item) in journal.iter().or_unavailable()?.enumerate() {
+                if walked % 4096 == 0 {
+                    stop()?;
+                }
                 let (_, bytes) = item.or_unavailable()?;
                 let entry: JournalEntry = decode(bytes.value())?;
                 if !entry.removed && entry.at_ms >= *from_ms && entry.at_ms <= *to_ms {
@@ -302,6 +318,10 @@ pub(crate) fn journal_query(
         JournalQuery::Person { .. } | JournalQuery::Party { .. }
     ) {
         let by_ticket = txn.open_table(JOURNAL_BY_TICKET).or_unavailable()?;
+        let limit = match query {
+            JournalQuery::Party { limit, .. } => Some(*limit),
+            _ => None,
+        };
         let mut more = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for hit in entries
@@ -311,6 +331,7 @@ pub(crate) fn journal_query(
             if !seen.insert((hit.ticket.as_str(), hit.kind, hit.delivery_id.as_str())) {
                 continue;
             }
+            stop()?;
             for number in ticket_entries(&by_ticket, &journal, &hit.ticket)? {
                 if numbers.binary_search(&number).is_ok() {
                     continue;
@@ -318,6 +339,11 @@ pub(crate) fn journal_query(
                 if let Some(bytes) = journal.get(number).or_unavailable()? {
                     let entry: JournalEntry = decode(bytes.value())?;
                     if reached_through(query, hit, &entry) {
+                        if let Some(limit) = limit
+                            && entries.len() + more.len() >= limit
+                        {
+                            return Err(StoreError::TooMany(limit));
+                        }
                         more.push(entry);
                     }
                 }

@@ -548,6 +548,21 @@ async fn later_entries_are_found_and_expired_through_their_ticket() {
             "{name}"
         );
     }
+    // A query's limit counts the entries reached through their tickets, not only the index's
+    // hits: the sender's two submissions reach seven entries.
+    for (limit, found) in [(2, None), (6, None), (7, Some(7))] {
+        let query = JournalQuery::Party {
+            institution: "s".into(),
+            from_ms: 0,
+            to_ms: i64::MAX,
+            limit,
+        };
+        match (store.journal(query).await, found) {
+            (Ok(entries), Some(found)) => assert_eq!(entries.len(), found, "limit {limit}"),
+            (Err(StoreError::TooMany(at)), None) => assert_eq!(at, limit),
+            (other, _) => panic!("limit {limit}: {other:?}"),
+        }
+    }
     // Retention at t=5,000: the admission to "a" and its delivery go, nothing else.
     assert_eq!(store.expire(5_000, 100).await.unwrap(), 2);
     assert_eq!(

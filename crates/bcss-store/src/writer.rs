@@ -123,7 +123,7 @@ pub(crate) fn serve_reads(
         // and open the file again.
         match read {
             LongRead::Journal { query, reply } => {
-                let result = journal_query(&db, &query);
+                let result = journal_query(&db, &query, &called_off);
                 drop(db);
                 let _ = reply.send(result);
             }
@@ -255,7 +255,15 @@ impl Writer {
     /// After an error from redb: the database is closed and reopened before its next use
     /// (once an I/O error happened, redb refuses every later transaction).
     fn close_after(&mut self, error: &StoreError) {
-        if matches!(error, StoreError::Unavailable(_)) && self.db.take().is_some() {
+        if matches!(error, StoreError::Unavailable(_)) {
+            self.let_go();
+        }
+    }
+
+    /// Closes the database, to be reopened at its next use, and calls off the long reads
+    /// given its handle (redb opens the file again only once they let go of it).
+    fn let_go(&mut self) {
+        if self.db.take().is_some() {
             self.handles
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -377,7 +385,7 @@ impl Writer {
                 // or not. Answered as it is on disk, a caller is never told "nothing was
                 // recorded" of a message the hub will deliver.
                 let expected = self.commits + 1;
-                self.db = None;
+                self.let_go();
                 let reopened = self.database().is_ok();
                 if reopened && self.commits == expected {
                     tracing::info!(message = "The group reached the file after all.");
