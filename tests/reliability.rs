@@ -249,26 +249,14 @@ async fn a_retry_or_replay_is_checked_again_and_goes_nowhere_once_the_integratio
         .unwrap()
         .ticket;
     assert!(tracked_until(&h, &ticket, Decision::DeliveryFailed).await);
-    // A second message about the person waits behind the first, never attempted: the check made
-    // when it was accepted does not stand for its first attempt once that comes much later.
-    let queued = submit(&h, "solidaris", addressed("gone-2", niss, "cpas-liege", 2))
-        .await
-        .unwrap()
-        .ticket;
 
     // The CPAS closes its file on the person while its endpoint is down.
     assert_eq!(common::remove_all(&h, "cpas-liege", niss).await, 1);
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
     h.network.start_institution("cpas-liege").await.unwrap();
     assert!(
         tracked_until(&h, &ticket, Decision::DeadLetter).await,
         "the retry is refused by the check, not delivered"
     );
-    assert!(
-        tracked_until(&h, &queued, Decision::DeadLetter).await,
-        "the queued first attempt is refused by the check, not delivered"
-    );
-    assert_eq!(track(&h, "solidaris", &queued).await.attempts, 1);
     let outcome = track(&h, "solidaris", &ticket).await;
     assert!(
         outcome
@@ -773,4 +761,53 @@ async fn calls_the_sender_gives_up_on_are_still_recorded_and_delivered_once() {
     eventually(Duration::from_secs(5), || h.hub.outbox().pending() == 0).await;
     assert_eq!(h.network.inbox("cpas-liege").duplicates(), 0);
     eprintln!("{cut_short} calls cut short, {delivered_before} delivered before the retries");
+}
+
+/// A delivery that waits long behind another (one lane: the other is retried first) is checked
+/// again at its first attempt: the check made when it was accepted no longer stands.
+#[tokio::test]
+async fn a_first_attempt_that_waited_long_is_checked_again() {
+    let h = Harness::start_with(&[("hub.toml", &quick_retries(1000, 1000))], |settings| {
+        settings.delivery.reply_wait_ms = 100;
+        settings.delivery.lanes_per_recipient = 1;
+    })
+    .await;
+    let (ahead, behind) = (fresh_niss(75), fresh_niss(76));
+    for niss in [ahead, behind] {
+        integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
+    }
+    h.network.stop_institution("cpas-liege").await;
+    let first = submit(&h, "solidaris", addressed("ahead", ahead, "cpas-liege", 1))
+        .await
+        .unwrap()
+        .ticket;
+    assert!(tracked_until(&h, &first, Decision::DeliveryFailed).await);
+    let queued = submit(
+        &h,
+        "solidaris",
+        addressed("behind", behind, "cpas-liege", 2),
+    )
+    .await
+    .unwrap()
+    .ticket;
+    // Longer than the check at acceptance stands for; then the CPAS closes its file on the
+    // second person, and its endpoint comes back.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(
+        track(&h, "solidaris", &queued).await.attempts,
+        0,
+        "never tried"
+    );
+    assert_eq!(common::remove_all(&h, "cpas-liege", behind).await, 1);
+    h.network.start_institution("cpas-liege").await.unwrap();
+    assert!(tracked_until(&h, &first, Decision::Delivered).await);
+    assert!(
+        tracked_until(&h, &queued, Decision::DeadLetter).await,
+        "the late first attempt is refused by the check, not delivered"
+    );
+    let outcome = track(&h, "solidaris", &queued).await;
+    assert!(outcome.last_error.contains("not_integrated"), "{outcome:?}");
+    let received = h.network.inbox("cpas-liege").deliveries();
+    assert_eq!(received.len(), 1, "only the first person's message");
+    assert_eq!(received[0].ticket, first);
 }
