@@ -93,6 +93,11 @@ fn parse_line(line: &str, resolver: &impl Resolver) -> Result<(Niss, Integration
         text => Some(parse_date(text)?),
     };
     let period = Period::new(start, end).map_err(|e| e.to_string())?;
+    // A column more is not dropped unread: it may be a column this file format does not have
+    // (a date of last change, say), or the sign of shifted columns.
+    if parts.next().is_some() {
+        return Err(format!("more columns than expected ({HEADER})"));
+    }
     Ok((
         niss,
         Integration {
@@ -147,7 +152,7 @@ mod tests {
     #[test]
     fn bad_lines_are_named_without_quoting_what_could_be_personal() {
         // (line, what the error says, what it must not say)
-        let table: [(&str, &str, &[&str]); 7] = [
+        let table: [(&str, &str, &[&str]); 8] = [
             (
                 "85073003328,cpas-namur,001,2024-01-01,",
                 "unknown institution \"cpas-namur\"",
@@ -183,6 +188,11 @@ mod tests {
                 "85073003328,cpas-liege,001,17012500130,",
                 "a date column does not hold a date YYYY-MM-DD",
                 &["17012500130"],
+            ),
+            (
+                "85073003328,cpas-liege,001,2024-01-01,2024-12-31,Dupont",
+                "more columns than expected",
+                &["Dupont"],
             ),
         ];
         for (line, says, never) in table {

@@ -267,8 +267,8 @@ impl Directory {
         Directory::default()
     }
 
-    /// A directory whose base table holds `persons` persons at fill 0.75 (loading a national
-    /// snapshot), and up to 0.85 with persons added at run time.
+    /// A directory whose base table holds `persons` persons at fill 0.625 (loading a national
+    /// snapshot: `SLOTS_PER_PERSON`), and up to 0.85 with persons added at run time.
     pub fn with_capacity(persons: usize) -> Directory {
         let slots = if persons == 0 {
             0

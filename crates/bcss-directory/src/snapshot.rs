@@ -199,7 +199,7 @@ pub fn read_sized(
     // Parsing and checking on this thread, inserting on another (which owns the directory
     // meanwhile): the table's cache misses overlap the parsing (two cores load a national
     // snapshot about twice as fast).
-    std::thread::scope(|scope| {
+    let refused = std::thread::scope(|scope| {
         let (batches, received) =
             std::sync::mpsc::sync_channel::<Vec<(Niss, Box<[Integration]>)>>(4);
         let directory = &mut directory;
@@ -221,6 +221,11 @@ pub fn read_sized(
     let persons = u64::from_le_bytes(input.array()?);
     let integrations = u64::from_le_bytes(input.array()?);
     input.verify_checksum()?;
+    // Only a file that is whole is judged against the policy: a damaged byte in an id must
+    // not send the operator to edit the policy.
+    if let Some(refusal) = refused {
+        return Err(refusal);
+    }
     if persons != directory.persons() as u64 || integrations != directory.integration_count() as u64
     {
         return Err(SnapshotError::Damaged(
@@ -230,14 +235,18 @@ pub fn read_sized(
     Ok(directory)
 }
 
-/// Reads the persons section, checking every row, and hands them on in batches.
+/// Reads the persons section, checking every row, and hands them on in batches. A file that
+/// is not well formed is an error at once; the first row the policy does not know (an
+/// institution or a quality code) is returned once the whole section is read, for the caller
+/// to report after the checksum.
 fn parse_persons<R: Read>(
     input: &mut ChunkReader<R>,
     ids: &[String],
     indices: &[Option<bcss_domain::InstitutionIndex>],
     resolver: &impl Resolver,
     batches: std::sync::mpsc::SyncSender<Vec<(Niss, Box<[Integration]>)>>,
-) -> Result<(), SnapshotError> {
+) -> Result<Option<SnapshotError>, SnapshotError> {
+    let mut refused = None;
     const BATCH: usize = 4096;
     let mut batch = Vec::with_capacity(BATCH);
     // Whether (position, quality code) exists in the policy, asked once per pair.
@@ -257,15 +266,18 @@ fn parse_persons<R: Read>(
             let id = ids
                 .get(position)
                 .ok_or(SnapshotError::Damaged("a row names no listed institution"))?;
-            let institution =
-                indices[position].ok_or_else(|| SnapshotError::UnknownInstitution(id.clone()))?;
+            let Some(institution) = indices[position] else {
+                refused.get_or_insert_with(|| SnapshotError::UnknownInstitution(id.clone()));
+                continue;
+            };
             let exists = *quality_known[position * 1000 + quality.0 as usize]
                 .get_or_insert_with(|| resolver.quality_exists(institution, quality));
             if !exists {
-                return Err(SnapshotError::UnknownQuality {
+                refused.get_or_insert_with(|| SnapshotError::UnknownQuality {
                     institution: id.clone(),
                     quality,
                 });
+                continue;
             }
             let row = Integration {
                 institution,
@@ -287,7 +299,7 @@ fn parse_persons<R: Read>(
         }
     }
     let _ = batches.send(batch);
-    Ok(())
+    Ok(refused)
 }
 
 fn encode_row(row: &Integration) -> [u8; ROW_BYTES] {
@@ -580,6 +592,21 @@ mod tests {
                     b
                 },
                 "",
+            ),
+            (
+                // Still an id, but one the policy does not know: the checksum tells the
+                // damage, rather than the operator being sent to add "onsr" to the policy.
+                "flipped byte in an institution id",
+                {
+                    let mut b = good.clone();
+                    let at = b
+                        .windows(4)
+                        .position(|w| w == b"onss")
+                        .expect("onss listed");
+                    b[at + 3] = b'r';
+                    b
+                },
+                "checksum",
             ),
             (
                 "flipped checksum",

@@ -144,6 +144,22 @@ fn flow_position(flow: Flow) -> usize {
 }
 
 /// Collects problems while loading, so that one run reports all of them.
+/// Whether `endpoint` is `host:port`: an IP socket address, or a host name (letters, digits,
+/// dashes and dots) and a port from 1 to 65535.
+fn host_and_port(endpoint: &str) -> bool {
+    if endpoint.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    let Some((host, port)) = endpoint.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    host_ok && port.parse::<u16>().is_ok_and(|port| port > 0)
+}
+
 struct Problems(Vec<Problem>);
 
 impl Problems {
@@ -208,6 +224,19 @@ impl Policy {
 
     fn add_institutions(&mut self, file: &Path, parsed: InstitutionsFile, problems: &mut Problems) {
         for entry in parsed.sectors {
+            // Named in deliberations as `sector:<id>` and `<id>:<code>`: no `*`, no `:`.
+            let valid = entry.id.bytes().any(|b| b.is_ascii_lowercase())
+                && entry.id.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            if !valid {
+                problems.add(
+                    file,
+                    format!("sector \"{}\"", entry.id),
+                    "a sector id is lower-case letters, digits, dashes and underscores",
+                );
+                continue;
+            }
             if self.sector_by_id(&entry.id).is_some() {
                 problems.add(file, format!("sector \"{}\"", entry.id), "defined twice");
                 continue;
@@ -237,13 +266,15 @@ impl Policy {
                 problems.add(file, &what, format!("unknown sector \"{}\"", entry.sector));
                 continue;
             };
-            if entry.endpoint.parse::<std::net::SocketAddr>().is_err()
-                && !entry.endpoint.contains(':')
-            {
+            if !host_and_port(&entry.endpoint) {
                 problems.add(
                     file,
                     &what,
-                    format!("endpoint \"{}\" is not host:port", entry.endpoint),
+                    format!(
+                        "endpoint \"{}\" is not host:port (a host name or IP address, a port \
+                         1-65535, no scheme: the hub chooses https)",
+                        entry.endpoint
+                    ),
                 );
                 continue;
             }
@@ -1011,6 +1042,29 @@ mod tests {
     fn a_flow_position_is_its_place_in_all() {
         for (position, flow) in Flow::ALL.into_iter().enumerate() {
             assert_eq!(flow_position(flow), position, "{flow:?}");
+        }
+    }
+
+    #[test]
+    fn an_endpoint_is_a_host_and_a_port() {
+        // (endpoint, accepted)
+        let table = [
+            ("127.0.0.1:51001", true),
+            ("[::1]:8443", true),
+            ("cpas-liege.example.be:8443", true),
+            ("localhost:1", true),
+            ("localhost", false),
+            ("localhost:0", false),
+            ("localhost:65536", false),
+            ("https://cpas:443", false),
+            ("cpas:", false),
+            (":443", false),
+            (":", false),
+            ("cpas liege:443", false),
+            ("cpas/x:443", false),
+        ];
+        for (endpoint, accepted) in table {
+            assert_eq!(host_and_port(endpoint), accepted, "{endpoint}");
         }
     }
 }

@@ -262,7 +262,8 @@ pub struct LimitSettings {
     /// finish, and the replies keep the envelopes' order.
     #[serde(default = "default_stream_in_flight")]
     pub stream_in_flight: usize,
-    /// Messages per second one institution may submit or explain, over all its connections.
+    /// Messages per second one institution may submit or explain, over all its connections
+    /// (0: no rate limit, for load tests).
     #[serde(default = "default_rate_per_second")]
     pub rate_per_second: u32,
     /// How many messages above the steady rate an institution may send in a burst.
@@ -347,8 +348,90 @@ impl Settings {
         Ok(settings)
     }
 
-    /// What no single setting can say on its own.
+    /// What the types cannot say: counts and durations that must not be zero, and what no
+    /// single setting can say on its own.
     fn check(&self, file: &Path) -> Result<(), ConfigError> {
+        let (d, l) = (&self.delivery, &self.limits);
+        // (setting, its value, what 0 would do)
+        let not_zero: [(&str, u64, &str); 13] = [
+            (
+                "delivery.timeout_ms",
+                d.timeout_ms,
+                "every delivery would time out",
+            ),
+            (
+                "delivery.max_attempts",
+                u64::from(d.max_attempts),
+                "nothing would be tried",
+            ),
+            (
+                "delivery.lanes_per_recipient",
+                d.lanes_per_recipient as u64,
+                "nothing would be delivered",
+            ),
+            (
+                "delivery.circuit_failures",
+                u64::from(d.circuit_failures),
+                "no failure could open the circuit",
+            ),
+            (
+                "delivery.max_pending",
+                d.max_pending as u64,
+                "every message would be refused",
+            ),
+            (
+                "delivery.consult_timeout_ms",
+                d.consult_timeout_ms,
+                "every consultation would time out",
+            ),
+            (
+                "delivery.connections_per_recipient",
+                d.connections_per_recipient as u64,
+                "nothing would be delivered",
+            ),
+            (
+                "limits.max_message_bytes",
+                l.max_message_bytes as u64,
+                "every message would be refused",
+            ),
+            (
+                "limits.max_fan_out",
+                l.max_fan_out as u64,
+                "every message would be refused",
+            ),
+            (
+                "limits.max_concurrent_streams",
+                u64::from(l.max_concurrent_streams),
+                "every call would be refused",
+            ),
+            (
+                "limits.stream_in_flight",
+                l.stream_in_flight as u64,
+                "no SubmitStream could go on",
+            ),
+            (
+                "limits.journal_entries",
+                l.journal_entries as u64,
+                "every journal query would be refused",
+            ),
+            (
+                "limits.integrations_per_person",
+                l.integrations_per_person as u64,
+                "every integration would be refused",
+            ),
+        ];
+        let zeros: Vec<Problem> = not_zero
+            .iter()
+            .filter(|(_, value, _)| *value == 0)
+            .map(|(entry, _, effect)| Problem {
+                file: file.to_owned(),
+                entry: (*entry).into(),
+                problem: format!("0 is not allowed: {effect}; give at least 1"),
+            })
+            .collect();
+        if !zeros.is_empty() {
+            return Err(ConfigError::Invalid(zeros));
+        }
         if self.ticket_retention().as_secs() < self.delivery.max_age_s {
             return Err(ConfigError::Invalid(vec![Problem {
                 file: file.to_owned(),
@@ -414,6 +497,51 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn counts_and_durations_that_would_stop_the_hub_are_refused_at_zero() {
+        // (setting, how to set it to zero)
+        type Zero = fn(&mut Settings);
+        let zeros: [(&str, Zero); 13] = [
+            ("delivery.timeout_ms", |s| s.delivery.timeout_ms = 0),
+            ("delivery.max_attempts", |s| s.delivery.max_attempts = 0),
+            ("delivery.lanes_per_recipient", |s| {
+                s.delivery.lanes_per_recipient = 0
+            }),
+            ("delivery.circuit_failures", |s| {
+                s.delivery.circuit_failures = 0
+            }),
+            ("delivery.max_pending", |s| s.delivery.max_pending = 0),
+            ("delivery.consult_timeout_ms", |s| {
+                s.delivery.consult_timeout_ms = 0
+            }),
+            ("delivery.connections_per_recipient", |s| {
+                s.delivery.connections_per_recipient = 0
+            }),
+            ("limits.max_message_bytes", |s| {
+                s.limits.max_message_bytes = 0
+            }),
+            ("limits.max_fan_out", |s| s.limits.max_fan_out = 0),
+            ("limits.max_concurrent_streams", |s| {
+                s.limits.max_concurrent_streams = 0
+            }),
+            ("limits.stream_in_flight", |s| s.limits.stream_in_flight = 0),
+            ("limits.journal_entries", |s| s.limits.journal_entries = 0),
+            ("limits.integrations_per_person", |s| {
+                s.limits.integrations_per_person = 0
+            }),
+        ];
+        assert!(shipped_checked(|_| {}).is_ok(), "the shipped settings pass");
+        for (entry, zero) in zeros {
+            let error = shipped_checked(zero).expect_err(entry).to_string();
+            assert!(
+                error.contains(entry) && error.contains("0 is not allowed"),
+                "{entry}: {error}"
+            );
+        }
+        // The rate's 0 means no limit.
+        assert!(shipped_checked(|s| s.limits.rate_per_second = 0).is_ok());
     }
 
     #[test]

@@ -123,6 +123,45 @@ fn broken_configurations_are_refused_with_file_entry_and_problem() {
             ],
         ),
         (
+            "an endpoint with a scheme",
+            "institutions.toml",
+            Box::new(|t| {
+                t.replace(
+                    "endpoint = \"127.0.0.1:51001\"",
+                    "endpoint = \"https://onss:443\"",
+                )
+            }),
+            &[
+                "institutions.toml",
+                "institution \"onss\"",
+                "endpoint \"https://onss:443\" is not host:port",
+            ],
+        ),
+        (
+            "an endpoint without a port",
+            "institutions.toml",
+            Box::new(|t| {
+                t.replace(
+                    "endpoint = \"127.0.0.1:51001\"",
+                    "endpoint = \"onss.example:\"",
+                )
+            }),
+            &["institution \"onss\"", "is not host:port"],
+        ),
+        (
+            "a sector id that a route's sector:* could not tell apart",
+            "institutions.toml",
+            Box::new(|t| {
+                t.replace("id = \"career\"", "id = \"*\"")
+                    .replace("sector = \"career\"", "sector = \"*\"")
+            }),
+            &[
+                "institutions.toml",
+                "sector \"*\"",
+                "a sector id is lower-case letters, digits, dashes and underscores",
+            ],
+        ),
+        (
             "unknown quality code",
             "deliberations/20-130.toml",
             Box::new(|t| t.replace("\"cpas:003\"", "\"cpas:004\"")),
