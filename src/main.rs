@@ -2,7 +2,7 @@
 
 /// mimalloc instead of glibc's malloc: under load the hub allocates and frees small buffers on
 /// both worker threads, and glibc's arenas cost 14 % of its CPU samples plus lock waits
-/// (docs/BENCHMARKS.md, "Allocator").
+/// (docs/BENCHMARKS.md, "Profile, second round").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -50,7 +50,8 @@
 //! only when the processor starts the next check's miss before this one's completes, which it
 //! does only if the instructions in between fit its reorder window. Decoding every row of the
 //! person (dates through `time::Date`) did not fit: in one run the check cost 550 ns that way
-//! against 300 ns reading the recipient's rows only (docs/BENCHMARKS.md).
+//! against 300 ns reading the recipient's rows only (docs/BENCHMARKS-HISTORY.md, "After: the
+//! slot table").
 //!
 //! Run-time changes ([`Directory::integrate`], [`Directory::remove`]) are rare next to
 //! lookups; one mutex serialises them, so claiming a slot needs no compare-and-swap. A change
@@ -84,7 +85,7 @@
 //! Huge pages: the table is one allocation from the global allocator (no `unsafe` here to
 //! `madvise` it). With the system's transparent huge pages in `madvise` mode, starting the
 //! process with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc 2.35 and later) makes it
-//! 2 MiB pages, which spares most page walks (docs/BENCHMARKS.md has the figures).
+//! 2 MiB pages, which spares most page walks (docs/BENCHMARKS-HISTORY.md has the figures).
 //!
 //! # Layout
 //!
@@ -622,9 +623,9 @@ impl Directory {
     /// Starts bringing the person's slot into cache: a caller that knows the person early (the
     /// hub, as soon as the NISS is validated) calls this, does other work, and finds the slot
     /// in cache at the check instead of waiting for memory then (docs/BENCHMARKS.md,
-    /// "National-scale directory"). A plain load whose value is not needed: the processor
-    /// goes on with the following instructions while it completes (a prefetch instruction
-    /// would need `unsafe` here).
+    /// "National-scale directory"). On x86_64 a prefetch instruction (the crate's one `unsafe`,
+    /// measured in that section: an ordinary load in its place did less); elsewhere a plain
+    /// load whose value is not needed, which the processor completes while it goes on.
     #[inline]
     pub fn prefetch(&self, niss: Niss) {
         if !self.slots.is_empty() {

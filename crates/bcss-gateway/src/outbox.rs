@@ -338,7 +338,7 @@ async fn worker(outbox: Arc<Outbox>, recipient: Arc<str>, mut rx: mpsc::Unbounde
         // One walk over the lanes: start what is due, and note when the next waiting head is
         // due (or the circuit's probe) and how long the oldest has waited. Under load the loop
         // turns several times per delivery; with three walks over 64 lanes per turn it took
-        // 3.6 % of the hub's samples (docs/BENCHMARKS.md, "Profile, eighth round").
+        // 3.6 % of the hub's samples (docs/BENCHMARKS-HISTORY.md, "Profile, eighth round").
         let mut wake: Option<i64> = None;
         let mut oldest_at: Option<i64> = None;
         if queued > 0 {

@@ -1,5 +1,5 @@
 //! What a store holds, table by table: rows, stored bytes per row, pages. For studies of what
-//! the hub writes per message (docs/BENCHMARKS.md, "Fan-out: one payload row…").
+//! the hub writes per message (docs/BENCHMARKS-HISTORY.md, "Fan-out: one payload row…").
 //!
 //! ```sh
 //! cargo run --release -p bcss-store --example table_sizes -- COPY/OF/hub.redb

@@ -77,7 +77,7 @@ pub(crate) fn init_tables(db: &Database) -> Result<(), redb::Error> {
 
 /// Every table, opened once per write group: opening a table looks it up in redb's table tree
 /// and closing it stages its new root, which, done per operation and per journal entry, was an
-/// eighth of the writer thread's time (see docs/BENCHMARKS.md).
+/// eighth of the writer thread's time (docs/BENCHMARKS-HISTORY.md, "Profile, third round").
 pub(crate) struct Tables<'txn> {
     pub(crate) tickets: redb::Table<'txn, &'static str, &'static [u8]>,
     pub(crate) message_ids: redb::Table<'txn, &'static str, &'static str>,

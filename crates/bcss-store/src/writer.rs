@@ -186,8 +186,8 @@ pub(crate) struct Writer {
 /// The vectors a group is gathered, sorted and answered in, kept from one group to the next
 /// (each is left empty, its capacity kept). A fresh vector of answers per group, a few hundred
 /// of about 300 bytes each, was where this thread most often took fresh memory, which the
-/// kernel zeroed in 2 MiB pages: 8 % of its samples in a fan-out run (docs/BENCHMARKS.md,
-/// "Profile, ninth round").
+/// kernel zeroed in 2 MiB pages: 8 % of its samples in a fan-out run
+/// (docs/BENCHMARKS-HISTORY.md, "Profile, ninth round").
 #[derive(Default)]
 pub(crate) struct GroupBuffers {
     group: Vec<Op>,
@@ -852,8 +852,9 @@ pub(crate) fn delivery_entry(row: &DeliveryRow, kind: EntryKind) -> JournalEntry
 /// Which index rows an entry gets. What an earlier entry of the same ticket already indexes is
 /// not indexed again, and the queries reach it through the ticket: its entries are in
 /// `journal_by_ticket`, and its submission names the candidates that follow it. This halves
-/// the rows a delivery writes (docs/BENCHMARKS.md, "Profile, sixth round"), and a candidate's
-/// are a third of what they were ("The journal's rows per candidate").
+/// the rows a delivery writes (docs/BENCHMARKS-HISTORY.md, "Profile, sixth round"), and a
+/// candidate's are a third of what they were (docs/BENCHMARKS.md, "The journal's rows per
+/// candidate").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Rows {
     /// A ticket's submission, and entries of their own (consultations, contact files): person,
