@@ -729,15 +729,7 @@ async fn a_broadcasts_candidates_track_their_own_outcome_only() {
     ];
     table.extend(candidates.map(|c| (c, vec![c.to_owned()])));
     for (party, expected) in table {
-        let reply = h
-            .gateway(party)
-            .await
-            .track(TrackRequest {
-                ticket: ticket.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let reply = common::track(&h, party, &ticket).await;
         assert_eq!(reply.hops.len(), 1, "{party}");
         let mut seen: Vec<String> = reply.hops[0]
             .recipients

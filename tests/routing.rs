@@ -16,7 +16,7 @@ use bcss_proto::hub::v1::{
 use bcss_proto::institution::v1::{Delivery, delivery};
 use bcss_sim::envelope::{FlowMessage, envelope};
 use bcss_sim::payloads;
-use common::{Harness, a052_envelope, dmfa_envelope, fresh_niss, integrate, rng, submit};
+use common::{Harness, a052_envelope, dmfa_envelope, fresh_niss, integrate, rng, submit, track};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Value};
 use time::macros::date;
@@ -266,22 +266,14 @@ async fn dmfa_under_10_059_is_filtered_and_relayed_to_sdpsp_with_a_chain() {
         ("sigedis", &reply.ticket),
         ("sdpsp", &reply.ticket),
     ] {
-        let track = h
-            .gateway(party)
-            .await
-            .track(TrackRequest {
-                ticket: ticket.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let hops: Vec<(&str, &str)> = track
+        let tracked = track(&h, party, ticket).await;
+        let hops: Vec<(&str, &str)> = tracked
             .hops
             .iter()
             .map(|hop| (hop.sender.as_str(), hop.recipients[0].institution.as_str()))
             .collect();
         assert_eq!(hops, [("onss", "sigedis"), ("sigedis", "sdpsp")], "{party}");
-        assert_eq!(track.hops[1].relay_of, reply.ticket);
+        assert_eq!(tracked.hops[1].relay_of, reply.ticket);
     }
     // Someone with no part in the chain cannot see it.
     let err = track_refused(&h, "cpas-liege", &reply.ticket).await;
@@ -860,18 +852,6 @@ async fn settled_tickets_leave_memory_and_are_read_back_from_the_store() {
     let err = submit(&h, "onss", changed).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
     assert_eq!(h.received(), 2);
-}
-
-/// `Track` of `ticket` as `party`, which must succeed.
-async fn track(h: &Harness, party: &str, ticket: &str) -> bcss_proto::hub::v1::TrackReply {
-    h.gateway(party)
-        .await
-        .track(TrackRequest {
-            ticket: ticket.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
 }
 
 /// `Track` of `ticket` as `party`, which must be refused: the status.

@@ -170,6 +170,18 @@ pub fn rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed)
 }
 
+/// `Track` of `ticket` as `party`, which must succeed.
+pub async fn track(h: &Harness, party: &str, ticket: &str) -> bcss_proto::hub::v1::TrackReply {
+    h.gateway(party)
+        .await
+        .track(bcss_proto::hub::v1::TrackRequest {
+            ticket: ticket.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// Declares an integration as `institution`, which must create it.
 pub async fn integrate(
     h: &Harness,
