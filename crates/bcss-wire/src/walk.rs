@@ -13,6 +13,8 @@ pub enum WireError {
     VarintOverflow,
     #[error("field number 0 is not allowed")]
     FieldZero,
+    #[error("a field number is above 536870911, the largest protobuf allows")]
+    FieldNumberTooLarge,
     #[error("unknown wire type {0}")]
     UnknownWireType(u8),
     #[error("groups (wire types 3 and 4) are not supported")]
@@ -49,7 +51,7 @@ pub fn read_field(buf: &[u8], pos: usize) -> Result<Field, WireError> {
         return Err(WireError::FieldZero);
     }
     if number > u64::from(u32::MAX >> 3) {
-        return Err(WireError::VarintOverflow);
+        return Err(WireError::FieldNumberTooLarge);
     }
     let wire_type = match key & 7 {
         0 => WireType::Varint,

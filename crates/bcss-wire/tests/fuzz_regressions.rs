@@ -75,7 +75,7 @@ fn refused() -> Vec<(&'static str, Vec<u8>, WireError)> {
                 varint(1 << 32, &mut key);
                 key
             },
-            WireError::VarintOverflow,
+            WireError::FieldNumberTooLarge,
         ),
         ("field number zero", vec![0x02, 0x00], WireError::FieldZero),
         ("wire type 7", vec![0x0f], WireError::UnknownWireType(7)),
