@@ -132,15 +132,34 @@ async fn connect(address: std::net::SocketAddr, pki: &Pki) -> Option<Channel> {
         .ok()
 }
 
-async fn wait_ready(address: std::net::SocketAddr, pki: &Pki) {
+async fn wait_ready(address: std::net::SocketAddr, pki: &Pki, root: &Path) {
     let start = Instant::now();
     while connect(address, pki).await.is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the hub did not come up"
-        );
+        if start.elapsed() > Duration::from_secs(60) {
+            let log = std::fs::read_to_string(root.join("hub.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            panic!(
+                "the hub did not come up; the end of its log:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A free port below the kernel's ephemeral range (32768 and up on Linux), held until the hub
+/// is started: no institution server binding port 0, and no client connection made while the
+/// hub is down between a kill and its restart, can take it.
+fn hub_port() -> (u16, std::net::TcpListener) {
+    let seed = std::process::id() as u16;
+    (0..12_000u16)
+        .map(|i| 20_000 + (seed.wrapping_add(i.wrapping_mul(7919))) % 12_000)
+        .find_map(|port| {
+            std::net::TcpListener::bind(("127.0.0.1", port))
+                .ok()
+                .map(|held| (port, held))
+        })
+        .expect("a free port between 20000 and 32000")
 }
 
 /// What the clients counted besides their answers.
@@ -235,11 +254,7 @@ async fn every_answered_ticket_is_delivered_exactly_once_in_order_across_sigkill
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     let root = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (port, held) = hub_port();
     let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let persons: Vec<Niss> = (0..CLIENTS as u16 * PERSONS_PER_CLIENT)
         .map(|i| fresh_niss(100 + i))
@@ -252,8 +267,9 @@ async fn every_answered_ticket_is_delivered_exactly_once_in_order_across_sigkill
         .unwrap();
     point_at(&network, &root.path().join("config/institutions.toml"));
 
+    drop(held);
     let mut hub = spawn_hub(root.path());
-    wait_ready(address, &pki).await;
+    wait_ready(address, &pki, root.path()).await;
     let stop = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(Calls::default());
     let clients: Vec<_> = (0..CLIENTS)
@@ -277,7 +293,7 @@ async fn every_answered_ticket_is_delivered_exactly_once_in_order_across_sigkill
         hub.kill().expect("SIGKILL");
         hub.wait().unwrap();
         hub = spawn_hub(root.path());
-        wait_ready(address, &pki).await;
+        wait_ready(address, &pki, root.path()).await;
         calls.hub_changes.fetch_add(1, Ordering::SeqCst);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
