@@ -39,7 +39,7 @@ use tonic::{Request, Response, Status};
 use crate::delivery::AnswerError;
 use crate::error::{ConsultError, InputError};
 use crate::identity::institution;
-use crate::pipeline::{Hub, flow_label, flow_number, keep_until};
+use crate::pipeline::{Hub, flow_label, flow_number, keep_until, printable_token};
 
 /// The response header that marks an answer for viewing only (19/010, 003 §37).
 pub const VIEW_ONLY_HEADER: &str = "bcss-view-only";
@@ -338,14 +338,14 @@ pub fn validate(request: ConsultRequest) -> Result<Validated, InputError> {
         text => Some(date(text, "end")?),
     };
     let period = Period::new(start, end).map_err(InputError::Period)?;
-    if !printable(&purpose, 128) {
+    if !printable_token(&purpose) {
         return Err(InputError::BadPurpose);
     }
     if !bcss_policy::policy::valid_agent_id(&agent_id) {
         return Err(InputError::BadAgentId);
     }
     if let Some(reference) = &contact_file
-        && !printable(reference, 128)
+        && !printable_token(reference)
     {
         return Err(InputError::BadContactFile);
     }
@@ -465,8 +465,4 @@ async fn journal(hub: &Hub, entry: JournalEntry) -> Result<(), ConsultError> {
         tracing::error!(message = "Consultation not journalled: the store refused it.", %error);
         ConsultError::JournalUnavailable
     })
-}
-
-fn printable(text: &str, max: usize) -> bool {
-    (1..=max).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic())
 }

@@ -112,7 +112,7 @@ pub enum InputError {
 /// (1-128 printable ASCII characters, as ids and tickets are), else only what it is not. A
 /// client's string is never echoed whole: it may be megabytes, or carry what it should not.
 pub(crate) fn quoted(text: &str) -> String {
-    if (1..=128).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic()) {
+    if crate::pipeline::printable_token(text) {
         format!("\"{text}\"")
     } else {
         format!(

@@ -365,14 +365,18 @@ pub fn seen_by(
     chain: &[Arc<TicketRecord>],
     institution: &str,
 ) -> Vec<(Arc<TicketRecord>, Vec<Outcome>)> {
-    let parent = |hop: &TicketRecord| {
-        let of = hop.relay_of.as_deref()?;
-        chain.iter().position(|h| &*h.ticket == of)
-    };
-    // Walks from `hop` up through its ancestors (bounded: a chain is short, and may loop).
-    let lineage = |hop: usize| {
-        std::iter::successors(Some(hop), move |&h| parent(&chain[h])).take(chain.len())
-    };
+    // Each hop's parent in the chain, found once (a chain may hold up to 1,024 hops).
+    let at: std::collections::HashMap<&str, usize> = chain
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (&*h.ticket, i))
+        .collect();
+    let parent: Vec<Option<usize>> = chain
+        .iter()
+        .map(|h| h.relay_of.as_deref().and_then(|of| at.get(of).copied()))
+        .collect();
+    // Walks from `hop` up through its ancestors (bounded: a chain may loop).
+    let lineage = |hop: usize| std::iter::successors(Some(hop), |&h| parent[h]).take(chain.len());
     let own: Vec<bool> = chain.iter().map(|h| h.involves(institution)).collect();
     let mut visible = own.clone();
     let mut from_own_message = vec![false; chain.len()];

@@ -420,8 +420,8 @@ impl Hub {
             ledger: &self.ledger,
         };
         let deliveries = self.deliveries(policy, sender, &message, &record, &plans);
+        // From here, a record that is not recorded leaves the ledger as `recording` drops.
         if let Err(full) = self.outbox.reserve(deliveries.len()) {
-            self.ledger.forget(&record);
             return Err(InputError::OutboxFull {
                 limit: full.limit,
                 retry_after_ms: 1000,
@@ -445,7 +445,8 @@ impl Hub {
                 seqs
             }
             Ok(Accepted::Existing(stored)) => {
-                // Recorded under the same message id, and no longer (or not yet) held.
+                // Recorded under the same message id, and no longer (or not yet) held. Let go
+                // of here, before the stored record takes the message id's place.
                 self.outbox.release(deliveries.len());
                 self.ledger.forget(&record);
                 if stored.row.fingerprint != record.fingerprint {
@@ -458,7 +459,6 @@ impl Hub {
             Err(error) => {
                 tracing::error!(message = "Submission not recorded: the store refused it.", ticket = %record.ticket, %error);
                 self.outbox.release(deliveries.len());
-                self.ledger.forget(&record);
                 return Err(InputError::StoreUnavailable);
             }
         };
@@ -1333,7 +1333,8 @@ fn parse_date(text: &str) -> Option<Date> {
     Date::parse(text, format_description!("[year]-[month]-[day]")).ok()
 }
 
-fn printable_token(text: &str) -> bool {
+/// 1-128 printable ASCII characters, no space: the form of ids, tickets and references.
+pub(crate) fn printable_token(text: &str) -> bool {
     (1..=128).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic())
 }
 

@@ -348,12 +348,11 @@ impl Settings {
         Ok(settings)
     }
 
-    /// What the types cannot say: counts and durations that must not be zero, and what no
-    /// single setting can say on its own.
-    fn check(&self, file: &Path) -> Result<(), ConfigError> {
+    /// The counts and durations that 0 would turn into a hub that does nothing: (setting, its
+    /// value, what 0 would do).
+    fn must_not_be_zero(&self) -> [(&'static str, u64, &'static str); 13] {
         let (d, l) = (&self.delivery, &self.limits);
-        // (setting, its value, what 0 would do)
-        let not_zero: [(&str, u64, &str); 13] = [
+        [
             (
                 "delivery.timeout_ms",
                 d.timeout_ms,
@@ -419,8 +418,14 @@ impl Settings {
                 l.integrations_per_person as u64,
                 "every integration would be refused",
             ),
-        ];
-        let zeros: Vec<Problem> = not_zero
+        ]
+    }
+
+    /// What the types cannot say: counts and durations that must not be zero, and what no
+    /// single setting can say on its own.
+    fn check(&self, file: &Path) -> Result<(), ConfigError> {
+        let zeros: Vec<Problem> = self
+            .must_not_be_zero()
             .iter()
             .filter(|(_, value, _)| *value == 0)
             .map(|(entry, _, effect)| Problem {
@@ -501,40 +506,19 @@ mod tests {
 
     #[test]
     fn counts_and_durations_that_would_stop_the_hub_are_refused_at_zero() {
-        // (setting, how to set it to zero)
-        type Zero = fn(&mut Settings);
-        let zeros: [(&str, Zero); 13] = [
-            ("delivery.timeout_ms", |s| s.delivery.timeout_ms = 0),
-            ("delivery.max_attempts", |s| s.delivery.max_attempts = 0),
-            ("delivery.lanes_per_recipient", |s| {
-                s.delivery.lanes_per_recipient = 0
-            }),
-            ("delivery.circuit_failures", |s| {
-                s.delivery.circuit_failures = 0
-            }),
-            ("delivery.max_pending", |s| s.delivery.max_pending = 0),
-            ("delivery.consult_timeout_ms", |s| {
-                s.delivery.consult_timeout_ms = 0
-            }),
-            ("delivery.connections_per_recipient", |s| {
-                s.delivery.connections_per_recipient = 0
-            }),
-            ("limits.max_message_bytes", |s| {
-                s.limits.max_message_bytes = 0
-            }),
-            ("limits.max_fan_out", |s| s.limits.max_fan_out = 0),
-            ("limits.max_concurrent_streams", |s| {
-                s.limits.max_concurrent_streams = 0
-            }),
-            ("limits.stream_in_flight", |s| s.limits.stream_in_flight = 0),
-            ("limits.journal_entries", |s| s.limits.journal_entries = 0),
-            ("limits.integrations_per_person", |s| {
-                s.limits.integrations_per_person = 0
-            }),
-        ];
         assert!(shipped_checked(|_| {}).is_ok(), "the shipped settings pass");
-        for (entry, zero) in zeros {
-            let error = shipped_checked(zero).expect_err(entry).to_string();
+        let shipped: Settings = toml::from_str(SHIPPED).expect("config/hub.toml");
+        // Each setting of the list set to 0 in the file's text, as an operator would.
+        for (entry, _, _) in shipped.must_not_be_zero() {
+            let (section, key) = entry.split_once('.').expect("section.key");
+            let mut table: toml::Table = SHIPPED.parse().expect("config/hub.toml");
+            let section = table[section].as_table_mut().expect("a section");
+            section.insert(key.to_owned(), toml::Value::Integer(0));
+            let settings: Settings = table.try_into().expect(entry);
+            let error = settings
+                .check(Path::new("hub.toml"))
+                .expect_err(entry)
+                .to_string();
             assert!(
                 error.contains(entry) && error.contains("0 is not allowed"),
                 "{entry}: {error}"
