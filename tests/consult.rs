@@ -491,7 +491,7 @@ async fn a_slow_source_gives_deadline_exceeded_and_nothing_partial() {
     let h = Harness::start_with(&[], |settings| settings.delivery.consult_timeout_ms = 1000).await;
     let niss = fresh_niss(140);
     integrate(&h, "onva-inspection", niss, 1, "2020-01-01", "").await;
-    h.network.source("onss").set_delay(Duration::from_secs(6));
+    h.network.source("onss").set_delay(Duration::from_secs(120));
     let started = std::time::Instant::now();
     let status = consult(
         &h,
@@ -504,7 +504,7 @@ async fn a_slow_source_gives_deadline_exceeded_and_nothing_partial() {
     // The hub gave up at its deadline, long before the source would have answered (the
     // margin is wide: the CI's two cores are shared with other test binaries).
     assert!(
-        started.elapsed() < Duration::from_secs(4),
+        started.elapsed() < Duration::from_secs(60),
         "{:?}",
         started.elapsed()
     );

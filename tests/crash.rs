@@ -147,21 +147,6 @@ async fn wait_ready(address: std::net::SocketAddr, pki: &Pki, root: &Path) {
     }
 }
 
-/// A free port below the kernel's ephemeral range (32768 and up on Linux), held until the hub
-/// is started: no institution server binding port 0, and no client connection made while the
-/// hub is down between a kill and its restart, can take it.
-fn hub_port() -> (u16, std::net::TcpListener) {
-    let seed = std::process::id() as u16;
-    (0..12_000u16)
-        .map(|i| 20_000 + (seed.wrapping_add(i.wrapping_mul(7919))) % 12_000)
-        .find_map(|port| {
-            std::net::TcpListener::bind(("127.0.0.1", port))
-                .ok()
-                .map(|held| (port, held))
-        })
-        .expect("a free port between 20000 and 32000")
-}
-
 /// What the clients counted besides their answers.
 #[derive(Default)]
 struct Calls {
@@ -228,6 +213,22 @@ async fn client(
                     answered.push((id, niss, reply.ticket, ids));
                     break;
                 }
+                // Codes only the hub's judgement of the message gives: a recovery that
+                // misreads what it recorded (the message id taken by "another" message, say),
+                // not a connection cut by a kill.
+                Ok(Err(status))
+                    if matches!(
+                        status.code(),
+                        tonic::Code::InvalidArgument
+                            | tonic::Code::AlreadyExists
+                            | tonic::Code::NotFound
+                            | tonic::Code::PermissionDenied
+                            | tonic::Code::FailedPrecondition
+                            | tonic::Code::Unauthenticated
+                    ) =>
+                {
+                    panic!("message {id} refused across a restart: {status:?}");
+                }
                 Ok(Err(_)) => {
                     channel = None;
                     tokio::time::sleep(Duration::from_millis(30)).await;
@@ -254,7 +255,7 @@ async fn every_answered_ticket_is_delivered_exactly_once_in_order_across_sigkill
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     let root = tempfile::tempdir().unwrap();
-    let (port, held) = hub_port();
+    let (port, held) = common::port_below_ephemeral_range();
     let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let persons: Vec<Niss> = (0..CLIENTS as u16 * PERSONS_PER_CLIENT)
         .map(|i| fresh_niss(100 + i))
@@ -286,8 +287,16 @@ async fn every_answered_ticket_is_delivered_exactly_once_in_order_across_sigkill
             ))
         })
         .collect();
+    // The pauses between kills, drawn from a seed that a failure report names
+    // (BCSS_CRASH_SEED=… replays them; the clients' timing is the machine's).
+    let seed: u64 = std::env::var("BCSS_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("BCSS_CRASH_SEED={seed}");
+    let mut pauses = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
     for _ in 0..kills {
-        let pause = rand::rng().random_range(150..700);
+        let pause = pauses.random_range(150..700);
         tokio::time::sleep(Duration::from_millis(pause)).await;
         calls.hub_changes.fetch_add(1, Ordering::SeqCst);
         hub.kill().expect("SIGKILL");

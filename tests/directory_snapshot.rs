@@ -30,11 +30,8 @@ impl Site {
     fn new() -> Site {
         let root = tempfile::tempdir().unwrap();
         common::copy_dir(&common::shipped_config(), &root.path().join("config"));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // The hub is stopped and started again several times on this port.
+        let (port, _) = common::port_below_ephemeral_range();
         let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let hub_toml = root.path().join("config/hub.toml");
         let mut table: toml::Table = std::fs::read_to_string(&hub_toml).unwrap().parse().unwrap();

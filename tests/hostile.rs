@@ -215,6 +215,29 @@ async fn hostile_messages_get_their_specific_status_and_deliver_nothing() {
             "{case}: the error names the person"
         );
     }
+    // The other services hold their requests to the same limit.
+    let mut oversized = vec![0x0a]; // field 1, length-delimited: 2 MiB of it
+    oversized.extend([0x80, 0x80, 0x80, 0x01]);
+    oversized.resize(oversized.len() + 2 * 1024 * 1024, b'x');
+    for (party, method) in [
+        ("cpas-liege", "/bcss.hub.v1.Directory/Integrate"),
+        ("cpas-liege", "/bcss.hub.v1.Journal/ByTicket"),
+        ("hub-operations", "/bcss.hub.v1.Admin/ShowDeadLetter"),
+    ] {
+        let status = raw_call::<()>(h.channel(party).await, method, oversized.clone())
+            .await
+            .expect_err(method);
+        assert_eq!(
+            status.code(),
+            Code::ResourceExhausted,
+            "{method}: {status:?}"
+        );
+        assert!(
+            status.message().contains("limits.max_message_bytes"),
+            "{method}: {}",
+            status.message()
+        );
+    }
     // The hub is still up and nothing more was delivered.
     let again = raw_call::<SubmitReply>(
         h.channel("solidaris").await,

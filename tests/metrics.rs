@@ -54,12 +54,18 @@ async fn scrape_until(
 
 #[tokio::test]
 async fn metrics_cover_every_stage_the_last_reload_and_the_journal() {
-    // A copy of the configuration, so that a broken deliberation can be dropped in.
-    let shipped = std::fs::read_to_string(common::shipped_config().join("hub.toml")).unwrap();
-    let h = Harness::start(&[("hub.toml", &shipped)]).await;
+    // (The harness runs on a copy of the configuration, so a broken deliberation can be dropped
+    // in.) Once cpas-ghent is back (below), its circuit lets deliveries through within a
+    // fraction of a second, not after the shipped 5 s, doubled by each failed probe.
+    let h = Harness::start_with(&[], |settings| {
+        settings.delivery.circuit_open_ms = 100;
+        settings.delivery.backoff_max_ms = 200;
+    })
+    .await;
     let metrics = {
-        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        free.local_addr().unwrap()
+        let (port, held) = common::port_below_ephemeral_range();
+        drop(held);
+        std::net::SocketAddr::from(([127, 0, 0, 1], port))
     };
     bcss_gateway::telemetry::serve(metrics, h.hub.clone()).unwrap();
 

@@ -1,7 +1,8 @@
 //! No personal data in logs or errors: an end-to-end run with known personal values (a NISS, a
 //! name, an amount) captures every log line of every component at TRACE level and every error
-//! message returned (of submissions, the directory and consultations), and fails if any of
-//! those values appears. The person appears in logs only as the keyed hash.
+//! message returned (of submissions, the directory, consultations, a recipient that turns
+//! deliveries away in words quoting the person, and the dead letter that leaves), and fails if
+//! any of those values appears. The person appears in logs only as the keyed hash.
 
 mod common;
 
@@ -9,8 +10,10 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bcss_proto::hub::v1::admin_client::AdminClient;
 use bcss_proto::hub::v1::{
-    ConsultRequest, Envelope, Flow, IntegrateRequest, ListRequest, TrackRequest,
+    ConsultRequest, Envelope, Flow, IntegrateRequest, ListDeadLettersRequest, ListRequest,
+    TrackRequest,
 };
 use bcss_sim::envelope::{FlowMessage, envelope};
 use common::{Harness, a052_envelope, eventually, fresh_niss, integrate, rng, submit};
@@ -44,7 +47,13 @@ async fn an_end_to_end_run_logs_no_personal_data() {
         .with_ansi(false)
         .init();
 
-    let h = Harness::start(&[]).await;
+    // Three attempts, close together, make a dead letter of a delivery that keeps failing.
+    let h = Harness::start_with(&[], |settings| {
+        settings.delivery.max_attempts = 3;
+        settings.delivery.backoff_initial_ms = 20;
+        settings.delivery.backoff_max_ms = 50;
+    })
+    .await;
     let niss = fresh_niss(60);
     let other = fresh_niss(61);
     integrate(&h, "cpas-liege", niss, 1, "2024-01-01", "").await;
@@ -79,6 +88,57 @@ async fn an_end_to_end_run_logs_no_personal_data() {
     let delivered_before = h.received();
     submit(&h, "onss", dimona_envelope.clone()).await.unwrap();
     eventually(Duration::from_secs(10), || h.received() > delivered_before).await;
+
+    // A recipient whose gateway turns deliveries away in words quoting the person: the hub
+    // keeps the status's code only, in its logs, Track's last error and the dead letter.
+    let words = format!(
+        "refused: {} {FIRST_NAME} {LAST_NAME} owes {AMOUNT_CENTS}",
+        niss.digits()
+    );
+    let cpas = h.network.inbox("cpas-liege");
+    cpas.refuse_each(Some(tonic::Status::failed_precondition(words)));
+    let turned_away = submit(&h, "solidaris", a052_envelope("pd-6", niss, 2))
+        .await
+        .unwrap()
+        .ticket;
+    let mut gateway = h.gateway("solidaris").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let outcome = loop {
+        let reply = gateway
+            .track(TrackRequest {
+                ticket: turned_away.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let outcome = reply.hops[0].recipients[0].clone();
+        if outcome.decision == bcss_proto::hub::v1::Decision::DeadLetter as i32 {
+            break outcome;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no dead letter: {outcome:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(outcome.attempts, 3);
+    assert!(
+        outcome.last_error.contains("FailedPrecondition"),
+        "the code is kept: {}",
+        outcome.last_error
+    );
+    errors.push(outcome.last_error);
+    let letters = AdminClient::new(h.channel("hub-operations").await)
+        .list_dead_letters(ListDeadLettersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .dead_letters;
+    assert_eq!(letters.len(), 1);
+    for letter in letters {
+        errors.extend([letter.last_error, letter.reason]);
+    }
+    cpas.refuse_each(None);
 
     // Bad input of every kind, each of which could tempt an error message to quote a value.
     let mut mismatch = a052.clone();
@@ -184,6 +244,16 @@ async fn an_end_to_end_run_logs_no_personal_data() {
         errors.push(status.message().to_owned());
     }
 
+    // A source that answers about another person: refused, naming neither person.
+    h.network.source("onss").set_wrong_person(true);
+    let status = onva
+        .consult(consult("onva-insp-01", None, niss.digits()))
+        .await
+        .expect_err("an answer about another person");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    errors.push(status.message().to_owned());
+    h.network.source("onss").set_wrong_person(false);
+
     let person = h.hub.person_key().person(niss).to_string();
     // Stop the hub (its workers and delivery streams log as they end) before reading the logs.
     drop(h);
@@ -213,13 +283,18 @@ async fn an_end_to_end_run_logs_no_personal_data() {
             &d[9..11]
         )
     };
+    let euros = (AMOUNT_CENTS / 100, AMOUNT_CENTS % 100);
     let forbidden = [
-        niss.digits(),
+        // The NISS's first nine digits: the invalid NISS made from it (other check digits)
+        // and the NISS itself, in any form.
+        niss.digits()[..9].to_owned(),
         formatted,
-        other.digits(),
+        other.digits()[..9].to_owned(),
         LAST_NAME.to_owned(),
         FIRST_NAME.to_owned(),
         AMOUNT_CENTS.to_string(),
+        format!("{}.{:02}", euros.0, euros.1),
+        format!("{},{:02}", euros.0, euros.1),
     ];
     for value in &forbidden {
         assert!(

@@ -716,19 +716,30 @@ async fn tickets_and_their_message_ids_are_forgotten_after_storage_ticket_days()
     let envelope = a052_envelope("forgotten-later", niss, 5);
     let first = submit(&h, "mc", envelope.clone()).await.unwrap();
     assert_eq!(h.received(), 1);
-    // A retention pass every 50 ms that keeps tickets for no time at all.
-    bcss_gateway::journal::spawn_retention(
-        h.hub.clone(),
-        Retention {
-            tickets: Duration::ZERO,
-            settled_held: bcss_gateway::journal::SETTLED_HELD,
-            every: Duration::from_millis(50),
-        },
-    );
-    common::eventually(std::time::Duration::from_secs(10), || {
-        h.hub.ledger().is_empty()
-    })
-    .await;
+    // As in service: the settled ticket leaves the ledger's memory long before its days are
+    // over (the store keeps it)…
+    let pass = |tickets, settled_held| Retention {
+        tickets,
+        settled_held,
+        every: Duration::from_millis(50),
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !h.hub.ledger().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the settled ticket stayed"
+        );
+        let kept_a_day = pass(Duration::from_secs(86_400), Duration::ZERO);
+        let removed = bcss_gateway::journal::retention_pass(&h.hub, &kept_a_day).await;
+        assert_eq!(removed.tickets_forgotten, 0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // …then a pass that keeps tickets for no time at all forgets it, and counts it once.
+    let no_time = pass(Duration::ZERO, bcss_gateway::journal::SETTLED_HELD);
+    let removed = bcss_gateway::journal::retention_pass(&h.hub, &no_time).await;
+    assert_eq!(removed.tickets_forgotten, 1);
+    let removed = bcss_gateway::journal::retention_pass(&h.hub, &no_time).await;
+    assert_eq!(removed.tickets_forgotten, 0);
     let err = track_refused(&h, "mc", &first.ticket).await;
     assert_eq!(err.code(), Code::NotFound);
     assert!(
@@ -1045,6 +1056,30 @@ async fn directory_list_pages_through_every_row_once() {
         .map(|row| (row.niss, row.quality_code, row.period.unwrap().start))
         .collect();
     assert_eq!(rows, all, "the pages, end to end, are the whole list");
+    assert!(everything.next_page_token.is_empty(), "one page holds all");
+    // The whole list is the shipped directory's rows for cpas-namur, read from the file.
+    let csv = std::fs::read_to_string(common::shipped_config().join("directory.csv")).unwrap();
+    let mut shipped: Vec<(String, u32, String)> = csv
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(|line| line.split(',').collect::<Vec<_>>())
+        .filter(|fields| fields[1] == "cpas-namur")
+        .map(|fields| {
+            (
+                fields[0].into(),
+                fields[2].parse().unwrap(),
+                fields[3].into(),
+            )
+        })
+        .collect();
+    let mut listed = all;
+    shipped.sort();
+    listed.sort();
+    assert!(shipped.len() > 50, "{} rows", shipped.len());
+    assert_eq!(
+        listed, shipped,
+        "the list is the directory's rows, no more, no less"
+    );
     for token in ["12", "not-a-token", "1.2.3.4.5"] {
         let status = directory.list(list(token.into())).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{token}");

@@ -29,6 +29,8 @@ async fn the_demo_delivers_what_it_reports_and_refuses_some() {
     let pki = tempfile::tempdir().unwrap();
     let mut settings = Settings::load(&common::shipped_config().join("hub.toml")).unwrap();
     settings.tls.pki = pki.path().to_owned();
+    // Not the source tree's var/: a demo run at the same time shares it.
+    settings.logs.person_key = pki.path().join("person-log.key");
     // Consultations answered or not by policy alone, never by how busy the machine is.
     settings.delivery.consult_timeout_ms = 30_000;
     let options = DemoOptions {

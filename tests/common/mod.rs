@@ -25,6 +25,26 @@ pub fn shipped_config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
 }
 
+/// A free port below the kernel's ephemeral range (32768 and up on Linux), and the listener
+/// that holds it until the caller lets go, just before the server that is to listen there
+/// starts. No socket bound to port 0 and no client connection can be given it, even while its
+/// server is down between two runs (a port picked by binding port 0 can be).
+pub fn port_below_ephemeral_range() -> (u16, std::net::TcpListener) {
+    // Each call of a process starts elsewhere: a port one test lets go of between two runs of
+    // its server is not the first another test of the same process tries.
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seed = (std::process::id() as u16).wrapping_add(call.wrapping_mul(101));
+    (0..12_000u16)
+        .map(|i| 20_000 + (seed.wrapping_add(i.wrapping_mul(7919))) % 12_000)
+        .find_map(|port| {
+            std::net::TcpListener::bind(("127.0.0.1", port))
+                .ok()
+                .map(|held| (port, held))
+        })
+        .expect("a free port between 20000 and 32000")
+}
+
 /// A running hub with its network.
 pub struct Harness {
     pub hub: Arc<bcss_gateway::Hub>,

@@ -460,64 +460,99 @@ pub struct Retention {
     pub every: std::time::Duration,
 }
 
-/// Every `retention.every`: removes the journal entries whose retention has passed (counted in
-/// `bcss_journal_entries_removed_total`), then forgets the tickets accepted more than
-/// `retention.tickets` ago, in the store first (so that a restart does not bring them back) and
-/// then in the ledger (counted in `bcss_tickets_forgotten_total`); with a store, the ledger
-/// then lets go of the tickets settled and older than `retention.settled_held`
-/// (`bcss_tickets_held` is what it still holds).
+/// Every `retention.every`, a [`retention_pass`].
 pub fn spawn_retention(hub: Arc<Hub>, retention: Retention) {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(retention.every);
         loop {
             ticker.tick().await;
-            let now = OffsetDateTime::now_utc();
-            let cutoff = now - retention.tickets;
-            if let Some(store) = hub.outbox().store() {
-                expire_journal(store).await;
-                forget_stored_tickets(store, crate::ledger::unix_ms(cutoff)).await;
-                hub.ledger().evict_settled(now - retention.settled_held);
-            }
-            let forgotten = hub.ledger().forget_accepted_before(cutoff);
-            metrics::gauge!(crate::telemetry::TICKETS_HELD).set(hub.ledger().len() as f64);
-            if forgotten > 0 {
-                metrics::counter!(crate::telemetry::TICKETS_FORGOTTEN).increment(forgotten as u64);
-                tracing::info!(
-                    message = "Tickets past storage.ticket_days forgotten.",
-                    forgotten
-                );
-            }
+            retention_pass(&hub, &retention).await;
         }
     });
+}
+
+/// What one [`retention_pass`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetentionPass {
+    /// Journal entries whose retention had passed.
+    pub journal_entries: u64,
+    /// Tickets accepted more than `retention.tickets` ago, each counted once (with a store,
+    /// as the store forgot them; without one, as the ledger did).
+    pub tickets_forgotten: u64,
+}
+
+/// Removes the journal entries whose retention has passed (counted in
+/// `bcss_journal_entries_removed_total`), then forgets the tickets accepted more than
+/// `retention.tickets` ago, in the store first (so that a restart does not bring them back) and
+/// then in the ledger (counted in `bcss_tickets_forgotten_total`); with a store, the ledger
+/// then lets go of the tickets settled and older than `retention.settled_held`
+/// (`bcss_tickets_held` is what it still holds).
+pub async fn retention_pass(hub: &Hub, retention: &Retention) -> RetentionPass {
+    let now = OffsetDateTime::now_utc();
+    let cutoff = now - retention.tickets;
+    let mut pass = RetentionPass::default();
+    let stored = match hub.outbox().store() {
+        Some(store) => {
+            pass.journal_entries = expire_journal(store).await;
+            let forgotten = forget_stored_tickets(store, crate::ledger::unix_ms(cutoff)).await;
+            hub.ledger().evict_settled(now - retention.settled_held);
+            Some(forgotten)
+        }
+        None => None,
+    };
+    // With a store, every ticket the ledger still holds from before the cutoff is one the store
+    // just forgot and counted.
+    let in_ledger = hub.ledger().forget_accepted_before(cutoff) as u64;
+    pass.tickets_forgotten = stored.unwrap_or(in_ledger);
+    metrics::gauge!(crate::telemetry::TICKETS_HELD).set(hub.ledger().len() as f64);
+    if pass.tickets_forgotten > 0 {
+        metrics::counter!(crate::telemetry::TICKETS_FORGOTTEN).increment(pass.tickets_forgotten);
+        tracing::info!(
+            message = "Tickets past storage.ticket_days forgotten.",
+            forgotten = pass.tickets_forgotten
+        );
+    }
+    pass
 }
 
 /// Most entries or tickets one store operation of the retention task removes.
 const RETENTION_PASS: usize = 10_000;
 
-async fn expire_journal(store: &Store) {
+async fn expire_journal(store: &Store) -> u64 {
     match store.expire(bcss_store::now_ms(), RETENTION_PASS).await {
-        Ok(0) => {}
+        Ok(0) => 0,
         Ok(removed) => {
             metrics::counter!(crate::telemetry::JOURNAL_REMOVED).increment(removed);
             tracing::info!(
                 message = "Journal entries past their retention removed.",
                 removed
             );
+            removed
         }
-        Err(error) => tracing::warn!(message = "Journal retention pass failed.", %error),
+        Err(error) => {
+            tracing::warn!(message = "Journal retention pass failed.", %error);
+            0
+        }
     }
 }
 
-/// Forgets every stored ticket accepted before `before_ms`, a bounded pass at a time.
-async fn forget_stored_tickets(store: &Store, before_ms: i64) {
+/// Forgets every stored ticket accepted before `before_ms`, a bounded pass at a time; returns
+/// how many went.
+async fn forget_stored_tickets(store: &Store, before_ms: i64) -> u64 {
+    let mut forgotten = 0;
     loop {
         match store.forget_tickets(before_ms, RETENTION_PASS).await {
-            Ok(n) if n < RETENTION_PASS as u64 => break,
-            Ok(_) => {}
+            Ok(n) => {
+                forgotten += n;
+                if n < RETENTION_PASS as u64 {
+                    break;
+                }
+            }
             Err(error) => {
                 tracing::warn!(message = "Ticket retention pass failed.", %error);
                 break;
             }
         }
     }
+    forgotten
 }

@@ -56,10 +56,14 @@ pub async fn run(
         stream_in_flight: options.stream_in_flight.max(1),
     })
     .max_decoding_message_size(options.max_message_bytes);
-    let directory = DirectoryServer::new(DirectoryService { hub: hub.clone() });
+    // Every service's requests are held to the same limit (theirs are small).
+    let directory = DirectoryServer::new(DirectoryService { hub: hub.clone() })
+        .max_decoding_message_size(options.max_message_bytes);
     let store_watch = hub.outbox().store().cloned();
-    let admin = AdminServer::new(AdminService { hub: hub.clone() });
-    let journal = JournalServer::new(JournalService { hub });
+    let admin = AdminServer::new(AdminService { hub: hub.clone() })
+        .max_decoding_message_size(options.max_message_bytes);
+    let journal = JournalServer::new(JournalService { hub })
+        .max_decoding_message_size(options.max_message_bytes);
     let tls = ServerTlsConfig::new()
         .identity(options.tls.identity)
         .client_ca_root(options.tls.client_ca)

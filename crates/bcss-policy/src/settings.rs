@@ -216,8 +216,9 @@ pub struct StorageSettings {
     pub cache_mib: Option<u32>,
 }
 
-/// `delivery.max_age_s`'s two days and one more: about 0.7 kB of memory per ticket (see
-/// ARCHITECTURE.md, "Not yet there") keeps three days of the national rate near 10 GB.
+/// `delivery.max_age_s`'s two days and one more. With a store, memory holds only the tickets
+/// with deliveries left and those settled in the last minutes; without one (benchmarks), every
+/// ticket of those days, about 0.7 kB each (see ARCHITECTURE.md, "Not yet there").
 fn default_ticket_days() -> u32 {
     3
 }
@@ -248,7 +249,8 @@ impl Default for StorageSettings {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitSettings {
-    /// Largest encoded envelope the hub accepts.
+    /// Largest encoded request the hub accepts, on any of its services (an envelope, a
+    /// consultation, a journal query…); a larger one is answered `RESOURCE_EXHAUSTED`.
     pub max_message_bytes: usize,
     /// Most candidate recipients one message may have (a broadcast to every institution
     /// integrated for the person).
@@ -262,7 +264,8 @@ pub struct LimitSettings {
     /// finish, and the replies keep the envelopes' order.
     #[serde(default = "default_stream_in_flight")]
     pub stream_in_flight: usize,
-    /// Messages per second one institution may submit or explain, over all its connections
+    /// Messages per second one institution may submit, explain or consult, over all its
+    /// connections
     /// (0: no rate limit, for load tests).
     #[serde(default = "default_rate_per_second")]
     pub rate_per_second: u32,
@@ -350,13 +353,18 @@ impl Settings {
 
     /// The counts and durations that 0 would turn into a hub that does nothing: (setting, its
     /// value, what 0 would do).
-    fn must_not_be_zero(&self) -> [(&'static str, u64, &'static str); 13] {
+    fn must_not_be_zero(&self) -> [(&'static str, u64, &'static str); 14] {
         let (d, l) = (&self.delivery, &self.limits);
         [
             (
                 "delivery.timeout_ms",
                 d.timeout_ms,
                 "every delivery would time out",
+            ),
+            (
+                "delivery.max_age_s",
+                d.max_age_s,
+                "every delivery that fails once would be a dead letter",
             ),
             (
                 "delivery.max_attempts",

@@ -42,6 +42,9 @@ struct Gate {
     together: Option<(Arc<tokio::sync::Barrier>, std::time::Duration)>,
     /// Recorded only after this long (a slow institution).
     delay: std::time::Duration,
+    /// Each delivery answered with this status instead of being recorded (an institution whose
+    /// own gateway turns deliveries away, in words of its own).
+    refusal: Option<Status>,
 }
 
 #[derive(Debug, Default)]
@@ -78,11 +81,18 @@ impl Inbox {
         self.gate.lock().expect("inbox gate").delay = delay;
     }
 
-    /// Waits at the gate, if there is one.
-    async fn pass_gate(&self) {
-        let (together, delay) = {
+    /// From now on, answers each delivery with `refusal` instead of recording it (`None`:
+    /// records them again). The hub must take only the status's code from it: an institution's
+    /// words may quote anything.
+    pub fn refuse_each(&self, refusal: Option<Status>) {
+        self.gate.lock().expect("inbox gate").refusal = refusal;
+    }
+
+    /// Waits at the gate, if there is one; the refusal it answers with, if any.
+    async fn pass_gate(&self) -> Result<(), Status> {
+        let (together, delay, refusal) = {
             let gate = self.gate.lock().expect("inbox gate");
-            (gate.together.clone(), gate.delay)
+            (gate.together.clone(), gate.delay, gate.refusal.clone())
         };
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -90,6 +100,7 @@ impl Inbox {
         if let Some((barrier, at_most)) = together {
             let _ = tokio::time::timeout(at_most, barrier.wait()).await;
         }
+        refusal.map_or(Ok(()), Err)
     }
 
     /// The deliveries received, duplicates excluded, in arrival order.
@@ -128,7 +139,7 @@ impl Inbox {
 
     /// Passes the gate, records a delivery and says whether it was a duplicate.
     async fn receive(&self, delivery: DeliveryView, streamed: bool) -> Result<DeliveryAck, Status> {
-        self.pass_gate().await;
+        self.pass_gate().await?;
         let fresh = self.record(&delivery, streamed)?;
         Ok(DeliveryAck {
             duplicate: !fresh,

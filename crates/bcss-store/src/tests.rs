@@ -1215,7 +1215,8 @@ static WRITE_FAILS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBoo
 static HEADER_FAILS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// Refuses to open the file while set: the writer cannot reopen it after a failed write.
 static OPEN_FAILS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-/// Held by each test that sets the flags above (tests run in parallel).
+/// Held by each test that sets the flags above or [`READS_HELD`] (tests run in parallel, and
+/// one clearing a flag another has set would end the other's window early).
 static ON_CUE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl redb::StorageBackend for FailsOnCue {
@@ -1515,7 +1516,8 @@ async fn the_journal_key_is_private_and_checking_never_makes_one() {
     assert_eq!(std::fs::read(&key).unwrap(), b"x");
 }
 
-/// Held while set: the reader thread waits before each read it is handed.
+/// Held while set: the reader thread of every store waits before each read it is handed. Set
+/// only under [`ON_CUE`].
 pub(crate) static READS_HELD: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
@@ -1524,6 +1526,7 @@ pub(crate) static READS_HELD: std::sync::atomic::AtomicBool =
 /// are still accepted.
 #[tokio::test]
 async fn messages_are_accepted_while_the_journal_is_being_verified() {
+    let _alone = ON_CUE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(dir.path()).unwrap();
     let store = std::sync::Arc::new(store);
