@@ -247,6 +247,7 @@ async fn hostile_messages_get_their_specific_status_and_deliver_nothing() {
     .await
     .expect("the hub still serves");
     assert_eq!(again.recipients[0].decision, 2, "delivered");
+    common::settled_without_duplicates(&h).await;
     assert_eq!(h.received(), delivered_before + 1);
 }
 

@@ -697,6 +697,7 @@ async fn resubmission_returns_the_original_ticket_and_delivers_nothing_new() {
     let first = submit(&h, "mc", envelope.clone()).await.unwrap();
     let again = submit(&h, "mc", envelope.clone()).await.unwrap();
     assert_eq!(first.ticket, again.ticket);
+    common::settled_without_duplicates(&h).await;
     assert_eq!(h.received(), 1);
     let changed = a052_envelope("once", niss, 6);
     let err = submit(&h, "mc", changed).await.unwrap_err();
@@ -862,6 +863,7 @@ async fn settled_tickets_leave_memory_and_are_read_back_from_the_store() {
     changed.addressee = Some("sigedis".into());
     let err = submit(&h, "onss", changed).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    common::settled_without_duplicates(&h).await;
     assert_eq!(h.received(), 2);
 }
 

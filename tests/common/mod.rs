@@ -374,6 +374,16 @@ pub async fn eventually(limit: std::time::Duration, condition: impl Fn() -> bool
     }
 }
 
+/// Waits until the outbox has nothing left to deliver, then checks that no institution got a
+/// delivery twice: "nothing new was delivered" then holds for what might have come late too.
+pub async fn settled_without_duplicates(h: &Harness) {
+    eventually(std::time::Duration::from_secs(30), || {
+        h.hub.outbox().pending() == 0
+    })
+    .await;
+    assert_eq!(h.network.duplicates(), 0, "a delivery was made twice");
+}
+
 /// A DmfA for one quarter of 2025 about `niss`, public-sector blocks when `public`.
 pub fn dmfa_envelope(id: &str, niss: Niss, public: bool) -> Envelope {
     let message = payloads::dmfa(&mut rng(7), niss, 2025, 2, public);

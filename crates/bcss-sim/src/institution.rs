@@ -627,6 +627,11 @@ impl Network {
         self.inboxes.values().map(Inbox::len).sum()
     }
 
+    /// Deliveries dropped across the network because their delivery id was seen before.
+    pub fn duplicates(&self) -> u64 {
+        self.inboxes.values().map(Inbox::duplicates).sum()
+    }
+
     /// Stops every server (without waiting for them).
     pub fn stop(&self) {
         for member in self.members.values() {
