@@ -85,7 +85,11 @@ cleanup() {
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
-trap cleanup EXIT INT TERM
+# On an interrupt the script stops (a trap that returned would let the loop go on, without
+# its servers, and print a table of zeros).
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # A fresh development PKI for this run (network CA, hub, every institution).
 PKI="$WORK/pki"
@@ -112,6 +116,15 @@ cp -r "$ROOT/config/." "$WORK/config/"
 sed -i "s|^pki = .*|pki = \"$PKI\"|" "$WORK/config/hub.toml"
 RUN_CONFIG="$WORK/config/hub.toml"
 
+# A port that already answers belongs to something else (a server an earlier run left behind
+# would be measured in place of this run's): refused before anything starts.
+for port in $((BASE_PORT + 1)) $((BASE_PORT + 2)) $((BASE_PORT + 3)) $((BASE_PORT + 4)) \
+            $((BASE_PORT + 5)) $((BASE_PORT + 6)) $((BASE_PORT + 7)) $((BASE_PORT + 8)); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port is already in use (a server left by an earlier run?): stop it or give --base-port" >&2
+    exit 1
+  fi
+done
 start() { "$@" >"$WORK/log.$(( ${#PIDS[@]} ))" 2>&1 & PIDS+=($!); }
 start "$BIN" institution --config "$RUN_CONFIG" --id cpas-liege --listen "127.0.0.1:$INST_PLAIN" --plain --quiet
 PID_INST_PLAIN=$!
@@ -235,6 +248,21 @@ run() { # name, load arguments...
   fi
   children_seconds; g1=$CHILDREN_SECONDS
   m1=$(ticks $middle); i1=$(ticks $institution)
+  # The servers this round measured must still be the ones started above.
+  for pid in $middle $institution; do
+    kill -0 "$pid" 2>/dev/null || { echo "  $name: process $pid (nginx, hub or institution) has exited; logs in $WORK" >&2; exit 1; }
+  done
+  # A round with errors or refusals measured something else than forwarding: it is reported
+  # and left out of the medians.
+  local errors refused
+  errors=$(jq '[.errors[]] | add // 0' "$WORK/$name.$round.json")
+  refused=$(jq '.deliveries.refused // 0' "$WORK/$name.$round.json")
+  if [[ $errors != 0 || $refused != 0 ]]; then
+    echo "  $name: $errors errors ($(jq -c .errors "$WORK/$name.$round.json")), $refused refused: round left out of the medians" >&2
+    mv "$WORK/$name.$round.json" "$WORK/$name.$round.left-out"
+    LEFT_OUT+=("$name round $round")
+    return 0
+  fi
   # Microseconds of CPU per answered message: generator (for f1 and f10, the one process), middle, institution.
   awk -v n="$(jq .answered "$WORK/$name.$round.json")" -v g0="$g0" -v g1="$g1" -v m=$((m1 - m0)) -v i=$((i1 - i0)) -v hz="$TICK_HZ" \
     'BEGIN { if (n > 0) printf "%.1f %.1f %.1f\n", (g1 - g0) * 1e6 / n, m * 1e6 / hz / n, i * 1e6 / hz / n }' >"$WORK/$name.$round.cpu"
@@ -243,6 +271,7 @@ run() { # name, load arguments...
     "$(jq .deliveries.per_second "$WORK/$name.$round.json")"
 }
 
+LEFT_OUT=()
 echo "bcss-hub comparison: $ROUNDS rounds x ${SECONDS_EACH} s, $IN_FLIGHT in flight over $CONNECTIONS connections; hub metrics $HUB_METRICS; $(nproc) CPUs; $(date -u +%F)"
 # The host, so that a saved output says which machine it came from (these VMs move between hosts).
 CPU_LINE=$(awk -F': ' '/^model name/ {m=$2} /^cpu family/ {f=$2} /^model\t/ {n=$2} END {printf "%s, family %s model %s", m, f, n}' /proc/cpuinfo)
@@ -277,7 +306,11 @@ cpu_median() { # name, column of the .cpu files
 ratio() { awk -v x="$1" -v y="$2" 'BEGIN { if (y > 0) printf "%.2f", x / y; else print "n/a" }'; }
 
 echo
-echo "medians of $ROUNDS rounds"
+if [[ ${#LEFT_OUT[@]} -eq 0 ]]; then
+  echo "medians of $ROUNDS rounds"
+else
+  echo "medians of $ROUNDS rounds, except these, left out for errors or refusals: ${LEFT_OUT[*]}"
+fi
 printf '%-4s %-58s %10s %9s %13s\n' cfg configuration msg/s "p99 ms" deliveries/s
 declare -A TPUT DPS
 for name in $ONLY; do

@@ -25,6 +25,12 @@ use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
+/// Delivery ids in one generation of an inbox's memory of what it has seen.
+#[cfg(not(test))]
+const SEEN_GENERATION: usize = 1 << 20;
+#[cfg(test)]
+const SEEN_GENERATION: usize = 4;
+
 /// What one institution received.
 #[derive(Clone, Debug, Default)]
 pub struct Inbox {
@@ -50,7 +56,12 @@ struct Gate {
 #[derive(Debug, Default)]
 struct InboxState {
     deliveries: Vec<Delivery>,
+    /// Delivery ids seen, in two generations of at most [`SEEN_GENERATION`] each: a duplicate
+    /// (a delivery sent again after a lost acknowledgement) comes within seconds, so the last
+    /// million ids or more are enough, and a long load run does not grow the set without end
+    /// (nor stall deliveries while it rehashes millions of ids).
     seen: HashSet<String>,
+    seen_before: HashSet<String>,
     duplicates: u64,
     received: usize,
     /// Deliveries (duplicates included) that came as messages of a `DeliverStream` call.
@@ -132,7 +143,8 @@ impl Inbox {
         self.inner.lock().expect("inbox lock").streamed
     }
 
-    /// Deliveries dropped because their delivery id was seen before.
+    /// Deliveries dropped because their delivery id was seen before (among the last million
+    /// or more: [`SEEN_GENERATION`]).
     pub fn duplicates(&self) -> u64 {
         self.inner.lock().expect("inbox lock").duplicates
     }
@@ -159,9 +171,14 @@ impl Inbox {
         let kept = kept.transpose().map_err(|e| {
             Status::invalid_argument(format!("the delivery's payload does not decode: {e}"))
         })?;
-        if !state.seen.insert(delivery.delivery_id.clone()) {
+        if state.seen_before.contains(&delivery.delivery_id)
+            || !state.seen.insert(delivery.delivery_id.clone())
+        {
             state.duplicates += 1;
             return Ok(false);
+        }
+        if state.seen.len() >= SEEN_GENERATION {
+            state.seen_before = std::mem::take(&mut state.seen);
         }
         state.received += 1;
         state.deliveries.extend(kept);
@@ -645,5 +662,38 @@ impl Network {
 impl Drop for Network {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(id: &str) -> DeliveryView {
+        DeliveryView {
+            delivery_id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn duplicates_are_recognised_across_a_generation_and_memory_stays_bounded() {
+        let inbox = Inbox::counting();
+        let fresh = |id: &str| inbox.record(&delivery(id), false).unwrap();
+        for i in 0..4 {
+            assert!(fresh(&format!("d{i}")), "d{i}");
+        }
+        // The first generation is full and kept as the one before: d0 is still known.
+        assert!(!fresh("d0"));
+        for i in 4..8 {
+            assert!(fresh(&format!("d{i}")), "d{i}");
+        }
+        assert!(!fresh("d5"));
+        // Two generations on, d0 is forgotten (counted again), and the memory holds two
+        // generations at most.
+        assert!(fresh("d0"));
+        let state = inbox.inner.lock().unwrap();
+        assert!(state.seen.len() + state.seen_before.len() <= 2 * SEEN_GENERATION);
+        assert_eq!((state.received, state.duplicates), (9, 2));
     }
 }

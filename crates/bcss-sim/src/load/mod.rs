@@ -578,6 +578,7 @@ async fn drive(
                 .collect(),
         )),
         client,
+        call_timeout: CALL_TIMEOUT,
     });
     let ticker = {
         let shared = shared.clone();
@@ -652,6 +653,8 @@ struct Shared {
     recorder: Mutex<Recorder>,
     /// One `Client::Hub` with every connection, or one `Client::Institution` per connection.
     client: Vec<Client>,
+    /// How long a unary call may take ([`CALL_TIMEOUT`]).
+    call_timeout: Duration,
 }
 
 impl Shared {
@@ -672,7 +675,15 @@ impl Shared {
         (n < self.limit).then_some(n)
     }
 
+    /// Call `n`; one not answered within [`CALL_TIMEOUT`] counts as `DeadlineExceeded` (a call
+    /// that never ends would otherwise hold the run, and the comparison, for ever).
     async fn call(&self, n: u64) -> Result<Answer, tonic::Code> {
+        tokio::time::timeout(self.call_timeout, self.call_untimed(n))
+            .await
+            .unwrap_or(Err(tonic::Code::DeadlineExceeded))
+    }
+
+    async fn call_untimed(&self, n: u64) -> Result<Answer, tonic::Code> {
         let template = &self.templates[(n % self.templates.len() as u64) as usize];
         let id = format!("load-{}-{n}", self.run_id);
         match &self.client[0] {
@@ -710,6 +721,10 @@ impl Shared {
         }
     }
 }
+
+/// How long a unary call may take before it counts as `DeadlineExceeded`; the same bound as a
+/// `SubmitStream` still open after its last envelope.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Open loop: call number n is due at start + n / rate and leaves then, or as soon as one of the
 /// `in_flight` slots is free; its latency runs from when it was due, so a server that falls
@@ -929,7 +944,7 @@ async fn run_streams(shared: &Arc<Shared>, connections: usize, in_flight: usize)
     }
     // Closing the streams' sending sides: the hub answers what it has and ends each stream.
     drop(outgoing);
-    let answered = tokio::time::timeout(Duration::from_secs(30), async {
+    let answered = tokio::time::timeout(CALL_TIMEOUT, async {
         while tasks.join_next().await.is_some() {}
     })
     .await;
@@ -1295,6 +1310,7 @@ mod tests {
             run_id: "test".into(),
             recorder: Mutex::new(Recorder::new(start, Vec::new())),
             client: vec![Client::Hub(clients)],
+            call_timeout: CALL_TIMEOUT,
         })
     }
 
@@ -1326,6 +1342,34 @@ mod tests {
     /// Messages the run took: answered and errors must add up to this.
     fn taken(shared: &Shared) -> u64 {
         shared.next.load(Ordering::Relaxed).min(shared.limit)
+    }
+
+    #[tokio::test]
+    async fn a_call_not_answered_in_time_counts_as_deadline_exceeded_and_the_run_ends() {
+        // A hub that answers after 10 s, and calls given 100 ms: the run does not wait for it.
+        let hub = serve(FakeHub {
+            delay: Duration::from_secs(10),
+            ..FakeHub::default()
+        })
+        .await;
+        let clients = vec![hub.clone(), hub];
+        let mut shared = run_over(vec![template(Flow::A052, 0)], clients, Some(3), None);
+        Arc::get_mut(&mut shared).unwrap().call_timeout = Duration::from_millis(100);
+        let start = Instant::now();
+        shared.closed_loop(0).await;
+        let report = report_of(&shared, start.elapsed().as_secs_f64());
+        assert_eq!(report.answered, 0, "{}", report.text());
+        assert_eq!(
+            report.errors.get("DeadlineExceeded"),
+            Some(&3),
+            "{}",
+            report.text()
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
