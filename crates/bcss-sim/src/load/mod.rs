@@ -761,8 +761,10 @@ async fn run_open(shared: &Arc<Shared>, rate: f64, in_flight: usize) {
         let Some(n) = shared.take_due(due) else {
             break;
         };
-        if waited {
-            shared.recorder.lock().expect("recorder").waited_for_slot += 1;
+        {
+            let mut recorder = shared.recorder.lock().expect("recorder");
+            recorder.waited_for_slot += u64::from(waited);
+            recorder.left(due);
         }
         let shared = shared.clone();
         tasks.spawn(async move {
@@ -1392,6 +1394,10 @@ mod tests {
         // when a call left one interval after it was due) must not show.
         assert!(report.latency.p50 < 25.0, "{}", report.text());
         assert_eq!(report.waited_for_slot, 0);
+        // How late each call left is measured, and is part of its latency.
+        let lag = report.send_lag.expect("an open loop measures its send lag");
+        assert!(lag.max <= report.latency.max, "{}", report.text());
+        assert!(report.text().contains("after due"), "{}", report.text());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,6 +58,10 @@ pub struct Recorder {
     /// Open loop: calls that were due while `--in-flight` calls were open, and so left late
     /// (their latency still runs from when they were due).
     pub(super) waited_for_slot: u64,
+    /// Open loop: how long after it was due each call left, in microseconds. The generator's
+    /// own lag (tokio's timer wakes on the millisecond, a busy core later still) is inside the
+    /// latencies, which count from when a call was due; this says how much of them it is.
+    pub(super) send_lag: Option<Histogram<u64>>,
 }
 
 /// A histogram of latencies in microseconds that grows to hold the longest one of the run: an
@@ -90,7 +94,17 @@ impl Recorder {
             by_deliberation: vec![Outcome::default(); deliberations.len() + 1],
             deliberations,
             waited_for_slot: 0,
+            send_lag: None,
         }
+    }
+
+    /// Open loop: a call due at `due` leaves now.
+    pub(super) fn left(&mut self, due: Instant) {
+        let lag = self.send_lag.get_or_insert_with(|| latencies(3));
+        record_latency(
+            lag,
+            Instant::now().saturating_duration_since(due).as_micros() as u64,
+        );
     }
 
     pub(super) fn second(&mut self, at: Instant) -> usize {
@@ -203,6 +217,8 @@ pub struct Report {
     pub buckets: Vec<(f64, u64)>,
     /// Open loop: calls that left after they were due because `--in-flight` calls were open.
     pub waited_for_slot: u64,
+    /// Open loop: how long after they were due the calls left (part of their latencies).
+    pub send_lag: Option<Percentiles>,
 }
 
 /// What the replies said of the recipients under one deliberation.
@@ -275,6 +291,7 @@ impl Report {
             timeline,
             buckets,
             waited_for_slot: recorder.waited_for_slot,
+            send_lag: recorder.send_lag.as_ref().map(Percentiles::of),
         }
     }
 
@@ -318,9 +335,16 @@ impl Report {
         } else {
             String::new()
         };
+        let lag = self.send_lag.map_or_else(String::new, |lag| {
+            format!(
+                "\n  sent       p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms after due (the \
+                 generator's timer and scheduling; part of the latencies above)",
+                lag.p50, lag.p99, lag.max
+            )
+        });
         format!(
             "{label}: {target}\n  answered   {answered} in {secs:.1} s = {tput:.0} msg/s\n  \
-             latency    p50 {p50:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, max {max:.2} ms (mean {mean:.2} ms){late}\n  \
+             latency    p50 {p50:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, max {max:.2} ms (mean {mean:.2} ms){late}{lag}\n  \
              errors     {errors}\n  \
              deliveries {rep} made ({dps:.0}/s), {pend} pending, {exp} expected, {refused} refused by policy; seen by recipients: {seen}{under}",
             label = self.label,
@@ -354,6 +378,7 @@ impl Report {
             "throughput": self.throughput,
             "latency_ms": {"p50": l.p50, "p90": l.p90, "p99": l.p99, "p99_9": l.p999, "max": l.max, "mean": l.mean},
             "waited_for_slot": self.waited_for_slot,
+            "send_lag_ms": self.send_lag.map(|l| serde_json::json!({"p50": l.p50, "p99": l.p99, "max": l.max})),
             "deliveries": {
                 "reported": self.deliveries_reported,
                 "pending": self.deliveries_pending,
