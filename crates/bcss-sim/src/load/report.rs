@@ -408,15 +408,17 @@ impl Report {
         ));
         page.push_str("<h2>Latency over time</h2>\n");
         page.push_str(&self.svg_timeline());
+        page.push_str("<h2>Answers and errors over time</h2>\n");
+        page.push_str(&self.svg_throughput());
         page.push_str("<h2>Latency histogram</h2>\n");
         page.push_str(&self.svg_histogram());
         page.push_str("</body></html>\n");
         page
     }
 
+    /// p50 and p99 per second of the run. A second with no answer breaks the lines (a stall
+    /// shows as a gap, not as a straight line across it).
     pub(super) fn svg_timeline(&self) -> String {
-        let (w, h, left, bottom) = (900.0, 300.0, 60.0, 30.0);
-        let seconds = self.timeline.len().max(1) as f64;
         let top = self
             .timeline
             .iter()
@@ -424,51 +426,48 @@ impl Report {
             .fold(0.0f64, f64::max)
             .max(0.001)
             * 1.1;
-        let x = |s: f64| left + (w - left - 10.0) * (s + 0.5) / seconds;
-        let y = |ms: f64| (h - bottom) - (h - bottom - 10.0) * ms / top;
-        let line = |pick: &dyn Fn(&Second) -> f64| {
-            self.timeline
-                .iter()
-                .filter(|t| t.1 > 0)
-                .map(|t| format!("{:.1},{:.1}", x(t.0 as f64), y(pick(t))))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        let mut svg = format!(
-            "<svg id=\"latency-over-time\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">\n"
-        );
-        svg.push_str(&axes(w, h, left, bottom));
-        for i in 0..=4 {
-            let ms = top * f64::from(i) / 4.0;
-            svg.push_str(&format!(
-                "<text x=\"{:.0}\" y=\"{:.0}\" font-size=\"11\" text-anchor=\"end\">{ms:.1} ms</text>\n",
-                left - 4.0,
-                y(ms) + 4.0
-            ));
-        }
-        svg.push_str(&format!(
-            "<text x=\"{:.0}\" y=\"{:.0}\" font-size=\"11\" text-anchor=\"middle\">seconds ({} s)</text>\n",
-            (w + left) / 2.0,
-            h - 8.0,
-            self.timeline.len()
-        ));
-        svg.push_str(&format!(
-            "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"{}\"><title>p50</title></polyline>\n",
-            line(&|t| t.2)
-        ));
-        svg.push_str(&format!(
-            "<polyline fill=\"none\" stroke=\"#d62728\" stroke-width=\"2\" points=\"{}\"><title>p99</title></polyline>\n",
-            line(&|t| t.3)
-        ));
-        svg.push_str(&format!(
-            "<text x=\"{:.0}\" y=\"20\" font-size=\"12\" fill=\"#1f77b4\">p50</text><text x=\"{:.0}\" y=\"20\" font-size=\"12\" fill=\"#d62728\">p99</text>\n",
-            w - 90.0,
-            w - 50.0
-        ));
-        svg.push_str("</svg>\n");
-        svg
+        let mut plot = TimePlot::new("latency-over-time", self.timeline.len(), top);
+        plot.value_ticks(|ms| format!("{ms:.1} ms"));
+        let answered = |t: &&Second| t.1 > 0;
+        let p50 = self
+            .timeline
+            .iter()
+            .map(|t| Some(t).filter(answered).map(|t| t.2));
+        plot.lines("p50", "#1f77b4", p50);
+        let p99 = self
+            .timeline
+            .iter()
+            .map(|t| Some(t).filter(answered).map(|t| t.3));
+        plot.lines("p99", "#d62728", p99);
+        plot.finish(&[("p50", "#1f77b4"), ("p99", "#d62728")])
     }
 
+    /// Answers and errors per second of the run.
+    pub(super) fn svg_throughput(&self) -> String {
+        let top = self
+            .timeline
+            .iter()
+            .map(|t| t.1.max(t.4) as f64)
+            .fold(0.0f64, f64::max)
+            .max(1.0)
+            * 1.1;
+        let mut plot = TimePlot::new("answers-over-time", self.timeline.len(), top);
+        plot.value_ticks(|n| format!("{n:.0}/s"));
+        plot.lines(
+            "answers",
+            "#2ca02c",
+            self.timeline.iter().map(|t| Some(t.1 as f64)),
+        );
+        plot.lines(
+            "errors",
+            "#d62728",
+            self.timeline.iter().map(|t| Some(t.4 as f64)),
+        );
+        plot.finish(&[("answers", "#2ca02c"), ("errors", "#d62728")])
+    }
+
+    /// The latency histogram: log-spaced buckets, each labelled by its upper bound at its right
+    /// edge, with a count axis.
     pub(super) fn svg_histogram(&self) -> String {
         let (w, h, left, bottom) = (900.0, 300.0, 60.0, 30.0);
         let buckets: Vec<&(f64, u64)> = {
@@ -486,6 +485,14 @@ impl Report {
             "<svg id=\"latency-histogram\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">\n"
         );
         svg.push_str(&axes(w, h, left, bottom));
+        for i in 0..=2 {
+            let count = most * f64::from(i) / 2.0;
+            svg.push_str(&format!(
+                "<text x=\"{:.0}\" y=\"{:.0}\" font-size=\"11\" text-anchor=\"end\">{count:.0}</text>\n",
+                left - 4.0,
+                (h - bottom) - (h - bottom - 10.0) * count / most + 4.0
+            ));
+        }
         for (i, (upper, count)) in buckets.iter().enumerate() {
             let height = (h - bottom - 10.0) * *count as f64 / most;
             let x = left + bar * i as f64;
@@ -497,18 +504,115 @@ impl Report {
             if i % (buckets.len() / 8).max(1) == 0 {
                 svg.push_str(&format!(
                     "<text x=\"{:.1}\" y=\"{:.0}\" font-size=\"11\" text-anchor=\"middle\">{upper:.2}</text>\n",
-                    x + bar / 2.0,
+                    // The last bound stays inside the picture.
+                    (x + bar).min(w - 25.0),
                     h - bottom + 14.0
                 ));
             }
         }
         svg.push_str(&format!(
-            "<text x=\"{:.0}\" y=\"{:.0}\" font-size=\"11\" text-anchor=\"middle\">latency, ms (log-spaced buckets)</text>\n",
+            "<text x=\"{:.0}\" y=\"{:.0}\" font-size=\"11\" text-anchor=\"middle\">calls per bucket; latency, ms (log-spaced buckets, each marked at its upper bound)</text>\n",
             (w + left) / 2.0,
             h - 4.0
         ));
         svg.push_str("</svg>\n");
         svg
+    }
+}
+
+/// A plot of values per second of the run, as inline SVG: axes, ticks on both, and lines that
+/// break where a value is missing.
+struct TimePlot {
+    svg: String,
+    seconds: usize,
+    top: f64,
+}
+
+impl TimePlot {
+    const W: f64 = 900.0;
+    const H: f64 = 300.0;
+    const LEFT: f64 = 60.0;
+    const BOTTOM: f64 = 30.0;
+
+    fn new(id: &str, seconds: usize, top: f64) -> TimePlot {
+        let (w, h) = (TimePlot::W, TimePlot::H);
+        let mut svg = format!(
+            "<svg id=\"{id}\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">\n"
+        );
+        svg.push_str(&axes(w, h, TimePlot::LEFT, TimePlot::BOTTOM));
+        let mut plot = TimePlot { svg, seconds, top };
+        // Seconds along the bottom, about ten ticks.
+        let step = seconds.div_ceil(10).max(1);
+        for second in (0..seconds).step_by(step) {
+            let tick = format!(
+                "<text x=\"{:.1}\" y=\"{:.0}\" font-size=\"11\" text-anchor=\"middle\">{second}</text>\n",
+                plot.x(second),
+                h - TimePlot::BOTTOM + 14.0
+            );
+            plot.svg.push_str(&tick);
+        }
+        plot
+    }
+
+    fn x(&self, second: usize) -> f64 {
+        let width = TimePlot::W - TimePlot::LEFT - 10.0;
+        TimePlot::LEFT + width * (second as f64 + 0.5) / self.seconds.max(1) as f64
+    }
+
+    fn y(&self, value: f64) -> f64 {
+        let height = TimePlot::H - TimePlot::BOTTOM;
+        height - (height - 10.0) * value / self.top
+    }
+
+    fn value_ticks(&mut self, label: impl Fn(f64) -> String) {
+        for i in 0..=4 {
+            let value = self.top * f64::from(i) / 4.0;
+            let tick = format!(
+                "<text x=\"{:.0}\" y=\"{:.0}\" font-size=\"11\" text-anchor=\"end\">{}</text>\n",
+                TimePlot::LEFT - 4.0,
+                self.y(value) + 4.0,
+                label(value)
+            );
+            self.svg.push_str(&tick);
+        }
+    }
+
+    /// One polyline per run of seconds that have a value.
+    fn lines(&mut self, name: &str, colour: &str, values: impl Iterator<Item = Option<f64>>) {
+        let mut run: Vec<String> = Vec::new();
+        let flush = |run: &mut Vec<String>, svg: &mut String| {
+            if !run.is_empty() {
+                svg.push_str(&format!(
+                    "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"><title>{name}</title></polyline>\n",
+                    run.join(" ")
+                ));
+                run.clear();
+            }
+        };
+        for (second, value) in values.enumerate() {
+            match value {
+                Some(value) => run.push(format!("{:.1},{:.1}", self.x(second), self.y(value))),
+                None => flush(&mut run, &mut self.svg),
+            }
+        }
+        flush(&mut run, &mut self.svg);
+    }
+
+    fn finish(mut self, legend: &[(&str, &str)]) -> String {
+        let (w, h) = (TimePlot::W, TimePlot::H);
+        self.svg.push_str(&format!(
+            "<text x=\"{:.0}\" y=\"{:.0}\" font-size=\"11\" text-anchor=\"middle\">second of the run (the last one may be partial)</text>\n",
+            (w + TimePlot::LEFT) / 2.0,
+            h - 2.0
+        ));
+        for (i, (name, colour)) in legend.iter().enumerate() {
+            self.svg.push_str(&format!(
+                "<text x=\"{:.0}\" y=\"20\" font-size=\"12\" fill=\"{colour}\">{name}</text>",
+                w - 150.0 + 60.0 * i as f64
+            ));
+        }
+        self.svg.push_str("\n</svg>\n");
+        self.svg
     }
 }
 
@@ -518,4 +622,57 @@ pub(super) fn axes(w: f64, h: f64, left: f64, bottom: f64) -> String {
         b = h - bottom,
         r = w - 10.0
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// The `<svg id="…">` element of `page`.
+    fn plot<'a>(page: &'a str, id: &str) -> &'a str {
+        let start = page.find(&format!("<svg id=\"{id}\"")).expect(id);
+        let end = start + page[start..].find("</svg>").unwrap();
+        &page[start..end]
+    }
+
+    #[test]
+    fn a_second_without_answers_breaks_the_latency_lines_and_shows_in_the_answers() {
+        // Answers in seconds 0 and 2, an error in second 1, nothing answered in second 1.
+        let start = Instant::now();
+        let mut recorder = Recorder::new(start, Vec::new());
+        recorder.answered(2_000, start + Duration::from_millis(200));
+        recorder.answered(3_000, start + Duration::from_millis(400));
+        let second = recorder.second(start + Duration::from_millis(1_500));
+        *recorder.errors.entry("Unavailable".into()).or_default() += 1;
+        recorder.errors_per_second[second] += 1;
+        recorder.answered(9_000, start + Duration::from_millis(2_300));
+        let report = Report::build("t".into(), "t".into(), 2.5, &recorder);
+        assert_eq!(
+            report
+                .timeline
+                .iter()
+                .map(|t| (t.1, t.4))
+                .collect::<Vec<_>>(),
+            [(2, 0), (0, 1), (1, 0)]
+        );
+        let page = report.html();
+        let latency = plot(&page, "latency-over-time");
+        // p50 and p99, each in two pieces around the empty second.
+        assert_eq!(latency.matches("<polyline").count(), 4, "{latency}");
+        assert_eq!(latency.matches("<title>p99</title>").count(), 2);
+        let answers = plot(&page, "answers-over-time");
+        assert_eq!(answers.matches("<polyline").count(), 2, "{answers}");
+        // Three seconds on the time axis, ticked 0, 1, 2.
+        for tick in [">0</text>", ">1</text>", ">2</text>"] {
+            assert!(answers.contains(tick), "{tick}: {answers}");
+        }
+        let histogram = plot(&page, "latency-histogram");
+        assert_eq!(
+            histogram.matches("<rect").count(),
+            report.buckets.iter().skip_while(|b| b.1 == 0).count()
+                - report.buckets.iter().rev().take_while(|b| b.1 == 0).count(),
+            "one bar per bucket from the first to the last with calls"
+        );
+    }
 }
