@@ -252,13 +252,15 @@ run() { # name, load arguments...
   for pid in $middle $institution; do
     kill -0 "$pid" 2>/dev/null || { echo "  $name: process $pid (nginx, hub or institution) has exited; logs in $WORK" >&2; exit 1; }
   done
-  # A round with errors or refusals measured something else than forwarding: it is reported
-  # and left out of the medians.
-  local errors refused
+  # A round with errors, refusals or deliveries made twice (f1, f10: the in-process network
+  # counts them) measured something else than forwarding: it is reported and left out of the
+  # medians.
+  local errors refused twice
   errors=$(jq '[.errors[]] | add // 0' "$WORK/$name.$round.json")
   refused=$(jq '.deliveries.refused // 0' "$WORK/$name.$round.json")
-  if [[ $errors != 0 || $refused != 0 ]]; then
-    echo "  $name: $errors errors ($(jq -c .errors "$WORK/$name.$round.json")), $refused refused: round left out of the medians" >&2
+  twice=$(jq '.deliveries.duplicated // 0' "$WORK/$name.$round.json")
+  if [[ $errors != 0 || $refused != 0 || $twice != 0 ]]; then
+    echo "  $name: $errors errors ($(jq -c .errors "$WORK/$name.$round.json")), $refused refused, $twice delivered twice: round left out of the medians" >&2
     mv "$WORK/$name.$round.json" "$WORK/$name.$round.left-out"
     LEFT_OUT+=("$name round $round")
     return 0

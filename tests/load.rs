@@ -46,6 +46,7 @@ fn check(report: &serde_json::Value, messages: u64) {
     assert!(expected >= messages / 2, "{report:#}");
     assert_eq!(deliveries["reported"], expected, "{report:#}");
     assert_eq!(deliveries["seen"], expected, "{report:#}");
+    assert_eq!(deliveries["duplicated"], 0, "{report:#}");
     let p = &report["latency_ms"];
     let (p50, p99, max) = (
         p["p50"].as_f64().unwrap(),

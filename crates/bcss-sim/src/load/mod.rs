@@ -639,6 +639,7 @@ async fn drive(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         report.deliveries_seen = Some(network.received() as u64);
+        report.deliveries_duplicated = Some(network.duplicates());
     }
     Ok(report)
 }

@@ -208,6 +208,9 @@ pub struct Report {
     pub deliveries_expected: u64,
     /// Deliveries counted by the recipients (only with `--start-network`).
     pub deliveries_seen: Option<u64>,
+    /// Deliveries the recipients received again under a delivery id they had seen (only with
+    /// `--start-network`): the hub sent them twice.
+    pub deliveries_duplicated: Option<u64>,
     pub deliveries_per_second: f64,
     /// The recipients' outcomes per deliberation, for the deliberations that had any ("none":
     /// refused under no deliberation).
@@ -272,6 +275,7 @@ impl Report {
             refused: o.refused,
             deliveries_expected: o.delivered + o.pending + o.failed,
             deliveries_seen: None,
+            deliveries_duplicated: None,
             deliveries_per_second: o.delivered as f64 / seconds,
             by_deliberation: recorder
                 .deliberations
@@ -311,9 +315,11 @@ impl Report {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let seen = self
-            .deliveries_seen
-            .map_or_else(|| "not counted".to_owned(), |n| n.to_string());
+        let seen = match (self.deliveries_seen, self.deliveries_duplicated) {
+            (Some(seen), Some(again)) => format!("{seen} (and {again} received twice)"),
+            (Some(seen), None) => seen.to_string(),
+            (None, _) => "not counted".to_owned(),
+        };
         let under: String = self
             .by_deliberation
             .iter()
@@ -385,6 +391,7 @@ impl Report {
                 "expected": self.deliveries_expected,
                 "refused": self.refused,
                 "seen": self.deliveries_seen,
+                "duplicated": self.deliveries_duplicated,
                 "per_second": self.deliveries_per_second,
             },
             "by_deliberation": self.by_deliberation.iter().map(|u| (u.deliberation.clone(), serde_json::json!({"delivered": u.delivered, "pending": u.pending, "refused": u.refused, "failed": u.failed}))).collect::<serde_json::Map<_, _>>(),
