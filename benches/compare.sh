@@ -118,8 +118,7 @@ RUN_CONFIG="$WORK/config/hub.toml"
 
 # A port that already answers belongs to something else (a server an earlier run left behind
 # would be measured in place of this run's): refused before anything starts.
-for port in $((BASE_PORT + 1)) $((BASE_PORT + 2)) $((BASE_PORT + 3)) $((BASE_PORT + 4)) \
-            $((BASE_PORT + 5)) $((BASE_PORT + 6)) $((BASE_PORT + 7)) $((BASE_PORT + 8)); do
+for port in $(seq $((BASE_PORT + 1)) $((BASE_PORT + 8))); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is already in use (a server left by an earlier run?): stop it or give --base-port" >&2
     exit 1
@@ -311,7 +310,7 @@ echo
 if [[ ${#LEFT_OUT[@]} -eq 0 ]]; then
   echo "medians of $ROUNDS rounds"
 else
-  echo "medians of $ROUNDS rounds, except these, left out for errors or refusals: ${LEFT_OUT[*]}"
+  echo "medians of $ROUNDS rounds, except these, left out for errors, refusals or deliveries made twice: ${LEFT_OUT[*]}"
 fi
 printf '%-4s %-58s %10s %9s %13s\n' cfg configuration msg/s "p99 ms" deliveries/s
 declare -A TPUT DPS

@@ -435,16 +435,9 @@ impl Report {
             * 1.1;
         let mut plot = TimePlot::new("latency-over-time", self.timeline.len(), top);
         plot.value_ticks(|ms| format!("{ms:.1} ms"));
-        let answered = |t: &&Second| t.1 > 0;
-        let p50 = self
-            .timeline
-            .iter()
-            .map(|t| Some(t).filter(answered).map(|t| t.2));
+        let p50 = self.timeline.iter().map(|t| (t.1 > 0).then_some(t.2));
         plot.lines("p50", "#1f77b4", p50);
-        let p99 = self
-            .timeline
-            .iter()
-            .map(|t| Some(t).filter(answered).map(|t| t.3));
+        let p99 = self.timeline.iter().map(|t| (t.1 > 0).then_some(t.3));
         plot.lines("p99", "#d62728", p99);
         plot.finish(&[("p50", "#1f77b4"), ("p99", "#d62728")])
     }
@@ -476,7 +469,7 @@ impl Report {
     /// The latency histogram: log-spaced buckets, each labelled by its upper bound at its right
     /// edge, with a count axis.
     pub(super) fn svg_histogram(&self) -> String {
-        let (w, h, left, bottom) = (900.0, 300.0, 60.0, 30.0);
+        let (w, h, left, bottom) = (TimePlot::W, TimePlot::H, TimePlot::LEFT, TimePlot::BOTTOM);
         let buckets: Vec<&(f64, u64)> = {
             let first = self.buckets.iter().position(|b| b.1 > 0).unwrap_or(0);
             let last = self.buckets.iter().rposition(|b| b.1 > 0).unwrap_or(0);
@@ -488,10 +481,7 @@ impl Report {
         let most = buckets.iter().map(|b| b.1).max().unwrap_or(1).max(1) as f64;
         let n = buckets.len().max(1) as f64;
         let bar = (w - left - 10.0) / n;
-        let mut svg = format!(
-            "<svg id=\"latency-histogram\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">\n"
-        );
-        svg.push_str(&axes(w, h, left, bottom));
+        let mut svg = open_svg("latency-histogram");
         for i in 0..=2 {
             let count = most * f64::from(i) / 2.0;
             svg.push_str(&format!(
@@ -542,11 +532,8 @@ impl TimePlot {
     const BOTTOM: f64 = 30.0;
 
     fn new(id: &str, seconds: usize, top: f64) -> TimePlot {
-        let (w, h) = (TimePlot::W, TimePlot::H);
-        let mut svg = format!(
-            "<svg id=\"{id}\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">\n"
-        );
-        svg.push_str(&axes(w, h, TimePlot::LEFT, TimePlot::BOTTOM));
+        let h = TimePlot::H;
+        let svg = open_svg(id);
         let mut plot = TimePlot { svg, seconds, top };
         // Seconds along the bottom, about ten ticks.
         let step = seconds.div_ceil(10).max(1);
@@ -623,10 +610,13 @@ impl TimePlot {
     }
 }
 
-pub(super) fn axes(w: f64, h: f64, left: f64, bottom: f64) -> String {
+/// The opening of a plot of the report's size, with its two axes.
+fn open_svg(id: &str) -> String {
+    let (w, h, left) = (TimePlot::W, TimePlot::H, TimePlot::LEFT);
     format!(
-        "<line x1=\"{left}\" y1=\"10\" x2=\"{left}\" y2=\"{b}\" stroke=\"#333\"/><line x1=\"{left}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"#333\"/>\n",
-        b = h - bottom,
+        "<svg id=\"{id}\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">\n\
+         <line x1=\"{left}\" y1=\"10\" x2=\"{left}\" y2=\"{b}\" stroke=\"#333\"/><line x1=\"{left}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"#333\"/>\n",
+        b = h - TimePlot::BOTTOM,
         r = w - 10.0
     )
 }
