@@ -54,7 +54,7 @@ pub struct Deliverer {
     /// Deliveries over `DeliverStream` (`delivery.stream`).
     stream: bool,
     /// Per institution id: the endpoint the channels were made for, and the channels.
-    channels: DashMap<Arc<str>, Pool>,
+    channels: DashMap<Arc<str>, Pool, foldhash::fast::RandomState>,
 }
 
 /// The connections to one endpoint, each with its delivery stream, and the turn.
@@ -108,7 +108,7 @@ impl Deliverer {
             consult_timeout: timeout,
             connections: connections.max(1),
             stream: true,
-            channels: DashMap::new(),
+            channels: DashMap::default(),
         }
     }
 
@@ -320,7 +320,9 @@ struct Outgoing {
 /// Deliveries sent on the open call and not yet acknowledged.
 #[derive(Default)]
 struct Unacknowledged {
-    by_id: HashMap<Bytes, Answer>,
+    /// foldhash: the ids are the hub's own (`ticket/recipient`), and SipHash on each send,
+    /// acknowledgement and deadline check was the largest hash cost of a delivery.
+    by_id: HashMap<Bytes, Answer, foldhash::fast::RandomState>,
     /// Delivery ids in the order sent, with their deadlines (acknowledged ones are skipped).
     deadlines: VecDeque<(Instant, Bytes)>,
 }

@@ -116,7 +116,7 @@ pub struct Outbox {
     /// For the integration check before attempts that do not follow acceptance.
     directory: Arc<Directory>,
     retry: RetryPolicy,
-    workers: DashMap<Arc<str>, mpsc::UnboundedSender<Job>>,
+    workers: DashMap<Arc<str>, mpsc::UnboundedSender<Job>, foldhash::fast::RandomState>,
     pending: AtomicUsize,
     /// Sequence numbers when there is no store (durability off).
     next_seq: std::sync::atomic::AtomicU64,
@@ -137,7 +137,7 @@ impl Outbox {
             policy,
             directory,
             retry,
-            workers: DashMap::new(),
+            workers: DashMap::default(),
             pending: AtomicUsize::new(0),
             next_seq: std::sync::atomic::AtomicU64::new(1),
         }

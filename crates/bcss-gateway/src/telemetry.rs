@@ -252,7 +252,7 @@ pub(crate) struct SubmitMetrics {
     checks_admitted: Counter,
     checks_refused: Counter,
     /// By deliberation id, registered on first use (a policy reload may bring new ones).
-    fields_removed: DashMap<Arc<str>, Counter>,
+    fields_removed: DashMap<Arc<str>, Counter, foldhash::fast::RandomState>,
     /// Whether a recorder stands behind the handles (no registration without one).
     recorded: bool,
 }
@@ -286,7 +286,7 @@ impl SubmitMetrics {
             bytes_out: FLOWS.map(|flow| metrics::counter!(BYTES_OUT, "flow" => flow)),
             checks_admitted: metrics::counter!(INTEGRATION_CHECKS, "result" => "admitted"),
             checks_refused: metrics::counter!(INTEGRATION_CHECKS, "result" => "refused"),
-            fields_removed: DashMap::new(),
+            fields_removed: DashMap::default(),
             recorded: true,
         }
     }
@@ -300,7 +300,7 @@ impl SubmitMetrics {
             bytes_out: FLOWS.map(|_| Counter::noop()),
             checks_admitted: Counter::noop(),
             checks_refused: Counter::noop(),
-            fields_removed: DashMap::new(),
+            fields_removed: DashMap::default(),
             recorded: false,
         }
     }

@@ -113,18 +113,22 @@ impl Grant {
     }
 }
 
+/// The policy's maps: filled from the configuration files, then only read, by the data path on
+/// every message. foldhash: faster than SipHash, and no request can add a key.
+type LookupMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// The immutable policy snapshot the data path reads.
 #[derive(Debug)]
 pub struct Policy {
     sectors: Vec<Sector>,
     institutions: Vec<Institution>,
-    by_id: HashMap<Arc<str>, InstitutionIndex>,
-    by_certificate: HashMap<String, InstitutionIndex>,
+    by_id: LookupMap<Arc<str>, InstitutionIndex>,
+    by_certificate: LookupMap<String, InstitutionIndex>,
     operators: Vec<Operator>,
-    qualities: HashMap<SectorQuality, String>,
+    qualities: LookupMap<SectorQuality, String>,
     deliberations: Vec<Deliberation>,
     /// Per deliberation (same order), the grant of each flow it covers.
-    grants: Vec<HashMap<Flow, Grant>>,
+    grants: Vec<LookupMap<Flow, Grant>>,
     /// Per deliberation (same order), the file it came from.
     sources: Vec<PathBuf>,
     /// Deliberations whose routes reach an institution, per flow: indexed by the institution's
@@ -199,10 +203,10 @@ impl Policy {
         let mut policy = Policy {
             sectors: Vec::new(),
             institutions: Vec::new(),
-            by_id: HashMap::new(),
-            by_certificate: HashMap::new(),
+            by_id: LookupMap::default(),
+            by_certificate: LookupMap::default(),
             operators: Vec::new(),
-            qualities: HashMap::new(),
+            qualities: LookupMap::default(),
             deliberations: Vec::new(),
             grants: Vec::new(),
             sources: Vec::new(),
@@ -525,7 +529,7 @@ impl Policy {
             }
         };
         let mut flows = Vec::new();
-        let mut grants = HashMap::new();
+        let mut grants = LookupMap::default();
         for entry in &parsed.flows {
             let what = format!("{id}, flow {}", entry.flow);
             let Ok(flow) = entry.flow.parse::<Flow>() else {
