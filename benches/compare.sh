@@ -22,9 +22,14 @@
 # Needs: cargo, and nginx (installed from Debian with apt-get when missing). Everything it
 # starts runs on loopback and is stopped on exit.
 #
-#   benches/compare.sh [--rounds 3] [--seconds 10] [--in-flight 64] [--connections 2]
+#   benches/compare.sh [--rounds 3] [--seconds 10] [--warm-up 2] [--in-flight 64] [--connections 2]
 #                      [--base-port 47100] [--no-build] [--only "a b bt c cu d b2 f1 f10"]
 #                      [--hub-metrics on|off]
+#
+# Each run loads for --warm-up seconds before its measured ones (connections opened, caches and
+# allocators filled); the warm-up's calls are counted apart (`load --warm-up`), and its errors
+# leave a round out as the measured ones do. CPU is divided over every call the generator
+# made, the warm-up's included, since the processes' ticks are read around the whole run.
 #
 # The hubs record and serve their Prometheus metrics, as a hub in production does
 # (`--hub-metrics off`: no recorder, to measure what the metrics cost).
@@ -36,6 +41,7 @@ set -euo pipefail
 
 ROUNDS=3
 SECONDS_EACH=10
+WARM_UP=2
 IN_FLIGHT=64
 CONNECTIONS=2
 BASE_PORT=47100
@@ -46,13 +52,14 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --rounds) ROUNDS="$2"; shift 2 ;;
     --seconds) SECONDS_EACH="$2"; shift 2 ;;
+    --warm-up) WARM_UP="$2"; shift 2 ;;
     --in-flight) IN_FLIGHT="$2"; shift 2 ;;
     --connections) CONNECTIONS="$2"; shift 2 ;;
     --base-port) BASE_PORT="$2"; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --only) ONLY="$2"; shift 2 ;;
     --hub-metrics) HUB_METRICS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -234,7 +241,7 @@ children_seconds() {
 middle_of() { case $1 in b|bt|b2) echo "$PID_NGINX" ;; c) echo "$PID_HUB_C" ;; cu) echo "$PID_HUB_CU" ;; d) echo "$PID_HUB_D" ;; esac; }
 institution_of() { case $1 in a|b|bt|c|cu) echo "$PID_INST_PLAIN" ;; d|b2) echo "$PID_INST_TLS" ;; esac; }
 
-COMMON=(--config "$RUN_CONFIG" --duration "$SECONDS_EACH" --in-flight "$IN_FLIGHT" --connections "$CONNECTIONS" --quiet)
+COMMON=(--config "$RUN_CONFIG" --duration "$SECONDS_EACH" --warm-up "$WARM_UP" --in-flight "$IN_FLIGHT" --connections "$CONNECTIONS" --quiet)
 run() { # name, load arguments...
   local name=$1 round=$2; shift 2
   local middle institution g0 g1 m0 m1 i0 i1
@@ -255,17 +262,18 @@ run() { # name, load arguments...
   # counts them) measured something else than forwarding: it is reported and left out of the
   # medians.
   local errors refused twice
-  errors=$(jq '[.errors[]] | add // 0' "$WORK/$name.$round.json")
+  errors=$(jq '([.errors[]] | add // 0) + (.warm_up.errors // 0)' "$WORK/$name.$round.json")
   refused=$(jq '.deliveries.refused // 0' "$WORK/$name.$round.json")
   twice=$(jq '.deliveries.duplicated // 0' "$WORK/$name.$round.json")
   if [[ $errors != 0 || $refused != 0 || $twice != 0 ]]; then
-    echo "  $name: $errors errors ($(jq -c .errors "$WORK/$name.$round.json")), $refused refused, $twice delivered twice: round left out of the medians" >&2
+    echo "  $name: $errors errors, warm-up included ($(jq -c "{measured: .errors, warm_up: .warm_up.errors}" "$WORK/$name.$round.json")), $refused refused, $twice delivered twice: round left out of the medians" >&2
     mv "$WORK/$name.$round.json" "$WORK/$name.$round.left-out"
     LEFT_OUT+=("$name round $round")
     return 0
   fi
   # Microseconds of CPU per answered message: generator (for f1 and f10, the one process), middle, institution.
-  awk -v n="$(jq .answered "$WORK/$name.$round.json")" -v g0="$g0" -v g1="$g1" -v m=$((m1 - m0)) -v i=$((i1 - i0)) -v hz="$TICK_HZ" \
+  # The ticks cover the warm-up too, and so do the calls they are divided by.
+  awk -v n="$(jq '.answered + (.warm_up.calls // 0)' "$WORK/$name.$round.json")" -v g0="$g0" -v g1="$g1" -v m=$((m1 - m0)) -v i=$((i1 - i0)) -v hz="$TICK_HZ" \
     'BEGIN { if (n > 0) printf "%.1f %.1f %.1f\n", (g1 - g0) * 1e6 / n, m * 1e6 / hz / n, i * 1e6 / hz / n }' >"$WORK/$name.$round.cpu"
   printf '  %-4s %9.0f msg/s  p99 %7.2f ms  %9.0f deliveries/s\n' "$name" \
     "$(jq .throughput "$WORK/$name.$round.json")" "$(jq .latency_ms.p99 "$WORK/$name.$round.json")" \
@@ -273,7 +281,7 @@ run() { # name, load arguments...
 }
 
 LEFT_OUT=()
-echo "bcss-hub comparison: $ROUNDS rounds x ${SECONDS_EACH} s, $IN_FLIGHT in flight over $CONNECTIONS connections; hub metrics $HUB_METRICS; $(nproc) CPUs; $(date -u +%F)"
+echo "bcss-hub comparison: $ROUNDS rounds x ${SECONDS_EACH} s after ${WARM_UP} s of warm-up, $IN_FLIGHT in flight over $CONNECTIONS connections; hub metrics $HUB_METRICS; $(nproc) CPUs; $(date -u +%F)"
 # The host, so that a saved output says which machine it came from (these VMs move between hosts).
 CPU_LINE=$(awk -F': ' '/^model name/ {m=$2} /^cpu family/ {f=$2} /^model\t/ {n=$2} END {printf "%s, family %s model %s", m, f, n}' /proc/cpuinfo)
 echo "host: $CPU_LINE; $(awk '/^MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo); load average $(cut -d' ' -f1-3 /proc/loadavg); $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo 'no git') $( [[ -n "${BCSS_HUB_BIN:-}" ]] && echo "(hub binary $BCSS_HUB_BIN)")"

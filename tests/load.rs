@@ -70,6 +70,31 @@ fn load_mix_unary_and_stream() {
 }
 
 #[test]
+fn load_with_a_warm_up_measures_only_the_seconds_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = load(
+        dir.path(),
+        "warm-up",
+        &["--warm-up", "1", "--duration", "1", "--fan-out", "2"],
+    );
+    let warm_up = &report["warm_up"];
+    assert_eq!(warm_up["seconds"], 1.0, "{report:#}");
+    assert_eq!(warm_up["errors"], 0, "{report:#}");
+    let calls = warm_up["calls"].as_u64().unwrap();
+    assert!(calls > 0, "{report:#}");
+    // Every warm-up call went to both CPAS; the recipients saw those deliveries too, and they
+    // are not in the measured figures.
+    assert_eq!(warm_up["deliveries"], 2 * calls, "{report:#}");
+    let answered = report["answered"].as_u64().unwrap();
+    check(&report, answered);
+    assert!(answered > 0, "{report:#}");
+    assert_eq!(report["deliveries"]["expected"], 2 * answered, "{report:#}");
+    // The measured seconds are the duration's (and the last calls' answers), not the warm-up's.
+    let seconds = report["seconds"].as_f64().unwrap();
+    assert!((1.0..2.0).contains(&seconds), "{report:#}");
+}
+
+#[test]
 fn load_fan_out_reaches_every_cpas() {
     let dir = tempfile::tempdir().unwrap();
     let report = load(

@@ -44,7 +44,7 @@ use mix::{
     SENDERS, Template, a052_recipients, deliberation_recipients, load_person, parse_mix, templates,
 };
 use report::Answer;
-pub use report::{Percentiles, Recorder, Report, Second, UnderDeliberation};
+pub use report::{Percentiles, Recorder, Report, Second, UnderDeliberation, WarmUp};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -118,6 +118,11 @@ pub struct LoadArgs {
     /// Send exactly this many messages.
     #[arg(long)]
     pub messages: Option<u64>,
+    /// Seconds of load before the measured `--duration`: their calls (due before it ends) are
+    /// counted apart in the report, so that opening connections and filling caches is not
+    /// measured. Goes with `--duration`, not `--messages`.
+    #[arg(long, default_value_t = 0.0, value_parser = warm_up_seconds, conflicts_with = "messages")]
+    pub warm_up: f64,
     /// Flows and deliberations, by weight: `FLOW[@DELIBERATION]=WEIGHT,…`, e.g.
     /// `a052=2,dmfa@10/059=1,dmfa@19/010=1,dimona@19/010=1`. A052s go from `--as` to
     /// `--recipient` (or to every CPAS of `--fan-out`) about persons this run integrates there.
@@ -192,6 +197,16 @@ pub struct LoadArgs {
     /// Start what `--start-hub` / `--start-network` ask for, send nothing, run until SIGTERM.
     #[arg(long)]
     pub serve_only: bool,
+}
+
+/// `--warm-up`: seconds, from 0 to an hour.
+fn warm_up_seconds(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(seconds) if (0.0..=3600.0).contains(&seconds) => Ok(seconds),
+        _ => Err(format!(
+            "\"{value}\" is not a number of seconds from 0 to 3600 to warm up for"
+        )),
+    }
 }
 
 /// `--rate`: a finite number of calls per second above 0 (at 0 no call would ever be due).
@@ -545,12 +560,13 @@ async fn drive(
     );
     let limit = args.messages.unwrap_or(u64::MAX);
     let duration = Duration::from_secs_f64(args.duration.max(0.1));
+    let warm_up = Duration::from_secs_f64(args.warm_up);
     let progress = if args.quiet {
         ProgressBar::hidden()
     } else {
         match args.messages {
             Some(m) => ProgressBar::new(m),
-            None => ProgressBar::new(duration.as_secs().max(1)),
+            None => ProgressBar::new((warm_up + duration).as_secs().max(1)),
         }
     };
     progress.set_style(
@@ -558,10 +574,12 @@ async fn drive(
             .expect("valid template"),
     );
     let start = Instant::now();
+    // The measured seconds start after the warm-up.
+    let measured_from = start + warm_up;
     let deadline = if args.messages.is_some() {
         None
     } else {
-        Some(start + duration)
+        Some(measured_from + duration)
     };
     let shared = Arc::new(Shared {
         templates,
@@ -569,8 +587,9 @@ async fn drive(
         limit,
         deadline,
         run_id,
-        recorder: Mutex::new(Recorder::new(
-            start,
+        recorder: Mutex::new(Recorder::after_warm_up(
+            measured_from,
+            args.warm_up,
             policy
                 .deliberations()
                 .iter()
@@ -588,13 +607,22 @@ async fn drive(
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 let done = shared.recorder.lock().expect("recorder").overall.len();
-                let secs = start.elapsed().as_secs_f64();
                 if counted {
                     progress.set_position(done);
                 } else {
-                    progress.set_position(secs as u64);
+                    progress.set_position(start.elapsed().as_secs());
                 }
-                progress.set_message(format!("{done} answered, {:.0} msg/s", done as f64 / secs));
+                let now = Instant::now();
+                if now < measured_from {
+                    progress.set_message(format!(
+                        "warming up, {:.0} s to go",
+                        (measured_from - now).as_secs_f64()
+                    ));
+                } else {
+                    let secs = (now - measured_from).as_secs_f64();
+                    progress
+                        .set_message(format!("{done} answered, {:.0} msg/s", done as f64 / secs));
+                }
             }
         })
     };
@@ -618,7 +646,7 @@ async fn drive(
             let _ = worker.await;
         }
     }
-    let seconds = start.elapsed().as_secs_f64();
+    let seconds = measured_from.elapsed().as_secs_f64();
     ticker.abort();
     progress.finish_and_clear();
     let mut report = {
@@ -631,14 +659,15 @@ async fn drive(
         report.deliveries_per_second = report.throughput;
     }
     if let Some(network) = network {
-        // Deliveries still in flight (reply_wait_ms = 0, retries) land shortly.
+        // Deliveries still in flight (reply_wait_ms = 0, retries) land shortly. The recipients
+        // count the warm-up's too.
+        let warm_up_deliveries = report.warm_up.deliveries;
+        let seen = || (network.received() as u64).saturating_sub(warm_up_deliveries);
         let wait_until = Instant::now() + Duration::from_secs(10);
-        while (network.received() as u64) < report.deliveries_expected
-            && Instant::now() < wait_until
-        {
+        while seen() < report.deliveries_expected && Instant::now() < wait_until {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        report.deliveries_seen = Some(network.received() as u64);
+        report.deliveries_seen = Some(seen());
         report.deliveries_duplicated = Some(network.duplicates());
     }
     Ok(report)
@@ -1156,6 +1185,102 @@ mod tests {
     }
 
     #[test]
+    fn a_warm_up_is_seconds_from_zero_to_an_hour_and_goes_with_a_duration() {
+        let (args, _) = shipped(&["--warm-up", "2.5"]);
+        assert_eq!(args.warm_up, 2.5);
+        assert_eq!(shipped(&[]).0.warm_up, 0.0);
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            load: LoadArgs,
+        }
+        for seconds in ["-1", "NaN", "inf", "3601", "soon"] {
+            let refused = <Cli as clap::Parser>::try_parse_from([
+                "load".to_owned(),
+                format!("--warm-up={seconds}"),
+            ])
+            .map(|_| ())
+            .expect_err(seconds)
+            .to_string();
+            assert!(
+                refused.contains("is not a number of seconds from 0 to 3600"),
+                "{seconds}: {refused}"
+            );
+        }
+        // With --messages every message counts.
+        let parse = |args: &[&str]| {
+            <Cli as clap::Parser>::try_parse_from(
+                std::iter::once("load").chain(args.iter().copied()),
+            )
+            .map(|cli| (cli.load.warm_up, cli.load.messages))
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(parse(&["--messages", "5"]).unwrap(), (0.0, Some(5)));
+        let refused = parse(&["--warm-up", "1", "--messages", "5"]).unwrap_err();
+        assert!(refused.contains("cannot be used with"), "{refused}");
+    }
+
+    #[test]
+    fn calls_due_in_the_warm_up_are_counted_apart_from_every_figure() {
+        let start = Instant::now();
+        let measured_from = start + Duration::from_secs(5);
+        let mut recorder = Recorder::after_warm_up(measured_from, 5.0, vec!["20/130".into()]);
+        let delivered_to = |n: usize| {
+            Ok(Answer::Reply(SubmitReply {
+                recipients: (0..n)
+                    .map(|_| bcss_proto::hub::v1::RecipientOutcome {
+                        deliberation: "20/130".into(),
+                        decision: Decision::Delivered as i32,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }))
+        };
+        // Two calls due in the warm-up (one to 3 recipients, one failed), one after it.
+        recorder.record(start, delivered_to(3));
+        recorder.record(
+            start + Duration::from_secs(1),
+            Err(tonic::Code::Unavailable),
+        );
+        recorder.left(start);
+        recorder.record(Instant::now().max(measured_from), delivered_to(1));
+        let report = Report::build("t".into(), "t".into(), 1.0, &recorder);
+        assert_eq!(
+            report.warm_up,
+            WarmUp {
+                seconds: 5.0,
+                calls: 2,
+                errors: 1,
+                deliveries: 3
+            }
+        );
+        assert_eq!(report.answered, 1, "{}", report.text());
+        assert!(report.errors.is_empty(), "{}", report.text());
+        assert_eq!(report.deliveries_reported, 1);
+        assert_eq!(report.deliveries_expected, 1);
+        assert!(
+            report.send_lag.is_none(),
+            "a warm-up call's lag is not measured"
+        );
+        assert_eq!(report.by_deliberation[0].delivered, 1);
+        let text = report.text();
+        assert!(
+            text.contains("warm-up    5.0 s before these: 2 calls, 1 errors, 3 deliveries"),
+            "{text}"
+        );
+        assert_eq!(report.json()["warm_up"]["errors"], 1);
+        // Without a warm-up the report says nothing of one.
+        let none = Report::build(
+            "t".into(),
+            "t".into(),
+            1.0,
+            &Recorder::new(start, Vec::new()),
+        );
+        assert!(!none.text().contains("warm-up"), "{}", none.text());
+    }
+
+    #[test]
     fn latencies_beyond_two_minutes_are_kept_as_they_are() {
         let start = Instant::now();
         let mut recorder = Recorder::new(start, Vec::new());
@@ -1186,8 +1311,8 @@ mod tests {
 
     use bcss_proto::gateway_view::gateway_server::{Gateway, GatewayServer};
     use bcss_proto::hub::v1::{
-        ConsultRequest, ExplainReply, SubmitReply, SubmitStreamReply, TrackReply, TrackRequest,
-        submit_stream_reply,
+        ConsultRequest, Decision, ExplainReply, SubmitReply, SubmitStreamReply, TrackReply,
+        TrackRequest, submit_stream_reply,
     };
     use bcss_proto::hub::view::v1::ConsultReplyView;
     use tonic::{Request, Response, Status, Streaming};
@@ -1373,6 +1498,46 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_loop_measures_only_the_calls_due_after_its_warm_up() {
+        let hub = serve(FakeHub {
+            delay: Duration::from_millis(20),
+            ..FakeHub::default()
+        })
+        .await;
+        let mut shared = run_over(
+            vec![template(Flow::A052, 0)],
+            vec![hub.clone(), hub],
+            None,
+            None,
+        );
+        let start = Instant::now();
+        let measured_from = start + Duration::from_millis(300);
+        {
+            let shared = Arc::get_mut(&mut shared).unwrap();
+            shared.deadline = Some(measured_from + Duration::from_millis(300));
+            shared.recorder = Mutex::new(Recorder::after_warm_up(measured_from, 0.3, Vec::new()));
+        }
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                let shared = shared.clone();
+                tokio::spawn(async move { shared.closed_loop(w).await })
+            })
+            .collect();
+        for worker in workers {
+            worker.await.unwrap();
+        }
+        let report = report_of(&shared, measured_from.elapsed().as_secs_f64());
+        // About 15 calls per worker in each 300 ms: both parts have some, and every call
+        // taken is in exactly one of them.
+        assert!(report.warm_up.calls >= 8, "{:?}", report.warm_up);
+        assert!(report.answered >= 8, "{}", report.text());
+        assert_eq!(report.warm_up.errors, 0);
+        assert_eq!(report.warm_up.calls + report.answered, taken(&shared));
+        // The latencies are the measured calls' alone: each about the stand-in's 20 ms.
+        assert!(report.latency.p50 >= 19.0, "{}", report.text());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,6 +62,21 @@ pub struct Recorder {
     /// own lag (tokio's timer wakes on the millisecond, a busy core later still) is inside the
     /// latencies, which count from when a call was due; this says how much of them it is.
     pub(super) send_lag: Option<Histogram<u64>>,
+    /// Calls due before `started` (`--warm-up`), counted apart from every figure above.
+    pub(super) warm_up: WarmUp,
+}
+
+/// The seconds before the measured ones (`--warm-up`): connections opened, caches and
+/// allocators filled. Their calls are answered and counted here only, so that nothing they
+/// hide goes unsaid (an error while warming up is still an error).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct WarmUp {
+    pub seconds: f64,
+    /// Calls answered or failed.
+    pub calls: u64,
+    pub errors: u64,
+    /// Deliveries the answers made or left pending: the recipients see these too.
+    pub deliveries: u64,
 }
 
 /// A histogram of latencies in microseconds that grows to hold the longest one of the run: an
@@ -95,11 +110,27 @@ impl Recorder {
             deliberations,
             waited_for_slot: 0,
             send_lag: None,
+            warm_up: WarmUp::default(),
         }
+    }
+
+    /// A recorder whose measured seconds start at `started`, after `seconds` of warm-up.
+    pub fn after_warm_up(started: Instant, seconds: f64, deliberations: Vec<String>) -> Recorder {
+        let mut recorder = Recorder::new(started, deliberations);
+        recorder.warm_up.seconds = seconds;
+        recorder
+    }
+
+    /// Whether a call due at `due` belongs to the warm-up.
+    pub(super) fn warming_up(&self, due: Instant) -> bool {
+        due < self.started
     }
 
     /// Open loop: a call due at `due` leaves now.
     pub(super) fn left(&mut self, due: Instant) {
+        if self.warming_up(due) {
+            return;
+        }
         let lag = self.send_lag.get_or_insert_with(|| latencies(3));
         record_latency(
             lag,
@@ -125,6 +156,21 @@ impl Recorder {
     }
 
     pub(super) fn record(&mut self, due: Instant, result: Result<Answer, tonic::Code>) {
+        if self.warming_up(due) {
+            self.warm_up.calls += 1;
+            match result {
+                Ok(Answer::Reply(reply)) => {
+                    let mut outcome = Outcome::default();
+                    for recipient in &reply.recipients {
+                        outcome.count(recipient.decision);
+                    }
+                    self.warm_up.deliveries += outcome.delivered + outcome.pending + outcome.failed;
+                }
+                Ok(Answer::Acknowledged) => self.warm_up.deliveries += 1,
+                Err(_) => self.warm_up.errors += 1,
+            }
+            return;
+        }
         let now = Instant::now();
         match result {
             Ok(answer) => {
@@ -222,6 +268,8 @@ pub struct Report {
     pub waited_for_slot: u64,
     /// Open loop: how long after they were due the calls left (part of their latencies).
     pub send_lag: Option<Percentiles>,
+    /// What the warm-up before the measured seconds did (nothing without `--warm-up`).
+    pub warm_up: WarmUp,
 }
 
 /// What the replies said of the recipients under one deliberation.
@@ -296,6 +344,7 @@ impl Report {
             buckets,
             waited_for_slot: recorder.waited_for_slot,
             send_lag: recorder.send_lag.as_ref().map(Percentiles::of),
+            warm_up: recorder.warm_up,
         }
     }
 
@@ -348,8 +397,18 @@ impl Report {
                 lag.p50, lag.p99, lag.max
             )
         });
+        let w = &self.warm_up;
+        let warm_up = if w.seconds > 0.0 {
+            format!(
+                "\n  warm-up    {:.1} s before these: {} calls, {} errors, {} deliveries (counted \
+                 nowhere else)",
+                w.seconds, w.calls, w.errors, w.deliveries
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "{label}: {target}\n  answered   {answered} in {secs:.1} s = {tput:.0} msg/s\n  \
+            "{label}: {target}{warm_up}\n  answered   {answered} in {secs:.1} s = {tput:.0} msg/s\n  \
              latency    p50 {p50:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, max {max:.2} ms (mean {mean:.2} ms){late}{lag}\n  \
              errors     {errors}\n  \
              deliveries {rep} made ({dps:.0}/s), {pend} pending, {exp} expected, {refused} refused by policy; seen by recipients: {seen}{under}",
@@ -385,6 +444,7 @@ impl Report {
             "latency_ms": {"p50": l.p50, "p90": l.p90, "p99": l.p99, "p99_9": l.p999, "max": l.max, "mean": l.mean},
             "waited_for_slot": self.waited_for_slot,
             "send_lag_ms": self.send_lag.map(|l| serde_json::json!({"p50": l.p50, "p99": l.p99, "max": l.max})),
+            "warm_up": {"seconds": self.warm_up.seconds, "calls": self.warm_up.calls, "errors": self.warm_up.errors, "deliveries": self.warm_up.deliveries},
             "deliveries": {
                 "reported": self.deliveries_reported,
                 "pending": self.deliveries_pending,
