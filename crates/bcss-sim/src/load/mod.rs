@@ -23,7 +23,7 @@ mod report;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -101,7 +101,8 @@ pub struct LoadArgs {
     /// The CPAS single-recipient A052s are addressed to.
     #[arg(long, default_value = "cpas-liege")]
     pub recipient: String,
-    /// HTTP/2 connections to open (calls are spread over them in turn).
+    /// HTTP/2 connections to open per sender (each unary call goes to the one with the fewest
+    /// calls open; `--stream` opens one stream on each).
     #[arg(long, default_value_t = 2)]
     pub connections: usize,
     /// Calls kept open at once (closed loop); with `--rate`, the most that may be open.
@@ -596,6 +597,7 @@ async fn drive(
                 .map(|d| d.id.to_string())
                 .collect(),
         )),
+        open: open_per_connection(&client),
         client,
         call_timeout: CALL_TIMEOUT,
     });
@@ -683,8 +685,31 @@ struct Shared {
     recorder: Mutex<Recorder>,
     /// One `Client::Hub` with every connection, or one `Client::Institution` per connection.
     client: Vec<Client>,
+    /// Unary calls open on each connection, in the order of `client`'s connections.
+    open: Vec<AtomicUsize>,
     /// How long a unary call may take ([`CALL_TIMEOUT`]).
     call_timeout: Duration,
+}
+
+/// A count of open calls for each connection of `client`.
+fn open_per_connection(client: &[Client]) -> Vec<AtomicUsize> {
+    let connections = match client.first() {
+        Some(Client::Hub(connections)) => connections.len(),
+        _ => client.len(),
+    };
+    (0..connections).map(|_| AtomicUsize::new(0)).collect()
+}
+
+/// A call counted open on one connection until it is dropped.
+struct OpenCall<'a> {
+    connection: usize,
+    open: &'a AtomicUsize,
+}
+
+impl Drop for OpenCall<'_> {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Shared {
@@ -713,14 +738,30 @@ impl Shared {
             .unwrap_or(Err(tonic::Code::DeadlineExceeded))
     }
 
+    /// Of the connections `first..first + count`, the one with the fewest calls open (among
+    /// equals, call `n`'s turn or the next), counted with one more until the result drops. In
+    /// turn regardless of load, a connection whose calls are answered more slowly piles up
+    /// calls and can go over the server's streams per connection (the hub's
+    /// `limits.max_concurrent_streams`), which then turns calls away.
+    fn least_busy(&self, first: usize, count: usize, n: u64) -> OpenCall<'_> {
+        let turn = n as usize % count;
+        let connection = (0..count)
+            .map(|k| first + (turn + k) % count)
+            .min_by_key(|&c| self.open[c].load(Ordering::Relaxed))
+            .expect("at least one connection");
+        let open = &self.open[connection];
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenCall { connection, open }
+    }
+
     async fn call_untimed(&self, n: u64) -> Result<Answer, tonic::Code> {
         let template = &self.templates[(n % self.templates.len() as u64) as usize];
         let id = format!("load-{}-{n}", self.run_id);
         match &self.client[0] {
             Client::Hub(clients) => {
                 let per_sender = clients.len() / (1 + SENDERS.len());
-                let index = template.sender * per_sender + (n as usize % per_sender);
-                let mut client = clients[index].clone();
+                let on = self.least_busy(template.sender * per_sender, per_sender, n);
+                let mut client = clients[on.connection].clone();
                 client
                     .submit(template.envelope(id))
                     .await
@@ -728,9 +769,8 @@ impl Shared {
                     .map_err(|s| s.code())
             }
             Client::Institution(..) => {
-                let Client::Institution(client, sender) =
-                    &self.client[n as usize % self.client.len()]
-                else {
+                let on = self.least_busy(0, self.client.len(), n);
+                let Client::Institution(client, sender) = &self.client[on.connection] else {
                     unreachable!("institution clients only")
                 };
                 let mut client = client.clone();
@@ -1437,6 +1477,7 @@ mod tests {
             deadline: duration.map(|d| start + d),
             run_id: "test".into(),
             recorder: Mutex::new(Recorder::new(start, Vec::new())),
+            open: (0..clients.len()).map(|_| AtomicUsize::new(0)).collect(),
             client: vec![Client::Hub(clients)],
             call_timeout: CALL_TIMEOUT,
         })
@@ -1498,6 +1539,47 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_go_to_the_connection_with_the_fewest_open() {
+        // Two connections of one sender, to a stand-in that answers at once and to one that
+        // takes 100 ms: in turn, each would get half of the calls; by load, the slow one only
+        // gets a call when it has fewer open than the fast one.
+        let slow = FakeHub {
+            delay: Duration::from_millis(100),
+            ..FakeHub::default()
+        };
+        let fast = FakeHub::default();
+        // The sender's two connections, then ONSS's (unused: the templates are an A052's).
+        let unused = serve(FakeHub::default()).await;
+        let clients = vec![
+            serve(slow.clone()).await,
+            serve(fast.clone()).await,
+            unused.clone(),
+            unused,
+        ];
+        let shared = run_over(vec![template(Flow::A052, 0)], clients, Some(400), None);
+        let workers: Vec<_> = (0..8)
+            .map(|w| {
+                let shared = shared.clone();
+                tokio::spawn(async move { shared.closed_loop(w).await })
+            })
+            .collect();
+        for worker in workers {
+            worker.await.unwrap();
+        }
+        let (to_slow, to_fast) = (
+            slow.received.lock().unwrap().len(),
+            fast.received.lock().unwrap().len(),
+        );
+        assert_eq!(to_slow + to_fast, 400);
+        assert!(
+            to_slow < 100,
+            "{to_slow} calls to the slow connection, {to_fast} to the fast"
+        );
+        // Every call's count was given back.
+        assert!(shared.open.iter().all(|o| o.load(Ordering::Relaxed) == 0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
