@@ -1508,6 +1508,19 @@ mod tests {
         shared
     }
 
+    /// `workers` closed loops over `shared`, run to their end.
+    async fn closed_loops(shared: &Arc<Shared>, workers: usize) {
+        let workers: Vec<_> = (0..workers)
+            .map(|w| {
+                let shared = shared.clone();
+                tokio::spawn(async move { shared.closed_loop(w).await })
+            })
+            .collect();
+        for worker in workers {
+            worker.await.unwrap();
+        }
+    }
+
     /// Messages the run took: answered and errors must add up to this.
     fn taken(shared: &Shared) -> u64 {
         shared.next.load(Ordering::Relaxed).min(shared.limit)
@@ -1560,15 +1573,7 @@ mod tests {
             unused,
         ];
         let shared = run_over(vec![template(Flow::A052, 0)], clients, Some(400), None);
-        let workers: Vec<_> = (0..8)
-            .map(|w| {
-                let shared = shared.clone();
-                tokio::spawn(async move { shared.closed_loop(w).await })
-            })
-            .collect();
-        for worker in workers {
-            worker.await.unwrap();
-        }
+        closed_loops(&shared, 8).await;
         let (to_slow, to_fast) = (
             slow.received.lock().unwrap().len(),
             fast.received.lock().unwrap().len(),
@@ -1602,15 +1607,7 @@ mod tests {
             shared.deadline = Some(measured_from + Duration::from_millis(300));
             shared.recorder = Mutex::new(Recorder::after_warm_up(measured_from, 0.3, Vec::new()));
         }
-        let workers: Vec<_> = (0..4)
-            .map(|w| {
-                let shared = shared.clone();
-                tokio::spawn(async move { shared.closed_loop(w).await })
-            })
-            .collect();
-        for worker in workers {
-            worker.await.unwrap();
-        }
+        closed_loops(&shared, 4).await;
         let report = report_of(&shared, measured_from.elapsed().as_secs_f64());
         // About 15 calls per worker in each 300 ms: both parts have some, and every call
         // taken is in exactly one of them.
