@@ -833,8 +833,7 @@ async fn run_open(shared: &Arc<Shared>, rate: f64, in_flight: usize) {
         };
         {
             let mut recorder = shared.recorder.lock().expect("recorder");
-            recorder.waited_for_slot += u64::from(waited);
-            recorder.left(due);
+            recorder.left(due, waited);
         }
         let shared = shared.clone();
         tasks.spawn(async move {
@@ -1283,7 +1282,7 @@ mod tests {
             start + Duration::from_secs(1),
             Err(tonic::Code::Unavailable),
         );
-        recorder.left(start);
+        recorder.left(start, true);
         recorder.record(Instant::now().max(measured_from), delivered_to(1));
         let report = Report::build("t".into(), "t".into(), 1.0, &recorder);
         assert_eq!(
@@ -1303,6 +1302,7 @@ mod tests {
             report.send_lag.is_none(),
             "a warm-up call's lag is not measured"
         );
+        assert_eq!(report.waited_for_slot, 0, "nor its wait for a slot");
         assert_eq!(report.by_deliberation[0].delivered, 1);
         let text = report.text();
         assert!(

@@ -126,11 +126,12 @@ impl Recorder {
         due < self.started
     }
 
-    /// Open loop: a call due at `due` leaves now.
-    pub(super) fn left(&mut self, due: Instant) {
+    /// Open loop: a call due at `due` leaves now, after waiting for a free slot if `waited`.
+    pub(super) fn left(&mut self, due: Instant, waited: bool) {
         if self.warming_up(due) {
             return;
         }
+        self.waited_for_slot += u64::from(waited);
         let lag = self.send_lag.get_or_insert_with(|| latencies(3));
         record_latency(
             lag,
