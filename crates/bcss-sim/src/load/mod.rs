@@ -1470,6 +1470,7 @@ mod tests {
         duration: Option<Duration>,
     ) -> Arc<Shared> {
         let start = Instant::now();
+        let client = vec![Client::Hub(clients)];
         Arc::new(Shared {
             templates: Arc::new(templates),
             next: AtomicU64::new(0),
@@ -1477,8 +1478,8 @@ mod tests {
             deadline: duration.map(|d| start + d),
             run_id: "test".into(),
             recorder: Mutex::new(Recorder::new(start, Vec::new())),
-            open: (0..clients.len()).map(|_| AtomicUsize::new(0)).collect(),
-            client: vec![Client::Hub(clients)],
+            open: open_per_connection(&client),
+            client,
             call_timeout: CALL_TIMEOUT,
         })
     }
