@@ -3,8 +3,9 @@
 //! time per message, each message accepted then acknowledged by every recipient, and the bytes
 //! its tables then hold per message (redb's stored bytes: what the journal keeps).
 //!
-//! `cargo run --release -p bcss-store --example writer_cost -- [MESSAGES] [ROUNDS]` (10,000
-//! messages a run, 3 rounds; a temporary folder on the default disk). Runs alternate shape and
+//! `cargo run --release -p bcss-store --example writer_cost -- [MESSAGES] [ROUNDS] [IN_FLIGHT]`
+//! (10,000 messages a run, 3 rounds, 256 messages in flight; a temporary folder on the default
+//! disk). Fewer in flight make smaller groups: each commit's cost is shared by fewer messages. Runs alternate shape and
 //! journal round by round; the medians close the report. Messages and their entries are shaped
 //! as the gateway makes them (`journal_entries` in its pipeline): a submission, one admission
 //! per recipient with the names of the removed fields, and on acknowledgement a delivery entry.
@@ -21,7 +22,8 @@ use bcss_store::{
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Messages accepted concurrently, so that they share group commits as the hub's do.
+/// Messages accepted concurrently unless told otherwise, so that they share group commits as
+/// the hub's do.
 const IN_FLIGHT: usize = 256;
 
 #[tokio::main]
@@ -29,11 +31,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let messages: usize = args.next().map_or(Ok(10_000), |n| n.parse())?;
     let rounds: usize = args.next().map_or(Ok(3), |n| n.parse())?;
+    let in_flight: usize = args.next().map_or(Ok(IN_FLIGHT), |n| n.parse())?;
+    if in_flight == 0 {
+        return Err("IN_FLIGHT: at least 1 message in flight".into());
+    }
+    println!("{messages} messages a run, {in_flight} in flight");
     let runs = [(1, true), (10, true), (1, false), (10, false)];
     let mut results: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); runs.len()];
     for round in 1..=rounds {
         for (i, &(recipients, journal)) in runs.iter().enumerate() {
-            let (wall, cpu, bytes) = run(messages, recipients, journal).await?;
+            let (wall, cpu, bytes) = run(messages, recipients, journal, in_flight).await?;
             println!(
                 "round {round}: {recipients:>2} recipient(s), journal {:<3}: {wall:7.1} µs wall, \
                  {cpu:7.1} µs CPU, {bytes:6.0} stored bytes per message",
@@ -59,11 +66,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Wall and CPU microseconds, and stored bytes, per message: `messages` accepted and
-/// delivered to `recipients` each, in a fresh store.
+/// delivered to `recipients` each, in a fresh store, `in_flight` at a time.
 async fn run(
     messages: usize,
     recipients: usize,
     journal: bool,
+    in_flight: usize,
 ) -> Result<(f64, f64, f64), Box<dyn std::error::Error>> {
     let temporary = tempfile::tempdir()?;
     let (store, _) = Store::open_with(
@@ -78,10 +86,10 @@ async fn run(
     let cpu_before = cpu_seconds()?;
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..IN_FLIGHT {
+    for worker in 0..in_flight {
         let store = store.clone();
         tasks.spawn(async move {
-            for n in (worker..messages).step_by(IN_FLIGHT) {
+            for n in (worker..messages).step_by(in_flight) {
                 let (ticket, deliveries, entries) = message(n, recipients, at_ms);
                 let Accepted::New { seqs } = store.accept(ticket, deliveries, entries).await?
                 else {
