@@ -35,18 +35,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tonic" => {
             tonic::transport::Server::builder()
                 .add_service(InstitutionServer::new(Acknowledges))
-                .serve_with_incoming(
-                    // Nagle's algorithm off, as on the hyper side (and in the hub's servers).
-                    tokio_stream::StreamExt::map(
-                        tokio_stream::wrappers::TcpListenerStream::new(listener),
-                        |accepted| {
-                            if let Ok(stream) = &accepted {
-                                let _ = stream.set_nodelay(true);
-                            }
-                            accepted
-                        },
-                    ),
-                )
+                // Nagle's algorithm off, as on the hyper side and in the hub's servers.
+                .serve_with_incoming(bcss_gateway::server::accepted(listener))
                 .await?;
         }
         "hyper" => loop {
