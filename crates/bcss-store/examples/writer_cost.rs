@@ -6,9 +6,10 @@
 //! `cargo run --release -p bcss-store --example writer_cost -- [MESSAGES] [ROUNDS] [IN_FLIGHT]`
 //! (10,000 messages a run, 3 rounds, 256 messages in flight; a temporary folder on the default
 //! disk). Fewer in flight make smaller groups: each commit's cost is shared by fewer messages.
-//! Runs alternate shape and journal round by round; the medians close the report. Messages and their entries are shaped
-//! as the gateway makes them (`journal_entries` in its pipeline): a submission, one admission
-//! per recipient with the names of the removed fields, and on acknowledgement a delivery entry.
+//! Runs alternate shape and journal round by round; the medians close the report. Messages and
+//! their entries are shaped as the gateway makes them (`journal_entries` in its pipeline): a
+//! submission, one admission per recipient with the names of the removed fields, and on
+//! acknowledgement a delivery entry.
 
 use std::time::Instant;
 
