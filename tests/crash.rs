@@ -4,7 +4,8 @@
 //! reached each of its recipients exactly once after deduplication by delivery id, in order per
 //! person, and nothing arrived that was not answered. Every client call has a deadline, so a
 //! call lost with a killed hub's connection is retried, and a hub that stops answering fails
-//! the test instead of hanging it.
+//! the test instead of hanging it. A data file damaged after a kill keeps the hub from
+//! starting, and is left as it was.
 
 mod common;
 
@@ -400,4 +401,92 @@ async fn every_answered_ticket_is_delivered_exactly_once_in_order_across_sigkill
     }
     assert_eq!(unanswered, 0, "deliveries of tickets never answered");
     assert_eq!(out_of_order, 0, "deliveries out of order for a person");
+}
+
+/// A hub killed, then its data file damaged as a disk that lost its last writes would leave it
+/// (both commit slots failing their checksums; redb's header: the god byte at 9, bit 2 set
+/// while a hub has the file open, the slots at 64 and 192, each ending with a 16-byte
+/// checksum): the next start is refused, naming the file and what to do, and changes nothing
+/// in it. Put back as it was, the file opens and the accepted ticket is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_data_file_keeps_the_hub_from_starting_and_is_left_as_it_was() {
+    let root = tempfile::tempdir().unwrap();
+    let (port, held) = common::port_below_ephemeral_range();
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let person = fresh_niss(90);
+    let settings = write_config(root.path(), &address.to_string(), &[person]);
+    let policy = Policy::load(&settings).unwrap();
+    let pki = bcss_gateway::startup::ensure_pki(&settings, &policy).unwrap();
+    let network = Network::start(&policy, &pki, "hub.bcss.test", true)
+        .await
+        .unwrap();
+    point_at(&network, &root.path().join("config/institutions.toml"));
+    drop(held);
+
+    let mut hub = spawn_hub(root.path());
+    wait_ready(address, &pki, root.path()).await;
+    let mut gateway = GatewayClient::new(connect(address, &pki).await.unwrap());
+    let ticket = gateway
+        .submit(a052_envelope("damaged-file-1", person, 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket;
+    hub.kill().expect("SIGKILL");
+    hub.wait().unwrap();
+
+    let file = root.path().join("data/hub.redb");
+    let intact = std::fs::read(&file).unwrap();
+    assert_ne!(
+        intact[9] & 2,
+        0,
+        "a killed hub leaves the file marked for repair"
+    );
+    let mut damaged = intact.clone();
+    damaged[64 + 112] ^= 0xff;
+    damaged[192 + 112] ^= 0xff;
+    std::fs::write(&file, &damaged).unwrap();
+
+    let log_before = std::fs::read_to_string(root.path().join("hub.log")).unwrap();
+    let mut refused = spawn_hub(root.path());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = refused.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            refused.kill().unwrap();
+            panic!("the hub started on a damaged data file");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "{status}");
+    let log = std::fs::read_to_string(root.path().join("hub.log")).unwrap();
+    let said = &log[log_before.len()..];
+    assert!(
+        said.contains("data/hub.redb is damaged")
+            && said.contains("restore the data folder from its backup"),
+        "{said}"
+    );
+    assert!(!said.contains(&person.digits()), "{said}");
+    assert!(
+        std::fs::read(&file).unwrap() == damaged,
+        "the refused start changed the file"
+    );
+
+    std::fs::write(&file, &intact).unwrap();
+    let mut hub = spawn_hub(root.path());
+    wait_ready(address, &pki, root.path()).await;
+    let mut gateway = GatewayClient::new(connect(address, &pki).await.unwrap());
+    let tracked = gateway
+        .track(bcss_proto::hub::v1::TrackRequest {
+            ticket: ticket.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let hops: Vec<&str> = tracked.hops.iter().map(|h| h.ticket.as_str()).collect();
+    assert_eq!(hops, [ticket.as_str()]);
+    hub.kill().expect("SIGKILL");
+    hub.wait().unwrap();
 }

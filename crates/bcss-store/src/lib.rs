@@ -67,6 +67,14 @@ pub enum StoreError {
          hub first"
     )]
     InUse(PathBuf),
+    /// At start, the data file is not one the store can read back (not a redb file, or its
+    /// last commits fail their checksums): it is left as it is, and nothing else is opened.
+    #[error(
+        "the data file {file} is damaged ({reason}); the hub does not start on it and has changed \
+         nothing in it: restore the data folder from its backup, or move the file aside to start \
+         with an empty outbox and journal"
+    )]
+    DamagedFile { file: PathBuf, reason: String },
 }
 
 /// Takes the data folder's `hub.lock` (an exclusive advisory lock, released when the file is
@@ -85,6 +93,23 @@ pub fn lock_data_folder(dir: &Path) -> Result<std::fs::File, StoreError> {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse(dir.to_owned())),
         Err(std::fs::TryLockError::Error(e)) => Err(unavailable(&path, e)),
+    }
+}
+
+/// Why the data file did not open at start: damaged, or (the disk, the folder) unavailable.
+fn open_failed(path: &Path, error: redb::DatabaseError) -> StoreError {
+    use redb::{DatabaseError, StorageError};
+    match &error {
+        // A file that is not redb's ("not a redb database file") or whose commits all fail
+        // their checksums: retrying cannot help, and it must not be taken for an empty one.
+        DatabaseError::Storage(StorageError::Corrupted(_)) => {}
+        DatabaseError::Storage(StorageError::Io(e))
+            if e.kind() == std::io::ErrorKind::InvalidData => {}
+        _ => return unavailable(path, error),
+    }
+    StoreError::DamagedFile {
+        file: path.to_owned(),
+        reason: error.to_string(),
     }
 }
 
@@ -289,7 +314,7 @@ impl Store {
     ) -> Result<(Store, Recovered), StoreError> {
         let lock = lock_data_folder(dir)?;
         let path = dir.join("hub.redb");
-        let db = open(&path).map_err(|e| unavailable(&path, e))?;
+        let db = open(&path).map_err(|e| open_failed(&path, e))?;
         init_tables(&db).map_err(|e| unavailable(&path, e))?;
         let recovered = recover(&db, hold_since_ms)?;
         let next_seq = next_seq(&db)?;

@@ -1836,3 +1836,67 @@ async fn a_contact_file_is_registered_once_per_centre_even_at_once() {
     assert_eq!(found.iter().map(|e| e.niss).collect::<Vec<_>>(), [2000]);
     assert_eq!(store.verify().await.unwrap().first_problem, None);
 }
+
+/// A data file the store cannot read back is refused at start, named, and left byte for byte
+/// as it was; the same file undamaged opens with everything in it. Each damage is made to the
+/// file as a killed hub leaves it (copied while the store has it open). redb's header: the
+/// magic number at 0, the god byte at 9 (bit 0: which commit slot is the latest; bit 1: a
+/// repair is needed, set while the file is open), two 128-byte commit slots at 64 and 192,
+/// each opening with its format version and ending with a 16-byte checksum.
+#[tokio::test]
+async fn a_damaged_data_file_is_refused_at_start_and_left_as_it_was() {
+    let intact = {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let (t, d) = ticket("t1", "m1", &["a", "b"]);
+        store.accept(t, d, Vec::new()).await.unwrap();
+        std::fs::read(dir.path().join("hub.redb")).unwrap()
+    };
+    assert_ne!(intact[9] & 2, 0, "an open file is marked for repair");
+    type Damage = fn(&mut Vec<u8>);
+    let cases: [(&str, Damage); 4] = [
+        ("not a redb file", |file| {
+            file[..16].copy_from_slice(b"not a redb file!")
+        }),
+        ("cut short to its header page", |file| file.truncate(4096)),
+        ("both commit slots fail their checksums", |file| {
+            file[64 + 112] ^= 0xff;
+            file[192 + 112] ^= 0xff;
+        }),
+        // redb 4.5 fell back to the blank slot, whose checksum fails, and opened an empty
+        // outbox: every accepted delivery gone without a word.
+        (
+            "the last commit's pages damaged and the slot before it blank",
+            |file| {
+                let before = 64 + 128 * usize::from(1 - (file[9] & 1));
+                file[before + 1..before + 128].fill(0);
+                for page in (4096..file.len()).step_by(4096) {
+                    file[page + 100] ^= 0xff;
+                }
+            },
+        ),
+    ];
+    for (case, damage) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let mut damaged = intact.clone();
+        damage(&mut damaged);
+        std::fs::write(&path, &damaged).unwrap();
+        let Err(error) = Store::open(dir.path()) else {
+            panic!("{case}: opened as if it were whole")
+        };
+        let StoreError::DamagedFile { file, .. } = &error else {
+            panic!("{case}: {error}")
+        };
+        assert_eq!(file, &path, "{case}");
+        assert!(error.to_string().contains("backup"), "{case}: {error}");
+        assert!(
+            std::fs::read(&path).unwrap() == damaged,
+            "{case}: the refused open changed the file"
+        );
+        std::fs::write(&path, &intact).unwrap();
+        let (_, recovered) = Store::open(dir.path()).unwrap();
+        let pending: Vec<u64> = recovered.pending.iter().map(|d| d.seq).collect();
+        assert_eq!(pending, [1, 2], "{case}");
+    }
+}
