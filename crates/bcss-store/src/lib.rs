@@ -67,12 +67,13 @@ pub enum StoreError {
          hub first"
     )]
     InUse(PathBuf),
-    /// At start, the data file is not one the store can read back (not a redb file, or its
-    /// last commits fail their checksums): it is left as it is, and nothing else is opened.
+    /// The data file is not one the store can read back whole (not a redb file, cut short, or
+    /// no commit in it that passes its checksums): it is not opened, and is left as it is. The
+    /// hub does not start on it.
     #[error(
-        "the data file {file} is damaged ({reason}); the hub does not start on it and has changed \
-         nothing in it: restore the data folder from its backup, or move the file aside to start \
-         with an empty outbox and journal"
+        "the data file {file} is damaged ({reason}): it was not opened and nothing in it was \
+         changed; restore the data folder from its backup, or move the file aside to start with \
+         an empty outbox and journal"
     )]
     DamagedFile { file: PathBuf, reason: String },
 }
@@ -96,7 +97,7 @@ pub fn lock_data_folder(dir: &Path) -> Result<std::fs::File, StoreError> {
     }
 }
 
-/// Why the data file did not open at start: damaged, or (the disk, the folder) unavailable.
+/// Why the data file did not open: damaged, or (the disk, the folder) unavailable.
 fn open_failed(path: &Path, error: redb::DatabaseError) -> StoreError {
     use redb::{DatabaseError, StorageError};
     match &error {
@@ -535,11 +536,11 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Verifies the journal of a store that is not open (the hub stopped): `bcss-hub journal
-/// verify --offline`, and tests that tamper with the file.
+/// Verifies the journal of a store that is not open (the hub stopped), for the tests that
+/// tamper with the file (a running hub's journal is verified through its `Verify` call).
 pub fn verify_folder(dir: &Path) -> Result<Verified, StoreError> {
     let path = dir.join("hub.redb");
-    let db = Database::open(&path).map_err(|e| unavailable(&path, e))?;
+    let db = Database::open(&path).map_err(|e| open_failed(&path, e))?;
     // Checking writes nothing: without its key the journal cannot be checked.
     verify_db(&db, &journal_key(dir, false)?, &|| false)
 }
