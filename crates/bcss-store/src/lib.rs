@@ -100,13 +100,15 @@ pub fn lock_data_folder(dir: &Path) -> Result<std::fs::File, StoreError> {
 /// Why the data file did not open: damaged, or (the disk, the folder) unavailable.
 fn open_failed(path: &Path, error: redb::DatabaseError) -> StoreError {
     use redb::{DatabaseError, StorageError};
-    match &error {
-        // A file that is not redb's ("not a redb database file") or whose commits all fail
-        // their checksums: retrying cannot help, and it must not be taken for an empty one.
-        DatabaseError::Storage(StorageError::Corrupted(_)) => {}
-        DatabaseError::Storage(StorageError::Io(e))
-            if e.kind() == std::io::ErrorKind::InvalidData => {}
-        _ => return unavailable(path, error),
+    // Not a redb file (an I/O error of kind InvalidData), or cut short, or no commit in it that
+    // passes its checksums: retrying cannot help, and it must not be taken for an empty one.
+    let damaged = match &error {
+        DatabaseError::Storage(StorageError::Corrupted(_)) => true,
+        DatabaseError::Storage(StorageError::Io(e)) => e.kind() == std::io::ErrorKind::InvalidData,
+        _ => false,
+    };
+    if !damaged {
+        return unavailable(path, error);
     }
     StoreError::DamagedFile {
         file: path.to_owned(),
