@@ -119,6 +119,35 @@ fn spawn_hub(root: &Path) -> Child {
         .expect("the bcss-hub binary starts")
 }
 
+/// A hub's folder for `persons` with its institutions' servers running; the hub's port is held
+/// by the listener returned, to be dropped just before the hub is spawned.
+struct Site {
+    root: tempfile::TempDir,
+    address: std::net::SocketAddr,
+    pki: Arc<Pki>,
+    network: Network,
+}
+
+async fn new_site(persons: &[Niss]) -> (Site, std::net::TcpListener) {
+    let root = tempfile::tempdir().unwrap();
+    let (port, held) = common::port_below_ephemeral_range();
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let settings = write_config(root.path(), &address.to_string(), persons);
+    let policy = Policy::load(&settings).unwrap();
+    let pki = Arc::new(bcss_gateway::startup::ensure_pki(&settings, &policy).unwrap());
+    let network = Network::start(&policy, &pki, "hub.bcss.test", true)
+        .await
+        .unwrap();
+    point_at(&network, &root.path().join("config/institutions.toml"));
+    let site = Site {
+        root,
+        address,
+        pki,
+        network,
+    };
+    (site, held)
+}
+
 /// A call's deadline. The hub answers in milliseconds (one group commit): a call this old
 /// across a kill was lost with the killed hub's connection (the client library does not always
 /// notice) and is made again; one this old while the same hub ran throughout fails the test.
@@ -255,20 +284,16 @@ async fn every_answered_ticket_is_delivered_exactly_once_in_order_across_sigkill
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let root = tempfile::tempdir().unwrap();
-    let (port, held) = common::port_below_ephemeral_range();
-    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let persons: Vec<Niss> = (0..CLIENTS as u16 * PERSONS_PER_CLIENT)
         .map(|i| fresh_niss(100 + i))
         .collect();
-    let settings = write_config(root.path(), &address.to_string(), &persons);
-    let policy = Policy::load(&settings).unwrap();
-    let pki = Arc::new(bcss_gateway::startup::ensure_pki(&settings, &policy).unwrap());
-    let network = Network::start(&policy, &pki, "hub.bcss.test", true)
-        .await
-        .unwrap();
-    point_at(&network, &root.path().join("config/institutions.toml"));
-
+    let (site, held) = new_site(&persons).await;
+    let Site {
+        root,
+        address,
+        pki,
+        network,
+    } = site;
     drop(held);
     let mut hub = spawn_hub(root.path());
     wait_ready(address, &pki, root.path()).await;
@@ -410,22 +435,14 @@ async fn every_answered_ticket_is_delivered_exactly_once_in_order_across_sigkill
 /// in it. Put back as it was, the file opens and the accepted ticket is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_data_file_keeps_the_hub_from_starting_and_is_left_as_it_was() {
-    let root = tempfile::tempdir().unwrap();
-    let (port, held) = common::port_below_ephemeral_range();
-    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let person = fresh_niss(90);
-    let settings = write_config(root.path(), &address.to_string(), &[person]);
-    let policy = Policy::load(&settings).unwrap();
-    let pki = bcss_gateway::startup::ensure_pki(&settings, &policy).unwrap();
-    let network = Network::start(&policy, &pki, "hub.bcss.test", true)
-        .await
-        .unwrap();
-    point_at(&network, &root.path().join("config/institutions.toml"));
+    let (site, held) = new_site(&[person]).await;
+    let (root, address, pki) = (&site.root, site.address, &site.pki);
     drop(held);
 
     let mut hub = spawn_hub(root.path());
-    wait_ready(address, &pki, root.path()).await;
-    let mut gateway = GatewayClient::new(connect(address, &pki).await.unwrap());
+    wait_ready(address, pki, root.path()).await;
+    let mut gateway = GatewayClient::new(connect(address, pki).await.unwrap());
     let ticket = gateway
         .submit(a052_envelope("damaged-file-1", person, 1))
         .await
@@ -476,8 +493,8 @@ async fn a_damaged_data_file_keeps_the_hub_from_starting_and_is_left_as_it_was()
 
     std::fs::write(&file, &intact).unwrap();
     let mut hub = spawn_hub(root.path());
-    wait_ready(address, &pki, root.path()).await;
-    let mut gateway = GatewayClient::new(connect(address, &pki).await.unwrap());
+    wait_ready(address, pki, root.path()).await;
+    let mut gateway = GatewayClient::new(connect(address, pki).await.unwrap());
     let tracked = gateway
         .track(bcss_proto::hub::v1::TrackRequest {
             ticket: ticket.clone(),
