@@ -34,6 +34,17 @@ pub enum StartupError {
     Pki(#[from] crate::pki::PkiError),
     #[error("store: {0}")]
     Store(#[from] bcss_store::StoreError),
+    /// The data folder could not be created, locked or opened (the store's `Unavailable` at
+    /// start, where "retry later" is not the advice).
+    #[error(
+        "the data folder {} cannot be used ({detail}): storage.data must name a folder the \
+         hub's user can create and write",
+        folder.display()
+    )]
+    DataFolder {
+        folder: std::path::PathBuf,
+        detail: String,
+    },
     #[error("{}: the key of the person hash in logs: {source}", file.display())]
     PersonKey {
         file: std::path::PathBuf,
@@ -190,7 +201,14 @@ pub fn assemble_settings(
         // The ledger holds settled tickets for a while only: older ones stay on disk.
         let hold_since = OffsetDateTime::now_utc() - crate::journal::SETTLED_HELD;
         let options = store_options(&settings.storage, crate::ledger::unix_ms(hold_since));
-        let (store, recovered) = Store::open_with(&settings.storage.data, options)?;
+        let (store, recovered) =
+            Store::open_with(&settings.storage.data, options).map_err(|error| match error {
+                bcss_store::StoreError::Unavailable(detail) => StartupError::DataFolder {
+                    folder: settings.storage.data.clone(),
+                    detail,
+                },
+                other => StartupError::Store(other),
+            })?;
         if !settings.storage.journal {
             tracing::warn!(
                 message =
@@ -292,5 +310,28 @@ mod tests {
             assert_eq!(options.cache_bytes, expect_cache, "{case}");
             assert_eq!(options.hold_since_ms, 42, "{case}");
         }
+    }
+
+    /// A data folder that cannot be made (a file in its place) is named with the setting to
+    /// fix, not answered as a store that may work if asked again.
+    #[tokio::test]
+    async fn a_data_folder_that_cannot_be_used_is_named_with_its_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/hub.toml");
+        let mut settings = Settings::load(&config).unwrap();
+        settings.tls.pki = dir.path().join("pki");
+        settings.logs.person_key = dir.path().join("person-log.key");
+        settings.storage.data = dir.path().join("data");
+        std::fs::write(&settings.storage.data, b"a file, not a folder").unwrap();
+        let Err(error) = assemble_settings(settings.clone(), |_| {}) else {
+            panic!("the hub started on a file as its data folder")
+        };
+        let StartupError::DataFolder { folder, .. } = &error else {
+            panic!("{error}")
+        };
+        assert_eq!(folder, &settings.storage.data);
+        let said = error.to_string();
+        assert!(said.contains("storage.data must name a folder"), "{said}");
+        assert!(!said.contains("retry later"), "{said}");
     }
 }
