@@ -220,19 +220,14 @@ fn write_with_mode(path: &Path, text: &str, mode: u32) -> Result<(), PkiError> {
     std::fs::rename(&partial, path).map_err(fail)
 }
 
-/// Makes a key written by an earlier version (readable by anyone) the owner's only.
+/// Makes a key written by an earlier version, or restored readable by others, the owner's only.
 fn keep_private(path: &Path) -> Result<(), PkiError> {
-    use std::os::unix::fs::PermissionsExt;
-    let fail = |source| PkiError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mode = std::fs::metadata(path).map_err(fail)?.permissions().mode();
-    if mode & 0o077 != 0 {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))
-            .map_err(fail)?;
-    }
-    Ok(())
+    bcss_store::keep_secret_file(path)
+        .map(drop)
+        .map_err(|source| PkiError::Io {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 fn create_dir(path: &Path) -> Result<(), PkiError> {

@@ -25,15 +25,25 @@ impl PersonKey {
     }
 
     /// Reads the key (64 hex digits) from `file`, creating the file with a random key when it
-    /// does not exist.
+    /// does not exist; a key file readable by others is made the owner's only.
     pub fn load_or_create(file: &Path) -> std::io::Result<PersonKey> {
         match std::fs::read_to_string(file) {
-            Ok(text) => parse_hex(text.trim()).map(PersonKey).ok_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{} is not 64 hex digits", file.display()),
-                )
-            }),
+            Ok(text) => {
+                let key = parse_hex(text.trim()).map(PersonKey).ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{} is not 64 hex digits", file.display()),
+                    )
+                })?;
+                if bcss_store::keep_secret_file(file)? {
+                    tracing::warn!(
+                        message = "The logs' person key was readable by others: now by its \
+                                   owner only.",
+                        file = %file.display(),
+                    );
+                }
+                Ok(key)
+            }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 let key: [u8; 32] = rand::random();
                 let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
@@ -106,6 +116,14 @@ mod tests {
         assert_eq!(first, again);
         // The owner alone may read it.
         use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        // One restored readable by others is read, and made the owner's only.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(
+            PersonKey::load_or_create(&file).unwrap().person(niss),
+            first
+        );
         let mode = std::fs::metadata(&file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
         std::fs::write(&file, "not hex").unwrap();

@@ -327,6 +327,13 @@ impl Store {
         // report every seal in it as not the hub's, for good. Without its key, the hub does not
         // start; the key is restored from where the data folder is backed up.
         let journal_key = journal_key(dir, journal_head.0 == 0)?;
+        let key_file = dir.join("journal.key");
+        if keep_secret_file(&key_file).map_err(|e| unavailable(&key_file, e))? {
+            tracing::warn!(
+                message = "The journal key was readable by others: now by its owner only.",
+                file = %key_file.display(),
+            );
+        }
         let (ops, rx) = mpsc::channel(4 * MAX_GROUP);
         let (reads, to_read) = std::sync::mpsc::channel();
         let handles = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -545,6 +552,19 @@ pub fn verify_folder(dir: &Path) -> Result<Verified, StoreError> {
     let db = Database::open(&path).map_err(|e| open_failed(&path, e))?;
     // Checking writes nothing: without its key the journal cannot be checked.
     verify_db(&db, &journal_key(dir, false)?, &|| false)
+}
+
+/// Makes an existing key file readable and writable by its owner only, as
+/// [`create_secret_file`] makes new ones (a key restored from a backup, or written by an
+/// earlier version, may be readable by others); true if it had to.
+pub fn keep_secret_file(path: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 == 0 {
+        return Ok(false);
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))?;
+    Ok(true)
 }
 
 /// Creates a key file of the data folder (`journal.key`, the logs' person key): whole or not

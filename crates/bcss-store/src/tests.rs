@@ -1491,7 +1491,8 @@ async fn after_a_failed_read_the_store_reopens_and_accepts_again() {
     assert!(store.writable());
 }
 
-/// `journal.key` is created whole, for the owner only; checking a folder writes nothing, and
+/// `journal.key` is created whole, for the owner only, and made the owner's only again if it
+/// was restored readable by others; checking a folder writes nothing, and
 /// without the key it says what is missing instead of making a new key (which would have
 /// reported every sealed checkpoint as tampered with).
 #[tokio::test]
@@ -1503,6 +1504,13 @@ async fn the_journal_key_is_private_and_checking_never_makes_one() {
     let key = dir.path().join("journal.key");
     let mode = std::fs::metadata(&key).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    // A key restored readable by others is made the owner's only at the next open.
+    let written = std::fs::read(&key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    drop(Store::open(dir.path()).unwrap());
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    assert_eq!(std::fs::read(&key).unwrap(), written);
     assert!(verify_folder(dir.path()).is_ok());
     std::fs::remove_file(&key).unwrap();
     let error = verify_folder(dir.path()).unwrap_err().to_string();
