@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use journal::{Checkpoint, EntryKind, JournalEntry, Tamper, Verified};
 pub use rows::{DeliveryRow, DeliveryState, OutcomeRow, TicketRow};
 
-use read::{commits, journal_head, journal_key, next_seq, recover, verify_db};
+use read::{commits, journal_head, journal_key, journal_key_file, next_seq, recover, verify_db};
 use tables::{OrUnavailable, init_tables, unavailable};
 use writer::{Op, Sweep, Writer};
 
@@ -327,7 +327,7 @@ impl Store {
         // report every seal in it as not the hub's, for good. Without its key, the hub does not
         // start; the key is restored from where the data folder is backed up.
         let journal_key = journal_key(dir, journal_head.0 == 0)?;
-        let key_file = dir.join("journal.key");
+        let key_file = journal_key_file(dir);
         if keep_secret_file(&key_file).map_err(|e| unavailable(&key_file, e))? {
             tracing::warn!(
                 message = "The journal key was readable by others: now by its owner only.",

@@ -474,10 +474,15 @@ fn indexed_up_to(txn: &redb::ReadTransaction) -> Result<u64, StoreError> {
     .unwrap_or(0))
 }
 
+/// The journal key's file in the data folder `dir`.
+pub(crate) fn journal_key_file(dir: &Path) -> std::path::PathBuf {
+    dir.join("journal.key")
+}
+
 /// The key that seals checkpoints: `journal.key` in the data folder, created on first start
 /// (by [`crate::create_secret_file`]) when `create` is set.
 pub(crate) fn journal_key(dir: &Path, create: bool) -> Result<[u8; 32], StoreError> {
-    let file = dir.join("journal.key");
+    let file = journal_key_file(dir);
     match std::fs::read(&file) {
         Ok(bytes) if bytes.len() == 32 => Ok(bytes.try_into().expect("32 bytes")),
         Ok(_) => Err(StoreError::Damaged(format!(
